@@ -1,0 +1,156 @@
+"""Topic names, their payload families, their creation configs, and the serdes.
+
+Every payload is JSON with `type` and `v`. `decode(topic, raw)` either returns a typed message
+or raises `DecodeError` with a reason fit for the dead-letter topic `dlq.<topic>`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from state.exceptions import DecodeError
+from state.messages import (
+    AccountEvent,
+    Alert,
+    Candle,
+    Command,
+    CommandAccepted,
+    CommandRejected,
+    DeadLetter,
+    ExecutionReport,
+    LedgerTransaction,
+    MarketStatus,
+    Message,
+    OrderEvent,
+    Quote,
+    RouteCancel,
+    RouteNewOrder,
+    RouteRequest,
+    RouteStatusRequest,
+)
+
+PAYLOAD_BYTES_MAX = 64 * 1024  # the broker does not enforce max.message.bytes; we do
+
+
+class Topic(StrEnum):
+    ORDERS_COMMANDS = "orders.commands"
+    ORDERS_ROUTE = "orders.route"
+    EXECUTIONS = "executions"
+    ORDERS_EVENTS = "orders.events"
+    LEDGER_POSTINGS = "ledger.postings"
+    QUOTES = "quotes"
+    MARKET_STATUS = "market.status"
+    CANDLES = "candles"
+
+
+ACCOUNT_KEYED = (
+    Topic.ORDERS_COMMANDS,
+    Topic.ORDERS_ROUTE,
+    Topic.EXECUTIONS,
+    Topic.ORDERS_EVENTS,
+    Topic.LEDGER_POSTINGS,
+)
+SYMBOL_KEYED = (Topic.QUOTES, Topic.MARKET_STATUS, Topic.CANDLES)
+
+_PAYLOAD_TYPES: dict[Topic, Any] = {
+    Topic.ORDERS_COMMANDS: Command,
+    Topic.ORDERS_ROUTE: RouteRequest,
+    Topic.EXECUTIONS: ExecutionReport,
+    Topic.ORDERS_EVENTS: AccountEvent,
+    Topic.LEDGER_POSTINGS: LedgerTransaction,
+    Topic.QUOTES: Quote,
+    Topic.MARKET_STATUS: MarketStatus,
+    Topic.CANDLES: Candle,
+}
+_DECODERS = {topic: msgspec.json.Decoder(kind) for topic, kind in _PAYLOAD_TYPES.items()}
+_ENCODER = msgspec.json.Encoder()
+
+_OUTPUT_TOPIC: dict[type, Topic] = {
+    RouteNewOrder: Topic.ORDERS_ROUTE,
+    RouteCancel: Topic.ORDERS_ROUTE,
+    RouteStatusRequest: Topic.ORDERS_ROUTE,
+    OrderEvent: Topic.ORDERS_EVENTS,
+    CommandAccepted: Topic.ORDERS_EVENTS,
+    CommandRejected: Topic.ORDERS_EVENTS,
+    Alert: Topic.ORDERS_EVENTS,
+    LedgerTransaction: Topic.LEDGER_POSTINGS,
+    ExecutionReport: Topic.EXECUTIONS,
+    Quote: Topic.QUOTES,
+    MarketStatus: Topic.MARKET_STATUS,
+    Candle: Topic.CANDLES,
+}
+
+
+def payload_type(topic: Topic) -> Any:
+    return _PAYLOAD_TYPES[topic]
+
+
+def topic_for(message: Message) -> Topic:
+    """The topic a message belongs on."""
+    return _OUTPUT_TOPIC[type(message)]
+
+
+def encode(message: Message) -> bytes:
+    return _ENCODER.encode(message)
+
+
+def decode(topic: Topic, raw: bytes | None) -> Any:
+    """Decode a payload of `topic`, or raise DecodeError with a reason."""
+    if raw is None:
+        raise DecodeError("empty payload (tombstone)")
+    if len(raw) > PAYLOAD_BYTES_MAX:
+        raise DecodeError(f"payload of {len(raw)} bytes exceeds {PAYLOAD_BYTES_MAX}")
+    try:
+        return _DECODERS[topic].decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise DecodeError(str(error)) from error
+
+
+def dead_letter(
+    topic: str, partition: int, offset: int, key: bytes | str | None, raw: bytes | None,
+    error: str, now: dt.datetime,
+) -> DeadLetter:
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    return DeadLetter(
+        source_topic=topic, partition=partition, offset=offset, key=key, error=error,
+        original=raw or b"", failed_at=now,
+    )
+
+
+def dlq_name(topic: str) -> str:
+    return f"dlq.{topic}"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+_RETAIN_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+_RETAIN_WEEK = {"retention.ms": str(7 * 24 * 3600 * 1000), "retention.bytes": "-1",
+                "cleanup.policy": "delete"}
+_COMPACTED = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "compact"}
+
+
+def topic_specs(prefix: str, account_partitions: int, symbol_partitions: int) -> list[TopicSpec]:
+    """Every topic the system uses, each with explicit configs: Quix reads `retention.ms` of
+    input topics, and some brokers describe only the configs given at creation.
+    Account-keyed topics share one partition count so the account topology can join them."""
+    specs: list[TopicSpec] = []
+    for topic in ACCOUNT_KEYED:
+        specs.append(TopicSpec(prefix + topic, account_partitions, dict(_RETAIN_FOREVER)))
+    for topic in SYMBOL_KEYED:
+        config = _COMPACTED if topic == Topic.MARKET_STATUS else _RETAIN_WEEK
+        specs.append(TopicSpec(prefix + topic, symbol_partitions, dict(config)))
+    for spec in list(specs):
+        specs.append(TopicSpec(prefix + dlq_name(spec.name.removeprefix(prefix)), 1,
+                               dict(_RETAIN_FOREVER)))
+    return specs
