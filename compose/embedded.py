@@ -322,19 +322,21 @@ class EmbeddedServers:
 
 
 def start_embedded_servers(
-    data_dir: Path, shards: int, *, broker_port: int | None = None,
-    redis_port: int | None = None, shard_ports: list[int] | None = None,
+    data_dir: Path, shards: int, *, broker: bool = True, redis: bool = True,
 ) -> EmbeddedServers:
-    """Start broker, one PostgreSQL per shard and Redis; on any failure stop what started."""
+    """Start the broker, one PostgreSQL per shard and Redis (each unless told not to); on any
+    failure stop what started."""
     log_dir = data_dir / "logs"
     servers = EmbeddedServers(
-        broker_port=broker_port or free_port(),
-        redis_port=redis_port or free_port(),
-        shard_ports=shard_ports or [free_port() for _ in range(shards)],
+        broker_port=free_port() if broker else 0,
+        redis_port=free_port() if redis else 0,
+        shard_ports=[free_port() for _ in range(shards)],
     )
     try:
-        servers.children.append(start_broker(servers.broker_port, log_dir))
-        servers.children.append(start_redis(servers.redis_port, data_dir / "redis", log_dir))
+        if broker:
+            servers.children.append(start_broker(servers.broker_port, log_dir))
+        if redis:
+            servers.children.append(start_redis(servers.redis_port, data_dir / "redis", log_dir))
         for shard, port in enumerate(servers.shard_ports):
             servers.children.append(
                 start_postgres(f"shard{shard}", data_dir / f"shard{shard}", port, log_dir))

@@ -11,7 +11,7 @@ class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     pass
 
 
-class KafkaSettings(_Config):
+class KafkaSettings(_Config, kw_only=True):
     bootstrap_servers: str
     topic_prefix: str = ""
     session_timeout_ms: int = 3000
@@ -19,9 +19,10 @@ class KafkaSettings(_Config):
     extra: dict[str, str] = {}
 
 
-class AccountTopologyConfig(_Config):
+class AccountTopologyConfig(_Config, kw_only=True):
     kafka: KafkaSettings
     state_dir: str
+    account_partitions: int
     consumer_group: str = "accounts"
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05
@@ -32,7 +33,7 @@ class AccountTopologyConfig(_Config):
     quote_age_ms_max: int = 60_000
 
 
-class MarketDataConfig(_Config):
+class MarketDataConfig(_Config, kw_only=True):
     kafka: KafkaSettings
     state_dir: str
     redis_url: str

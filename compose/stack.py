@@ -1,0 +1,159 @@
+"""The stack file (TOML) and the environment: the one place environment variables are read.
+
+The embedded default needs no file: an empty `bootstrap_servers`, `shard_dsns` or `redis.url`
+means "start the embedded server". Environment variables override the file:
+
+| variable | overrides |
+|---|---|
+| BROKERAGE_STACK | path of the stack file |
+| BROKERAGE_DATA_DIR | stack.data_dir |
+| BROKERAGE_TOPIC_PREFIX | stack.topic_prefix |
+| BROKERAGE_KAFKA_BOOTSTRAP | kafka.bootstrap_servers |
+| BROKERAGE_SHARD_DSNS | postgres.shard_dsns (comma-separated) |
+| BROKERAGE_REDIS_URL | redis.url |
+| BROKERAGE_HTTP_PORT | http.port |
+| BROKERAGE_TOKEN_SECRET | http.token_secret |
+| BROKERAGE_CONNECTORS_DIR | connectors.dir |
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from compose.exceptions import ConfigError
+
+SERVICE_NAMES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data", "connectors",
+                 "http")
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class StackSection(_Section, kw_only=True):
+    data_dir: str = ".data"
+    topic_prefix: str = ""
+    shards: int = 2
+    partitions_per_shard: int = 2
+    symbol_partitions: int = 4
+    services: tuple[str, ...] = SERVICE_NAMES
+
+
+class KafkaSection(_Section, kw_only=True):
+    bootstrap_servers: str = ""
+    session_timeout_ms: int = 3000
+    extra: dict[str, str] = {}
+
+
+class PostgresSection(_Section, kw_only=True):
+    shard_dsns: tuple[str, ...] = ()
+
+
+class RedisSection(_Section, kw_only=True):
+    url: str = ""
+
+
+class HttpSection(_Section, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token_secret: str = ""
+    token_ttl_s: int = 900
+    reply_wait_ms: int = 2000
+
+
+class MarketMakerSection(_Section, kw_only=True):
+    name: str
+    host: str = "127.0.0.1"
+    port: int
+    sender_comp_id: str = "BROKER"
+    target_comp_id: str
+    fix_version: str = "FIX.4.4"
+    sessions: int = 1
+    simulator: bool = False  # run the built-in simulator as this market maker's acceptor
+
+
+class AccountsSection(_Section, kw_only=True):
+    processing_guarantee: str = "exactly-once"
+    commit_interval_s: float = 0.05
+
+
+class ConnectorsSection(_Section, kw_only=True):
+    dir: str = ""  # empty = the examples shipped with the package
+
+
+class StackConfig(_Section, kw_only=True):
+    stack: StackSection = StackSection()
+    kafka: KafkaSection = KafkaSection()
+    postgres: PostgresSection = PostgresSection()
+    redis: RedisSection = RedisSection()
+    http: HttpSection = HttpSection()
+    accounts: AccountsSection = AccountsSection()
+    connectors: ConnectorsSection = ConnectorsSection()
+    market_makers: tuple[MarketMakerSection, ...] = (
+        MarketMakerSection(name="sim", port=9878, target_comp_id="MM1", simulator=True),
+    )
+
+    def __post_init__(self) -> None:
+        unknown = set(self.stack.services) - set(SERVICE_NAMES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; known: {list(SERVICE_NAMES)}")
+        if self.stack.shards < 1 or self.stack.partitions_per_shard < 1:
+            raise ValueError("shards and partitions_per_shard must be at least 1")
+        if self.postgres.shard_dsns and len(self.postgres.shard_dsns) != self.stack.shards:
+            raise ValueError(f"postgres.shard_dsns names {len(self.postgres.shard_dsns)} "
+                             f"servers for {self.stack.shards} shards")
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.stack.data_dir).resolve()
+
+    @property
+    def account_partitions(self) -> int:
+        return self.stack.shards * self.stack.partitions_per_shard
+
+
+_ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "BROKERAGE_DATA_DIR": ("stack", "data_dir"),
+    "BROKERAGE_TOPIC_PREFIX": ("stack", "topic_prefix"),
+    "BROKERAGE_KAFKA_BOOTSTRAP": ("kafka", "bootstrap_servers"),
+    "BROKERAGE_SHARD_DSNS": ("postgres", "shard_dsns"),
+    "BROKERAGE_REDIS_URL": ("redis", "url"),
+    "BROKERAGE_HTTP_PORT": ("http", "port"),
+    "BROKERAGE_TOKEN_SECRET": ("http", "token_secret"),
+    "BROKERAGE_CONNECTORS_DIR": ("connectors", "dir"),
+}
+
+
+def load_stack(path: str | Path | None = None,
+               environ: Mapping[str, str] | None = None) -> StackConfig:
+    """The stack file (if any) with the environment's overrides applied."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("BROKERAGE_STACK")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except OSError as error:
+            raise ConfigError(f"stack file {path}: {error.strerror}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"stack file {path}: {error}") from error
+    for variable, (section, field) in _ENV_OVERRIDES.items():
+        value = environ.get(variable)
+        if value is None:
+            continue
+        parsed: Any = value
+        if field == "shard_dsns":
+            parsed = [dsn.strip() for dsn in value.split(",") if dsn.strip()]
+        elif field == "port":
+            parsed = int(value) if value.isdigit() else value
+        data.setdefault(section, {})[field] = parsed
+    try:
+        return msgspec.convert(data, StackConfig)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"stack file {path or '(defaults)'}: {error}") from error

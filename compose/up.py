@@ -1,0 +1,162 @@
+"""`brokerage up`: servers, topics, schemas, then the supervised services."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from compose.embedded import (
+    EmbeddedServers,
+    data_dir_lock,
+    port_open,
+    start_embedded_servers,
+    wait_until,
+)
+from compose.exceptions import ServiceStartError
+from compose.kafka import create_topics
+from compose.services import Endpoints, service_specs
+from compose.stack import StackConfig
+from compose.supervisor import Supervisor
+from state.topics import topic_specs
+
+HEALTH_TIMEOUT_S = 60.0
+
+
+def _token_secret(stack: StackConfig) -> str:
+    if stack.http.token_secret:
+        return stack.http.token_secret
+    path = stack.data_dir / "token_secret"
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _embedded_servers(stack: StackConfig) -> EmbeddedServers:
+    """Every server the stack file does not name is started embedded: the default needs none."""
+    return start_embedded_servers(
+        stack.data_dir, 0 if stack.postgres.shard_dsns else stack.stack.shards,
+        broker=not stack.kafka.bootstrap_servers, redis=not stack.redis.url)
+
+
+def _endpoints(stack: StackConfig, embedded: EmbeddedServers) -> Endpoints:
+    return Endpoints(
+        bootstrap_servers=stack.kafka.bootstrap_servers or embedded.bootstrap_servers,
+        shard_dsns=stack.postgres.shard_dsns or tuple(embedded.shard_dsns),
+        redis_url=stack.redis.url or embedded.redis_url,
+        token_secret=_token_secret(stack),
+    )
+
+
+def _prepare(stack: StackConfig, endpoints: Endpoints) -> None:
+    from state.shard_store import migrate
+
+    create_topics(endpoints.bootstrap_servers,
+                  topic_specs(stack.stack.topic_prefix, stack.account_partitions,
+                              stack.stack.symbol_partitions))
+    for dsn in endpoints.shard_dsns:
+        migrate(dsn)
+
+
+def _check_ports(stack: StackConfig) -> None:
+    wanted = []
+    if "http" in stack.stack.services:
+        wanted.append(("http", stack.http.port))
+    if "simulator" in stack.stack.services:
+        wanted += [(f"simulator {mm.name}", mm.port) for mm in stack.market_makers
+                   if mm.simulator]
+    for name, port in wanted:
+        if port_open(port):
+            raise ServiceStartError(f"{name}: port {stack.http.host}:{port} is already in use")
+
+
+@dataclass
+class RunningStack:
+    stack: StackConfig
+    endpoints: Endpoints
+    supervisor: Supervisor
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.stack.http.host}:{self.stack.http.port}"
+
+    def urls(self) -> dict[str, str]:
+        urls = {"kafka": self.endpoints.bootstrap_servers, "redis": self.endpoints.redis_url}
+        for shard, dsn in enumerate(self.endpoints.shard_dsns):
+            urls[f"shard{shard}"] = dsn
+        if "http" in self.stack.stack.services:
+            urls["http"] = self.http_url + "/v1"
+            urls["websocket"] = self.http_url.replace("http", "ws", 1) + "/v1/stream"
+            urls["openapi"] = self.http_url + "/openapi.json"
+        for mm in self.stack.market_makers:
+            urls[f"fix {mm.name}"] = f"{mm.host}:{mm.port} ({mm.sender_comp_id}->" \
+                                     f"{mm.target_comp_id})"
+        return urls
+
+    def healthy(self) -> list[str]:
+        """What is not healthy yet (empty when everything is)."""
+        problems = [f"service {c.name} is not running" for c in self.supervisor.children
+                    if not c.alive()]
+        if "http" in self.stack.stack.services:
+            try:
+                with urllib.request.urlopen(self.http_url + "/healthz", timeout=2) as answer:
+                    if answer.status != 200:
+                        problems.append(f"http /healthz answered {answer.status}")
+            except OSError as error:
+                problems.append(f"http /healthz: {error}")
+        return problems
+
+
+@contextlib.contextmanager
+def running_stack(stack: StackConfig) -> Iterator[RunningStack]:
+    """Everything up; on exit (or any failure while starting) everything stopped."""
+    _check_ports(stack)
+    with data_dir_lock(stack.data_dir):
+        embedded = _embedded_servers(stack)
+        supervisor: Supervisor | None = None
+        try:
+            endpoints = _endpoints(stack, embedded)
+            _prepare(stack, endpoints)
+            (stack.data_dir / "stack.json").write_text(json.dumps({
+                "bootstrap_servers": endpoints.bootstrap_servers,
+                "shard_dsns": list(endpoints.shard_dsns), "redis_url": endpoints.redis_url,
+                "topic_prefix": stack.stack.topic_prefix, "pid": os.getpid()}))
+            supervisor = Supervisor(service_specs(stack, endpoints), stack.data_dir / "run",
+                                    stack.data_dir / "logs")
+            supervisor.start_all()
+            yield RunningStack(stack, endpoints, supervisor)
+        finally:
+            if supervisor is not None:
+                supervisor.stop_all()
+            embedded.stop()
+            with contextlib.suppress(OSError):
+                (stack.data_dir / "stack.json").unlink()
+
+
+def wait_healthy(running: RunningStack, timeout_s: float = HEALTH_TIMEOUT_S) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    problems = running.healthy()
+    while problems and time.monotonic() < deadline:
+        time.sleep(0.25)
+        problems = running.healthy()
+    return problems
+
+
+def serve_until_signalled(running: RunningStack) -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        running.supervisor.poll()
+
+
+__all__ = ["running_stack", "wait_healthy", "serve_until_signalled", "wait_until"]

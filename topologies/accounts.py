@@ -1,0 +1,202 @@
+"""The account topology: one state per account across `orders.commands` and `executions`.
+
+A short declaration around `state.domain.account.decide`: decode (malformed -> dlq), decide,
+encode each output to its topic. `now` is the record's timestamp, so replaying the input topics
+into empty state reproduces the same outputs, ids and balances.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from confluent_kafka import Consumer, KafkaError
+from quixstreams import Application, State, message_context
+from quixstreams.models import Serializer, Topic, TopicConfig
+
+from state import topics as t
+from state.domain.account import (
+    AccountState,
+    MarketContext,
+    RiskLimits,
+    decide,
+    state_from_builtins,
+    state_to_builtins,
+)
+from state.exceptions import DecodeError
+from state.messages import MarketStatus, SymbolStatus
+from topologies.config import AccountTopologyConfig, KafkaSettings
+
+log = logging.getLogger(__name__)
+_STATE_KEY = "account"
+
+
+class Output(NamedTuple):
+    topic: str
+    payload: bytes
+
+
+class _OutputSerializer(Serializer):
+    """Outputs are encoded by `state.topics`; the producer writes their bytes as they are."""
+
+    def __call__(self, value: Output, ctx: Any) -> bytes:
+        return value.payload
+
+
+@dataclass(frozen=True)
+class AccountTopics:
+    commands: Topic
+    executions: Topic
+    outputs: dict[str, Topic]
+
+    def select(self, value: Output, key: Any, timestamp: int, headers: Any) -> Topic:
+        return self.outputs[value.topic]
+
+
+def declare_topics(app: Application, prefix: str, partitions: int) -> AccountTopics:
+    specs = {spec.name: spec for spec in t.topic_specs(prefix, partitions, 1)}
+
+    def topic(name: str, **serdes: Any) -> Topic:
+        spec = specs[name]
+        return app.topic(name, config=TopicConfig(num_partitions=spec.partitions,
+                                                  replication_factor=1,
+                                                  extra_config=spec.config), **serdes)
+
+    inputs = {"value_deserializer": "bytes", "key_deserializer": "str"}
+    output_names = [prefix + name for name in (t.Topic.ORDERS_ROUTE, t.Topic.ORDERS_EVENTS,
+                                               t.Topic.LEDGER_POSTINGS)]
+    output_names += [prefix + t.dlq_name(name) for name in (t.Topic.ORDERS_COMMANDS,
+                                                           t.Topic.EXECUTIONS)]
+    return AccountTopics(
+        commands=topic(prefix + t.Topic.ORDERS_COMMANDS, **inputs),
+        executions=topic(prefix + t.Topic.EXECUTIONS, **inputs),
+        outputs={name: topic(name, value_serializer=_OutputSerializer(), key_serializer="str")
+                 for name in output_names},
+    )
+
+
+class MarketStatusView:
+    """The latest status per symbol, read from the compacted `market.status` topic by a
+    background consumer. Missing symbols are open."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._statuses: dict[str, SymbolStatus] = {}
+        self._topic = kafka.topic_prefix + t.Topic.MARKET_STATUS
+        self._consumer = Consumer({
+            "bootstrap.servers": kafka.bootstrap_servers, "group.id": "unused-market-status",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest", **kafka.extra})
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="market-status", daemon=True)
+
+    def context(self) -> MarketContext:
+        return MarketContext(symbol_status=dict(self._statuses))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+    def _follow(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        metadata = self._consumer.list_topics(self._topic, timeout=10)
+        partitions = metadata.topics[self._topic].partitions
+        self._consumer.assign([TopicPartition(self._topic, p, 0) for p in partitions])
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is None or (msg.error() and msg.error().code() == KafkaError._PARTITION_EOF):
+                continue
+            try:
+                status = t.decode(t.Topic.MARKET_STATUS, msg.value())
+            except DecodeError as error:
+                log.warning("market.status offset %s skipped: %s", msg.offset(), error)
+                continue
+            assert isinstance(status, MarketStatus)
+            self._statuses[status.symbol] = status.status
+
+
+class AccountStep:
+    """The stateful step: raw record in, encoded outputs out."""
+
+    def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits) -> None:
+        self._prefix = prefix
+        self._market = market
+        self._limits = limits
+        self._kinds = {prefix + t.Topic.ORDERS_COMMANDS: t.Topic.ORDERS_COMMANDS,
+                       prefix + t.Topic.EXECUTIONS: t.Topic.EXECUTIONS}
+
+    def __call__(self, raw: bytes, key: str | None, timestamp_ms: int, headers: Any,
+                 state: State) -> list[Output]:
+        context = message_context()
+        kind = self._kinds[context.topic]
+        now = dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)
+        try:
+            message = t.decode(kind, raw)
+            if message.account_id != key:
+                raise DecodeError(f"key {key!r} is not the payload's account_id")
+        except DecodeError as error:
+            letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
+                                   str(error), now)
+            return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
+        stored = state.get(_STATE_KEY)
+        account = (state_from_builtins(stored) if stored is not None
+                   else AccountState.empty(message.account_id))
+        market = self._market.context() if self._market else MarketContext(symbol_status={})
+        account, outputs = decide(account, message, now, market, self._limits)
+        state.set(_STATE_KEY, state_to_builtins(account))
+        return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
+
+
+def build_accounts(app: Application, topics: AccountTopics, step: AccountStep) -> None:
+    commands = app.dataframe(topics.commands)
+    stream = commands.concat(app.dataframe(topics.executions))
+    stream = stream.apply(step, stateful=True, expand=True, metadata=True)
+    stream.to_topic(topics.select)
+
+
+def risk_limits(config: AccountTopologyConfig) -> RiskLimits:
+    return RiskLimits(
+        market_collar_pct=config.market_collar_pct,
+        notional_usd_max=config.notional_usd_max,
+        quantity_max=config.quantity_max,
+        order_rate_per_s_max=config.order_rate_per_s_max,
+        quote_age_ms_max=config.quote_age_ms_max,
+    )
+
+
+def create_application(config: AccountTopologyConfig) -> Application:
+    kafka = config.kafka
+    return Application(
+        broker_address=kafka.bootstrap_servers,
+        consumer_group=config.consumer_group,
+        auto_offset_reset="earliest",
+        processing_guarantee=config.processing_guarantee,  # type: ignore[arg-type]
+        commit_interval=config.commit_interval_s,
+        state_dir=config.state_dir,
+        consumer_extra_config={"session.timeout.ms": kafka.session_timeout_ms,
+                               "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
+                               **kafka.extra},
+        producer_extra_config={"partitioner": "murmur2_random", **kafka.extra},
+        auto_create_topics=True,
+        loglevel="WARNING",
+    )
+
+
+def run(config: AccountTopologyConfig) -> None:
+    """Run the account topology until SIGTERM/SIGINT (Quix handles both)."""
+    app = create_application(config)
+    market = MarketStatusView(config.kafka)
+    market.start()
+    try:
+        topics = declare_topics(app, config.kafka.topic_prefix, config.account_partitions)
+        build_accounts(app, topics, AccountStep(config.kafka.topic_prefix, market,
+                                                risk_limits(config)))
+        app.run()
+    finally:
+        market.stop()
