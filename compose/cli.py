@@ -125,6 +125,42 @@ def cmd_db_migrate(stack: StackConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(stack: StackConfig, args: argparse.Namespace) -> int:
+    """Create topics and migrate shards on external servers (a deployment's one-shot job)."""
+    from compose.kafka import create_topics
+    from state.shard_store import migrate
+    from state.topics import topic_specs
+
+    endpoints = _running_endpoints(stack)
+    create_topics(endpoints["bootstrap_servers"],
+                  topic_specs(stack.stack.topic_prefix, stack.account_partitions,
+                              stack.stack.symbol_partitions))
+    _print("topics created")
+    for shard, dsn in enumerate(endpoints["shard_dsns"]):
+        migrate(dsn)
+        _print(f"shard {shard}: migrated")
+    return 0
+
+
+def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
+    """Run one service in the foreground against the stack's external servers."""
+    from compose.services import Endpoints, service_specs
+
+    endpoints = _running_endpoints(stack)
+    secret = stack.http.token_secret
+    if args.service == "http" and not secret:
+        raise ConfigError("http.token_secret must be set to run the http service on its own")
+    specs = service_specs(stack, Endpoints(endpoints["bootstrap_servers"],
+                                           tuple(endpoints["shard_dsns"]),
+                                           endpoints["redis_url"], secret))
+    spec = next((s for s in specs if s.name == args.service), None)
+    if spec is None:
+        raise ConfigError(f"service {args.service!r} is not in this stack: "
+                          f"{[s.name for s in specs]}")
+    spec.run()
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------
 
 
@@ -139,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--health-timeout-s", type=float, default=60.0,
                     help="how long to wait for every service to be healthy")
     up.set_defaults(handler=cmd_up)
+
+    init = commands.add_parser("init", help="create topics and migrate shards on external servers")
+    init.set_defaults(handler=cmd_init)
+
+    run = commands.add_parser("run", help="run one service of the stack in the foreground")
+    run.add_argument("service")
+    run.set_defaults(handler=cmd_run)
 
     topics = commands.add_parser("topics", help="list, tail or replay topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)

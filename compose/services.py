@@ -34,9 +34,15 @@ class ServiceSpec:
     runner: str  # "module:function"
     config: Any
 
-    def resolve(self, ref: str) -> Any:
-        module, attribute = ref.split(":")
-        return getattr(importlib.import_module(module), attribute)
+    def run(self) -> None:
+        """Build the service's own config type from the plain config and run it (blocks)."""
+        config = msgspec.convert(self.config, _resolve(self.config_type), strict=False)
+        _resolve(self.runner)(config)
+
+
+def _resolve(ref: str) -> Any:
+    module, attribute = ref.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def _kafka(stack: StackConfig, endpoints: Endpoints) -> dict[str, Any]:

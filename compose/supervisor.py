@@ -51,8 +51,7 @@ class Supervisor:
         self.children: list[Supervised] = []
         for spec in specs:
             spec_path = run_dir / f"{spec.name}.json"
-            spec_path.write_bytes(msgspec.json.encode(
-                {"config_type": spec.config_type, "runner": spec.runner, "config": spec.config}))
+            spec_path.write_bytes(msgspec.json.encode(spec))
             self.children.append(Supervised(spec, spec_path, log_dir / f"{spec.name}.log"))
 
     def _start(self, child: Supervised) -> None:

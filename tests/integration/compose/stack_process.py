@@ -1,0 +1,141 @@
+"""Runs `brokerage up` as a real child process on free loopback ports, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from compose.embedded import free_port
+
+START_TIMEOUT_S = 120.0
+
+
+def write_stack_file(path: Path, fix_port: int, services: list[str] | None = None) -> Path:
+    lines = [
+        "[stack]",
+        "shards = 2",
+        "partitions_per_shard = 2",
+    ]
+    if services is not None:
+        lines.append(f"services = {json.dumps(services)}")
+    lines += [
+        "",
+        "[[market_makers]]",
+        'name = "sim"',
+        'host = "127.0.0.1"',
+        f"port = {fix_port}",
+        'sender_comp_id = "BROKER"',
+        'target_comp_id = "MM1"',
+        "simulator = true",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class StackProcess:
+    data_dir: Path
+    http_port: int
+    popen: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def endpoints(self) -> dict[str, Any]:
+        return json.loads((self.data_dir / "stack.json").read_text())
+
+    def read_until(self, marker: str, timeout_s: float = START_TIMEOUT_S) -> str:
+        deadline = time.monotonic() + timeout_s
+        assert self.popen.stdout is not None
+        os.set_blocking(self.popen.stdout.fileno(), False)
+        buffer = ""
+        while time.monotonic() < deadline:
+            chunk = self.popen.stdout.read()
+            if chunk:
+                buffer += chunk
+                self.output.append(chunk)
+                if marker in buffer:
+                    return buffer
+            elif self.popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {marker!r} from brokerage up (exit {self.popen.poll()}):\n"
+                             f"{''.join(self.output)}\n{self.logs()}")
+
+    def logs(self) -> str:
+        parts = []
+        for log in sorted((self.data_dir / "logs").glob("*.log")):
+            parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        return "\n".join(parts)
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGINT, as Ctrl-C does; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        try:
+            return self.popen.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(10)
+
+
+def start_stack(data_dir: Path, *args: str, services: list[str] | None = None) -> StackProcess:
+    http_port = free_port()
+    stack_file = write_stack_file(data_dir.parent / f"{data_dir.name}.toml", free_port(),
+                                  services)
+    env = {**os.environ, "BROKERAGE_DATA_DIR": str(data_dir),
+           "BROKERAGE_HTTP_PORT": str(http_port), "BROKERAGE_STACK": str(stack_file),
+           "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen([sys.executable, "-m", "compose.cli", "up", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, stdin=subprocess.DEVNULL)
+    return StackProcess(data_dir, http_port, popen)
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            raw = answer.read()
+            return answer.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        return error.code, json.loads(raw) if raw else None
+
+
+def eventually(probe: Any, timeout_s: float = 30.0, interval_s: float = 0.2) -> Any:
+    """Poll until `probe()` returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met in {timeout_s} s; last value: {value!r}")

@@ -1,0 +1,121 @@
+"""One real market buy from HTTP to PostgreSQL rows, through every real component:
+HTTP gateway -> orders.commands -> account topology -> orders.route -> FIX gateway (QuickFIX
+initiator) -> simulator (QuickFIX acceptor, fills at the quote) -> executions -> account
+topology -> ledger.postings -> shard sink -> PostgreSQL -> GET /v1/portfolio."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.integration.compose.stack_process import eventually, http, start_stack
+
+pytestmark = pytest.mark.integration
+
+
+def _login(base: str, user_id: str) -> str:
+    status, body = http("POST", f"{base}/v1/auth/token", {"user_id": user_id})
+    assert status == 200, body
+    return body["token"]
+
+
+def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / "data")
+    try:
+        banner = stack.read_until("healthy")
+        assert "http" in banner and "shard1" in banner
+        base = stack.base_url
+        token = _login(base, "alice")
+
+        status, account = http("POST", f"{base}/v1/accounts", {}, token)
+        assert status in (200, 201), account
+        account_id = account["account_id"]
+
+        status, deposit = http("POST", f"{base}/v1/accounts/{account_id}/deposits",
+                               {"amount": "10000.00"}, token,
+                               {"Idempotency-Key": "dep-1"})
+        assert status in (200, 201, 202), deposit
+
+        eventually(lambda: http("GET", f"{base}/v1/quotes?symbols=AAPL", token=token)[1]
+                   .get("quotes", {}).get("AAPL") if True else None, timeout_s=30)
+
+        order_body = {"account_id": account_id, "symbol": "AAPL", "side": "buy",
+                      "order_type": "market", "quantity": "10", "time_in_force": "day"}
+        key = f"ord-{uuid.uuid4().hex[:8]}"
+        status, order = http("POST", f"{base}/v1/orders", order_body, token,
+                             {"Idempotency-Key": key})
+        assert status in (200, 201, 202), order
+        order_id = order["order_id"]
+
+        def filled() -> dict | None:
+            code, body = http("GET", f"{base}/v1/orders/{order_id}?account_id={account_id}",
+                              token=token)
+            return body if code == 200 and body.get("state") == "filled" else None
+
+        final = eventually(filled, timeout_s=60)
+        assert Decimal(final["filled_quantity"]) == Decimal("10")
+
+        def position() -> dict | None:
+            code, body = http("GET", f"{base}/v1/portfolio?account_id={account_id}",
+                              token=token)
+            if code != 200:
+                return None
+            rows = [p for p in body["positions"] if p["symbol"] == "AAPL"]
+            return body if rows and Decimal(rows[0]["quantity"]) == Decimal("10") else None
+
+        portfolio = eventually(position, timeout_s=30)
+        cost = Decimal(10) * Decimal(final["average_fill_price"])
+        assert Decimal(portfolio["cash"]) == Decimal("10000.00") - cost
+
+        _check_shard_rows(stack.endpoints()["shard_dsns"], account_id, cost)
+    finally:
+        code = stack.stop()
+        leftovers = [p for p in stack.descendants() if p.is_running()]
+    assert code == 0, "".join(stack.output)
+    assert not leftovers, leftovers
+
+
+def _check_shard_rows(shard_dsns: list[str], account_id: str, cost: Decimal) -> None:
+    owning = []
+    for dsn in shard_dsns:
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(
+                "SELECT t.txn_id, e.asset, sum(e.amount) FROM ledger_transactions t "
+                "JOIN ledger_entries e USING (txn_id) WHERE t.account_id = %s "
+                "GROUP BY t.txn_id, e.asset", (account_id,)).fetchall()
+            if rows:
+                owning.append(dsn)
+            assert all(total == 0 for _, _, total in rows), rows
+            per_asset = conn.execute(
+                "SELECT asset, sum(amount) FROM ledger_entries GROUP BY asset").fetchall()
+            assert all(total == 0 for _, total in per_asset), per_asset
+            if not rows:
+                continue
+            kinds = {kind for (kind,) in conn.execute(
+                "SELECT DISTINCT kind FROM ledger_transactions WHERE account_id = %s",
+                (account_id,))}
+            assert {"deposit", "fill"} <= kinds, kinds
+            shares = conn.execute(
+                "SELECT sum(amount) FROM ledger_entries WHERE asset = 'AAPL' "
+                "AND ledger_account LIKE %s", (f"user:{account_id}:%",)).fetchone()[0]
+            assert shares == Decimal(10)
+            cash = conn.execute(
+                "SELECT sum(amount) FROM ledger_entries WHERE asset = 'USD' "
+                "AND ledger_account LIKE %s", (f"user:{account_id}:%",)).fetchone()[0]
+            assert cash == Decimal("10000.00") - cost
+    assert len(owning) == 1, f"account rows on {len(owning)} shards"
+
+
+def test_up_check_starts_verifies_and_stops(tmp_path: Path) -> None:
+    stack = start_stack(tmp_path / "data", "--check")
+    try:
+        stack.read_until("check passed")
+        code = stack.popen.wait(60)
+    finally:
+        stack.stop()
+    assert code == 0, "".join(stack.output)
+    assert not [p for p in stack.descendants() if p.is_running()]

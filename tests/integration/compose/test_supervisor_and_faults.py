@@ -1,0 +1,100 @@
+"""The supervisor restarts what dies; `brokerage up` refuses bad starts with one line and
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from compose.embedded import LOOPBACK, data_dir_lock, free_port
+from compose.exceptions import DataDirBusy
+from compose.services import ServiceSpec
+from compose.supervisor import Supervisor
+from tests.integration.compose.stack_process import eventually, write_stack_file
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_child_that_dies_is_reported_and_restarted(tmp_path: Path) -> None:
+    spec = ServiceSpec("sleeper", "compose.stack:RedisSection",
+                       "tests.integration.compose.sleeper:run", {})
+    reports: list[str] = []
+    supervisor = Supervisor([spec], tmp_path / "run", tmp_path / "logs", reports.append)
+    supervisor.start_all()
+    try:
+        child = supervisor.child("sleeper")
+        first = child.popen
+        assert first is not None
+        first.kill()
+        first.wait(5)
+
+        def restarted() -> bool:
+            supervisor.poll()
+            return child.alive() and child.popen is not first
+
+        eventually(restarted, timeout_s=10)
+        assert child.restarts == 1
+        assert any("sleeper exited with code -9" in line for line in reports), reports
+    finally:
+        supervisor.stop_all()
+    assert not child.alive()
+
+
+def _up(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "compose.cli", "up", *args],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+
+
+def _stack_env(tmp_path: Path, http_port: int) -> dict[str, str]:
+    stack_file = write_stack_file(tmp_path / "stack.toml", free_port())
+    return {"BROKERAGE_DATA_DIR": str(tmp_path / "data"), "BROKERAGE_HTTP_PORT": str(http_port),
+            "BROKERAGE_STACK": str(stack_file)}
+
+
+def _our_servers(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(data_dir) in cmdline:
+            found.append(process)
+    return found
+
+
+def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        result = _up(tmp_path, _stack_env(tmp_path, busy.getsockname()[1]), "--check")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "port" in lines[0] and "already in use" in lines[0], result.stderr
+    assert not _our_servers(tmp_path / "data")
+
+
+def test_a_data_dir_held_by_another_stack_is_refused(tmp_path: Path) -> None:
+    with data_dir_lock(tmp_path / "data"):
+        result = _up(tmp_path, _stack_env(tmp_path, free_port()), "--check")
+        with pytest.raises(DataDirBusy):
+            with data_dir_lock(tmp_path / "data"):
+                pass
+    assert result.returncode == 1
+    assert "held by another stack" in result.stderr and len(result.stderr.splitlines()) == 1
+    time.sleep(0.2)
+    assert not _our_servers(tmp_path / "data")
+
+
+def test_a_bad_stack_file_names_the_field(tmp_path: Path) -> None:
+    stack_file = tmp_path / "bad.toml"
+    stack_file.write_text("[stack]\nshards = 2\nshard_count = 3\n")
+    result = _up(tmp_path, {"BROKERAGE_STACK": str(stack_file),
+                            "BROKERAGE_DATA_DIR": str(tmp_path / "data")})
+    assert result.returncode == 1
+    assert "shard_count" in result.stderr and str(stack_file) in result.stderr

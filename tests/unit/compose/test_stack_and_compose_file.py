@@ -1,0 +1,75 @@
+"""The stack file, its environment overrides, and the deployment's compose file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compose.exceptions import ConfigError
+from compose.services import Endpoints, service_specs
+from compose.stack import SERVICE_NAMES, load_stack
+
+COMPOSE_FILE = Path(__file__).parents[3] / "compose" / "docker-compose.yml"
+
+
+def test_the_embedded_default_needs_no_file() -> None:
+    stack = load_stack(environ={})
+    assert stack.stack.shards == 2
+    assert stack.kafka.bootstrap_servers == "" and stack.postgres.shard_dsns == ()
+    assert set(stack.stack.services) == set(SERVICE_NAMES)
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "stack.toml"
+    path.write_text('[kafka]\nbootstrap_servers = "a:9092"\n[http]\nport = 9000\n')
+    stack = load_stack(path, environ={"BROKERAGE_HTTP_PORT": "9100",
+                                      "BROKERAGE_SHARD_DSNS": "postgresql://x/a, postgresql://y/b"})
+    assert stack.kafka.bootstrap_servers == "a:9092"
+    assert stack.http.port == 9100
+    assert stack.postgres.shard_dsns == ("postgresql://x/a", "postgresql://y/b")
+
+
+@pytest.mark.parametrize("text, named", [
+    ("[stack]\nshards = 2\nbogus = 1\n", "bogus"),
+    ("[stack]\nservices = ['accounts', 'teleporter']\n", "teleporter"),
+    ("[postgres]\nshard_dsns = ['postgresql://only/one']\n", "shard_dsns"),
+    ("[stack\n", "stack.toml"),
+])
+def test_a_bad_stack_file_is_refused_with_what_and_where(tmp_path: Path, text: str,
+                                                         named: str) -> None:
+    path = tmp_path / "stack.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=named):
+        load_stack(path, environ={})
+
+
+def test_a_missing_stack_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nowhere.toml"):
+        load_stack(tmp_path / "nowhere.toml", environ={})
+
+
+def test_every_service_gets_a_config_of_its_own_type() -> None:
+    stack = load_stack(environ={})
+    specs = service_specs(stack, Endpoints("127.0.0.1:9092", ("dsn0", "dsn1"),
+                                           "redis://127.0.0.1:6379/0", "secret"))
+    assert [spec.name for spec in specs] == ["sinks", "accounts", "simulator", "fix-gateway",
+                                             "market-data", "connectors", "http"]
+
+
+def test_the_compose_file_runs_every_service_of_the_embedded_default() -> None:
+    compose = yaml.safe_load(COMPOSE_FILE.read_text())
+    services = compose["services"]
+    for name in SERVICE_NAMES:
+        assert name in services, f"{name} missing from docker-compose.yml"
+        assert services[name]["command"][-1] == name
+    kafka = [name for name in services if name.startswith("kafka-")]
+    assert len(kafka) == 3
+    env = services["kafka-1"]["environment"]
+    assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 3 and env["KAFKA_MIN_INSYNC_REPLICAS"] == 2
+    assert "broker,controller" in env["KAFKA_PROCESS_ROLES"]
+    assert {"shard0", "shard1", "redis"} <= set(services)
+    stack_file = Path(COMPOSE_FILE.parent / "stack.docker.toml")
+    docker_stack = load_stack(stack_file, environ={})
+    assert len(docker_stack.postgres.shard_dsns) == docker_stack.stack.shards
