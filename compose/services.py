@@ -119,7 +119,9 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
     config = {**_kafka(stack, endpoints), "host": stack.http.host, "port": stack.http.port,
               "shard_dsns": list(endpoints.shard_dsns),
               "partitions_per_shard": stack.stack.partitions_per_shard,
-              "redis_url": endpoints.redis_url, "token_secret": endpoints.token_secret,
+              "redis_url": endpoints.redis_url,
+              "redis_key_prefix": stack.stack.topic_prefix,
+              "token_secret": endpoints.token_secret,
               "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms}
     return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
                        config)

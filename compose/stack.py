@@ -36,7 +36,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class StackSection(_Section, kw_only=True):
+class StackSection(_Section, frozen=True, kw_only=True):
     data_dir: str = ".data"
     topic_prefix: str = ""
     shards: int = 2
@@ -45,21 +45,21 @@ class StackSection(_Section, kw_only=True):
     services: tuple[str, ...] = SERVICE_NAMES
 
 
-class KafkaSection(_Section, kw_only=True):
+class KafkaSection(_Section, frozen=True, kw_only=True):
     bootstrap_servers: str = ""
     session_timeout_ms: int = 3000
     extra: dict[str, str] = {}
 
 
-class PostgresSection(_Section, kw_only=True):
+class PostgresSection(_Section, frozen=True, kw_only=True):
     shard_dsns: tuple[str, ...] = ()
 
 
-class RedisSection(_Section, kw_only=True):
+class RedisSection(_Section, frozen=True, kw_only=True):
     url: str = ""
 
 
-class HttpSection(_Section, kw_only=True):
+class HttpSection(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     token_secret: str = ""
@@ -67,7 +67,7 @@ class HttpSection(_Section, kw_only=True):
     reply_wait_ms: int = 2000
 
 
-class MarketMakerSection(_Section, kw_only=True):
+class MarketMakerSection(_Section, frozen=True, kw_only=True):
     name: str
     host: str = "127.0.0.1"
     port: int
@@ -78,16 +78,16 @@ class MarketMakerSection(_Section, kw_only=True):
     simulator: bool = False  # run the built-in simulator as this market maker's acceptor
 
 
-class AccountsSection(_Section, kw_only=True):
+class AccountsSection(_Section, frozen=True, kw_only=True):
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05
 
 
-class ConnectorsSection(_Section, kw_only=True):
+class ConnectorsSection(_Section, frozen=True, kw_only=True):
     dir: str = ""  # empty = the examples shipped with the package
 
 
-class StackConfig(_Section, kw_only=True):
+class StackConfig(_Section, frozen=True, kw_only=True):
     stack: StackSection = StackSection()
     kafka: KafkaSection = KafkaSection()
     postgres: PostgresSection = PostgresSection()

@@ -58,7 +58,8 @@ def tail(bootstrap: str, topic: str, count: int, from_beginning: bool, report: R
 
 def replay(bootstrap: str, source: str, destination: str, *, from_offset: int | None,
            from_time: dt.datetime | None, report: Report) -> int:
-    """Copy records (key, value, headers) from `source` into `destination`, partition by key.
+    """Copy records (key, value, headers, timestamp) from `source` into `destination`,
+    partitioned by key.
     Consumers are idempotent by deterministic ids, so a replay changes no balance."""
     consumer = _assigned_consumer(bootstrap, source, from_offset or 0)
     since_ms = int(from_time.timestamp() * 1000) if from_time else None
@@ -78,8 +79,10 @@ def replay(bootstrap: str, source: str, destination: str, *, from_offset: int | 
             last_seen = time.monotonic()
             if since_ms is not None and msg.timestamp()[1] < since_ms:
                 continue
+            # The original timestamp travels along: it is the record's event time, which
+            # the topologies use as `now` and to align their input topics.
             producer.produce(destination, key=msg.key(), value=msg.value(),
-                             headers=msg.headers())
+                             headers=msg.headers(), timestamp=msg.timestamp()[1])
             producer.poll(0)
             copied += 1
             if copied % 10_000 == 0:

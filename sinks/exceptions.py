@@ -3,3 +3,7 @@
 
 class SinkError(Exception):
     """Root of every error raised by `sinks`."""
+
+
+class DeadLetterFailed(SinkError):
+    """A dead letter could not be delivered: the batch must not commit its offsets."""

@@ -349,6 +349,8 @@ class Quote(Message, frozen=True, tag="quote"):
     ask_size: Decimal
     venue_time: dt.datetime
     last: Decimal | None = None
+    # Size of a trade printed with this quote at `last` (None: no new trade): candle volume.
+    last_size: Decimal | None = None
     v: int = 1
 
 

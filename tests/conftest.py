@@ -54,7 +54,7 @@ def _docker_available() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+def services() -> Iterator[Services]:
     if os.environ.get("BROKERAGE_TEST_BOOTSTRAP"):
         yield Services(
             bootstrap_servers=os.environ["BROKERAGE_TEST_BOOTSTRAP"],
@@ -70,7 +70,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         return
     from compose.embedded import start_embedded_servers
 
-    data_dir = tmp_path_factory.mktemp("embedded")
+    # Outside pytest's basetemp: PostgreSQL runs as its own system user and must reach it.
+    data_dir = Path(tempfile.mkdtemp(prefix="brokerage-test-"))
     servers = start_embedded_servers(data_dir, SHARDS)
     try:
         yield Services(servers.bootstrap_servers, tuple(servers.shard_dsns), servers.redis_url,

@@ -181,6 +181,7 @@ def create_application(config: AccountTopologyConfig) -> Application:
         state_dir=config.state_dir,
         consumer_extra_config={"session.timeout.ms": kafka.session_timeout_ms,
                                "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
+                               "fetch.wait.max.ms": kafka.fetch_wait_ms_max,
                                **kafka.extra},
         producer_extra_config={"partitioner": "murmur2_random", **kafka.extra},
         auto_create_topics=True,

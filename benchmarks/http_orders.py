@@ -1,0 +1,241 @@
+"""Order intake benchmark for the HTTP gateway; prints one JSON object.
+
+POST /v1/orders from a bounded number of concurrent clients, each request timed from send to
+its answer (201 = the risk answer came back within the bounded wait). The gateway runs in its
+own process (`gateways.http.service.run`) on the embedded broker, PostgreSQL shards and Redis.
+The account topology is stood in for by a minimal responder process (consume orders.commands,
+produce the first OrderEvent), so the figure is the gateway's request/reply path, not the risk
+engine's; `--no-responder` measures the 202 path (produce + bounded wait) instead.
+
+Usage: python benchmarks/http_orders.py [--requests N] [--concurrency C] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+import aiohttp  # noqa: E402
+
+from compose.embedded import free_port, start_embedded_servers  # noqa: E402
+from compose.kafka import create_topics  # noqa: E402
+from gateways.http.config import HttpConfig  # noqa: E402
+from state.messages import Quote  # noqa: E402
+from state.quote_cache import QuoteCache  # noqa: E402
+from state.shard_store import migrate  # noqa: E402
+from state.topics import topic_specs  # noqa: E402
+
+SHARDS = 2
+PARTITIONS_PER_SHARD = 2
+USERS = 20
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
+            "python": platform.python_version()}
+
+
+def _serve(config_json: bytes) -> None:
+    import msgspec
+
+    from gateways.http.service import run
+
+    run(msgspec.json.decode(config_json, type=HttpConfig))
+
+
+def _respond(bootstrap: str, prefix: str, partitions: int) -> None:
+    """The account topology's first answer to each PlaceOrder: funds_held."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from state import topics as t
+    from state.ids import order_id_for
+    from state.messages import OrderEvent, OrderState, PlaceOrder
+
+    running = True
+
+    def _batch(consumer: Any) -> list[Any]:
+        first = consumer.poll(0.05)
+        return [] if first is None else [first, *consumer.consume(499, timeout=0)]
+
+    def stop(*_: Any) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{prefix}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    consumer.assign([TopicPartition(prefix + t.Topic.ORDERS_COMMANDS, p, 0)
+                     for p in range(partitions)])
+    producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                         "linger.ms": 1})
+    events = prefix + t.Topic.ORDERS_EVENTS
+    while running:
+        for record in _batch(consumer):
+            if record.error():
+                continue
+            command = t.decode(t.Topic.ORDERS_COMMANDS, record.value())
+            if not isinstance(command, PlaceOrder):
+                continue
+            order_id = order_id_for(command.account_id, command.idempotency_key)
+            event = OrderEvent(
+                event_id=f"{order_id}:1", account_id=command.account_id, order_id=order_id,
+                seq=1, state=OrderState.FUNDS_HELD, symbol=command.symbol, side=command.side,
+                order_type=command.order_type, quantity=command.quantity,
+                time_in_force=command.time_in_force, filled_quantity=Decimal(0),
+                occurred_at=dt.datetime.now(dt.UTC), cause_id=command.idempotency_key,
+                idempotency_key=command.idempotency_key, limit_price=command.limit_price)
+            producer.produce(events, key=command.account_id.encode(), value=t.encode(event))
+        producer.poll(0)
+    producer.flush(5)
+    consumer.close()
+
+
+async def _wait_healthy(base: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(f"{base}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("gateway did not become healthy")
+
+
+async def _load(base: str, requests: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        users = []
+        for index in range(USERS):
+            async with session.post(f"{base}/v1/auth/token",
+                                    json={"user_id": f"bench{index}"}) as response:
+                auth = {"Authorization": f"Bearer {(await response.json())['token']}"}
+            async with session.post(f"{base}/v1/accounts", json={}, headers=auth) as response:
+                users.append((auth, (await response.json())["account_id"]))
+        latencies: list[float] = []
+        statuses: Counter[int] = Counter()
+        run_id = uuid.uuid4().hex[:8]
+        counter = iter(range(requests))
+        deadline = time.monotonic() + seconds
+
+        async def client() -> None:
+            for index in counter:
+                if time.monotonic() > deadline:
+                    return
+                auth, account_id = users[index % len(users)]
+                body = {"account_id": account_id, "symbol": "AAPL", "side": "buy",
+                        "order_type": "limit", "quantity": "1", "limit_price": "209.50"}
+                headers = {**auth, "Idempotency-Key": f"{run_id}-{index}"}
+                started = time.perf_counter()
+                async with session.post(f"{base}/v1/orders", json=body,
+                                        headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+
+    return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
+            "requests_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0, help="upper bound on the load")
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--no-responder", action="store_true")
+    args = parser.parse_args()
+    context = multiprocessing.get_context("spawn")
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    servers = start_embedded_servers(data_dir, SHARDS)
+    processes: list[Any] = []
+    try:
+        prefix = f"b{uuid.uuid4().hex[:6]}."
+        partitions = SHARDS * PARTITIONS_PER_SHARD
+        create_topics(servers.bootstrap_servers, topic_specs(prefix, partitions, 2))
+        for dsn in servers.shard_dsns:
+            migrate(dsn)
+        QuoteCache(servers.redis_url, prefix).put(Quote(
+            symbol="AAPL", bid=Decimal("209.40"), ask=Decimal("209.45"), bid_size=Decimal(100),
+            ask_size=Decimal(100), venue_time=dt.datetime.now(dt.UTC)))
+        config = HttpConfig(
+            port=free_port(), bootstrap_servers=servers.bootstrap_servers, topic_prefix=prefix,
+            shard_dsns=tuple(servers.shard_dsns), partitions_per_shard=PARTITIONS_PER_SHARD,
+            redis_url=servers.redis_url, redis_key_prefix=prefix, token_secret="bench",
+            orders_per_s_max=1_000_000, reply_wait_ms=2000)
+        import msgspec
+
+        if not args.no_responder:
+            responder = context.Process(target=_respond, daemon=True, args=(
+                servers.bootstrap_servers, prefix, partitions))
+            responder.start()
+            processes.append(responder)
+        gateway = context.Process(target=_serve, args=(msgspec.json.encode(config),),
+                                  daemon=True)
+        gateway.start()
+        processes.append(gateway)
+        base = f"http://127.0.0.1:{config.port}"
+        asyncio.run(_wait_healthy(base, 60))
+        asyncio.run(_load(base, args.warmup, args.concurrency, 30))
+        result = asyncio.run(_load(base, args.requests, args.concurrency, args.seconds))
+        print(json.dumps({
+            "benchmark": "http_orders", "machine": _machine(),
+            "setup": {"concurrency": args.concurrency, "users": USERS,
+                      "responder": not args.no_responder, "shards": SHARDS,
+                      "gateway_processes": 1, "reply_wait_ms": config.reply_wait_ms,
+                      "note": "responder stands in for the account topology"},
+            "post_orders": result}, indent=2))
+    finally:
+        for process in reversed(processes):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+                process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        servers.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

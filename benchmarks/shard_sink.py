@@ -1,0 +1,227 @@
+"""Shard sink benchmark; prints one JSON object.
+
+1. Through the sink: N ledger transactions per shard (deposits and fills, 3 entries each on
+   average, over many accounts) are produced to `ledger.postings` first; then the sink service
+   (one worker process per shard, as deployed) starts and lands them. A sampler counts
+   `ledger_entries` per shard; the rate is the entries landed between the sample where 10 %
+   had landed and the one where all had, over that time (so process start-up and the consumer
+   group join are excluded, the steady state is not).
+2. Direct: the same transactions through `write_batch` from this process, no broker (the
+   database side of the sink alone).
+3. Denominator, in the same run: the same entry rows COPYed as fast as psycopg can into a
+   table of the same shape and indexes as `ledger_entries` (no triggers, no staging, no
+   balances), one shard at a time.
+
+Usage: python benchmarks/shard_sink.py [--transactions N] [--accounts A]
+Starts its own broker and one PostgreSQL per shard on loopback ports (compose.embedded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+import msgspec  # noqa: E402
+import psycopg  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from compose.embedded import start_embedded_servers  # noqa: E402
+from compose.kafka import create_topics  # noqa: E402
+from sinks.config import SinkConfig  # noqa: E402
+from state import ledger_accounts as la  # noqa: E402
+from state import topics as t  # noqa: E402
+from state.ids import account_id_for, txn_id_for  # noqa: E402
+from state.messages import LedgerEntry, LedgerTransaction  # noqa: E402
+from state.shard_store import migrate, write_batch  # noqa: E402
+
+SHARDS = 2
+PARTITIONS_PER_SHARD = 2
+T0 = dt.datetime(2026, 3, 2, 14, 30, tzinfo=dt.UTC)
+SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA", "SPY")
+
+
+def _machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
+            "python": platform.python_version()}
+
+
+def _transactions(shard: int, count: int, accounts: int) -> list[LedgerTransaction]:
+    ids = [account_id_for(f"bench{shard}-{i}", shard, SHARDS, PARTITIONS_PER_SHARD)
+           for i in range(accounts)]
+    out: list[LedgerTransaction] = []
+    for n in range(count):
+        account = ids[n % accounts]
+        when = T0 + dt.timedelta(milliseconds=n)
+        if n % 2 == 0:  # a deposit: 2 entries
+            amount = Decimal(1000 + n % 97)
+            entries = (LedgerEntry(la.BANK_ACH, la.USD, -amount),
+                       LedgerEntry(la.user(account, la.CASH), la.USD, amount))
+            kind = "deposit"
+        else:  # a buy fill: 4 entries
+            symbol, qty = SYMBOLS[n % len(SYMBOLS)], Decimal(1 + n % 5)
+            cash = qty * Decimal("101.25")
+            entries = (LedgerEntry(la.user(account, la.CASH), la.USD, -cash),
+                       LedgerEntry(la.clearing("mm1"), la.USD, cash),
+                       LedgerEntry(la.clearing("mm1"), symbol, -qty),
+                       LedgerEntry(la.user(account, la.SHARES_UNSETTLED), symbol, qty))
+            kind = "fill"
+        cause = f"bench:{shard}:{n}"
+        out.append(LedgerTransaction(txn_id=txn_id_for(cause, kind), account_id=account,
+                                     kind=kind, cause_id=cause, occurred_at=when,
+                                     entries=entries))
+    return out
+
+
+def _fresh_database(server_dsn: str, name: str) -> str:
+    with psycopg.connect(server_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM ledger_entries").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _through_sink(bootstrap: str, prefix: str, dsns: list[str], expected: list[int],
+                  timeout_s: float) -> list[dict[str, Any]]:
+    config = SinkConfig(bootstrap_servers=bootstrap, topic_prefix=prefix, shard_dsns=tuple(dsns),
+                        partitions_per_shard=PARTITIONS_PER_SHARD, consumer_group=prefix + "sink")
+    popen = subprocess.Popen([sys.executable, "-m", "sinks.service",
+                              msgspec.json.encode(config).decode()],
+                             cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL)
+    samples: list[list[tuple[float, int]]] = [[] for _ in dsns]
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout_s:
+            for shard, dsn in enumerate(dsns):
+                if not samples[shard] or samples[shard][-1][1] < expected[shard]:
+                    samples[shard].append((time.monotonic(), _count(dsn)))
+            if all(s and s[-1][1] >= e for s, e in zip(samples, expected, strict=True)):
+                break
+            time.sleep(0.05)
+    finally:
+        popen.send_signal(signal.SIGTERM)
+        popen.wait(30)
+    results = []
+    for shard, points in enumerate(samples):
+        done = points[-1]
+        assert done[1] >= expected[shard], f"shard {shard}: {done[1]} of {expected[shard]}"
+        first = next(p for p in points if p[1] >= expected[shard] * 0.1)
+        elapsed = max(done[0] - first[0], 1e-6)
+        results.append({"entries": expected[shard],
+                        "entries_per_s": round((done[1] - first[1]) / elapsed),
+                        "seconds_from_start": round(done[0] - started, 2)})
+    return results
+
+
+def _direct(dsn: str, postings: list[LedgerTransaction], batch: int) -> float:
+    started = time.perf_counter()
+    with psycopg.connect(dsn) as conn:
+        for first in range(0, len(postings), batch):
+            write_batch(conn, postings[first:first + batch], [])
+    return time.perf_counter() - started
+
+
+def _raw_copy(dsn: str, postings: list[LedgerTransaction]) -> float:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE raw_entries (LIKE ledger_entries INCLUDING ALL)")
+        conn.commit()
+        started = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(
+                "COPY raw_entries (txn_id, leg, ledger_account, asset, amount, account_id, "
+                "occurred_at) FROM STDIN") as copy:
+            for posting in postings:
+                for leg, entry in enumerate(posting.entries):
+                    copy.write_row((posting.txn_id, leg, entry.ledger_account, entry.asset,
+                                    entry.amount, posting.account_id, posting.occurred_at))
+        conn.commit()
+        return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--transactions", type=int, default=20_000, help="per shard")
+    parser.add_argument("--accounts", type=int, default=500, help="per shard")
+    parser.add_argument("--batch", type=int, default=5000, help="write_batch size (direct)")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args()
+
+    data = [_transactions(shard, args.transactions, args.accounts) for shard in range(SHARDS)]
+    entries = [sum(len(p.entries) for p in shard) for shard in data]
+    with tempfile.TemporaryDirectory(prefix="bench-shard-sink-") as tmp:
+        servers = start_embedded_servers(Path(tmp), SHARDS)
+        try:
+            prefix = f"b{uuid.uuid4().hex[:6]}."
+            create_topics(servers.bootstrap_servers,
+                          t.topic_specs(prefix, SHARDS * PARTITIONS_PER_SHARD, 1))
+            producer = Producer({"bootstrap.servers": servers.bootstrap_servers,
+                                 "partitioner": "murmur2_random", "linger.ms": 20,
+                                 "queue.buffering.max.messages": 1_000_000})
+            for shard in data:
+                for posting in shard:
+                    producer.produce(prefix + t.Topic.LEDGER_POSTINGS,
+                                     key=posting.account_id.encode(), value=t.encode(posting))
+                    producer.poll(0)
+            assert producer.flush(60) == 0
+            sink_dsns, direct_dsns, raw_dsns = [], [], []
+            for dsn in servers.shard_dsns:
+                sink_dsns.append(_fresh_database(dsn, "bench_sink"))
+                direct_dsns.append(_fresh_database(dsn, "bench_direct"))
+                raw_dsns.append(_fresh_database(dsn, "bench_raw"))
+            for dsn in sink_dsns + direct_dsns + raw_dsns:
+                migrate(dsn)
+            sink = _through_sink(servers.bootstrap_servers, prefix, sink_dsns, entries,
+                                 args.timeout)
+            shards = []
+            for shard in range(SHARDS):
+                direct_s = _direct(direct_dsns[shard], data[shard], args.batch)
+                raw_s = _raw_copy(raw_dsns[shard], data[shard])
+                raw_rate = entries[shard] / raw_s
+                shards.append({
+                    "shard": shard,
+                    "sink_entries_per_s": sink[shard]["entries_per_s"],
+                    "sink_seconds_from_start": sink[shard]["seconds_from_start"],
+                    "direct_write_batch_entries_per_s": round(entries[shard] / direct_s),
+                    "raw_copy_entries_per_s": round(raw_rate),
+                    "sink_vs_raw_copy": round(sink[shard]["entries_per_s"] / raw_rate, 3),
+                    "direct_vs_raw_copy": round(entries[shard] / direct_s / raw_rate, 3),
+                })
+        finally:
+            servers.stop()
+    print(json.dumps({
+        "benchmark": "shard_sink", "machine": _machine(), "shards": SHARDS,
+        "partitions_per_shard": PARTITIONS_PER_SHARD,
+        "transactions_per_shard": args.transactions, "entries_per_shard": entries,
+        "accounts_per_shard": args.accounts, "batch_size_max": args.batch,
+        "note": "sink and raw COPY share the machine with the broker and both PostgreSQL "
+                "servers; the sink runs both shards at once, raw COPY one shard at a time",
+        "results": shards}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The FIX 4.4 execution gateway: `orders.route` -> market makers -> `executions`."""

@@ -1,0 +1,49 @@
+"""Configuration of the FIX execution gateway: market makers come from the stack file."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class MarketMakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One market maker's FIX acceptor. With `sessions` > 1, session i (from 2) logs on as
+    `{sender_comp_id}_{i}` so each session has its own SessionID and sequence numbers."""
+
+    name: str
+    host: str
+    port: int
+    sender_comp_id: str
+    target_comp_id: str
+    fix_version: str = "FIX.4.4"
+    sessions: int = 1
+
+
+class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    market_makers: tuple[MarketMakerConfig, ...]
+    store_dir: str
+    consumer_group: str = "fix-gateway"
+    session_timeout_ms: int = 3000  # the Kafka consumer group's session timeout
+    stuck_order_timeout_ms: int = 30000
+    routing_policy: str = "round_robin"  # or "best_price_improvement"
+    heartbeat_s: int = 5
+    # A market maker with a request unanswered this long stops getting new orders while
+    # another one is available; any answer closes the breaker again.
+    breaker_timeout_ms: int = 5000
+    validate_messages: bool = True  # QuickFIX data-dictionary validation of incoming messages
+
+    def __post_init__(self) -> None:
+        if not self.market_makers:
+            raise ValueError("at least one market maker is required")
+        names = [mm.name for mm in self.market_makers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"market maker names must be unique: {names}")
+        if self.routing_policy not in ROUTING_POLICIES:
+            raise ValueError(f"routing_policy must be one of {sorted(ROUTING_POLICIES)}")
+        for mm in self.market_makers:
+            if mm.sessions < 1:
+                raise ValueError(f"market maker {mm.name}: sessions must be at least 1")
+
+
+ROUTING_POLICIES = frozenset({"round_robin", "best_price_improvement"})

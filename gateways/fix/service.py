@@ -1,0 +1,628 @@
+"""The FIX execution gateway process: `orders.route` -> FIX 4.4 initiator -> `executions`.
+
+Threads: the main thread consumes `orders.route`, sends requests, runs the stuck-order and
+breaker checks and writes the durable record; the QuickFIX thread turns every inbound report
+into an `executions` record (produced straight away, for latency) and updates the in-memory
+bookkeeping under one lock.
+
+Delivery: an inbound sequence number counts as delivered once the record it produced is
+acknowledged by the broker; on restart the session expects the first undelivered one, so the
+market maker resends it (ResendRequest) and nothing received-but-unproduced is lost. ExecIDs
+already forwarded are kept durable and dropped when they come again (PossDup resends,
+duplicate reports). One window remains: a crash after the broker acknowledged a record and
+before the ExecID was committed here re-forwards that report once with the same exec_id, so
+the account topology must also treat exec_id as idempotent (it does, by contract).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import quickfix as fix
+from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Message as KafkaMessage
+
+from gateways.exceptions import GatewayError
+from gateways.fix import fixmsg
+from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
+from gateways.fix.runtime import stop_on_signals
+from gateways.fix.session import (
+    SessionSpec,
+    initiator_settings_text,
+    load_settings,
+    session_comp_ids,
+    session_key,
+)
+from gateways.fix.store import GatewayStore
+from gateways.fix.tracking import (
+    TERMINAL_EXEC_TYPES,
+    CircuitBreaker,
+    ExecutionStats,
+    OpenOrder,
+    Router,
+    SeqTracker,
+    StuckAction,
+    price_improvement,
+    stuck_action,
+)
+from state.exceptions import DecodeError
+from state.ids import order_id_of_cl_ord_id
+from state.messages import (
+    Alert,
+    ExecType,
+    ExecutionReport,
+    RouteCancel,
+    RouteNewOrder,
+    RouteStatusRequest,
+)
+from state.topics import Topic, dead_letter, decode, dlq_name, encode
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.002  # how long the main loop waits for route records before its housekeeping
+HOUSEKEEPING_S = 0.1
+
+
+def run(config: FixGatewayConfig) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    serve(config, stop_on_signals())
+
+
+def serve(config: FixGatewayConfig, stop: threading.Event,
+          ready: threading.Event | None = None) -> None:
+    """Serve until `stop` is set (for callers that own the signals)."""
+    gateway = FixGateway(config)
+    gateway.start()
+    if ready is not None:
+        ready.set()
+    try:
+        gateway.loop(stop)
+    finally:
+        gateway.close()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class GatewayApplication(fix.Application):  # type: ignore[misc]
+    """QuickFIX callbacks, handed to the gateway; nothing may raise into the engine."""
+
+    def __init__(self, gateway: FixGateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    def onCreate(self, session_id: fix.SessionID) -> None:  # noqa: N802
+        pass
+
+    def onLogon(self, session_id: fix.SessionID) -> None:  # noqa: N802
+        self.gateway.on_logon(session_key(session_id))
+
+    def onLogout(self, session_id: fix.SessionID) -> None:  # noqa: N802
+        self.gateway.on_logout(session_key(session_id))
+
+    def toAdmin(self, message: fix.Message, session_id: fix.SessionID) -> None:  # noqa: N802
+        pass
+
+    def fromAdmin(self, message: fix.Message, session_id: fix.SessionID) -> None:  # noqa: N802
+        if fixmsg.msg_type(message) == fixmsg.MSG_REJECT:
+            self.gateway.guarded(self.gateway.on_session_reject, message, session_id)
+
+    def toApp(self, message: fix.Message, session_id: fix.SessionID) -> None:  # noqa: N802
+        self.gateway.guarded(self.gateway.on_outbound, message, session_id)
+
+    def fromApp(self, message: fix.Message, session_id: fix.SessionID) -> None:  # noqa: N802
+        self.gateway.guarded(self.gateway.on_inbound, message, session_id)
+
+
+class FixGateway:
+    def __init__(self, config: FixGatewayConfig) -> None:
+        self.config = config
+        self.store_dir = Path(config.store_dir)
+        self.store = GatewayStore(self.store_dir)
+        self.lock = threading.RLock()
+        # Durable state, loaded; the dirty parts are written by the main thread.
+        self.forwarded = self.store.forwarded_exec_ids()
+        self.sent = self.store.sent_cl_ord_ids()
+        self.routed_orders = {order_id_of_cl_ord_id(c) for c in self.sent}
+        self.orders = self.store.open_orders()
+        self.stats = self.store.stats()
+        delivered = self.store.delivered_seqs()
+        self._dirty_exec_ids: list[str] = []
+        self._dirty_sent: list[tuple[str, str]] = []
+        self._dirty_orders: dict[str, OpenOrder] = {}
+        self._dirty_stats = False
+        self.fatal: str | None = None
+        # Sessions.
+        self.specs: dict[str, SessionSpec] = {}
+        self.mm_of_session: dict[str, str] = {}
+        sessions_by_mm: dict[str, list[str]] = {}
+        for mm in config.market_makers:
+            for spec in _session_specs(mm):
+                self.specs[spec.key] = spec
+                self.mm_of_session[spec.key] = mm.name
+                sessions_by_mm.setdefault(mm.name, []).append(spec.key)
+            self.stats.setdefault(mm.name, ExecutionStats())
+        self.session_ids = {key: fix.SessionID(s.begin_string, s.sender_comp_id,
+                                               s.target_comp_id)
+                            for key, s in self.specs.items()}
+        self.trackers = {key: SeqTracker(delivered.get(key, 0)) for key in self.specs}
+        self.breakers = {mm.name: CircuitBreaker(config.breaker_timeout_ms)
+                         for mm in config.market_makers}
+        self.router = Router(config.routing_policy, sessions_by_mm)
+        self.logged_on: set[str] = set()
+        self._logons: list[str] = []
+        self._outbound: dict[tuple[str, int], tuple[str, str]] = {}
+        self._cancel_attempts: dict[str, int] = {}
+        # Inbound (session, seq) whose executions record the broker has not acknowledged.
+        self._awaiting_delivery: set[tuple[str, int]] = set()
+        # Kafka.
+        prefix = config.topic_prefix
+        self.route_topic = prefix + Topic.ORDERS_ROUTE
+        self.executions_topic = prefix + Topic.EXECUTIONS
+        self.events_topic = prefix + Topic.ORDERS_EVENTS
+        self.producer = Producer({
+            "bootstrap.servers": config.bootstrap_servers,
+            "partitioner": "murmur2_random",
+            "linger.ms": 1,
+            "acks": "all",
+        })
+        self.consumer = Consumer({
+            "bootstrap.servers": config.bootstrap_servers,
+            "group.id": prefix + config.consumer_group,
+            "session.timeout.ms": config.session_timeout_ms,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": 200,
+            # The broker answers a fetch when data arrives or after this wait; the default
+            # (500 ms) would put that much on an order's way out.
+            "fetch.wait.max.ms": 10,
+        })
+        settings = load_settings(
+            initiator_settings_text(self.specs.values(), self.store_dir, config.heartbeat_s,
+                                    config.validate_messages),
+            self.store_dir / "gateway.cfg")
+        self.app = GatewayApplication(self)
+        self.initiator = fix.SocketInitiator(self.app, fix.FileStoreFactory(settings), settings,
+                                             fix.FileLogFactory(settings))
+        self._resume_from_delivered(delivered)
+
+    def _resume_from_delivered(self, delivered: dict[str, int]) -> None:
+        """Expect the first inbound message not yet on the topic, so the market maker
+        resends whatever a crash caught between FIX receipt and broker acknowledgement."""
+        for key, session_id in self.session_ids.items():
+            session = fix.Session.lookupSession(session_id)
+            expected = session.getExpectedTargetNum()
+            resume = delivered.get(key, 0) + 1
+            if resume < expected:
+                log.warning("session %s: resuming inbound at %d (store had %d)", key, resume,
+                            expected)
+                session.setNextTargetMsgSeqNum(resume)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.consumer.subscribe([self.route_topic])
+        self.initiator.start()
+        log.info("FIX gateway started: %s", ", ".join(self.specs))
+
+    def close(self) -> None:
+        self.initiator.stop()
+        self.producer.flush(10)
+        self.producer.poll(0)
+        self._persist()
+        self.consumer.close()
+        self.store.close()
+        log.info("FIX gateway stopped")
+
+    def loop(self, stop: threading.Event) -> None:
+        next_housekeeping = 0.0
+        while not stop.is_set():
+            records = self.consumer.consume(num_messages=200, timeout=TICK_S)
+            if records:
+                self._handle_route_batch(records)
+            self.producer.poll(0)
+            if self.fatal:
+                raise GatewayError(self.fatal)
+            if self._dirty_exec_ids:
+                # Forwarded ExecIDs become durable as soon as the broker has them, which
+                # keeps the window for a re-forward after a crash to a commit's length.
+                self._persist()
+            if time.monotonic() >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+
+    def guarded(self, handler: Callable[..., None], *args: Any) -> None:
+        try:
+            handler(*args)
+        except Exception as error:  # noqa: BLE001 - never raise into the FIX engine
+            log.exception("FIX callback failed")
+            self.fatal = self.fatal or f"FIX callback failed: {error!r}"
+
+    # ---- orders.route -> FIX -------------------------------------------------------------
+
+    def _handle_route_batch(self, records: list[KafkaMessage]) -> None:
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("orders.route consumer: %s", error)
+                continue
+            try:
+                request = decode(Topic.ORDERS_ROUTE, record.value())
+            except DecodeError as decode_error:
+                self._dead_letter(record, str(decode_error))
+            else:
+                self._route(request)
+        # The durable record of what was sent goes first, then the offsets.
+        self._persist()
+        for record in records:
+            if record.error() is None:
+                self.consumer.store_offsets(message=record)
+
+    def _dead_letter(self, record: KafkaMessage, reason: str) -> None:
+        letter = dead_letter(record.topic() or self.route_topic, record.partition() or 0,
+                             record.offset() or 0, record.key(), record.value(), reason,
+                             utc_now())
+        self.producer.produce(dlq_name(self.route_topic), key=record.key(), value=encode(letter))
+        log.warning("orders.route offset %s to the DLQ: %s", record.offset(), reason)
+
+    def _route(self, request: RouteNewOrder | RouteCancel | RouteStatusRequest) -> None:
+        if isinstance(request, RouteNewOrder):
+            self._new_order(request)
+        elif isinstance(request, RouteCancel):
+            self._cancel(request)
+        else:
+            self._status(request)
+
+    def _new_order(self, order: RouteNewOrder) -> None:
+        if order.cl_ord_id in self.sent:
+            log.info("order %s already sent; replayed route record ignored", order.cl_ord_id)
+            return
+        now = now_ms()
+        with self.lock:
+            open_breakers = {mm for mm, b in self.breakers.items() if b.is_open(now)}
+            mm, session = self.router.choose(set(self.logged_on), open_breakers, self.stats)
+            open_order = OpenOrder(
+                order_id=order.order_id, cl_ord_id=order.cl_ord_id,
+                account_id=order.account_id, symbol=order.symbol, side=order.side,
+                quantity=order.quantity, market_maker=mm, session=session,
+                routed_at_ms=now, reference_price=order.reference_price,
+                awaiting_since_ms=now)
+            self.orders[order.order_id] = open_order
+            self.routed_orders.add(order.order_id)
+            self._dirty_orders[order.order_id] = open_order
+            self.stats[mm].orders += 1
+            self._dirty_stats = True
+            self.breakers[mm].on_request(now)
+        self._send(fixmsg.new_order_single(order, utc_now()), session)
+        self.sent.add(order.cl_ord_id)
+        self._dirty_sent.append((order.cl_ord_id, "new"))
+
+    def _cancel(self, cancel: RouteCancel) -> None:
+        if cancel.cl_ord_id in self.sent:
+            return
+        order = self.orders.get(cancel.order_id)
+        if order is None:
+            self._reject_cancel_here(cancel)
+            return
+        self._send_request(order, fixmsg.order_cancel_request(cancel, utc_now()))
+        self.sent.add(cancel.cl_ord_id)
+        self._dirty_sent.append((cancel.cl_ord_id, "cancel"))
+
+    def _status(self, request: RouteStatusRequest) -> None:
+        order = self.orders.get(request.order_id)
+        if order is None:
+            log.info("status request for %s, which is not open here; ignored", request.order_id)
+            return
+        self._send_request(order, fixmsg.order_status_request(request))
+
+    def _send_request(self, order: OpenOrder, message: fix.Message) -> None:
+        now = now_ms()
+        with self.lock:
+            if order.awaiting_since_ms is None:
+                order.awaiting_since_ms = now
+            self._dirty_orders[order.order_id] = order
+            self.breakers[order.market_maker].on_request(now)
+        self._send(message, order.session)
+
+    def _reject_cancel_here(self, cancel: RouteCancel) -> None:
+        """A cancel for an order that is not open at any market maker: answered here, so
+        the account topology is not left waiting."""
+        report = ExecutionReport(
+            account_id=cancel.account_id, exec_id=f"gateway:cxlrej:{cancel.cl_ord_id}",
+            order_id=cancel.order_id, cl_ord_id=cancel.cl_ord_id,
+            exec_type=ExecType.CANCEL_REJECTED, symbol=cancel.symbol, side=cancel.side,
+            last_qty=Decimal(0), last_px=Decimal(0), cum_qty=Decimal(0),
+            leaves_qty=Decimal(0), transact_time=utc_now(), market_maker="",
+            orig_cl_ord_id=cancel.orig_cl_ord_id, text="order not open at the gateway")
+        self._forward(report, None)
+
+    def _send(self, message: fix.Message, session: str) -> None:
+        # QuickFIX stores the message under its sequence number even when the session is
+        # down, and sends it when the session is back: sendToTarget may say False then.
+        if not fix.Session.sendToTarget(message, self.session_ids[session]):
+            log.warning("session %s is down; %s queued in its store", session,
+                        fixmsg.msg_type(message))
+
+    # ---- FIX -> executions -------------------------------------------------------------
+
+    def on_logon(self, key: str) -> None:
+        log.info("logon %s", key)
+        with self.lock:
+            self.logged_on.add(key)
+            self._logons.append(key)
+
+    def on_logout(self, key: str) -> None:
+        log.info("logout %s", key)
+        with self.lock:
+            self.logged_on.discard(key)
+
+    def on_outbound(self, message: fix.Message, session_id: fix.SessionID) -> None:
+        """Remember which ClOrdID each outbound sequence number carried, so a session-level
+        Reject (which names only the sequence number) can be tied to its order."""
+        cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID)
+        if cl_ord_id is None:
+            return
+        key = (session_key(session_id), fixmsg.seq_num(message))
+        with self.lock:
+            self._outbound[key] = (cl_ord_id, fixmsg.msg_type(message))
+            if len(self._outbound) > 100_000:
+                for stale in list(self._outbound)[:50_000]:
+                    del self._outbound[stale]
+
+    def on_session_reject(self, message: fix.Message, session_id: fix.SessionID) -> None:
+        key = session_key(session_id)
+        ref_seq = fixmsg.optional_field(message, fixmsg.REF_SEQ_NUM)
+        log.warning("session Reject on %s: %s", key, message.toString().replace("\x01", "|"))
+        with self.lock:
+            target = self._outbound.get((key, int(ref_seq))) if ref_seq else None
+        if target is not None:
+            self._request_rejected(message, key, *target)
+
+    def on_inbound(self, message: fix.Message, session_id: fix.SessionID) -> None:
+        key = session_key(session_id)
+        seq = fixmsg.seq_num(message)
+        tracker = self.trackers[key]
+        with self.lock:
+            tracker.begin(seq)
+        try:
+            self._inbound(message, key, seq)
+        finally:
+            with self.lock:
+                if (key, seq) not in self._awaiting_delivery:
+                    tracker.complete(seq)
+
+    def _inbound(self, message: fix.Message, key: str, seq: int) -> None:
+        kind = fixmsg.msg_type(message)
+        mm = self.mm_of_session[key]
+        if kind == fixmsg.MSG_BUSINESS_MESSAGE_REJECT:
+            ref = fixmsg.optional_field(message, fixmsg.BUSINESS_REJECT_REF_ID)
+            ref_type = fixmsg.optional_field(message, fixmsg.REF_MSG_TYPE) or ""
+            log.warning("BusinessMessageReject on %s: %s", key,
+                        message.toString().replace("\x01", "|"))
+            if ref:
+                self._request_rejected(message, key, ref, ref_type, seq)
+            return
+        if kind not in (fixmsg.MSG_EXECUTION_REPORT, fixmsg.MSG_ORDER_CANCEL_REJECT):
+            log.warning("unexpected %s message on %s ignored", kind, key)
+            return
+        cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID) or ""
+        known = self._known(order_id_of_cl_ord_id(cl_ord_id))
+        received = utc_now()
+        try:
+            if kind == fixmsg.MSG_EXECUTION_REPORT:
+                if (fixmsg.optional_field(message, fixmsg.ORD_REJ_REASON)
+                        == fixmsg.ORD_REJ_DUPLICATE_ORDER):
+                    # Our resend of an order the market maker already has: the original
+                    # lives on, so this reject must not end it.
+                    log.warning("duplicate-ClOrdID reject of %s on %s not forwarded",
+                                cl_ord_id, key)
+                    return
+                report = fixmsg.execution_report_from_fix(message, mm, known, received)
+            else:
+                report = fixmsg.cancel_reject_from_fix(message, mm, known, received)
+        except fixmsg.FixFieldError as error:
+            self._alert_unusable(message, key, str(error), seq)
+            return
+        self._accept_report(report, key, seq)
+
+    def _request_rejected(self, message: fix.Message, key: str, cl_ord_id: str,
+                          ref_type: str, seq: int | None = None) -> None:
+        """A BusinessMessageReject or session Reject of one of our requests."""
+        if ref_type == fixmsg.MSG_ORDER_STATUS_REQUEST:
+            return  # nothing changes for the order; the stuck-order check asks again
+        known = self._known(order_id_of_cl_ord_id(cl_ord_id))
+        try:
+            report = fixmsg.business_reject_from_fix(
+                message, self.mm_of_session[key], known, cl_ord_id, utc_now(), key)
+        except fixmsg.FixFieldError as error:
+            self._alert_unusable(message, key, str(error), seq)
+            return
+        if ref_type == fixmsg.MSG_ORDER_CANCEL_REQUEST:
+            report = replace_exec_type(report, ExecType.CANCEL_REJECTED)
+        self._accept_report(report, key, seq)
+
+    def _known(self, order_id: str) -> fixmsg.KnownOrder | None:
+        order = self.orders.get(order_id)
+        if order is None:
+            return None
+        return fixmsg.KnownOrder(order.account_id, order.symbol, order.side, order.quantity,
+                                 order.cum_qty)
+
+    def _accept_report(self, report: ExecutionReport, key: str, seq: int | None) -> None:
+        with self.lock:
+            if report.exec_id in self.forwarded:
+                log.info("duplicate ExecID %s (poss_dup=%s) dropped", report.exec_id,
+                         report.poss_dup)
+                return
+            self.forwarded.add(report.exec_id)
+            self._book(report, key)
+        if report.order_id not in self.routed_orders:
+            self._alert(report.account_id, "unknown_order", report.order_id, report.exec_id,
+                        f"execution report {report.exec_id} ({report.exec_type}) for an "
+                        f"order this gateway never routed: {report.cl_ord_id}")
+        self._forward(report, (key, seq) if seq is not None else None)
+
+    def _book(self, report: ExecutionReport, key: str) -> None:
+        """In-memory bookkeeping of a new report (lock held)."""
+        mm = self.mm_of_session[key]
+        self.breakers[mm].on_answer()
+        order = self.orders.get(report.order_id)
+        if order is None:
+            return
+        now = now_ms()
+        order.awaiting_since_ms = None
+        order.stuck_stage = 0
+        stats = self.stats[order.market_maker]
+        if report.exec_type is ExecType.TRADE:
+            order.cum_qty += report.last_qty
+            stats.filled_qty += report.last_qty
+            if order.reference_price is not None:
+                stats.improvement_usd += price_improvement(
+                    order.side, order.reference_price, report.last_px, report.last_qty)
+                stats.improved_qty += report.last_qty
+        if report.exec_type is ExecType.REJECTED:
+            stats.rejected += 1
+        filled = order.cum_qty >= order.quantity
+        if filled and report.exec_type is ExecType.TRADE:
+            stats.filled += 1
+            stats.fill_ms_total += now - order.routed_at_ms
+            stats.fill_ms.append(now - order.routed_at_ms)
+            del stats.fill_ms[:-1000]
+        if filled or report.exec_type in TERMINAL_EXEC_TYPES:
+            order.terminal = True
+            del self.orders[report.order_id]
+        self._dirty_orders[order.order_id] = order
+        self._dirty_stats = True
+
+    def _forward(self, report: ExecutionReport, origin: tuple[str, int] | None) -> None:
+        if origin is not None:
+            with self.lock:
+                self._awaiting_delivery.add(origin)
+
+        def delivered(error: KafkaError | None, record: KafkaMessage) -> None:
+            if error is not None:
+                self.fatal = f"executions record {report.exec_id} not delivered: {error}"
+                return
+            with self.lock:
+                self._dirty_exec_ids.append(report.exec_id)
+                if origin is not None:
+                    self._awaiting_delivery.discard(origin)
+                    self.trackers[origin[0]].complete(origin[1])
+
+        self.producer.produce(self.executions_topic, key=report.account_id.encode(),
+                              value=encode(report), on_delivery=delivered)
+
+    def _alert_unusable(self, message: fix.Message, key: str, reason: str,
+                        seq: int | None) -> None:
+        account = fixmsg.optional_field(message, fixmsg.ACCOUNT) or "unknown"
+        cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID)
+        self._alert(account, "unusable_report", order_id_of_cl_ord_id(cl_ord_id)
+                    if cl_ord_id else None, None,
+                    f"{key} seq {seq}: {reason}: {message.toString().replace(chr(1), '|')}")
+
+    def _alert(self, account_id: str, code: str, order_id: str | None, exec_id: str | None,
+               detail: str, event_id: str | None = None) -> None:
+        now = utc_now()
+        alert = Alert(event_id=event_id or f"alert:{code}:{exec_id or order_id or now_ms()}",
+                      account_id=account_id, severity="critical", code=code,
+                      detail=detail[:2000], occurred_at=now, order_id=order_id,
+                      exec_id=exec_id)
+        log.error("ALERT %s: %s", code, detail)
+        self.producer.produce(self.events_topic, key=account_id.encode(), value=encode(alert))
+
+    # ---- housekeeping ------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        with self.lock:
+            logons, self._logons = self._logons, []
+        for key in logons:
+            self._reconcile(key)
+        self._check_stuck()
+        self._persist()
+
+    def _reconcile(self, key: str) -> None:
+        """A session back on: ask the status of every order still open on it."""
+        for order in [o for o in list(self.orders.values()) if o.session == key]:
+            self._ask_status(order)
+
+    def _ask_status(self, order: OpenOrder) -> None:
+        request = RouteStatusRequest(account_id=order.account_id, order_id=order.order_id,
+                                     cl_ord_id=order.cl_ord_id, symbol=order.symbol,
+                                     side=order.side, routed_at=utc_now())
+        self._send_request(order, fixmsg.order_status_request(request))
+
+    def _check_stuck(self) -> None:
+        now = now_ms()
+        timeout = self.config.stuck_order_timeout_ms
+        for order in list(self.orders.values()):
+            action = stuck_action(order, now, timeout)
+            if action is None:
+                continue
+            with self.lock:
+                order.stuck_stage += 1
+                order.awaiting_since_ms = now
+                self._dirty_orders[order.order_id] = order
+            if action == StuckAction.STATUS:
+                log.warning("order %s stuck at %s: asking its status", order.order_id,
+                            order.market_maker)
+                self._ask_status(order)
+            elif action == StuckAction.CANCEL:
+                log.warning("order %s still stuck: cancelling it", order.order_id)
+                self._cancel_stuck(order)
+            else:
+                self._alert(order.account_id, "stuck_order", order.order_id, None,
+                            f"order {order.order_id} at {order.market_maker} answered neither "
+                            f"a status request nor a cancel; funds stay held",
+                            event_id=f"alert:stuck_order:{order.order_id}")
+
+    def _cancel_stuck(self, order: OpenOrder) -> None:
+        attempt = self._cancel_attempts.get(order.order_id, 0) + 1
+        self._cancel_attempts[order.order_id] = attempt
+        cancel = RouteCancel(account_id=order.account_id, order_id=order.order_id,
+                             cl_ord_id=f"{order.order_id}.gw{attempt}",
+                             orig_cl_ord_id=order.cl_ord_id, symbol=order.symbol,
+                             side=order.side, quantity=order.quantity, routed_at=utc_now())
+        self._send_request(order, fixmsg.order_cancel_request(cancel, utc_now()))
+
+    def _persist(self) -> None:
+        with self.lock:
+            exec_ids, self._dirty_exec_ids = self._dirty_exec_ids, []
+            sent, self._dirty_sent = self._dirty_sent, []
+            orders = list(self._dirty_orders.values())
+            self._dirty_orders = {}
+            stats = dict(self.stats) if self._dirty_stats else {}
+            self._dirty_stats = False
+            delivered = {key: tracker.delivered for key, tracker in self.trackers.items()}
+        self.store.record(exec_ids=exec_ids, delivered=delivered, sent=sent, orders=orders,
+                          stats=stats)
+
+    def best_execution(self) -> dict[str, ExecutionStats]:
+        with self.lock:
+            return dict(self.stats)
+
+
+def replace_exec_type(report: ExecutionReport, exec_type: ExecType) -> ExecutionReport:
+    return msgspec.structs.replace(report, exec_type=exec_type)
+
+
+def _session_specs(mm: MarketMakerConfig) -> list[SessionSpec]:
+    return [SessionSpec(mm.fix_version, sender, mm.target_comp_id, mm.host, mm.port)
+            for sender in session_comp_ids(mm.sender_comp_id, mm.sessions)]
+
+
+__all__ = ["FixGateway", "run", "serve"]

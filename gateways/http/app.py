@@ -1,0 +1,131 @@
+"""The aiohttp application: routes, middlewares, and the startup/cleanup context that opens and
+closes every store and Kafka client."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from gateways.http.bus import CommandProducer, TopicTail
+from gateways.http.config import HttpConfig
+from gateways.http.context import GATEWAY, Gateway
+from gateways.http.limits import IdempotencyRecords, RateLimiter
+from gateways.http.openapi import openapi_document
+from gateways.http.problems import Handler, problem_middleware
+from gateways.http.routes import ROUTES, json_response
+from gateways.http.websocket import StreamHub, stream
+from state.exceptions import StoreError
+from state.topics import Topic
+
+_START_TIMEOUT_S = 15.0
+Backends = Callable[[web.Application], AsyncIterator[None]]
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics = request.app[GATEWAY].metrics
+        metrics.requests.inc(route=route, method=request.method, status=str(status))
+        metrics.latency.observe(time.perf_counter() - started, route=route)
+
+
+@web.middleware
+async def store_errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A shard or cache that cannot answer is a 503, not a 500."""
+    from gateways.http.problems import Problem
+
+    try:
+        return await handler(request)
+    except StoreError as error:
+        raise Problem(503, "store_unavailable", str(error), headers={"Retry-After": "1"}) \
+            from error
+
+
+async def open_backends(app: web.Application) -> AsyncIterator[None]:
+    """The real stores and clients, opened on startup and closed on cleanup."""
+    from state.shard_reader import ShardReader
+
+    from state.quote_cache import AsyncQuoteCache
+    from state.router import ShardRouter
+
+    gateway = app[GATEWAY]
+    config = gateway.config
+    loop = asyncio.get_running_loop()
+    closers: list[Callable[[], Any]] = []
+    try:
+        gateway.redis = aioredis.Redis.from_url(config.redis_url, socket_timeout=2,
+                                                socket_connect_timeout=2)
+        closers.append(gateway.redis.aclose)
+        gateway.limiter = RateLimiter(gateway.redis, config.redis_key_prefix)
+        gateway.idempotency = IdempotencyRecords(gateway.redis, config.redis_key_prefix,
+                                                 config.idempotency_ttl_s)
+        gateway.quotes = AsyncQuoteCache(config.redis_url, config.redis_key_prefix)
+        closers.append(gateway.quotes.close)
+        gateway.router = ShardRouter(len(config.shard_dsns), config.partitions_per_shard)
+        reader = ShardReader(config.shard_dsns, config.partitions_per_shard)
+        await reader.open()
+        gateway.reader = reader
+        closers.append(reader.close)
+        producer = CommandProducer(config.bootstrap_servers, config.delivery_timeout_ms)
+        gateway.producer = producer
+        closers.append(lambda: loop.run_in_executor(None, producer.close))
+        gateway.hub = StreamHub()
+        for topic, deliver in ((Topic.ORDERS_EVENTS, gateway.replies.deliver),
+                               (Topic.QUOTES, gateway.hub.publish_quotes)):
+            tail = TopicTail(config.bootstrap_servers, config.topic_prefix + topic, topic,
+                             deliver, loop, config.session_timeout_ms)
+            closers.append(functools.partial(loop.run_in_executor, None, tail.close))
+            await loop.run_in_executor(None, tail.start, _START_TIMEOUT_S)
+        _register_gauges(gateway)
+        yield
+    finally:
+        for close in reversed(closers):
+            result = close()
+            if asyncio.isfuture(result) or asyncio.iscoroutine(result):
+                await result
+
+
+def _register_gauges(gateway: Gateway) -> None:
+    metrics = gateway.metrics
+    metrics.gauges.clear()
+    metrics.gauge("gateway_ws_connections", "open WebSocket connections",
+                  lambda: len(gateway.hub.connections))
+    metrics.gauge("gateway_ws_symbols", "symbols with at least one subscriber",
+                  lambda: len(gateway.hub.subscribers))
+    metrics.gauge("gateway_events_seen_total", "orders.events records read",
+                  lambda: gateway.replies.events_seen)
+    metrics.gauge("gateway_quotes_received_total", "quotes records read",
+                  lambda: gateway.hub.quotes_received)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_document())
+
+
+def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.Application:
+    """The gateway application. `backends` replaces the real stores and clients (tests)."""
+    app = web.Application(
+        client_max_size=config.body_bytes_max,
+        middlewares=[metrics_middleware, problem_middleware, store_errors_middleware],
+    )
+    app[GATEWAY] = Gateway(config)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/stream", stream)
+    app.cleanup_ctx.append(backends or open_backends)
+    return app

@@ -1,0 +1,167 @@
+"""The gateway's Kafka clients: one producer for commands, and topic tails (one consumer per
+process per topic, assigned every partition from the end) that hand decoded records to the
+event loop in batches.
+
+confluent-kafka is blocking; each client gets a small thread and talks to asyncio only through
+`loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from gateways.exceptions import GatewayError
+from state import topics as t
+from state.exceptions import DecodeError
+from state.messages import Message
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(GatewayError):
+    """The broker did not take a record (produce error or delivery timeout)."""
+
+
+class CommandProducer:
+    """Produces account-keyed commands and awaits the broker's acknowledgement."""
+
+    def __init__(self, bootstrap_servers: str, delivery_timeout_ms: int) -> None:
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap_servers,
+            "partitioner": "murmur2_random",  # accounts stay in their shard's partitions
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 1,
+            "delivery.timeout.ms": delivery_timeout_ms,
+        })
+        self._running = True
+        self._thread = threading.Thread(target=self._poll, name="http-producer", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while self._running:
+            self._producer.poll(0.05)
+
+    async def produce(self, topic: str, key: str, message: Message) -> None:
+        """Return once the broker has the record; BrokerUnavailable otherwise."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def on_delivery(error: KafkaError | None, _record: Any) -> None:
+            loop.call_soon_threadsafe(_settle, done, error)
+
+        try:
+            self._producer.produce(topic, key=key.encode(), value=t.encode(message),
+                                   on_delivery=on_delivery)
+        except (BufferError, KafkaException) as error:
+            raise BrokerUnavailable(f"broker refused the record: {error}") from error
+        await done
+
+    def broker_reachable(self, timeout_s: float) -> bool:
+        try:
+            self._producer.list_topics(timeout=timeout_s)
+        except KafkaException:
+            return False
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._producer.flush(timeout_s)
+        self._running = False
+        self._thread.join(timeout_s)
+
+
+def _settle(done: asyncio.Future[None], error: KafkaError | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(BrokerUnavailable(f"delivery failed: {error}"))
+
+
+Deliver = Callable[[list[Any]], None]
+
+
+class TopicTail:
+    """Reads one topic from its end on every partition and delivers decoded messages, in
+    batches, to `deliver` on the event loop. Records that do not decode are logged and counted:
+    the topic's own processors send them to the dead-letter topic."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, family: t.Topic,
+                 deliver: Deliver, loop: asyncio.AbstractEventLoop,
+                 session_timeout_ms: int) -> None:
+        self._topic = topic
+        self._family = family
+        self._deliver = deliver
+        self._loop = loop
+        self.malformed = 0
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"http-gateway-tail-{uuid.uuid4().hex}",  # never joined: we assign
+            "enable.auto.commit": False,
+            "session.timeout.ms": session_timeout_ms,
+            "fetch.wait.max.ms": 10,
+            "fetch.error.backoff.ms": 50,
+        })
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name=f"tail-{family}", daemon=True)
+
+    def start(self, timeout_s: float) -> None:
+        """Assign every partition at its current end; afterwards nothing produced is missed."""
+        metadata = self._consumer.list_topics(self._topic, timeout=timeout_s)
+        partitions = metadata.topics[self._topic].partitions
+        if not partitions:
+            raise GatewayError(f"topic {self._topic} has no partitions (not created?)")
+        # Explicit start offsets from ListOffsets(latest): some brokers answer a little below
+        # the true end, which only replays a few old records (harmless: nobody waits on them);
+        # never above it.
+        assignment = []
+        for partition in partitions:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, partition), timeout=timeout_s)
+            assignment.append(TopicPartition(self._topic, partition, high))
+        self._consumer.assign(assignment)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._running:
+            try:
+                records = self._next_batch()
+            except KafkaException as error:  # transient: keep tailing
+                log.warning("tail %s: %s", self._topic, error)
+                time.sleep(0.2)
+                continue
+            batch = []
+            for record in records:
+                if record.error():
+                    continue
+                try:
+                    batch.append(t.decode(self._family, record.value()))
+                except DecodeError as error:
+                    self.malformed += 1
+                    log.warning("tail %s: skipping malformed record at %s/%s: %s",
+                                self._topic, record.partition(), record.offset(), error)
+            if batch and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._deliver, batch)
+
+    def _next_batch(self) -> list[Any]:
+        """Wait for one record, then take whatever else is already fetched: a batch `consume`
+        with a timeout waits out the whole timeout unless the batch fills, adding latency."""
+        first = self._consumer.poll(0.1)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(num_messages=499, timeout=0)]
+
+    def close(self) -> None:
+        self._running = False
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self._consumer.close()

@@ -1,0 +1,28 @@
+"""Configuration of the HTTP gateway: frozen, unknown fields rejected."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: int
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    shard_dsns: tuple[str, ...]
+    partitions_per_shard: int
+    redis_url: str
+    redis_key_prefix: str = ""
+    token_secret: str
+    token_ttl_s: int = 900
+    reply_wait_ms: int = 2000
+    session_timeout_ms: int = 3000
+    body_bytes_max: int = 16384
+    # Per-user request budgets, counted in Redis per one-second window.
+    orders_per_s_max: int = 10
+    reads_per_s_max: int = 100
+    # How long the record of an idempotency key -> request body hash lives.
+    idempotency_ttl_s: int = 24 * 3600
+    delivery_timeout_ms: int = 5000
+    ws_heartbeat_s: float = 15.0

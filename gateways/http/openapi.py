@@ -1,0 +1,74 @@
+"""The OpenAPI 3.1 document, generated from the route table and the msgspec body types."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from gateways.http import schemas as s
+from gateways.http.routes import ROUTES, Route
+
+_PROBLEM_STATUSES = (400, 401, 404, 409, 413, 422, 429, 503)
+_PATH_PARAM = re.compile(r"{(\w+)}")
+
+
+def _ref(kind: Any) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{kind.__name__}"}
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(route.path)
+    ]
+    parameters += [{"name": name, "in": "query", "required": required,
+                    "description": description, "schema": {"type": "string"}}
+                   for name, required, description in route.query]
+    if route.idempotency_key:
+        parameters.append({"name": "Idempotency-Key", "in": "header", "required": True,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 64}})
+    responses: dict[str, Any] = {}
+    for status, kind in route.responses:
+        responses[str(status)] = {"description": kind.__doc__ or kind.__name__,
+                                  "content": {"application/json": {"schema": _ref(kind)}}}
+    if not route.responses:
+        responses["200"] = {"description": "OK", "content": {"text/plain": {}}}
+    for status in _PROBLEM_STATUSES:
+        responses[str(status)] = {"description": "problem",
+                                  "content": {"application/problem+json": {
+                                      "schema": _ref(s.ProblemDoc)}}}
+    operation: dict[str, Any] = {
+        "operationId": route.handler.__name__, "summary": route.summary, "tags": [route.tag],
+        "parameters": parameters, "responses": responses,
+    }
+    if route.request is not None:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": _ref(route.request)}}}
+    operation["security"] = [{"bearer": []}] if route.auth else []
+    return operation
+
+
+def openapi_document() -> dict[str, Any]:
+    kinds = {route.request for route in ROUTES if route.request is not None}
+    kinds |= {kind for route in ROUTES for _status, kind in route.responses}
+    kinds.add(s.ProblemDoc)
+    ordered = sorted(kinds, key=lambda kind: kind.__name__)
+    _refs, components = msgspec.json.schema_components(
+        ordered, ref_template="#/components/schemas/{name}")
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    paths["/v1/stream"] = {"get": {
+        "operationId": "stream", "summary": "WebSocket: quotes and the user's order updates "
+        "(ops: auth, subscribe, unsubscribe, ping)", "tags": ["stream"],
+        "responses": {"101": {"description": "switching to WebSocket"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Brokerage API", "version": "1.0.0",
+                 "description": "Money, prices and quantities are decimal strings."},
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256)"}}},
+    }

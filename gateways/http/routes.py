@@ -1,0 +1,578 @@
+"""The HTTP API handlers and the route table (which the OpenAPI document is generated from)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+import psycopg
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from gateways.http import schemas as s
+from gateways.http.auth import bearer_token, issue_token, verify_token
+from gateways.http.bus import BrokerUnavailable
+from gateways.http.context import Gateway, gateway_of
+from gateways.http.portfolio import value_portfolio
+from gateways.http.problems import Problem
+from gateways.http.replies import answers_cancel, answers_money_command, answers_placement
+from gateways.http.validation import parse_amount, validate_order
+from state.ids import order_id_for
+from state.messages import (
+    TERMINAL_ORDER_STATES,
+    CancelOrder,
+    CommandAccepted,
+    CommandRejected,
+    Deposit,
+    Message,
+    OrderEvent,
+    OrderState,
+    PlaceOrder,
+    Side,
+    Withdraw,
+)
+from state.topics import Topic
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ENCODER = msgspec.json.Encoder(decimal_format="string")
+_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
+_SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
+_ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+CANDLE_INTERVALS = ("1m", "5m", "1h", "1d")
+QUOTE_SYMBOLS_MAX = 100
+ORDERS_LIMIT_MAX = 500
+
+
+# ---- plumbing ------------------------------------------------------------------------------
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=_ENCODER.encode(body), status=status,
+                        content_type="application/json", headers=headers)
+
+
+async def decode_body(request: web.Request, kind: type[T]) -> tuple[T, bytes]:
+    """The request body as `kind` and its raw bytes; 400/413/415/422 problems otherwise."""
+    content_type = request.headers.get("Content-Type", "application/json")
+    if "json" not in content_type:
+        raise Problem(415, "unsupported_media_type", "send application/json")
+    raw = await request.read()  # aiohttp answers 413 past client_max_size
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind), raw
+    except msgspec.ValidationError as error:
+        raise Problem(422, "invalid_field", str(error)) from error
+    except msgspec.DecodeError as error:
+        raise Problem(400, "malformed_json", f"body is not valid JSON: {error}") from error
+
+
+async def authenticate(request: web.Request, bucket: str) -> str:
+    """The caller's user id; spends one request of their `bucket` budget."""
+    gateway = gateway_of(request)
+    now = gateway.clock()
+    user_id = verify_token(gateway.config.token_secret,
+                           bearer_token(request.headers.get("Authorization")),
+                           int(now.timestamp()))
+    limit = (gateway.config.orders_per_s_max if bucket == "orders"
+             else gateway.config.reads_per_s_max)
+    await gateway.limiter.hit(user_id, bucket, limit, int(now.timestamp() * 1000))
+    return user_id
+
+
+def idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        raise Problem(400, "missing_idempotency_key", "Idempotency-Key header required")
+    if not _IDEMPOTENCY_KEY_RE.match(key):
+        raise Problem(400, "invalid_idempotency_key",
+                      "Idempotency-Key must be 1-64 printable ASCII characters")
+    return key
+
+
+def _not_found(what: str) -> Problem:
+    return Problem(404, f"{what}_not_found", f"no such {what}")
+
+
+async def owned_account(gateway: Gateway, user_id: str, account_id: str) -> str:
+    """`account_id` when the user owns it; 404 for unknown and for someone else's account,
+    so a probe cannot tell which ids exist."""
+    if not _ACCOUNT_ID_RE.match(account_id):
+        raise _not_found("account")
+    owner = gateway.owners.get(account_id)
+    if owner is None:
+        account = await gateway.reader.account(account_id)
+        if account is None:
+            raise _not_found("account")
+        owner = str(account["user_id"])
+        gateway.owners[account_id] = owner
+    if owner != user_id:
+        raise _not_found("account")
+    return account_id
+
+
+def query_account(request: web.Request) -> str:
+    account_id = request.query.get("account_id")
+    if not account_id:
+        raise Problem(400, "missing_parameter", "account_id query parameter required",
+                      field="account_id")
+    return account_id
+
+
+async def send_command(gateway: Gateway, message: Message, account_id: str) -> None:
+    try:
+        await gateway.producer.produce(gateway.topic(Topic.ORDERS_COMMANDS), account_id, message)
+    except BrokerUnavailable as error:
+        gateway.metrics.commands.inc(outcome="broker_unavailable")
+        raise Problem(503, "broker_unavailable", f"the command was not taken: {error}",
+                      headers={"Retry-After": "1"}) from error
+    gateway.metrics.commands.inc(outcome="produced", type=type(message).__name__)
+
+
+async def request_reply(gateway: Gateway, message: Message, account_id: str, key: str,
+                        predicate: Callable[[Any], bool]) -> Any | None:
+    """Produce `message` and wait (bounded) for the event that answers it; None on timeout.
+    The future is registered before producing, so a fast answer cannot be missed."""
+    future = gateway.replies.expect(account_id, key, predicate)
+    try:
+        await send_command(gateway, message, account_id)
+        answer = await gateway.replies.wait(future, gateway.config.reply_wait_ms / 1000)
+    finally:
+        gateway.replies.forget(account_id, key, future)
+    gateway.metrics.replies.inc(outcome="timeout" if answer is None else "answered")
+    return answer
+
+
+# ---- auth and accounts ---------------------------------------------------------------------
+
+
+async def create_token(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    body, _ = await decode_body(request, s.TokenRequest)
+    now = gateway.clock()
+    ttl_s = gateway.config.token_ttl_s
+    token = issue_token(gateway.config.token_secret, body.user_id, int(now.timestamp()), ttl_s)
+    expires_at = dt.datetime.fromtimestamp(int(now.timestamp()) + ttl_s, dt.UTC)
+    return json_response(s.TokenReply(token=token, token_type="Bearer", expires_at=expires_at),
+                         201)
+
+
+async def create_account(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "orders")
+    await decode_body(request, s.AccountCreate)
+    if "Idempotency-Key" in request.headers:
+        # A retried request names the same account: the shard follows from the seed alone.
+        seed = f"{user_id}\x1f{idempotency_key(request)}"
+        account_id, shard = gateway.router.new_account_id(seed)
+    else:  # a fresh account on the least loaded shard
+        loads = await gateway.reader.shard_loads() if hasattr(gateway.reader, "shard_loads") \
+            else None
+        account_id, shard = gateway.router.new_account_id(uuid.uuid4().hex, loads)
+    account = await gateway.reader.create_account(user_id, account_id, shard)
+    if account["user_id"] != user_id:  # the key's account belongs to someone else
+        raise Problem(409, "idempotency_key_reused", "this Idempotency-Key names another account")
+    gateway.owners[account_id] = user_id
+    if gateway.hub is not None:
+        gateway.hub.account_created(user_id, account_id, gateway)
+    return json_response(account, 201, {"Location": f"/v1/accounts/{account_id}"})
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    accounts = await gateway.reader.accounts_of_user(user_id)
+    return json_response({"accounts": accounts})
+
+
+async def get_account(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    account_id = await owned_account(gateway, user_id, request.match_info["account_id"])
+    account = await gateway.reader.account(account_id)
+    if account is None:
+        raise _not_found("account")
+    return json_response(account)
+
+
+# ---- money ---------------------------------------------------------------------------------
+
+
+async def _money(request: web.Request, kind: str) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "orders")
+    key = idempotency_key(request)
+    body, _ = await decode_body(request, s.MoneyRequest)
+    amount = parse_amount(body.amount)
+    account_id = await owned_account(gateway, user_id, request.match_info["account_id"])
+    fingerprint = f"{kind}:{amount}"
+    first = await gateway.idempotency.claim(f"{kind}:{account_id}", key, fingerprint)
+    command_class = Deposit if kind == "deposit" else Withdraw
+    command = command_class(account_id=account_id, idempotency_key=key, amount=amount,
+                            submitted_at=gateway.clock(), user_id=user_id)
+    try:
+        # A replay is sent again: the topology books a key once, so a duplicate is harmless
+        # and its answer is the one the first request got.
+        answer = await request_reply(gateway, command, account_id, key, answers_money_command)
+    except Problem:
+        if first:
+            await gateway.idempotency.release(f"{kind}:{account_id}", key, fingerprint)
+        raise
+    reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
+             "amount": str(amount)}
+    if isinstance(answer, CommandRejected):
+        raise Problem(422, answer.reason, answer.detail or f"{kind} rejected: {answer.reason}",
+                      reason=answer.reason, account_id=account_id, idempotency_key=key)
+    if isinstance(answer, CommandAccepted):
+        return json_response({**reply, "status": "accepted", "txn_id": answer.txn_id},
+                             201 if first else 200)
+    return json_response({**reply, "status": "pending"}, 202)
+
+
+async def deposit(request: web.Request) -> web.Response:
+    return await _money(request, "deposit")
+
+
+async def withdraw(request: web.Request) -> web.Response:
+    return await _money(request, "withdrawal")
+
+
+# ---- orders --------------------------------------------------------------------------------
+
+
+def order_from_event(event: OrderEvent) -> dict[str, Any]:
+    return {
+        "order_id": event.order_id, "account_id": event.account_id, "symbol": event.symbol,
+        "side": event.side, "order_type": event.order_type, "quantity": event.quantity,
+        "time_in_force": event.time_in_force, "state": event.state,
+        "filled_quantity": event.filled_quantity, "limit_price": event.limit_price,
+        "stop_price": event.stop_price, "average_fill_price": event.average_fill_price,
+        "reason": event.reason, "idempotency_key": event.idempotency_key,
+        "updated_at": event.occurred_at,
+    }
+
+
+def _rejected(order_id: str, account_id: str, reason: str, detail: str | None) -> Problem:
+    return Problem(422, "order_rejected", detail or f"order rejected: {reason}",
+                   reason=reason, order_id=order_id, account_id=account_id)
+
+
+async def place_order(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "orders")
+    key = idempotency_key(request)
+    body, _ = await decode_body(request, s.OrderRequest)
+    valid = validate_order(body)
+    account_id = await owned_account(gateway, user_id, body.account_id)
+    order_id = order_id_for(account_id, key)
+    scope = f"order:{account_id}"
+    fingerprint = _ENCODER.encode(body).decode()
+    if not await gateway.idempotency.claim(scope, key, fingerprint):
+        return await _replayed_order(gateway, account_id, order_id, key)
+    try:
+        quote = await gateway.quotes.get(body.symbol)
+        if quote is None:
+            raise Problem(422, "unknown_symbol", f"no market data for {body.symbol}",
+                          field="symbol")
+        command = PlaceOrder(
+            account_id=account_id, idempotency_key=key, symbol=body.symbol, side=body.side,
+            order_type=body.order_type, quantity=valid.quantity,
+            time_in_force=body.time_in_force, limit_price=valid.limit_price,
+            stop_price=valid.stop_price, submitted_at=gateway.clock(), user_id=user_id,
+            reference_price=quote.ask if body.side == Side.BUY else quote.bid,
+            reference_time=quote.venue_time,
+        )
+        answer = await request_reply(gateway, command, account_id, key, answers_placement)
+    except Exception:
+        await gateway.idempotency.release(scope, key, fingerprint)  # nothing was taken
+        raise
+    location = {"Location": f"/v1/orders/{order_id}"}
+    if isinstance(answer, CommandRejected):
+        raise _rejected(order_id, account_id, answer.reason, answer.detail)
+    if isinstance(answer, OrderEvent):
+        if answer.state == OrderState.REJECTED:
+            raise _rejected(order_id, account_id, answer.reason or "rejected", answer.detail)
+        return json_response(order_from_event(answer), 201, location)
+    return json_response({"order_id": order_id, "account_id": account_id, "status": "pending",
+                          "idempotency_key": key}, 202, location)
+
+
+async def _replayed_order(gateway: Gateway, account_id: str, order_id: str,
+                          key: str) -> web.Response:
+    """Same key, same body: the order as the shard knows it, or 202 while it catches up."""
+    order = await gateway.reader.order(account_id, order_id)
+    if order is not None:
+        if order.get("state") == OrderState.REJECTED:
+            raise _rejected(order_id, account_id, order.get("reason") or "rejected", None)
+        return json_response(order, 200, {"Location": f"/v1/orders/{order_id}"})
+    return json_response({"order_id": order_id, "account_id": account_id, "status": "pending",
+                          "idempotency_key": key}, 202, {"Location": f"/v1/orders/{order_id}"})
+
+
+async def _find_order(gateway: Gateway, user_id: str, order_id: str,
+                      account_id: str | None) -> dict[str, Any]:
+    if not _ORDER_ID_RE.match(order_id):
+        raise _not_found("order")
+    if account_id is not None:
+        candidates = [await owned_account(gateway, user_id, account_id)]
+    else:
+        candidates = [a["account_id"] for a in await gateway.reader.accounts_of_user(user_id)]
+    for candidate in candidates:
+        order = await gateway.reader.order(candidate, order_id)
+        if order is not None:
+            return dict(order)
+    raise _not_found("order")
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    limit = _int_param(request, "limit", 100, 1, ORDERS_LIMIT_MAX)
+    account_id = request.query.get("account_id")
+    if account_id is not None:
+        accounts = [await owned_account(gateway, user_id, account_id)]
+    else:
+        accounts = [a["account_id"] for a in await gateway.reader.accounts_of_user(user_id)]
+    orders: list[dict[str, Any]] = []
+    for account in accounts:
+        orders += await gateway.reader.orders(account, limit)
+    return json_response({"orders": orders[:limit] if account_id is None else orders})
+
+
+async def get_order(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    order = await _find_order(gateway, user_id, request.match_info["order_id"],
+                              request.query.get("account_id"))
+    return json_response(order)
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "orders")
+    order_id = request.match_info["order_id"]
+    # Cancelling an order twice is the same request: the order id makes a natural key.
+    key = (idempotency_key(request) if "Idempotency-Key" in request.headers
+           else f"cancel:{order_id}")
+    order = await _find_order(gateway, user_id, order_id, request.query.get("account_id"))
+    account_id = str(order["account_id"])
+    if order.get("state") in TERMINAL_ORDER_STATES:
+        raise Problem(409, "order_not_open", f"order is {order.get('state')}",
+                      order_id=order_id)
+    command = CancelOrder(account_id=account_id, idempotency_key=key, order_id=order_id,
+                          submitted_at=gateway.clock(), user_id=user_id)
+    answer = await request_reply(gateway, command, account_id, key, answers_cancel)
+    if isinstance(answer, CommandRejected):
+        raise Problem(409, answer.reason, answer.detail or f"cancel rejected: {answer.reason}",
+                      reason=answer.reason, order_id=order_id)
+    if isinstance(answer, OrderEvent):
+        return json_response(order_from_event(answer))
+    return json_response({"order_id": order_id, "account_id": account_id,
+                          "status": "cancel_requested", "idempotency_key": key}, 202)
+
+
+# ---- portfolio, activities, market data ----------------------------------------------------
+
+
+async def portfolio(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    account_id = await owned_account(gateway, user_id, query_account(request))
+    ledger = await gateway.reader.portfolio(account_id)
+    symbols = [p["symbol"] for p in ledger.get("positions", [])]
+    quotes = await gateway.quotes.get_many(symbols) if symbols else {}
+    return json_response(value_portfolio(ledger, quotes))
+
+
+async def activities(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    account_id = await owned_account(gateway, user_id, query_account(request))
+    as_of = None
+    if "as_of" in request.query:
+        try:
+            as_of = dt.datetime.fromisoformat(request.query["as_of"])
+        except ValueError as error:
+            raise Problem(400, "invalid_parameter", "as_of must be an RFC 3339 time",
+                          field="as_of") from error
+        if as_of.tzinfo is None:
+            raise Problem(400, "invalid_parameter", "as_of needs a UTC offset", field="as_of")
+    entries = await gateway.reader.activities(account_id, as_of)
+    return json_response({"account_id": account_id, "activities": entries})
+
+
+def _symbols(text: str) -> list[str]:
+    symbols = [part.strip().upper() for part in text.split(",") if part.strip()]
+    if not symbols:
+        raise Problem(400, "missing_parameter", "symbols query parameter required",
+                      field="symbols")
+    if len(symbols) > QUOTE_SYMBOLS_MAX:
+        raise Problem(400, "too_many_symbols", f"at most {QUOTE_SYMBOLS_MAX} symbols",
+                      field="symbols")
+    for symbol in symbols:
+        if not _SYMBOL_RE.match(symbol):
+            raise Problem(400, "invalid_symbol", f"{symbol[:20]!r} is not a symbol",
+                          field="symbols")
+    return list(dict.fromkeys(symbols))
+
+
+async def quotes(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    await authenticate(request, "reads")
+    symbols = _symbols(request.query.get("symbols", ""))
+    found = await gateway.quotes.get_many(symbols)
+    return json_response({"quotes": [found[s] for s in symbols if s in found],
+                          "missing": [s for s in symbols if s not in found]})
+
+
+async def candles(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    await authenticate(request, "reads")
+    symbol = request.match_info["symbol"].upper()
+    if not _SYMBOL_RE.match(symbol):
+        raise Problem(400, "invalid_symbol", f"{symbol[:20]!r} is not a symbol", field="symbol")
+    interval = request.query.get("interval", "1m")
+    if interval not in CANDLE_INTERVALS:
+        raise Problem(400, "invalid_parameter",
+                      f"interval must be one of {', '.join(CANDLE_INTERVALS)}", field="interval")
+    limit = _int_param(request, "limit", 100, 1, 1000)
+    found = await _read_candles(gateway, symbol, interval, limit)
+    return json_response({"symbol": symbol, "interval": interval, "candles": found})
+
+
+async def _read_candles(gateway: Gateway, symbol: str, interval: str,
+                        limit: int) -> list[Any]:
+    """Candles from whichever store keeps them: a shard reader or quote cache that offers
+    `candles(symbol, interval, limit)`; none yet is an empty list, not an error."""
+    for store in (gateway.quotes, gateway.reader):
+        reader = getattr(store, "candles", None)
+        if reader is not None:
+            return list(await reader(symbol, interval, limit))
+    return []
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise Problem(400, "invalid_parameter", f"{name} must be an integer in [{low}, {high}]",
+                      field=name)
+    return int(text)
+
+
+# ---- operations ----------------------------------------------------------------------------
+
+
+async def _check_shard(dsn: str) -> bool:
+    try:
+        conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=2, autocommit=True)
+    except psycopg.Error:
+        return False
+    try:
+        await conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+    finally:
+        await conn.close()
+
+
+async def _check_redis(gateway: Gateway) -> bool:
+    try:
+        return bool(await gateway.redis.ping())
+    except (RedisError, OSError):
+        return False
+
+
+async def healthz(request: web.Request) -> web.Response:
+    gateway = gateway_of(request)
+    loop = asyncio.get_running_loop()
+    names = ["broker", "redis"] + [f"shard{i}" for i in range(len(gateway.config.shard_dsns))]
+    results = await asyncio.gather(
+        loop.run_in_executor(None, gateway.producer.broker_reachable, 2.0),
+        _check_redis(gateway),
+        *(_check_shard(dsn) for dsn in gateway.config.shard_dsns),
+    )
+    checks = {name: "ok" if ok else "down" for name, ok in zip(names, results, strict=True)}
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        raise Problem(503, "unhealthy", f"down: {', '.join(down)}", down=down, checks=checks)
+    return json_response({"status": "ok", "checks": checks})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=gateway_of(request).metrics.render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Format": "prometheus-0.0.4"})
+
+
+# ---- the route table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    request: Any = None
+    responses: tuple[tuple[int, Any], ...] = ()
+    auth: bool = True
+    idempotency_key: bool = False
+    query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
+    tag: str = "api"
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/auth/token", create_token, "Dev login: a short-lived signed token",
+          s.TokenRequest, ((201, s.TokenReply),), auth=False, tag="auth"),
+    Route("POST", "/v1/accounts", create_account, "Open a brokerage account",
+          s.AccountCreate, ((201, s.Account),), tag="accounts"),
+    Route("GET", "/v1/accounts", list_accounts, "The caller's accounts",
+          responses=((200, s.AccountList),), tag="accounts"),
+    Route("GET", "/v1/accounts/{account_id}", get_account, "One of the caller's accounts",
+          responses=((200, s.Account),), tag="accounts"),
+    Route("POST", "/v1/accounts/{account_id}/deposits", deposit, "Deposit cash (ACH)",
+          s.MoneyRequest, ((201, s.MoneyReply), (202, s.MoneyReply)), idempotency_key=True,
+          tag="money"),
+    Route("POST", "/v1/accounts/{account_id}/withdrawals", withdraw, "Withdraw cash",
+          s.MoneyRequest, ((201, s.MoneyReply), (202, s.MoneyReply)), idempotency_key=True,
+          tag="money"),
+    Route("POST", "/v1/orders", place_order, "Place an order", s.OrderRequest,
+          ((201, s.Order), (200, s.Order), (202, s.OrderAccepted)), idempotency_key=True,
+          tag="orders"),
+    Route("GET", "/v1/orders", list_orders, "The caller's orders, newest first",
+          responses=((200, s.OrderList),),
+          query=(("account_id", False, "one account"), ("limit", False, "1-500")),
+          tag="orders"),
+    Route("GET", "/v1/orders/{order_id}", get_order, "One order with its events",
+          responses=((200, s.Order),), query=(("account_id", False, "its account"),),
+          tag="orders"),
+    Route("DELETE", "/v1/orders/{order_id}", cancel_order, "Cancel an open order",
+          responses=((200, s.Order), (202, s.OrderAccepted)),
+          query=(("account_id", False, "its account"),), tag="orders"),
+    Route("GET", "/v1/portfolio", portfolio, "Cash, buying power, equity and positions",
+          responses=((200, s.Portfolio),), query=(("account_id", True, "the account"),),
+          tag="portfolio"),
+    Route("GET", "/v1/activities", activities, "The account's ledger history",
+          responses=((200, s.ActivityList),),
+          query=(("account_id", True, "the account"), ("as_of", False, "RFC 3339 time")),
+          tag="portfolio"),
+    Route("GET", "/v1/quotes", quotes, "Latest quotes", responses=((200, s.QuoteList),),
+          query=(("symbols", True, "comma-separated, e.g. AAPL,TSLA"),), tag="market"),
+    Route("GET", "/v1/candles/{symbol}", candles, "OHLCV candles",
+          responses=((200, s.CandleList),),
+          query=(("interval", False, "1m, 5m, 1h or 1d"), ("limit", False, "1-1000")),
+          tag="market"),
+    Route("GET", "/healthz", healthz, "Broker, Redis and every shard reachable",
+          responses=((200, s.Health),), auth=False, tag="operations"),
+    Route("GET", "/metrics", metrics, "Prometheus text format", auth=False, tag="operations"),
+)

@@ -1,0 +1,180 @@
+"""Request and response bodies of the HTTP API, defined once: handlers decode with them and the
+OpenAPI document is generated from them. Money, prices and quantities are decimal strings."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import msgspec
+
+from gateways.http.auth import USER_ID_PATTERN
+from state.messages import OrderState, OrderType, Side, TimeInForce
+
+DecimalString = Annotated[str, msgspec.Meta(
+    min_length=1, max_length=40, description="a decimal number as a string, e.g. \"209.50\"")]
+AccountIdField = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+SymbolField = Annotated[str, msgspec.Meta(
+    pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$", description="upper-case ticker, e.g. AAPL")]
+
+
+class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class TokenRequest(Body, frozen=True):
+    user_id: Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]
+
+
+class TokenReply(Body, frozen=True):
+    token: str
+    token_type: str
+    expires_at: dt.datetime
+
+
+class AccountCreate(Body, frozen=True):
+    pass
+
+
+class Account(Body, frozen=True):
+    account_id: str
+    user_id: str
+    shard: int
+    created_at: dt.datetime | None = None
+
+
+class AccountList(Body, frozen=True):
+    accounts: list[Account]
+
+
+class MoneyRequest(Body, frozen=True):
+    amount: DecimalString
+
+
+class MoneyReply(Body, frozen=True):
+    account_id: str
+    idempotency_key: str
+    kind: str
+    amount: str
+    status: Annotated[str, msgspec.Meta(description="accepted | rejected | pending")]
+    txn_id: str | None = None
+    reason: str | None = None
+
+
+class OrderRequest(Body, frozen=True):
+    account_id: AccountIdField
+    symbol: SymbolField
+    side: Side
+    order_type: OrderType
+    quantity: DecimalString
+    time_in_force: TimeInForce = TimeInForce.DAY
+    limit_price: DecimalString | None = None
+    stop_price: DecimalString | None = None
+
+
+class OrderEventView(Body, frozen=True):
+    event_id: str
+    seq: int
+    state: OrderState
+    occurred_at: dt.datetime
+    previous_state: OrderState | None = None
+    reason: str | None = None
+    filled_quantity: str | None = None
+    last_fill_quantity: str | None = None
+    last_fill_price: str | None = None
+
+
+class Order(Body, frozen=True):
+    order_id: str
+    account_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: str
+    time_in_force: TimeInForce
+    state: OrderState | None = None
+    filled_quantity: str | None = None
+    limit_price: str | None = None
+    stop_price: str | None = None
+    average_fill_price: str | None = None
+    reason: str | None = None
+    idempotency_key: str | None = None
+    updated_at: dt.datetime | None = None
+    events: list[OrderEventView] | None = None
+
+
+class OrderAccepted(Body, frozen=True):
+    """The 202 answer: the command is on the broker, the risk answer has not come yet."""
+
+    order_id: str
+    account_id: str
+    status: str
+    idempotency_key: str
+
+
+class OrderList(Body, frozen=True):
+    orders: list[dict[str, Any]]
+
+
+class Position(Body, frozen=True):
+    symbol: str
+    quantity: str
+    average_cost: str
+    cost_basis: str
+    price: str | None
+    market_value: str | None
+    unrealized_pnl: str | None
+
+
+class Portfolio(Body, frozen=True):
+    account_id: str
+    cash: str
+    cash_held: str
+    buying_power: str
+    positions_value: str
+    equity: str
+    unrealized_pnl: str
+    positions: list[Position]
+    as_of: dt.datetime | None = None
+    ledger_offset: int | None = None
+    quotes_as_of: dt.datetime | None = None
+
+
+class QuoteView(Body, frozen=True):
+    symbol: str
+    bid: str
+    ask: str
+    bid_size: str
+    ask_size: str
+    venue_time: dt.datetime
+    last: str | None = None
+
+
+class QuoteList(Body, frozen=True):
+    quotes: list[QuoteView]
+    missing: list[str]
+
+
+class CandleList(Body, frozen=True):
+    symbol: str
+    interval: str
+    candles: list[dict[str, Any]]
+
+
+class ActivityList(Body, frozen=True):
+    account_id: str
+    activities: list[dict[str, Any]]
+
+
+class Health(Body, frozen=True):
+    status: str
+    checks: dict[str, str]
+
+
+class ProblemDoc(Body, frozen=True):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str
+    instance: str | None = None

@@ -1,0 +1,114 @@
+"""Order and money validation, pure: what can be refused before anything reaches a topic."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from gateways.http.problems import Problem
+from gateways.http.schemas import OrderRequest
+from state.messages import OrderType
+
+QUANTITY_MAX = Decimal("1000000")
+QUANTITY_PLACES_MAX = 6
+PRICE_MAX = Decimal("1000000")
+AMOUNT_MAX = Decimal("10000000")
+PENNY = Decimal("0.01")
+SUB_PENNY = Decimal("0.0001")
+_ONE = Decimal(1)
+_PLAIN_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+_NOT_FINITE = frozenset({"nan", "snan", "inf", "infinity"})
+
+
+def _invalid(code: str, field: str, detail: str) -> Problem:
+    return Problem(422, code, f"{field}: {detail}", field=field)
+
+
+def parse_positive(field: str, text: str, maximum: Decimal) -> Decimal:
+    """A positive, finite decimal from a plain decimal string (no exponent, no sign)."""
+    if text.strip().lower().lstrip("+-") in _NOT_FINITE:
+        raise _invalid("not_finite", field, "must be a finite number")
+    if text.startswith("-"):
+        raise _invalid("not_positive", field, "must be greater than zero")
+    if not _PLAIN_DECIMAL.fullmatch(text):
+        raise _invalid("invalid_decimal", field, f"{text[:40]!r} is not a plain decimal string")
+    value = Decimal(text)
+    if value <= 0:
+        raise _invalid("not_positive", field, "must be greater than zero")
+    if value > maximum:
+        raise _invalid("too_large", field, f"must be at most {maximum}")
+    return value
+
+
+def _places(value: Decimal) -> int:
+    exponent = value.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(0, -exponent)
+
+
+def tick_size(price: Decimal) -> Decimal:
+    """US equities (Reg NMS 612): whole cents at or above $1, 0.0001 below."""
+    return PENNY if price >= _ONE else SUB_PENNY
+
+
+def check_tick(field: str, price: Decimal) -> None:
+    tick = tick_size(price)
+    if price % tick != 0:
+        raise _invalid("invalid_tick_size", field, f"{price} is not a multiple of {tick}")
+
+
+def parse_quantity(text: str) -> Decimal:
+    quantity = parse_positive("quantity", text, QUANTITY_MAX)
+    if _places(quantity) > QUANTITY_PLACES_MAX:
+        raise _invalid("too_many_decimals", "quantity",
+                       f"at most {QUANTITY_PLACES_MAX} decimal places")
+    return quantity
+
+
+def parse_price(field: str, text: str) -> Decimal:
+    price = parse_positive(field, text, PRICE_MAX)
+    check_tick(field, price)
+    return price
+
+
+def parse_amount(text: str) -> Decimal:
+    amount = parse_positive("amount", text, AMOUNT_MAX)
+    if _places(amount) > 2:
+        raise _invalid("too_many_decimals", "amount", "USD amounts have at most 2 decimal places")
+    return amount
+
+
+_NEEDS_LIMIT = {OrderType.LIMIT, OrderType.STOP_LIMIT}
+_NEEDS_STOP = {OrderType.STOP, OrderType.STOP_LIMIT}
+
+
+class ValidOrder:
+    __slots__ = ("quantity", "limit_price", "stop_price")
+
+    def __init__(self, quantity: Decimal, limit_price: Decimal | None,
+                 stop_price: Decimal | None) -> None:
+        self.quantity = quantity
+        self.limit_price = limit_price
+        self.stop_price = stop_price
+
+
+def validate_order(request: OrderRequest) -> ValidOrder:
+    quantity = parse_quantity(request.quantity)
+    limit_price = stop_price = None
+    if request.order_type in _NEEDS_LIMIT:
+        if request.limit_price is None:
+            raise _invalid("missing_field", "limit_price",
+                           f"required for {request.order_type} orders")
+        limit_price = parse_price("limit_price", request.limit_price)
+    elif request.limit_price is not None:
+        raise _invalid("unexpected_field", "limit_price",
+                       f"not allowed for {request.order_type} orders")
+    if request.order_type in _NEEDS_STOP:
+        if request.stop_price is None:
+            raise _invalid("missing_field", "stop_price",
+                           f"required for {request.order_type} orders")
+        stop_price = parse_price("stop_price", request.stop_price)
+    elif request.stop_price is not None:
+        raise _invalid("unexpected_field", "stop_price",
+                       f"not allowed for {request.order_type} orders")
+    return ValidOrder(quantity, limit_price, stop_price)

@@ -1,0 +1,280 @@
+"""The simulator's order book: pure (no I/O, no clock); time and quotes are passed in.
+
+Market orders fill at the far side of the NBBO (ask for a buy, bid for a sell) improved by
+`price_improvement_bps`, rounded to the cent (Decimal's default half-even). Orders of at
+least `partial_fill_qty_min` fill in three reports of 40 %, 30 % and 30 %. Limit orders rest
+until the far side reaches their price; stop orders rest until the far side reaches the stop,
+then act as market (stop) or limit (stop_limit) orders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+
+from state.messages import ExecType, OrderType, Side, SymbolStatus, TimeInForce
+
+CENT = Decimal("0.01")
+QTY_STEP = Decimal("0.000001")
+PARTS = (Decimal("0.4"), Decimal("0.3"))  # the rest is the last part
+
+
+class OrdStatus:
+    """FIX OrdStatus (39) codes."""
+
+    NEW = "0"
+    PARTIALLY_FILLED = "1"
+    FILLED = "2"
+    CANCELED = "4"
+    REJECTED = "8"
+
+
+@dataclass(frozen=True)
+class NBBO:
+    bid: Decimal
+    ask: Decimal
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    cl_ord_id: str
+    account: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    time_in_force: TimeInForce = TimeInForce.DAY
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class Report:
+    """One ExecutionReport (kind "report") or OrderCancelReject (kind "cancel_reject")."""
+
+    cl_ord_id: str
+    order_id: str
+    exec_id: str
+    exec_type: ExecType
+    ord_status: str
+    account: str
+    symbol: str
+    side: Side
+    order_qty: Decimal
+    last_qty: Decimal
+    last_px: Decimal
+    cum_qty: Decimal
+    leaves_qty: Decimal
+    avg_px: Decimal
+    orig_cl_ord_id: str | None = None
+    text: str | None = None
+    rej_reason: str | None = None
+    kind: str = "report"
+
+
+@dataclass
+class SimOrder:
+    request: NewOrder
+    order_id: str
+    cl_ord_id: str  # the latest ClOrdID that names the order (changes on cancel)
+    cum_qty: Decimal = Decimal(0)
+    notional: Decimal = Decimal(0)
+    ord_status: str = OrdStatus.NEW
+    triggered: bool = False
+    reports: int = 0
+    fill_parts: list[Decimal] = field(default_factory=list)
+
+    @property
+    def leaves_qty(self) -> Decimal:
+        if self.ord_status in (OrdStatus.CANCELED, OrdStatus.REJECTED, OrdStatus.FILLED):
+            return Decimal(0)
+        return self.request.quantity - self.cum_qty
+
+    @property
+    def avg_px(self) -> Decimal:
+        return (self.notional / self.cum_qty).quantize(QTY_STEP) if self.cum_qty else Decimal(0)
+
+    @property
+    def open(self) -> bool:
+        return self.ord_status in (OrdStatus.NEW, OrdStatus.PARTIALLY_FILLED)
+
+
+def improved_price(side: Side, nbbo: NBBO, improvement_bps: Decimal) -> Decimal:
+    """The far side of the NBBO improved in the customer's favour, rounded to the cent."""
+    factor = improvement_bps / Decimal(10_000)
+    if side is Side.BUY:
+        return (nbbo.ask * (1 - factor)).quantize(CENT)
+    return (nbbo.bid * (1 + factor)).quantize(CENT)
+
+
+def fill_parts(quantity: Decimal, partial_fill_qty_min: Decimal) -> list[Decimal]:
+    if quantity < partial_fill_qty_min:
+        return [quantity]
+    first, second = ((quantity * part).quantize(QTY_STEP, ROUND_DOWN) for part in PARTS)
+    parts = [first, second, quantity - first - second]
+    return [part for part in parts if part > 0]
+
+
+class Book:
+    def __init__(self, price_improvement_bps: Decimal, partial_fill_qty_min: Decimal,
+                 known_symbols: tuple[str, ...] = ()) -> None:
+        self.price_improvement_bps = price_improvement_bps
+        self.partial_fill_qty_min = partial_fill_qty_min
+        self.known_symbols = frozenset(known_symbols)
+        self.nbbo: dict[str, NBBO] = {}
+        self.status: dict[str, SymbolStatus] = {}
+        self.orders: dict[str, SimOrder] = {}  # by every ClOrdID that names the order
+
+    # ---- market data -------------------------------------------------------------------
+
+    def on_quote(self, symbol: str, bid: Decimal, ask: Decimal) -> list[Report]:
+        """Record the NBBO; resting orders it reaches fill."""
+        if bid <= 0 or ask <= 0 or bid > ask:
+            return []  # a crossed or empty quote is not a price to trade on
+        self.nbbo[symbol] = NBBO(bid, ask)
+        reports: list[Report] = []
+        for order in self._open_orders(symbol):
+            reports += self._try_execute(order)
+        return reports
+
+    def on_status(self, symbol: str, status: SymbolStatus) -> None:
+        self.status[symbol] = status
+
+    # ---- requests ----------------------------------------------------------------------
+
+    def new_order(self, request: NewOrder) -> list[Report]:
+        existing = self.orders.get(request.cl_ord_id)
+        if existing is not None:
+            existing.reports += 1
+            return [self._reject(request, existing.order_id, "duplicate ClOrdID", "6",
+                                 ExecType.REJECTED, exec_suffix=f"dup{existing.reports}")]
+        # Ids derive from the ClOrdID so they stay unique across simulator restarts.
+        order_id = f"S-{request.cl_ord_id}"
+        reason = self._rejection(request)
+        if reason is not None:
+            text, code = reason
+            order = SimOrder(request, order_id, request.cl_ord_id,
+                             ord_status=OrdStatus.REJECTED)
+            self.orders[request.cl_ord_id] = order
+            return [self._report(order, ExecType.REJECTED, text=text, rej_reason=code)]
+        order = SimOrder(request, order_id, request.cl_ord_id,
+                         fill_parts=fill_parts(request.quantity, self.partial_fill_qty_min))
+        self.orders[request.cl_ord_id] = order
+        reports = [self._report(order, ExecType.NEW)]
+        reports += self._try_execute(order)
+        if order.open and request.time_in_force is TimeInForce.IOC:
+            order.ord_status = OrdStatus.CANCELED
+            reports.append(self._report(order, ExecType.CANCELED, text="IOC not marketable"))
+        return reports
+
+    def cancel(self, cl_ord_id: str, orig_cl_ord_id: str) -> list[Report]:
+        order = self.orders.get(orig_cl_ord_id)
+        if order is None or not order.open:
+            status = order.ord_status if order else OrdStatus.REJECTED
+            return [Report(cl_ord_id=cl_ord_id, order_id=order.order_id if order else "NONE",
+                           exec_id="", exec_type=ExecType.CANCEL_REJECTED, ord_status=status,
+                           account=order.request.account if order else "",
+                           symbol=order.request.symbol if order else "",
+                           side=order.request.side if order else Side.BUY,
+                           order_qty=Decimal(0), last_qty=Decimal(0), last_px=Decimal(0),
+                           cum_qty=order.cum_qty if order else Decimal(0), leaves_qty=Decimal(0),
+                           avg_px=Decimal(0), orig_cl_ord_id=orig_cl_ord_id,
+                           text="unknown order" if order is None else "too late to cancel",
+                           rej_reason="1" if order is None else "0", kind="cancel_reject")]
+        order.ord_status = OrdStatus.CANCELED
+        order.cl_ord_id = cl_ord_id
+        self.orders[cl_ord_id] = order
+        return [self._report(order, ExecType.CANCELED, orig_cl_ord_id=orig_cl_ord_id)]
+
+    def status_of(self, cl_ord_id: str) -> list[Report]:
+        order = self.orders.get(cl_ord_id)
+        if order is None:
+            return []
+        return [self._report(order, ExecType.ORDER_STATUS, cl_ord_id=cl_ord_id)]
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _rejection(self, request: NewOrder) -> tuple[str, str] | None:
+        if self.known_symbols and request.symbol not in self.known_symbols:
+            return "unknown symbol", "1"
+        if self.status.get(request.symbol) is SymbolStatus.HALTED:
+            return "symbol halted", "2"
+        if request.symbol not in self.nbbo:
+            return "no quote for symbol", "1"
+        if request.quantity <= 0:
+            return "quantity must be positive", "13"
+        if request.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and (
+                request.limit_price is None or request.limit_price <= 0):
+            return "limit price required", "99"
+        if request.order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and (
+                request.stop_price is None or request.stop_price <= 0):
+            return "stop price required", "99"
+        return None
+
+    def _open_orders(self, symbol: str) -> list[SimOrder]:
+        seen: dict[str, SimOrder] = {}
+        for order in self.orders.values():
+            if order.open and order.request.symbol == symbol:
+                seen[order.order_id] = order
+        return list(seen.values())
+
+    def _execution_price(self, order: SimOrder) -> Decimal | None:
+        """The price the order fills at now, or None while it must rest."""
+        request = order.request
+        nbbo = self.nbbo.get(request.symbol)
+        if nbbo is None or self.status.get(request.symbol) is SymbolStatus.HALTED:
+            return None
+        buy = request.side is Side.BUY
+        far = nbbo.ask if buy else nbbo.bid
+        if request.order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and not order.triggered:
+            assert request.stop_price is not None
+            if (far >= request.stop_price) if buy else (far <= request.stop_price):
+                order.triggered = True
+            else:
+                return None
+        price = improved_price(request.side, nbbo, self.price_improvement_bps)
+        if request.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT):
+            limit = request.limit_price
+            assert limit is not None
+            if (far > limit) if buy else (far < limit):
+                return None
+            price = min(price, limit) if buy else max(price, limit)
+        return price
+
+    def _try_execute(self, order: SimOrder) -> list[Report]:
+        price = self._execution_price(order)
+        if price is None:
+            return []
+        reports = []
+        while order.fill_parts:
+            quantity = order.fill_parts.pop(0)
+            order.cum_qty += quantity
+            order.notional += quantity * price
+            order.ord_status = (OrdStatus.FILLED if order.cum_qty >= order.request.quantity
+                                else OrdStatus.PARTIALLY_FILLED)
+            reports.append(self._report(order, ExecType.TRADE, last_qty=quantity, last_px=price))
+        return reports
+
+    def _report(self, order: SimOrder, exec_type: ExecType, *, last_qty: Decimal = Decimal(0),
+                last_px: Decimal = Decimal(0), text: str | None = None,
+                rej_reason: str | None = None, orig_cl_ord_id: str | None = None,
+                cl_ord_id: str | None = None) -> Report:
+        order.reports += 1
+        request = order.request
+        return Report(
+            cl_ord_id=cl_ord_id or order.cl_ord_id, order_id=order.order_id,
+            exec_id=f"{order.order_id}-{order.reports}", exec_type=exec_type,
+            ord_status=order.ord_status, account=request.account, symbol=request.symbol,
+            side=request.side, order_qty=request.quantity, last_qty=last_qty, last_px=last_px,
+            cum_qty=order.cum_qty, leaves_qty=order.leaves_qty, avg_px=order.avg_px,
+            orig_cl_ord_id=orig_cl_ord_id, text=text, rej_reason=rej_reason)
+
+    def _reject(self, request: NewOrder, order_id: str, text: str, code: str,
+                exec_type: ExecType, exec_suffix: str) -> Report:
+        return Report(
+            cl_ord_id=request.cl_ord_id, order_id=order_id,
+            exec_id=f"{order_id}-{exec_suffix}", exec_type=exec_type,
+            ord_status=OrdStatus.REJECTED, account=request.account, symbol=request.symbol,
+            side=request.side, order_qty=request.quantity, last_qty=Decimal(0),
+            last_px=Decimal(0), cum_qty=Decimal(0), leaves_qty=Decimal(0), avg_px=Decimal(0),
+            text=text, rej_reason=code)

@@ -1,0 +1,103 @@
+"""The market-maker simulator process: a QuickFIX acceptor that fills against `quotes`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import quickfix as fix
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from gateways.fix.runtime import stop_on_signals
+from gateways.fix.session import acceptor_settings_text, load_settings, session_comp_ids
+from gateways.simulator.application import SimulatorApplication
+from gateways.simulator.book import Book
+from gateways.simulator.config import SimulatorConfig
+from state.exceptions import DecodeError
+from state.messages import MarketStatus, Quote
+from state.topics import Topic, decode
+
+log = logging.getLogger(__name__)
+
+
+def run(config: SimulatorConfig) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    serve(config, stop_on_signals())
+
+
+def serve(config: SimulatorConfig, stop: threading.Event,
+          ready: threading.Event | None = None) -> None:
+    """Serve until `stop` is set (for callers that own the signals, e.g. tests in a thread)."""
+    store_dir = Path(config.store_dir)
+    book = Book(config.price_improvement_bps, config.partial_fill_qty_min, config.known_symbols)
+    app = SimulatorApplication(config, book)
+    settings = load_settings(
+        acceptor_settings_text("FIX.4.4", config.sender_comp_id,
+                               session_comp_ids(config.target_comp_id, config.sessions),
+                               config.host, config.port, store_dir, config.heartbeat_s,
+                               config.validate_messages),
+        store_dir / "simulator.cfg")
+    consumer = _market_data_consumer(config)
+    acceptor = fix.SocketAcceptor(app, fix.FileStoreFactory(settings), settings,
+                                  fix.FileLogFactory(settings))
+    app.sender.start()
+    acceptor.start()
+    log.info("simulator %s listening on %s:%d", config.sender_comp_id, config.host, config.port)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            for record in consumer.consume(num_messages=500, timeout=0.05):
+                _on_market_data(app, record)
+    finally:
+        acceptor.stop()
+        app.sender.stop()
+        consumer.close()
+        log.info("simulator stopped")
+
+
+def _market_data_consumer(config: SimulatorConfig) -> Consumer:
+    """Reads every partition of `quotes` and `market.status` from the start: the simulator
+    needs the whole NBBO, not a share of it, so it takes no part in a consumer group."""
+    consumer = Consumer({
+        "bootstrap.servers": config.bootstrap_servers,
+        "group.id": f"{config.topic_prefix}simulator-{config.sender_comp_id}",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 3000,
+        "fetch.wait.max.ms": 10,  # quotes move resting orders: read them promptly
+    })
+    assignment = []
+    for topic in (Topic.QUOTES, Topic.MARKET_STATUS):
+        name = config.topic_prefix + topic
+        metadata = consumer.list_topics(name, timeout=10).topics[name]
+        assignment += [TopicPartition(name, partition, OFFSET_BEGINNING)
+                       for partition in metadata.partitions]
+    consumer.assign(assignment)
+    return consumer
+
+
+def _on_market_data(app: SimulatorApplication, record: Message) -> None:
+    error = record.error()
+    if error is not None:
+        if error.code() != KafkaError._PARTITION_EOF:
+            log.warning("market data consumer: %s", error)
+        return
+    topic = record.topic() or ""
+    kind = Topic.QUOTES if topic.endswith(Topic.QUOTES) else Topic.MARKET_STATUS
+    try:
+        message = decode(kind, record.value())
+    except DecodeError as error:
+        # Not ours to dead-letter: the market-data topology owns the quotes' DLQ.
+        log.warning("skipping undecodable %s record at offset %s: %s", topic,
+                    record.offset(), error)
+        return
+    with app.lock:
+        if isinstance(message, Quote):
+            reports = app.book.on_quote(message.symbol, message.bid, message.ask)
+        else:
+            assert isinstance(message, MarketStatus)
+            app.book.on_status(message.symbol, message.status)
+            reports = []
+    if reports:
+        app.deliver_to_orders(reports)

@@ -1,0 +1,23 @@
+"""The one frozen config object of the shard sink service."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    bootstrap_servers: str
+    topic_prefix: str = ""
+    shard_dsns: tuple[str, ...]
+    partitions_per_shard: int
+    consumer_group: str = "shard-sink"
+    session_timeout_ms: int = 3000
+    commit_interval_s: float = 0.5
+    batch_size_max: int = 5000
+    # None: run one worker process per shard (a shard's outage or crash stays its own);
+    # a number: run only that shard's worker, in this process.
+    shard: int | None = None
+    # How long a down shard's worker pauses before it tries the shard again.
+    retry_after_s: float = 1.0
+    # Extra librdkafka settings (security, etc.) for a real cluster.
+    kafka_extra: dict[str, str] = {}

@@ -1,0 +1,186 @@
+"""The shard sink service: `{prefix}ledger.postings` and `{prefix}orders.events` into the shards.
+
+`run(config)` starts one worker process per shard and supervises them; each worker is a Quix
+Streams application with a consumer group of its own (`{consumer_group}.shard{n}`) that reads
+both topics and lands the records of its shard's accounts (`sinks.shard_sink.ShardSink`).
+One process per shard is the blast-radius boundary: Quix pauses a whole application under
+backpressure, so a down shard must pause only the reader of that shard, while the others keep
+landing rows. Every worker reads every partition and skips other shards' keys before decoding.
+
+Run as a program: `python -m sinks.service '<SinkConfig as JSON>'`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+import msgspec
+from confluent_kafka import Producer
+from quixstreams import Application
+from quixstreams.models import TopicConfig
+
+from sinks.config import SinkConfig
+from sinks.shard_sink import ShardSink
+from state import topics as t
+from state.router import ShardRouter
+
+log = logging.getLogger(__name__)
+
+INPUT_TOPICS = (t.Topic.LEDGER_POSTINGS, t.Topic.ORDERS_EVENTS)
+RESTART_DELAY_S_MIN = 0.5
+RESTART_DELAY_S_MAX = 30.0
+STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+def run(config: SinkConfig) -> None:
+    """Block until SIGTERM/SIGINT, landing records in their shards; then stop cleanly."""
+    if config.shard is not None:
+        run_shard(config, config.shard)
+    else:
+        _Workers(config).run()
+
+
+# ---- one shard's worker ------------------------------------------------------------------
+
+
+def build_application(config: SinkConfig, shard: int, state_dir: str
+                      ) -> tuple[Application, ShardSink, Producer]:
+    assert 0 <= shard < len(config.shard_dsns), (
+        f"shard {shard} outside 0..{len(config.shard_dsns) - 1}")
+    router = ShardRouter(len(config.shard_dsns), config.partitions_per_shard)
+    kafka = {"session.timeout.ms": config.session_timeout_ms, **config.kafka_extra}
+    app = Application(
+        broker_address=config.bootstrap_servers,
+        consumer_group=f"{config.consumer_group}.shard{shard}",
+        auto_offset_reset="earliest",
+        commit_interval=config.commit_interval_s,
+        consumer_extra_config=kafka,
+        producer_extra_config=dict(config.kafka_extra),
+        processing_guarantee="at-least-once",  # the writes are idempotent
+        auto_create_topics=False,  # topics exist (created by `brokerage up` or the fixture)
+        use_changelog_topics=False,
+        state_dir=state_dir,
+        loglevel="WARNING",
+    )
+    dlq = Producer({"bootstrap.servers": config.bootstrap_servers, **config.kafka_extra})
+    sink = ShardSink(shard=shard, dsn=config.shard_dsns[shard], router=router,
+                     topic_prefix=config.topic_prefix, dlq_producer=dlq,
+                     batch_size_max=config.batch_size_max, retry_after_s=config.retry_after_s)
+    specs = {spec.name: spec for spec in
+             t.topic_specs(config.topic_prefix, router.partitions, 1)}
+    for family in INPUT_TOPICS:
+        spec = specs[config.topic_prefix + family]
+        topic = app.topic(spec.name, value_deserializer="bytes", key_deserializer="bytes",
+                          config=TopicConfig(num_partitions=spec.partitions,
+                                             replication_factor=1, extra_config=spec.config))
+        app.dataframe(topic).sink(sink)
+    return app, sink, dlq
+
+
+def run_shard(config: SinkConfig, shard: int) -> None:
+    """One shard's worker in this process, until SIGTERM/SIGINT."""
+    with tempfile.TemporaryDirectory(prefix=f"shard-sink{shard}-") as state_dir:
+        app, sink, dlq = build_application(config, shard, state_dir)
+        try:
+            app.run()  # Quix handles SIGTERM/SIGINT: it commits what it has and returns
+        finally:
+            sink.close()
+            dlq.flush(10)
+
+
+# ---- the supervisor of the per-shard workers ---------------------------------------------
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class _Worker:
+    shard: int
+    popen: subprocess.Popen[bytes] | None = None
+    restart_at: float = 0.0
+    delay_s: float = RESTART_DELAY_S_MIN
+    started_at: float = 0.0
+
+
+class _Workers:
+    def __init__(self, config: SinkConfig) -> None:
+        self._config = config
+        self._workers = [_Worker(shard) for shard in range(len(config.shard_dsns))]
+        self._stopping = False
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not self._stopping:
+                for worker in self._workers:
+                    self._keep_alive(worker)
+                time.sleep(0.1)
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _start(self, worker: _Worker) -> None:
+        config = msgspec.structs.replace(self._config, shard=worker.shard)
+        worker.popen = subprocess.Popen(
+            [sys.executable, "-m", "sinks.service", msgspec.json.encode(config).decode()],
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        worker.started_at = time.monotonic()
+
+    def _keep_alive(self, worker: _Worker) -> None:
+        if worker.popen is not None and worker.popen.poll() is None:
+            if time.monotonic() - worker.started_at > RESTART_DELAY_S_MAX:
+                worker.delay_s = RESTART_DELAY_S_MIN  # it ran long enough: forgive
+            return
+        now = time.monotonic()
+        if worker.popen is not None:
+            if worker.restart_at == 0.0:
+                log.error("shard %d sink exited with %s; restarting in %.1f s", worker.shard,
+                          worker.popen.returncode, worker.delay_s)
+                worker.restart_at = now + worker.delay_s
+                worker.delay_s = min(worker.delay_s * 2, RESTART_DELAY_S_MAX)
+            if now < worker.restart_at:
+                return
+        worker.restart_at = 0.0
+        self._start(worker)
+
+    def _stop_all(self) -> None:
+        running = [w.popen for w in self._workers if w.popen is not None and w.popen.poll() is None]
+        for popen in running:
+            with contextlib.suppress(ProcessLookupError):
+                popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for popen in running:
+            try:
+                popen.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait(5)
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(msgspec.json.decode(argv[1].encode(), type=SinkConfig))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

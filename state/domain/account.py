@@ -1,0 +1,873 @@
+"""One brokerage account's truth and the pure function that advances it.
+
+`decide(state, message, now, market, limits)` turns a command or an execution report into the
+next state and the messages to publish (order events, ledger transactions, routing requests,
+alerts). It reads no clock and does no I/O: `now` is passed in (the shell passes the input
+record's timestamp, so a replay from offset 0 gives the same outputs and ids).
+
+Ledger model (names in `state.ledger_accounts`, balances positive when the user owns them):
+- deposit: bank:ach -> cash. Deposits are provisional for `limits.deposit_settle_days` after
+  `now` of the deposit: they count as buying power but not as withdrawable cash.
+- withdraw: cash -> bank:withdrawals in one transaction (bank:withdrawals is money on its way
+  to the user's bank; sending it is outside this topology), only from withdrawable cash.
+- ach_return: cash -> bank:ach for the returned deposit's amount; a resulting negative cash
+  balance restricts the account to closing trades (sells) until cash is non-negative again.
+- place_order: buy holds cash -> cash_held; sell holds shares (settled first, then unsettled)
+  -> shares_held.
+- fill of a buy: cash_held (then cash, past the hold) -> clearing:<mm> in USD; clearing:<mm> ->
+  shares_unsettled in shares. A sell is the reverse: shares_held (then shares, shares_unsettled)
+  -> clearing:<mm>; clearing:<mm> -> cash. Cash per fill is cents(cumulative notional) minus
+  what earlier fills booked, so rounding never drifts and a limit buy never exceeds its hold.
+- completion (filled, cancelled, rejected, expired): the remaining reserve goes back.
+
+Retention (the state is bounded, and each step costs what the open orders cost): open orders
+are kept until they close; closed orders for `ORDER_RETENTION` (at most `CLOSED_ORDERS_MAX`,
+first closed first dropped); idempotency keys for `IDEMPOTENCY_RETENTION` (at most
+`IDEMPOTENCY_KEYS_MAX`; a place_order whose key is gone but whose order is still kept is still
+recognised by its derived order id); deposits for `DEPOSIT_RETENTION` (the ACH return window).
+A fill for an order no longer kept is booked as a fill for an unknown order, with an alert.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TypeVar
+
+import msgspec
+
+from state import ledger_accounts as la
+from state.domain import ledger
+from state.domain.ledger import Leg
+from state.domain.money import ZERO, cents, is_cents, is_price, is_share_quantity
+from state.domain.orders import Order, moved
+from state.domain.risk import (
+    AccountFigures,
+    MarketContext,
+    Reason,
+    RiskLimits,
+    business_days_back,
+    check_order,
+    hold_for,
+)
+from state.ids import cl_ord_id_for, order_id_for, order_id_of_cl_ord_id
+from state.messages import (
+    AchReturn,
+    Alert,
+    CancelOrder,
+    Command,
+    CommandAccepted,
+    CommandRejected,
+    Deposit,
+    ExecType,
+    ExecutionReport,
+    ExpireOrders,
+    LedgerTransaction,
+    Message,
+    OrderEvent,
+    OrderState,
+    PlaceOrder,
+    RouteCancel,
+    RouteNewOrder,
+    RouteStatusRequest,
+    Side,
+    TimeInForce,
+    Withdraw,
+)
+
+__all__ = [
+    "AccountState",
+    "MarketContext",
+    "Output",
+    "RiskLimits",
+    "Reason",
+    "check_invariants",
+    "decide",
+    "state_from_builtins",
+    "state_to_builtins",
+]
+
+Output = Message  # one of the messages in state.messages the shell publishes
+_R = TypeVar("_R")
+
+IDEMPOTENCY_RETENTION = dt.timedelta(days=3)
+IDEMPOTENCY_KEYS_MAX = 1000
+ORDER_RETENTION = dt.timedelta(days=3)
+CLOSED_ORDERS_MAX = 100
+DEPOSIT_RETENTION = dt.timedelta(days=60)
+DEPOSITS_MAX = 1000
+DAY_TRADES_RETENTION = dt.timedelta(days=14)  # covers any 5-business-day window
+ORPHAN_EXEC_IDS_MAX = 1000
+EXEC_IDS_PER_ORDER_MAX = 10_000
+
+
+class CommandRecord(msgspec.Struct, frozen=True, array_like=True):
+    """An idempotency key seen: which command, a digest of its body, when."""
+
+    command_type: str
+    digest: str
+    seen_at: dt.datetime
+
+
+class DepositRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    amount: Decimal
+    deposited_at: dt.datetime
+    returned: bool = False
+
+
+class DayTrade(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    day: dt.date
+    order_id: str
+
+
+class AccountState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    account_id: str
+    # The user's own ledger balances: bucket (la.CASH, ...) -> asset -> amount.
+    balances: dict[str, dict[str, Decimal]] = msgspec.field(default_factory=dict)
+    open_orders: dict[str, Order] = msgspec.field(default_factory=dict)
+    closed_orders: dict[str, Order] = msgspec.field(default_factory=dict)  # first closed first
+    commands: dict[str, CommandRecord] = msgspec.field(default_factory=dict)  # by idempotency key
+    deposits: dict[str, DepositRecord] = msgspec.field(default_factory=dict)  # by idempotency key
+    order_times: list[dt.datetime] = msgspec.field(default_factory=list)  # recent place_orders
+    filled_net: dict[str, Decimal] = msgspec.field(default_factory=dict)  # bought - sold, by symbol
+    last_prices: dict[str, Decimal] = msgspec.field(default_factory=dict)  # for equity (PDT)
+    bought_on: dict[str, dt.date] = msgspec.field(default_factory=dict)  # last buy fill day
+    day_trades: list[DayTrade] = msgspec.field(default_factory=list)
+    orphan_exec_ids: list[str] = msgspec.field(default_factory=list)  # fills of unknown orders
+    version: int = 1
+
+    @classmethod
+    def empty(cls, account_id: str) -> AccountState:
+        return cls(account_id=account_id)
+
+    def balance(self, bucket: str, asset: str = la.USD) -> Decimal:
+        return self.balances.get(bucket, {}).get(asset, ZERO)
+
+    def order(self, order_id: str) -> Order | None:
+        return self.open_orders.get(order_id) or self.closed_orders.get(order_id)
+
+    def store(self, order: Order) -> None:
+        """Keep the order where it belongs: open, or closed (in the order orders closed)."""
+        if order.is_open:
+            self.open_orders[order.order_id] = order
+            return
+        assert not order.reserve, f"{order.state} order {order.order_id} still holds"
+        self.open_orders.pop(order.order_id, None)
+        self.closed_orders[order.order_id] = order
+
+    def clone(self) -> AccountState:
+        """A copy that `decide` may change without touching the caller's state (orders and
+        records are frozen, so sharing them is safe)."""
+        return msgspec.structs.replace(
+            self,
+            balances={bucket: dict(assets) for bucket, assets in self.balances.items()},
+            open_orders=dict(self.open_orders),
+            closed_orders=dict(self.closed_orders),
+            commands=dict(self.commands),
+            deposits=dict(self.deposits),
+            order_times=list(self.order_times),
+            filled_net=dict(self.filled_net),
+            last_prices=dict(self.last_prices),
+            bought_on=dict(self.bought_on),
+            day_trades=list(self.day_trades),
+            orphan_exec_ids=list(self.orphan_exec_ids),
+        )
+
+
+def state_to_builtins(state: AccountState) -> dict:
+    """JSON-ready builtins (Decimals and datetimes as strings) for the shell's state store."""
+    data = msgspec.to_builtins(state)
+    assert isinstance(data, dict)
+    return data
+
+
+def state_from_builtins(data: dict) -> AccountState:
+    return msgspec.convert(data, AccountState)
+
+
+# ---- the decision function --------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    """One decision in progress: the working state and what it emits."""
+
+    state: AccountState
+    now: dt.datetime
+    market: MarketContext
+    limits: RiskLimits
+    outputs: list[Output] = field(default_factory=list)
+
+    def book(self, txn: LedgerTransaction | None) -> None:
+        if txn is None:
+            return
+        for entry in txn.entries:
+            parsed = la.parse_user(entry.ledger_account)
+            if parsed is None:
+                continue
+            account_id, bucket = parsed
+            assert account_id == self.state.account_id, (
+                f"{txn.txn_id} touches another account's {entry.ledger_account}"
+            )
+            assets = self.state.balances.setdefault(bucket, {})
+            assets[entry.asset] = assets.get(entry.asset, ZERO) + entry.amount
+        self.outputs.append(txn)
+
+    def post(self, kind: str, cause_id: str, legs: list[Leg], order_id: str | None = None
+             ) -> LedgerTransaction | None:
+        txn = ledger.transaction(account_id=self.state.account_id, kind=kind, cause_id=cause_id,
+                                 occurred_at=self.now, legs=legs, order_id=order_id)
+        self.book(txn)
+        return txn
+
+    def user(self, bucket: str) -> str:
+        return la.user(self.state.account_id, bucket)
+
+    def alert(self, cause_id: str, severity: str, code: str, detail: str,
+              order_id: str | None = None, exec_id: str | None = None) -> None:
+        self.outputs.append(Alert(
+            event_id=f"{cause_id}:alert:{code}", account_id=self.state.account_id,
+            severity=severity, code=code, detail=detail, occurred_at=self.now,
+            order_id=order_id, exec_id=exec_id,
+        ))
+
+
+def decide(
+    state: AccountState,
+    message: Command | ExecutionReport,
+    now: dt.datetime,
+    market: MarketContext,
+    limits: RiskLimits,
+) -> tuple[AccountState, list[Output]]:
+    """The next state of the account and the messages to publish. Does not change `state`."""
+    assert message.account_id == state.account_id, (
+        f"message for {message.account_id} given to account {state.account_id}"
+    )
+    step = _Step(state=state.clone(), now=now, market=market, limits=limits)
+    if isinstance(message, ExecutionReport):
+        _on_execution(step, message)
+    else:
+        _on_command(step, message)
+    _prune(step.state, now)
+    check_invariants(step.state)
+    return step.state, step.outputs
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def _command_cause(account_id: str, idempotency_key: str) -> str:
+    return f"cmd:{account_id}:{idempotency_key}"
+
+
+_METADATA_FIELDS = frozenset(
+    {"submitted_at", "reference_price", "reference_time", "user_id", "v"}
+)
+
+
+def body_digest(command: Command) -> str:
+    """What makes two commands under one idempotency key the same: the client's body, without
+    metadata the gateway adds (submission time, the quote it saw, the user)."""
+    parts = [type(command).__name__]
+    for name in command.__struct_fields__:
+        if name in _METADATA_FIELDS:
+            continue
+        value = getattr(command, name)
+        parts.append(f"{name}={value.normalize() if isinstance(value, Decimal) else value}")
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+
+
+def _kept_order_record(state: AccountState, command: Command) -> CommandRecord | None:
+    """A place_order whose key was pruned while its order is still kept."""
+    if not isinstance(command, PlaceOrder):
+        return None
+    order = state.order(order_id_for(state.account_id, command.idempotency_key))
+    if order is None:
+        return None
+    return CommandRecord(command_type="place_order", digest=order.digest, seen_at=order.placed_at)
+
+
+def _command_type(command: Command) -> str:
+    tag = type(command).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def _on_command(step: _Step, command: Command) -> None:
+    state = step.state
+    digest = body_digest(command)
+    seen = state.commands.get(command.idempotency_key) or _kept_order_record(state, command)
+    if seen is not None:
+        if seen.digest != digest:
+            order_id = None
+            if isinstance(command, PlaceOrder):
+                order_id = order_id_for(state.account_id, command.idempotency_key)
+            _reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
+                            f"key already used by another {seen.command_type}",
+                            order_id=order_id, event_suffix=digest[:8])
+        return  # the same command again: it already had its effect
+    state.commands[command.idempotency_key] = CommandRecord(
+        command_type=_command_type(command), digest=digest, seen_at=step.now)
+    if isinstance(command, PlaceOrder):
+        _place_order(step, command)
+    elif isinstance(command, CancelOrder):
+        _cancel_order(step, command)
+    elif isinstance(command, Deposit):
+        _deposit(step, command)
+    elif isinstance(command, Withdraw):
+        _withdraw(step, command)
+    elif isinstance(command, AchReturn):
+        _ach_return(step, command)
+    else:
+        _expire_orders(step, command)
+
+
+def _reject_command(step: _Step, command: Command, reason: Reason, detail: str,
+                    order_id: str | None = None, event_suffix: str = "") -> None:
+    suffix = f":{event_suffix}" if event_suffix else ""
+    step.outputs.append(CommandRejected(
+        event_id=f"{step.state.account_id}:{command.idempotency_key}:rejected{suffix}",
+        account_id=step.state.account_id, idempotency_key=command.idempotency_key,
+        command_type=_command_type(command), reason=reason, occurred_at=step.now,
+        detail=detail, order_id=order_id,
+    ))
+
+
+def _accept_command(step: _Step, command: Command, amount: Decimal | None,
+                    txn: LedgerTransaction | None) -> None:
+    step.outputs.append(CommandAccepted(
+        event_id=f"{step.state.account_id}:{command.idempotency_key}:accepted",
+        account_id=step.state.account_id, idempotency_key=command.idempotency_key,
+        command_type=_command_type(command), occurred_at=step.now, amount=amount,
+        txn_id=txn.txn_id if txn is not None else None,
+    ))
+
+
+def _order_event(step: _Step, order: Order, previous: OrderState | None, cause_id: str,
+                 reason: str | None = None, detail: str | None = None,
+                 last_fill: tuple[Decimal, Decimal] | None = None) -> None:
+    step.outputs.append(OrderEvent(
+        event_id=f"{order.order_id}:{order.seq}", account_id=step.state.account_id,
+        order_id=order.order_id, seq=order.seq, state=order.state, symbol=order.symbol,
+        side=order.side, order_type=order.order_type, quantity=order.quantity,
+        time_in_force=order.time_in_force, filled_quantity=order.filled_quantity,
+        occurred_at=step.now, cause_id=cause_id, idempotency_key=order.idempotency_key,
+        previous_state=previous, reason=reason, detail=detail, limit_price=order.limit_price,
+        stop_price=order.stop_price, average_fill_price=order.average_fill_price,
+        last_fill_quantity=last_fill[0] if last_fill else None,
+        last_fill_price=last_fill[1] if last_fill else None,
+        held_amount=order.held_amount if order.held_amount else None,
+    ))
+
+
+def _advance(step: _Step, order: Order, state: OrderState, cause_id: str,
+             reason: str | None = None, detail: str | None = None,
+             last_fill: tuple[Decimal, Decimal] | None = None, **changes: object) -> Order:
+    """Move the order to `state`, store it and emit its OrderEvent."""
+    previous = order.state
+    order = moved(order, state, step.now, **changes)
+    step.state.store(order)
+    _order_event(step, order, previous, cause_id, reason, detail, last_fill)
+    return order
+
+
+# -- place_order
+
+
+def _figures(state: AccountState, order: PlaceOrder, now: dt.datetime,
+             limits: RiskLimits) -> AccountFigures:
+    symbol = order.symbol
+    today = now.date()
+    window_start = business_days_back(today, limits.pdt_window_business_days)
+    return AccountFigures(
+        buying_power=state.balance(la.CASH),
+        sellable_shares=state.balance(la.SHARES, symbol)
+        + state.balance(la.SHARES_UNSETTLED, symbol),
+        restricted=is_restricted(state),
+        orders_last_second=sum(1 for t in state.order_times if now - t < dt.timedelta(seconds=1)),
+        day_trades_in_window=sum(1 for trade in state.day_trades if trade.day >= window_start),
+        is_day_trade=order.side is Side.SELL and state.bought_on.get(symbol) == today,
+        equity=equity(state),
+    )
+
+
+def is_restricted(state: AccountState) -> bool:
+    """Closing trades only: some cash balance of the account is negative."""
+    return state.balance(la.CASH) < 0 or state.balance(la.CASH_HELD) < 0
+
+
+def equity(state: AccountState) -> Decimal:
+    """Cash plus positions at the last price the account saw (fills, order quotes)."""
+    total = state.balance(la.CASH) + state.balance(la.CASH_HELD)
+    for symbol, quantity in state.filled_net.items():
+        total += quantity * state.last_prices.get(symbol, ZERO)
+    return total
+
+
+def _place_order(step: _Step, command: PlaceOrder) -> None:
+    state = step.state
+    cause = command.idempotency_key
+    order = Order(
+        order_id=order_id_for(state.account_id, command.idempotency_key),
+        idempotency_key=command.idempotency_key, symbol=command.symbol, side=command.side,
+        order_type=command.order_type, time_in_force=command.time_in_force,
+        quantity=command.quantity, placed_at=step.now, limit_price=command.limit_price,
+        stop_price=command.stop_price, reference_price=command.reference_price,
+        digest=state.commands[command.idempotency_key].digest,
+    )
+    rejection = check_order(command, now=step.now, market=step.market, limits=step.limits,
+                            account=_figures(state, command, step.now, step.limits))
+    state.order_times.append(step.now)
+    if rejection is not None:
+        _advance(step, order, OrderState.REJECTED, cause, rejection.reason, rejection.detail)
+        return
+    if command.reference_price is not None:
+        state.last_prices[command.symbol] = command.reference_price
+    order = _advance(step, order, OrderState.VALIDATED, cause)
+    order = _hold(step, order, hold_for(command, step.limits))
+    order = _advance(step, order, OrderState.FUNDS_HELD, cause)
+    step.outputs.append(RouteNewOrder(
+        account_id=state.account_id, order_id=order.order_id,
+        cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
+        order_type=order.order_type, quantity=order.quantity, time_in_force=order.time_in_force,
+        routed_at=step.now, limit_price=order.limit_price, stop_price=order.stop_price,
+        reference_price=order.reference_price,
+    ))
+    _advance(step, order, OrderState.ROUTED, cause)
+
+
+def _hold(step: _Step, order: Order, amount: Decimal) -> Order:
+    """Reserve what the order may spend: cash for a buy, shares (settled first) for a sell."""
+    cause = _command_cause(step.state.account_id, order.idempotency_key)
+    if order.side is Side.BUY:
+        legs: list[Leg] = [(step.user(la.CASH), la.USD, -amount),
+                           (step.user(la.CASH_HELD), la.USD, amount)]
+        unsettled = ZERO
+    else:
+        settled = min(amount, max(step.state.balance(la.SHARES, order.symbol), ZERO))
+        unsettled = amount - settled
+        legs = [(step.user(la.SHARES), order.symbol, -settled),
+                (step.user(la.SHARES_UNSETTLED), order.symbol, -unsettled),
+                (step.user(la.SHARES_HELD), order.symbol, amount)]
+    step.post("hold", cause, legs, order.order_id)
+    return msgspec.structs.replace(order, held_amount=amount, reserve=amount,
+                                   reserve_unsettled=unsettled)
+
+
+def _release(step: _Step, order: Order, cause_id: str, kind: str = "release") -> Order:
+    """Give back what the order still holds."""
+    if not order.reserve:
+        return order
+    if order.side is Side.BUY:
+        legs: list[Leg] = [(step.user(la.CASH_HELD), la.USD, -order.reserve),
+                           (step.user(la.CASH), la.USD, order.reserve)]
+    else:
+        legs = [(step.user(la.SHARES_HELD), order.symbol, -order.reserve),
+                (step.user(la.SHARES), order.symbol, order.reserve_settled),
+                (step.user(la.SHARES_UNSETTLED), order.symbol, order.reserve_unsettled)]
+    step.post(kind, cause_id, legs, order.order_id)
+    return msgspec.structs.replace(order, reserve=ZERO, reserve_unsettled=ZERO)
+
+
+# -- cancel_order
+
+
+def _cancel_order(step: _Step, command: CancelOrder) -> None:
+    order = step.state.order(command.order_id)
+    if order is None:
+        _reject_command(step, command, Reason.UNKNOWN_ORDER, f"no order {command.order_id}",
+                        order_id=command.order_id)
+        return
+    if not order.is_open:
+        _reject_command(step, command, Reason.ORDER_NOT_OPEN, f"order is {order.state}",
+                        order_id=order.order_id)
+        return
+    if order.state is OrderState.PENDING_CANCEL:
+        _reject_command(step, command, Reason.CANCEL_PENDING, "a cancel is already on its way",
+                        order_id=order.order_id)
+        return
+    attempts = order.cancel_attempts + 1
+    order = _advance(step, order, OrderState.PENDING_CANCEL, command.idempotency_key,
+                     cancel_attempts=attempts, state_before_cancel=order.state)
+    step.outputs.append(RouteCancel(
+        account_id=step.state.account_id, order_id=order.order_id,
+        cl_ord_id=cl_ord_id_for(order.order_id, attempts),
+        orig_cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
+        quantity=order.quantity, routed_at=step.now,
+    ))
+
+
+# -- money commands
+
+
+def provisional_cash(state: AccountState, now: dt.datetime, limits: RiskLimits) -> Decimal:
+    """Deposits not yet settled (and not returned): buying power, not withdrawable."""
+    settle = dt.timedelta(days=limits.deposit_settle_days)
+    return sum((d.amount for d in state.deposits.values()
+                if not d.returned and now - d.deposited_at < settle), ZERO)
+
+
+def withdrawable_cash(state: AccountState, now: dt.datetime, limits: RiskLimits) -> Decimal:
+    return max(state.balance(la.CASH) - provisional_cash(state, now, limits), ZERO)
+
+
+def _valid_amount(amount: Decimal) -> bool:
+    return is_cents(amount) and amount > 0
+
+
+def _deposit(step: _Step, command: Deposit) -> None:
+    if not _valid_amount(command.amount):
+        _reject_command(step, command, Reason.INVALID_AMOUNT, "amount must be positive cents")
+        return
+    cause = _command_cause(step.state.account_id, command.idempotency_key)
+    txn = step.post("deposit", cause, [(la.BANK_ACH, la.USD, -command.amount),
+                                       (step.user(la.CASH), la.USD, command.amount)])
+    step.state.deposits[command.idempotency_key] = DepositRecord(
+        amount=command.amount, deposited_at=step.now)
+    _accept_command(step, command, command.amount, txn)
+
+
+def _withdraw(step: _Step, command: Withdraw) -> None:
+    state = step.state
+    if not _valid_amount(command.amount):
+        _reject_command(step, command, Reason.INVALID_AMOUNT, "amount must be positive cents")
+        return
+    if is_restricted(state):
+        _reject_command(step, command, Reason.ACCOUNT_RESTRICTED, "negative balance")
+        return
+    available = withdrawable_cash(state, step.now, step.limits)
+    if command.amount > available:
+        _reject_command(step, command, Reason.INSUFFICIENT_WITHDRAWABLE_CASH,
+                        f"withdrawable {available}")
+        return
+    cause = _command_cause(state.account_id, command.idempotency_key)
+    txn = step.post("withdrawal", cause, [(step.user(la.CASH), la.USD, -command.amount),
+                                          (la.BANK_WITHDRAWALS, la.USD, command.amount)])
+    _accept_command(step, command, command.amount, txn)
+
+
+def _ach_return(step: _Step, command: AchReturn) -> None:
+    state = step.state
+    deposit = state.deposits.get(command.deposit_idempotency_key)
+    if deposit is None:
+        _reject_command(step, command, Reason.UNKNOWN_DEPOSIT,
+                        f"no deposit {command.deposit_idempotency_key}")
+        return
+    if deposit.returned:
+        _reject_command(step, command, Reason.DEPOSIT_ALREADY_RETURNED,
+                        f"deposit {command.deposit_idempotency_key} already returned")
+        return
+    cause = _command_cause(state.account_id, command.idempotency_key)
+    txn = step.post("ach_return", cause, [(step.user(la.CASH), la.USD, -deposit.amount),
+                                          (la.BANK_ACH, la.USD, deposit.amount)])
+    state.deposits[command.deposit_idempotency_key] = msgspec.structs.replace(
+        deposit, returned=True)
+    _accept_command(step, command, deposit.amount, txn)
+    if is_restricted(state):
+        step.alert(cause, "warning", "account_restricted",
+                   f"ACH return {command.reason} left cash at {state.balance(la.CASH)}")
+
+
+def _expire_orders(step: _Step, command: ExpireOrders) -> None:
+    cause = _command_cause(step.state.account_id, command.idempotency_key)
+    for order in list(step.state.open_orders.values()):
+        if (order.time_in_force is TimeInForce.DAY
+                and order.placed_at.date() <= command.trading_day):
+            order = _release(step, order, cause, kind=f"expire:{order.order_id}")
+            _advance(step, order, OrderState.EXPIRED, command.idempotency_key, "day_end")
+    _accept_command(step, command, None, None)
+
+
+# ---- execution reports ------------------------------------------------------------------
+
+
+def _exec_cause(report: ExecutionReport) -> str:
+    return f"exec:{report.market_maker}:{report.exec_id}"
+
+
+def _on_execution(step: _Step, report: ExecutionReport) -> None:
+    order_id = report.order_id or order_id_of_cl_ord_id(report.cl_ord_id)
+    order = step.state.order(order_id)
+    if order is not None and (order.symbol != report.symbol or order.side != report.side):
+        step.alert(_exec_cause(report), "critical", "execution_mismatch",
+                   f"report for {report.symbol} {report.side} on order of {order.symbol} "
+                   f"{order.side}", order_id=order_id, exec_id=report.exec_id)
+        order = None
+    if order is None:
+        _on_unknown_order(step, report, order_id)
+        return
+    if report.exec_id in order.exec_ids:
+        return  # a duplicate: already booked
+    exec_ids = (order.exec_ids + (report.exec_id,))[-EXEC_IDS_PER_ORDER_MAX:]
+    order = msgspec.structs.replace(order, exec_ids=exec_ids)
+    step.state.store(order)
+    handlers = {
+        ExecType.NEW: _on_ack,
+        ExecType.TRADE: _on_fill,
+        ExecType.CANCELED: _on_done,
+        ExecType.REJECTED: _on_done,
+        ExecType.EXPIRED: _on_done,
+        ExecType.ORDER_STATUS: _on_status,
+        ExecType.CANCEL_REJECTED: _on_cancel_rejected,
+    }
+    handlers[report.exec_type](step, order, report)
+
+
+def _on_ack(step: _Step, order: Order, report: ExecutionReport) -> None:
+    """The market maker has the order: nothing changes but the noted exec_id."""
+
+
+_DONE_STATES = {
+    ExecType.CANCELED: (OrderState.CANCELLED, None),
+    ExecType.REJECTED: (OrderState.REJECTED, Reason.MARKET_MAKER_REJECTED),
+    ExecType.EXPIRED: (OrderState.EXPIRED, None),
+}
+
+
+def _on_done(step: _Step, order: Order, report: ExecutionReport) -> None:
+    """Cancelled, rejected or expired by the market maker: the remaining hold goes back."""
+    if not order.is_open:
+        return  # already final here (e.g. filled, or expired at day end): nothing to release
+    state, reason = _DONE_STATES[report.exec_type]
+    order = _release(step, order, _exec_cause(report))
+    _advance(step, order, state, report.exec_id, reason, report.text)
+    _check_cum_qty(step, order, report)
+
+
+def _on_status(step: _Step, order: Order, report: ExecutionReport) -> None:
+    if report.cum_qty != order.filled_quantity:
+        step.alert(_exec_cause(report), "warning", "status_mismatch",
+                   f"market maker reports {report.cum_qty} filled, booked {order.filled_quantity}",
+                   order_id=order.order_id, exec_id=report.exec_id)
+
+
+def _on_cancel_rejected(step: _Step, order: Order, report: ExecutionReport) -> None:
+    if order.state is not OrderState.PENDING_CANCEL:
+        return
+    previous = order.state_before_cancel or OrderState.ROUTED
+    _advance(step, order, previous, report.exec_id, "cancel_rejected", report.text,
+             state_before_cancel=None)
+
+
+def _check_cum_qty(step: _Step, order: Order, report: ExecutionReport) -> None:
+    """A cumulative quantity above what we booked means a fill report is missing: ask."""
+    if report.cum_qty > order.filled_quantity:
+        step.alert(_exec_cause(report), "warning", "fill_gap",
+                   f"market maker reports {report.cum_qty} filled, booked "
+                   f"{order.filled_quantity}", order_id=order.order_id, exec_id=report.exec_id)
+        step.outputs.append(RouteStatusRequest(
+            account_id=step.state.account_id, order_id=order.order_id,
+            cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
+            routed_at=step.now,
+        ))
+
+
+def _valid_fill(report: ExecutionReport) -> bool:
+    return (is_share_quantity(report.last_qty) and report.last_qty > 0
+            and is_price(report.last_px) and report.last_px > 0)
+
+
+def _on_fill(step: _Step, order: Order, report: ExecutionReport) -> None:
+    if not _valid_fill(report):
+        step.alert(_exec_cause(report), "critical", "invalid_fill",
+                   f"fill of {report.last_qty} at {report.last_px} not booked",
+                   order_id=order.order_id, exec_id=report.exec_id)
+        return
+    was_open = order.is_open
+    qty, px = report.last_qty, report.last_px
+    notional = order.fill_notional + qty * px
+    amount = cents(notional) - order.cash_booked
+    order = msgspec.structs.replace(
+        order, filled_quantity=order.filled_quantity + qty, fill_notional=notional,
+        cash_booked=order.cash_booked + amount)
+    order = _book_fill(step, order, report, amount)
+    cause = _exec_cause(report)
+    fill = (qty, px)
+    if was_open and order.filled_quantity >= order.quantity:
+        order = _release(step, order, cause)
+        order = _advance(step, order, OrderState.FILLED, report.exec_id, last_fill=fill)
+    elif was_open:
+        # A fill while a cancel is on its way leaves the order pending_cancel; should the cancel
+        # be rejected, the order goes back to partially_filled.
+        pending = order.state is OrderState.PENDING_CANCEL
+        order = _advance(
+            step, order, order.state if pending else OrderState.PARTIALLY_FILLED,
+            report.exec_id, last_fill=fill,
+            state_before_cancel=OrderState.PARTIALLY_FILLED if pending else None)
+    else:
+        order = _advance(step, order, order.state, report.exec_id, "late_fill",
+                         f"fill after the order was {order.state}", last_fill=fill)
+        step.alert(cause, "critical", f"fill_after_{order.state}",
+                   f"{qty} at {px} booked on a {order.state} order",
+                   order_id=order.order_id, exec_id=report.exec_id)
+    if order.filled_quantity > order.quantity:
+        step.alert(cause, "critical", "overfill",
+                   f"filled {order.filled_quantity} of {order.quantity}",
+                   order_id=order.order_id, exec_id=report.exec_id)
+    _check_cum_qty(step, order, report)
+
+
+def _book_fill(step: _Step, order: Order, report: ExecutionReport, amount: Decimal) -> Order:
+    """Post one fill; what the order's reserve does not cover comes from free cash or shares."""
+    qty, symbol = report.last_qty, order.symbol
+    if order.side is Side.BUY:
+        from_hold = min(amount, order.reserve)
+        legs = _buy_legs(step, report, amount, from_hold)
+        order = msgspec.structs.replace(order, reserve=order.reserve - from_hold)
+        if amount > from_hold and order.is_open:
+            step.alert(_exec_cause(report), "warning", "fill_above_hold",
+                       f"{amount - from_hold} beyond the hold taken from cash",
+                       order_id=order.order_id, exec_id=report.exec_id)
+    else:
+        from_held = min(qty, order.reserve)
+        from_held_settled = min(from_held, order.reserve_settled)
+        legs = _sell_legs(step, report, amount, from_held)
+        order = msgspec.structs.replace(
+            order, reserve=order.reserve - from_held,
+            reserve_unsettled=order.reserve_unsettled - (from_held - from_held_settled))
+    step.post("fill", _exec_cause(report), legs, order.order_id)
+    _note_fill(step, order.order_id, symbol, report.side, qty, report.last_px)
+    return order
+
+
+def _buy_legs(step: _Step, report: ExecutionReport, amount: Decimal, from_hold: Decimal
+              ) -> list[Leg]:
+    clearing = la.clearing(report.market_maker)
+    return [
+        (step.user(la.CASH_HELD), la.USD, -from_hold),
+        (step.user(la.CASH), la.USD, -(amount - from_hold)),
+        (clearing, la.USD, amount),
+        (clearing, report.symbol, -report.last_qty),
+        (step.user(la.SHARES_UNSETTLED), report.symbol, report.last_qty),
+    ]
+
+
+def _sell_legs(step: _Step, report: ExecutionReport, amount: Decimal, from_held: Decimal
+               ) -> list[Leg]:
+    """Shares beyond the order's hold come from free settled shares, then unsettled (which may
+    go negative: a real fill is booked even when it sells what the account does not have)."""
+    symbol, clearing = report.symbol, la.clearing(report.market_maker)
+    beyond = report.last_qty - from_held
+    from_settled = min(beyond, max(step.state.balance(la.SHARES, symbol), ZERO))
+    return [
+        (step.user(la.SHARES_HELD), symbol, -from_held),
+        (step.user(la.SHARES), symbol, -from_settled),
+        (step.user(la.SHARES_UNSETTLED), symbol, -(beyond - from_settled)),
+        (clearing, symbol, report.last_qty),
+        (clearing, la.USD, -amount),
+        (step.user(la.CASH), la.USD, amount),
+    ]
+
+
+def _note_fill(step: _Step, order_id: str, symbol: str, side: Side, qty: Decimal,
+               px: Decimal) -> None:
+    """Positions from fills (the invariant's other side), last price and day trades."""
+    state = step.state
+    signed = qty if side is Side.BUY else -qty
+    state.filled_net[symbol] = state.filled_net.get(symbol, ZERO) + signed
+    state.last_prices[symbol] = px
+    today = step.now.date()
+    if side is Side.BUY:
+        state.bought_on[symbol] = today
+    elif state.bought_on.get(symbol) == today:
+        trade = DayTrade(day=today, order_id=order_id)
+        if trade not in state.day_trades:
+            state.day_trades.append(trade)
+
+
+def _on_unknown_order(step: _Step, report: ExecutionReport, order_id: str) -> None:
+    """A report for an order this account does not hold (never placed, or long pruned). A fill
+    is real money: it is booked against free cash or shares, and operators are alerted."""
+    state = step.state
+    if report.exec_id in state.orphan_exec_ids:
+        return
+    state.orphan_exec_ids.append(report.exec_id)
+    del state.orphan_exec_ids[:-ORPHAN_EXEC_IDS_MAX]
+    cause = _exec_cause(report)
+    if report.exec_type is not ExecType.TRADE:
+        step.alert(cause, "warning", "execution_for_unknown_order",
+                   f"{report.exec_type} for unknown order {order_id}",
+                   order_id=order_id, exec_id=report.exec_id)
+        return
+    if not _valid_fill(report):
+        step.alert(cause, "critical", "invalid_fill",
+                   f"fill of {report.last_qty} at {report.last_px} not booked",
+                   order_id=order_id, exec_id=report.exec_id)
+        return
+    amount = cents(report.last_qty * report.last_px)
+    if report.side is Side.BUY:
+        legs = _buy_legs(step, report, amount, ZERO)
+    else:
+        legs = _sell_legs(step, report, amount, ZERO)
+    step.post("fill", cause, legs, order_id)
+    _note_fill(step, order_id, report.symbol, report.side, report.last_qty, report.last_px)
+    step.alert(cause, "critical", "fill_for_unknown_order",
+               f"{report.side} {report.last_qty} {report.symbol} at {report.last_px} booked",
+               order_id=order_id, exec_id=report.exec_id)
+
+
+# ---- retention and invariants -----------------------------------------------------------
+
+
+def _drop_oldest(records: dict[str, _R], too_old: Callable[[_R], bool], count_max: int) -> None:
+    """Drop records from the front of an insertion-ordered dict while there are too many or
+    the first is too old: amortised O(1) per step."""
+    while records:
+        first = next(iter(records))
+        if len(records) <= count_max and not too_old(records[first]):
+            return
+        del records[first]
+
+
+def _prune(state: AccountState, now: dt.datetime) -> None:
+    state.order_times[:] = [t for t in state.order_times if now - t < dt.timedelta(seconds=1)]
+    _drop_oldest(state.closed_orders,
+                 lambda o: now - (o.closed_at or o.placed_at) > ORDER_RETENTION,
+                 CLOSED_ORDERS_MAX)
+    _drop_oldest(state.commands, lambda c: now - c.seen_at > IDEMPOTENCY_RETENTION,
+                 IDEMPOTENCY_KEYS_MAX)
+    _drop_oldest(state.deposits, lambda d: now - d.deposited_at > DEPOSIT_RETENTION,
+                 DEPOSITS_MAX)
+    today = now.date()
+    for symbol, day in list(state.bought_on.items()):
+        if day != today:
+            del state.bought_on[symbol]
+    if state.day_trades and state.day_trades[0].day < today - DAY_TRADES_RETENTION:
+        state.day_trades[:] = [t for t in state.day_trades
+                               if t.day >= today - DAY_TRADES_RETENTION]
+
+
+def check_invariants(state: AccountState) -> None:
+    """Holds equal the open orders' reserves, none negative; positions equal fills."""
+    held_cash = ZERO
+    held_shares: dict[str, Decimal] = {}
+    for order in state.open_orders.values():
+        assert order.is_open, f"{order.state} order {order.order_id} among open orders"
+        assert order.reserve >= 0, f"order {order.order_id}: negative reserve {order.reserve}"
+        assert 0 <= order.reserve_unsettled <= order.reserve, (
+            f"order {order.order_id}: unsettled part {order.reserve_unsettled} of "
+            f"{order.reserve}")
+        if order.side is Side.BUY:
+            held_cash += order.reserve
+        else:
+            held_shares[order.symbol] = held_shares.get(order.symbol, ZERO) + order.reserve
+    assert state.balance(la.CASH_HELD) == held_cash, (
+        f"cash_held {state.balance(la.CASH_HELD)} != open buy reserves {held_cash}")
+    symbols = set(held_shares) | set(state.balances.get(la.SHARES_HELD, {}))
+    for symbol in symbols:
+        held = state.balance(la.SHARES_HELD, symbol)
+        expected = held_shares.get(symbol, ZERO)
+        assert held == expected, f"shares_held {symbol} {held} != open sell reserves {expected}"
+    for symbol in set(state.filled_net) | _position_symbols(state):
+        position = sum((state.balance(bucket, symbol)
+                        for bucket in (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)), ZERO)
+        filled = state.filled_net.get(symbol, ZERO)
+        assert position == filled, f"position {symbol} {position} != sum of fills {filled}"
+
+
+def _position_symbols(state: AccountState) -> set[str]:
+    return {asset for bucket in (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)
+            for asset in state.balances.get(bucket, {})}

@@ -1,0 +1,41 @@
+"""Money and quantity arithmetic on Decimal: USD in cents, shares to 6 decimal places."""
+
+from __future__ import annotations
+
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Decimal
+
+CENT = Decimal("0.01")
+SHARE_QUANTUM = Decimal("0.000001")
+PRICE_QUANTUM = Decimal("0.000001")
+ZERO = Decimal(0)
+
+
+def cents(amount: Decimal) -> Decimal:
+    """Round to the nearest cent (banker's rounding): the cash value of a trade."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def cents_up(amount: Decimal) -> Decimal:
+    """Round up to the cent: a hold must never be smaller than what it covers."""
+    return amount.quantize(CENT, rounding=ROUND_CEILING)
+
+
+MAGNITUDE_DIGITS_MAX = 15  # larger figures are input errors, not money
+
+
+def _has_places(value: Decimal, quantum: Decimal) -> bool:
+    if not value.is_finite() or (value and value.adjusted() >= MAGNITUDE_DIGITS_MAX):
+        return False
+    return value == value.quantize(quantum, rounding=ROUND_HALF_EVEN)
+
+
+def is_cents(amount: Decimal) -> bool:
+    return _has_places(amount, CENT)
+
+
+def is_share_quantity(quantity: Decimal) -> bool:
+    return _has_places(quantity, SHARE_QUANTUM)
+
+
+def is_price(price: Decimal) -> bool:
+    return _has_places(price, PRICE_QUANTUM)

@@ -1,0 +1,98 @@
+"""An order as the account sees it: its state machine and its remaining reserve (hold).
+
+The reserve is what is still held for the order: USD in `cash_held` for a buy, shares in
+`shares_held` for a sell. An open order's reserve shrinks as fills consume it; a terminal order
+has none (its remainder was released when it reached that state).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import msgspec
+
+from state.domain.money import SHARE_QUANTUM, ZERO
+from state.messages import (
+    TERMINAL_ORDER_STATES,
+    OrderState,
+    OrderType,
+    Side,
+    TimeInForce,
+)
+
+S = OrderState
+# Which state may follow which; a same-state step is a late event noted on a terminal order
+# (a fill after cancel) or a further partial fill.
+TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
+    S.PENDING: frozenset({S.VALIDATED, S.REJECTED}),
+    S.VALIDATED: frozenset({S.FUNDS_HELD, S.REJECTED}),
+    S.FUNDS_HELD: frozenset({S.ROUTED, S.REJECTED, S.FAILED}),
+    S.ROUTED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELLED,
+                         S.REJECTED, S.EXPIRED, S.FAILED}),
+    S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL,
+                                   S.CANCELLED, S.REJECTED, S.EXPIRED, S.FAILED}),
+    S.PENDING_CANCEL: frozenset({S.PENDING_CANCEL, S.ROUTED, S.PARTIALLY_FILLED, S.FILLED,
+                                 S.CANCELLED, S.REJECTED, S.EXPIRED, S.FAILED}),
+    S.FILLED: frozenset({S.FILLED}),
+    S.CANCELLED: frozenset({S.CANCELLED}),
+    S.REJECTED: frozenset({S.REJECTED}),
+    S.EXPIRED: frozenset({S.EXPIRED}),
+    S.FAILED: frozenset({S.FAILED}),
+}
+
+
+class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+            omit_defaults=True):
+    order_id: str
+    idempotency_key: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    time_in_force: TimeInForce
+    quantity: Decimal
+    placed_at: dt.datetime
+    digest: str = ""  # of the place_order body, for idempotency once its key is pruned
+    state: OrderState = OrderState.PENDING
+    seq: int = 0  # seq of the last OrderEvent emitted
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    reference_price: Decimal | None = None
+    held_amount: Decimal = ZERO  # the initial hold
+    reserve: Decimal = ZERO  # what is still held: USD (buy) or shares (sell)
+    reserve_unsettled: Decimal = ZERO  # sell only: the part of `reserve` from unsettled shares
+    filled_quantity: Decimal = ZERO
+    fill_notional: Decimal = ZERO  # exact sum of last_qty * last_px
+    cash_booked: Decimal = ZERO  # cash moved for fills so far, always cents(fill_notional)
+    cancel_attempts: int = 0
+    state_before_cancel: OrderState | None = None
+    exec_ids: tuple[str, ...] = ()
+    closed_at: dt.datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.state not in TERMINAL_ORDER_STATES
+
+    @property
+    def reserve_settled(self) -> Decimal:
+        return self.reserve - self.reserve_unsettled
+
+    @property
+    def average_fill_price(self) -> Decimal | None:
+        if not self.filled_quantity:
+            return None
+        return (self.fill_notional / self.filled_quantity).quantize(SHARE_QUANTUM)
+
+
+def moved(order: Order, state: OrderState, now: dt.datetime, **changes: object) -> Order:
+    """The order in `state` with its event seq advanced; refuses a transition the state machine
+    does not have (a broken invariant, not a business rejection)."""
+    assert state in TRANSITIONS[order.state], (
+        f"order {order.order_id}: no transition {order.state} -> {state}"
+    )
+    closed_at = order.closed_at
+    if state in TERMINAL_ORDER_STATES and closed_at is None:
+        closed_at = now
+    return msgspec.structs.replace(
+        order, state=state, seq=order.seq + 1, closed_at=closed_at, **changes
+    )

@@ -1,0 +1,598 @@
+"""The shard database: migrate, batched idempotent writes, reconciliation, rebuild checks.
+
+Synchronous psycopg 3. `write_batch` lands a batch of ledger postings and account events in
+one database transaction: rows are COPYed into session-local staging tables, then inserted with
+ON CONFLICT DO NOTHING; balances and positions move only for the rows actually inserted, so
+replaying any part of a topic changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import TypeVar
+
+import msgspec
+import psycopg
+from psycopg import sql
+
+from state import ledger_accounts as la
+from state.exceptions import StoreError
+from state.messages import (
+    AccountEvent,
+    Alert,
+    CommandAccepted,
+    CommandRejected,
+    LedgerEntry,
+    LedgerTransaction,
+    OrderEvent,
+)
+from state.shard_schema import BOOKKEEPING_SQL, MIGRATION_LOCK_KEY, MIGRATIONS
+
+ZERO = Decimal(0)
+COST_QUANTUM = Decimal("0.000001")  # cost basis keeps 6 places: average cost is deterministic
+SHARE_BUCKETS = (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)
+CASH_BUCKETS = (la.CASH, la.CASH_HELD)
+CONNECT_TIMEOUT_S = 3
+_T = TypeVar("_T")
+
+
+class MigrationError(StoreError):
+    """The database holds a schema version this code does not know."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from: kept with every ledger transaction and audit event."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    transactions_inserted: int
+    entries_inserted: int
+    events_inserted: int
+    positions_moved: int
+
+
+def connect(dsn: str, **kwargs: object) -> psycopg.Connection:
+    return psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S, **kwargs)  # type: ignore[arg-type]
+
+
+# ---- migrations --------------------------------------------------------------------------
+
+
+def migrate(dsn: str) -> None:
+    """Apply every migration the database does not have yet; idempotent and safe to run
+    concurrently (an advisory lock serialises callers)."""
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(BOOKKEEPING_SQL)
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            known = {migration.version for migration in MIGRATIONS}
+            if applied - known:
+                raise MigrationError(
+                    f"database has schema versions {sorted(applied - known)} unknown to this "
+                    "code: run a newer release")
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql)  # type: ignore[arg-type]
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                 (migration.version, migration.name))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def schema_version(dsn: str) -> int:
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+# ---- batched writes ----------------------------------------------------------------------
+
+_STAGING_SQL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_txn (
+    ord integer, txn_id text, account_id text, kind text, cause_id text, order_id text,
+    occurred_at timestamptz, source_topic text, source_partition integer, source_offset bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_entry (
+    txn_id text, leg smallint, ledger_account text, asset text, amount numeric,
+    account_id text, occurred_at timestamptz
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_event (
+    ord integer, event_id text, account_id text, event_type text, order_id text, seq integer,
+    state text, previous_state text, reason text, detail text, cause_id text,
+    idempotency_key text, occurred_at timestamptz, payload jsonb, source_topic text,
+    source_partition integer, source_offset bigint, symbol text, side text, order_type text,
+    time_in_force text, quantity numeric, limit_price numeric, stop_price numeric,
+    filled_quantity numeric, average_fill_price numeric, held_amount numeric
+) ON COMMIT DELETE ROWS;
+"""
+
+_INSERT_LEDGER_SQL = """
+WITH new_txn AS (
+    INSERT INTO ledger_transactions (txn_id, account_id, kind, cause_id, order_id, occurred_at,
+                                     source_topic, source_partition, source_offset)
+    SELECT txn_id, account_id, kind, cause_id, order_id, occurred_at,
+           source_topic, source_partition, source_offset
+      FROM stage_txn ORDER BY ord
+    ON CONFLICT (txn_id) DO NOTHING
+    RETURNING txn_id
+), new_entries AS (
+    INSERT INTO ledger_entries (txn_id, leg, ledger_account, asset, amount, account_id,
+                                occurred_at)
+    SELECT e.txn_id, e.leg, e.ledger_account, e.asset, e.amount, e.account_id, e.occurred_at
+      FROM stage_entry e JOIN new_txn n ON n.txn_id = e.txn_id
+    ON CONFLICT (txn_id, leg) DO NOTHING
+    RETURNING ledger_account, asset, amount
+), moved AS (
+    INSERT INTO account_balances (ledger_account, asset, balance, account_id)
+    SELECT ledger_account, asset, sum(amount),
+           CASE WHEN ledger_account LIKE 'user:%' THEN split_part(ledger_account, ':', 2) END
+      FROM new_entries GROUP BY ledger_account, asset ORDER BY ledger_account, asset
+    ON CONFLICT (ledger_account, asset) DO UPDATE
+       SET balance = account_balances.balance + excluded.balance, updated_at = now()
+    RETURNING 1
+)
+SELECT n.txn_id, (SELECT count(*) FROM new_entries) FROM new_txn n
+"""
+
+_INSERT_EVENTS_SQL = """
+INSERT INTO order_events (event_id, account_id, event_type, order_id, seq, state,
+                          previous_state, reason, detail, cause_id, idempotency_key,
+                          occurred_at, payload, source_topic, source_partition, source_offset)
+SELECT event_id, account_id, event_type, order_id, seq, state, previous_state, reason, detail,
+       cause_id, idempotency_key, occurred_at, payload, source_topic, source_partition,
+       source_offset
+  FROM stage_event ORDER BY ord
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+# Latest state wins by seq, so a replay or a late duplicate never moves an order backwards.
+_UPSERT_ORDERS_SQL = """
+INSERT INTO orders (order_id, account_id, symbol, side, order_type, time_in_force, quantity,
+                    limit_price, stop_price, state, filled_quantity, average_fill_price,
+                    held_amount, reason, idempotency_key, seq, last_event_id, created_at,
+                    updated_at)
+SELECT DISTINCT ON (s.order_id)
+       s.order_id, s.account_id, s.symbol, s.side, s.order_type, s.time_in_force, s.quantity,
+       s.limit_price, s.stop_price, s.state, s.filled_quantity, s.average_fill_price,
+       s.held_amount, s.reason, s.idempotency_key, s.seq, s.event_id,
+       min(s.occurred_at) OVER (PARTITION BY s.order_id), s.occurred_at
+  FROM stage_event s
+ WHERE s.event_type = 'order_event'
+ ORDER BY s.order_id, s.seq DESC
+ON CONFLICT (order_id) DO UPDATE SET
+    state = excluded.state, filled_quantity = excluded.filled_quantity,
+    average_fill_price = excluded.average_fill_price, held_amount = excluded.held_amount,
+    reason = excluded.reason, seq = excluded.seq, last_event_id = excluded.last_event_id,
+    limit_price = excluded.limit_price, stop_price = excluded.stop_price,
+    quantity = excluded.quantity, updated_at = excluded.updated_at,
+    created_at = least(orders.created_at, excluded.created_at)
+WHERE orders.seq < excluded.seq
+"""
+
+_UPSERT_OFFSETS_SQL = """
+INSERT INTO sink_offsets (topic, partition, offset_max) VALUES (%s, %s, %s)
+ON CONFLICT (topic, partition) DO UPDATE
+   SET offset_max = greatest(sink_offsets.offset_max, excluded.offset_max), updated_at = now()
+"""
+
+_JSON = msgspec.json.Encoder()
+
+
+def write_batch(
+    conn: psycopg.Connection,
+    postings: Sequence[LedgerTransaction],
+    events: Sequence[AccountEvent],
+    sources: Mapping[str, Source] | None = None,
+) -> WriteResult:
+    """Land `postings` and `events` in one database transaction, idempotently.
+
+    `sources` maps a txn_id or event_id to where it was read (kept for audit and rebuilds;
+    the highest offset per partition goes to `sink_offsets`). Positions are derived from the
+    postings: a transaction that moves a user's shares moves the position (average cost).
+    """
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, (
+        "write_batch owns its database transaction: call it outside of one")
+    sources = sources or {}
+    postings = _unique(postings, lambda posting: posting.txn_id)
+    events = _unique(events, lambda event: event.event_id)
+    with conn.transaction():
+        conn.execute(_STAGING_SQL)
+        new_txn_ids, entries_inserted = _write_ledger(conn, postings, sources)
+        events_inserted = _write_events(conn, events, sources)
+        fresh = [posting for posting in postings if posting.txn_id in new_txn_ids]
+        positions_moved = _move_positions(conn, fresh)
+        _record_offsets(conn, [sources[key] for key in
+                               [p.txn_id for p in postings] + [e.event_id for e in events]
+                               if key in sources])
+    return WriteResult(len(new_txn_ids), entries_inserted, events_inserted, positions_moved)
+
+
+def _unique(items: Sequence[_T], key: Callable[[_T], str]) -> list[_T]:
+    seen: set[str] = set()
+    unique: list[_T] = []
+    for item in items:
+        identity = key(item)
+        if identity not in seen:
+            seen.add(identity)
+            unique.append(item)
+    return unique
+
+
+def _write_ledger(conn: psycopg.Connection, postings: Sequence[LedgerTransaction],
+                  sources: Mapping[str, Source]) -> tuple[set[str], int]:
+    """Fast path: probe which txn_ids exist, COPY the others straight into the ledger tables
+    and move the balances by their sums. A concurrent writer landing the same transaction in
+    between makes the COPY fail on the primary key: the staged path (ON CONFLICT) then runs."""
+    if not postings:
+        return set(), 0
+    rows = conn.execute("SELECT txn_id FROM ledger_transactions WHERE txn_id = ANY(%s)",
+                        ([posting.txn_id for posting in postings],)).fetchall()
+    existing = {row[0] for row in rows}
+    fresh = [posting for posting in postings if posting.txn_id not in existing]
+    if not fresh:
+        return set(), 0
+    try:
+        with conn.transaction():  # a savepoint
+            _copy_ledger(conn, "ledger_transactions", "ledger_entries", fresh, sources)
+    except psycopg.errors.UniqueViolation:
+        return _write_ledger_staged(conn, fresh, sources)
+    _move_balances(conn, fresh)
+    return {posting.txn_id for posting in fresh}, sum(len(p.entries) for p in fresh)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+
+
+def _text(value: str | None) -> str:
+    """A value in COPY's text format (the ledger's hot path formats its own lines: psycopg's
+    generic write_row costs more than the database's work on the row)."""
+    if value is None:
+        return "\\N"
+    return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+
+
+def transaction_copy_lines(postings: Sequence[LedgerTransaction],
+                           sources: Mapping[str, Source]) -> str:
+    """Rows of ledger_transactions (txn_id, account_id, kind, cause_id, order_id, occurred_at,
+    source_topic, source_partition, source_offset) in COPY text format."""
+    lines = []
+    for posting in postings:
+        source = sources.get(posting.txn_id)
+        where = (f"{_text(source.topic)}\t{source.partition}\t{source.offset}" if source
+                 else "\\N\t\\N\t\\N")
+        lines.append(f"{_text(posting.txn_id)}\t{_text(posting.account_id)}\t"
+                     f"{_text(posting.kind)}\t{_text(posting.cause_id)}\t"
+                     f"{_text(posting.order_id)}\t{posting.occurred_at.isoformat()}\t{where}\n")
+    return "".join(lines)
+
+
+def entry_copy_lines(postings: Sequence[LedgerTransaction]) -> str:
+    """Rows of ledger_entries (txn_id, leg, ledger_account, asset, amount, account_id,
+    occurred_at) in COPY text format."""
+    lines = []
+    for posting in postings:
+        txn_id, account_id = _text(posting.txn_id), _text(posting.account_id)
+        when = posting.occurred_at.isoformat()
+        for leg, entry in enumerate(posting.entries):
+            lines.append(f"{txn_id}\t{leg}\t{_text(entry.ledger_account)}\t"
+                         f"{_text(entry.asset)}\t{entry.amount}\t{account_id}\t{when}\n")
+    return "".join(lines)
+
+
+def _copy_ledger(conn: psycopg.Connection, txn_table: str, entry_table: str,
+                 postings: Sequence[LedgerTransaction], sources: Mapping[str, Source]) -> None:
+    txn_copy = sql.SQL(
+        "COPY {} (txn_id, account_id, kind, cause_id, order_id, occurred_at, source_topic, "
+        "source_partition, source_offset) FROM STDIN").format(sql.Identifier(txn_table))
+    entry_copy = sql.SQL(
+        "COPY {} (txn_id, leg, ledger_account, asset, amount, account_id, occurred_at) "
+        "FROM STDIN").format(sql.Identifier(entry_table))
+    with conn.cursor() as cur:
+        with cur.copy(txn_copy) as copy:
+            copy.write(transaction_copy_lines(postings, sources))
+        with cur.copy(entry_copy) as copy:
+            copy.write(entry_copy_lines(postings))
+
+
+def _move_balances(conn: psycopg.Connection, postings: Sequence[LedgerTransaction]) -> None:
+    moved: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for posting in postings:
+        for entry in posting.entries:
+            moved[(entry.ledger_account, entry.asset)] += entry.amount
+    keys = sorted(moved)  # one lock order for every writer
+    owners = [(la.parse_user(name) or (None, None))[0] for name, _ in keys]
+    conn.execute(
+        "INSERT INTO account_balances (ledger_account, asset, balance, account_id) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::numeric[], %s::text[]) "
+        "ON CONFLICT (ledger_account, asset) DO UPDATE "
+        "SET balance = account_balances.balance + excluded.balance, updated_at = now()",
+        ([k[0] for k in keys], [k[1] for k in keys], [moved[k] for k in keys], owners))
+
+
+def _write_ledger_staged(conn: psycopg.Connection, postings: Sequence[LedgerTransaction],
+                         sources: Mapping[str, Source]) -> tuple[set[str], int]:
+    with conn.cursor() as cur:
+        with cur.copy("COPY stage_txn FROM STDIN") as copy:
+            for ord_, posting in enumerate(postings):
+                source = sources.get(posting.txn_id)
+                copy.write_row((
+                    ord_, posting.txn_id, posting.account_id, posting.kind, posting.cause_id,
+                    posting.order_id, posting.occurred_at,
+                    source.topic if source else None, source.partition if source else None,
+                    source.offset if source else None))
+        with cur.copy("COPY stage_entry FROM STDIN") as copy:
+            for posting in postings:
+                for leg, entry in enumerate(posting.entries):
+                    copy.write_row((posting.txn_id, leg, entry.ledger_account, entry.asset,
+                                    entry.amount, posting.account_id, posting.occurred_at))
+        rows = cur.execute(_INSERT_LEDGER_SQL).fetchall()
+    new_ids = {row[0] for row in rows}
+    return new_ids, int(rows[0][1]) if rows else 0
+
+
+def _event_row(ord_: int, event: AccountEvent, source: Source | None) -> tuple[object, ...]:
+    order_id = getattr(event, "order_id", None)
+    common = (ord_, event.event_id, event.account_id, type(event).__struct_config__.tag,
+              order_id)
+    where = ((source.topic, source.partition, source.offset) if source
+             else (None, None, None))
+    payload = _JSON.encode(event).decode()
+    if isinstance(event, OrderEvent):
+        return (*common, event.seq, event.state.value,
+                event.previous_state.value if event.previous_state else None,
+                event.reason, event.detail, event.cause_id, event.idempotency_key,
+                event.occurred_at, payload, *where, event.symbol, event.side.value,
+                event.order_type.value, event.time_in_force.value, event.quantity,
+                event.limit_price, event.stop_price, event.filled_quantity,
+                event.average_fill_price, event.held_amount)
+    if isinstance(event, CommandRejected):
+        why: tuple[object, ...] = (event.reason, event.detail, None, event.idempotency_key)
+    elif isinstance(event, CommandAccepted):
+        why = (None, event.command_type, event.txn_id, event.idempotency_key)
+    elif isinstance(event, Alert):
+        why = (event.code, event.detail, event.exec_id, None)
+    else:
+        raise AssertionError(f"not an account event: {type(event).__name__}")
+    return (*common, None, None, None, *why, event.occurred_at, payload, *where,
+            *([None] * 10))
+
+
+def _write_events(conn: psycopg.Connection, events: Sequence[AccountEvent],
+                  sources: Mapping[str, Source]) -> int:
+    if not events:
+        return 0
+    with conn.cursor() as cur:
+        with cur.copy("COPY stage_event FROM STDIN") as copy:
+            for ord_, event in enumerate(events):
+                copy.write_row(_event_row(ord_, event, sources.get(event.event_id)))
+        inserted = cur.execute(_INSERT_EVENTS_SQL).rowcount
+        cur.execute(_UPSERT_ORDERS_SQL)
+    return max(inserted, 0)
+
+
+def _record_offsets(conn: psycopg.Connection, sources: Iterable[Source]) -> None:
+    highest: dict[tuple[str, int], int] = {}
+    for source in sources:
+        key = (source.topic, source.partition)
+        highest[key] = max(highest.get(key, -1), source.offset)
+    if highest:
+        with conn.cursor() as cur:
+            cur.executemany(_UPSERT_OFFSETS_SQL,
+                            [(topic, partition, offset)
+                             for (topic, partition), offset in sorted(highest.items())])
+
+
+# ---- positions (average cost) ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PositionMove:
+    account_id: str
+    symbol: str
+    quantity_delta: Decimal
+    cash_delta: Decimal  # the account's USD movement in the same transaction
+
+
+def position_moves(posting: LedgerTransaction) -> list[PositionMove]:
+    """What a transaction does to positions: per (user account, symbol), the change of all
+    share buckets together, with that user's cash movement in the same transaction."""
+    if all(entry.asset == la.USD for entry in posting.entries):
+        return []  # most transactions move cash only
+    shares: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    cash: dict[str, Decimal] = defaultdict(Decimal)
+    for entry in posting.entries:
+        owner = la.parse_user(entry.ledger_account)
+        if owner is None:
+            continue
+        account_id, bucket = owner
+        if entry.asset == la.USD:
+            if bucket in CASH_BUCKETS:
+                cash[account_id] += entry.amount
+        elif bucket in SHARE_BUCKETS:
+            shares[(account_id, entry.asset)] += entry.amount
+    return [PositionMove(account_id, symbol, delta, cash[account_id])
+            for (account_id, symbol), delta in sorted(shares.items()) if delta != 0]
+
+
+def apply_move(quantity: Decimal, cost_basis: Decimal, move: PositionMove
+               ) -> tuple[Decimal, Decimal]:
+    """Average cost: a buy adds what was paid; a sell removes the sold share of the basis."""
+    new_quantity = quantity + move.quantity_delta
+    if move.quantity_delta > 0:
+        return new_quantity, cost_basis + max(-move.cash_delta, ZERO)
+    if new_quantity <= 0 or quantity <= 0:
+        return new_quantity, ZERO
+    kept = (cost_basis * new_quantity / quantity).quantize(COST_QUANTUM, ROUND_HALF_EVEN)
+    return new_quantity, kept
+
+
+def _move_positions(conn: psycopg.Connection, postings: Sequence[LedgerTransaction]) -> int:
+    moves = [move for posting in postings for move in position_moves(posting)]
+    if not moves:
+        return 0
+    keys = sorted({(move.account_id, move.symbol) for move in moves})
+    with conn.cursor() as cur:
+        rows = cur.execute(
+            "SELECT account_id, symbol, quantity, cost_basis FROM positions "
+            "WHERE (account_id, symbol) IN (SELECT * FROM unnest(%s::text[], %s::text[])) "
+            "ORDER BY account_id, symbol FOR UPDATE",
+            ([k[0] for k in keys], [k[1] for k in keys])).fetchall()
+        current = {(row[0], row[1]): (row[2], row[3]) for row in rows}
+        for move in moves:
+            key = (move.account_id, move.symbol)
+            quantity, cost_basis = current.get(key, (ZERO, ZERO))
+            current[key] = apply_move(quantity, cost_basis, move)
+        cur.executemany(
+            "INSERT INTO positions (account_id, symbol, quantity, cost_basis) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (account_id, symbol) DO UPDATE "
+            "SET quantity = excluded.quantity, cost_basis = excluded.cost_basis, "
+            "updated_at = now()",
+            [(key[0], key[1], *current[key]) for key in keys])
+    return len(moves)
+
+
+# ---- reads used by the CLI, reconcile and rebuilds ---------------------------------------
+
+
+def ledger_balances(dsn: str) -> dict[tuple[str, str], Decimal]:
+    """Materialised balances: (ledger_account, asset) -> balance."""
+    with connect(dsn) as conn:
+        rows = conn.execute("SELECT ledger_account, asset, balance FROM account_balances")
+        return {(row[0], row[1]): row[2] for row in rows}
+
+
+def entry_balances(conn: psycopg.Connection) -> dict[tuple[str, str], Decimal]:
+    """Balances recomputed from the entries."""
+    rows = conn.execute("SELECT ledger_account, asset, sum(amount) FROM ledger_entries "
+                        "GROUP BY ledger_account, asset")
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+def recompute_positions(conn: psycopg.Connection) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+    """Positions replayed from the entries in landing order (the order they were applied)."""
+    positions: dict[tuple[str, str], tuple[Decimal, Decimal]] = {}
+    rows = conn.execute(
+        "SELECT t.txn_id, t.account_id, t.kind, t.cause_id, t.occurred_at, "
+        "       array_agg(e.ledger_account ORDER BY e.leg), array_agg(e.asset ORDER BY e.leg), "
+        "       array_agg(e.amount ORDER BY e.leg) "
+        "  FROM ledger_transactions t JOIN ledger_entries e USING (txn_id) "
+        " WHERE EXISTS (SELECT 1 FROM ledger_entries x WHERE x.txn_id = t.txn_id "
+        "               AND x.asset <> 'USD' AND x.ledger_account LIKE 'user:%') "
+        " GROUP BY t.ledger_seq, t.txn_id ORDER BY t.ledger_seq")
+    for txn_id, account_id, kind, cause_id, occurred_at, names, assets, amounts in rows:
+        posting = LedgerTransaction(
+            txn_id=txn_id, account_id=account_id, kind=kind, cause_id=cause_id,
+            occurred_at=occurred_at,
+            entries=tuple(LedgerEntry(n, a, m) for n, a, m in zip(names, assets, amounts,
+                                                                  strict=True)))
+        for move in position_moves(posting):
+            key = (move.account_id, move.symbol)
+            quantity, cost_basis = positions.get(key, (ZERO, ZERO))
+            positions[key] = apply_move(quantity, cost_basis, move)
+    return positions
+
+
+def reconcile(dsn: str) -> list[str]:
+    """Every difference found in one shard (empty: clean): materialised balances against the
+    entries, transactions that do not sum to zero per asset (or have no entries), and
+    positions against the entries."""
+    differences: list[str] = []
+    with connect(dsn) as conn:
+        materialised = {(row[0], row[1]): row[2] for row in
+                        conn.execute("SELECT ledger_account, asset, balance "
+                                     "FROM account_balances")}
+        recomputed = entry_balances(conn)
+        for key in sorted(set(materialised) | set(recomputed)):
+            stored, derived = materialised.get(key, ZERO), recomputed.get(key, ZERO)
+            if stored != derived:
+                differences.append(f"balance {key[0]} {key[1]}: materialised {stored}, "
+                                   f"entries sum to {derived}")
+        for txn_id, asset, total in conn.execute(
+                "SELECT txn_id, asset, sum(amount) FROM ledger_entries "
+                "GROUP BY txn_id, asset HAVING sum(amount) <> 0 ORDER BY txn_id, asset"):
+            differences.append(f"transaction {txn_id}: {asset} sums to {total}")
+        for (txn_id,) in conn.execute(
+                "SELECT t.txn_id FROM ledger_transactions t WHERE NOT EXISTS "
+                "(SELECT 1 FROM ledger_entries e WHERE e.txn_id = t.txn_id) ORDER BY 1"):
+            differences.append(f"transaction {txn_id}: no entries")
+        differences.extend(_position_differences(conn))
+    return differences
+
+
+def _position_differences(conn: psycopg.Connection) -> list[str]:
+    stored = {(row[0], row[1]): (row[2], row[3]) for row in conn.execute(
+        "SELECT account_id, symbol, quantity, cost_basis FROM positions")}
+    derived = recompute_positions(conn)
+    share_balances: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for (ledger_account, asset), balance in entry_balances(conn).items():
+        owner = la.parse_user(ledger_account)
+        if owner is not None and owner[1] in SHARE_BUCKETS and asset != la.USD:
+            share_balances[(owner[0], asset)] += balance
+    differences = []
+    for key in sorted(set(stored) | set(derived) | set(share_balances)):
+        quantity, cost_basis = stored.get(key, (ZERO, ZERO))
+        if quantity != share_balances.get(key, ZERO):
+            differences.append(f"position {key[0]} {key[1]}: quantity {quantity}, share "
+                               f"entries sum to {share_balances.get(key, ZERO)}")
+        if (quantity, cost_basis) != derived.get(key, (ZERO, ZERO)):
+            expected = derived.get(key, (ZERO, ZERO))
+            differences.append(f"position {key[0]} {key[1]}: stored {quantity} @ basis "
+                               f"{cost_basis}, replayed {expected[0]} @ basis {expected[1]}")
+    return differences
+
+
+# ---- rebuild helpers ---------------------------------------------------------------------
+
+# What two copies of a shard must agree on (landing order and wall-clock columns excluded).
+_COMPARED = {
+    "ledger_transactions": "SELECT txn_id, account_id, kind, cause_id, order_id, occurred_at "
+                           "FROM ledger_transactions ORDER BY txn_id",
+    "ledger_entries": "SELECT txn_id, leg, ledger_account, asset, amount, account_id, "
+                      "occurred_at FROM ledger_entries ORDER BY txn_id, leg",
+    "account_balances": "SELECT ledger_account, asset, balance FROM account_balances "
+                        "WHERE balance <> 0 ORDER BY 1, 2",
+    "positions": "SELECT account_id, symbol, quantity, cost_basis FROM positions "
+                 "WHERE quantity <> 0 OR cost_basis <> 0 ORDER BY 1, 2",
+    "orders": "SELECT order_id, account_id, state, filled_quantity, seq, last_event_id "
+              "FROM orders ORDER BY order_id",
+    "order_events": "SELECT event_id, account_id, event_type, order_id, seq, state, reason, "
+                    "occurred_at FROM order_events ORDER BY event_id",
+}
+
+
+def compare_shards(live_dsn: str, rebuilt_dsn: str, tables: Iterable[str] | None = None
+                   ) -> list[str]:
+    """Differences between a live shard and one rebuilt from the topics (empty: equal)."""
+    differences: list[str] = []
+    with connect(live_dsn) as live, connect(rebuilt_dsn) as rebuilt:
+        for table in tables or _COMPARED:
+            query = sql.SQL(_COMPARED[table])  # type: ignore[arg-type]
+            left = set(live.execute(query).fetchall())
+            right = set(rebuilt.execute(query).fetchall())
+            if left != right:
+                differences.append(f"{table}: {len(left - right)} rows only in live, "
+                                   f"{len(right - left)} rows only in rebuilt")
+    return differences
+
+
+def sink_offsets(dsn: str) -> dict[tuple[str, int], int]:
+    """Highest offset landed per (topic, partition)."""
+    with connect(dsn) as conn:
+        return {(row[0], row[1]): row[2] for row in
+                conn.execute("SELECT topic, partition, offset_max FROM sink_offsets")}

@@ -1,0 +1,195 @@
+"""Faults around the FIX link: kill -9 and restart of either side, silence (stuck orders),
+a silent market maker among two (breaker), duplicate and out-of-order reports."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from compose.embedded import free_port
+from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
+from gateways.fix.harness import ServiceProcess, TopicReader, launch, produce, quote
+from gateways.simulator.config import SimulatorConfig
+from state.ids import account_id_for
+from state.messages import ExecType, ExecutionReport, RouteNewOrder, Side
+from state.topics import Topic, decode
+from tests.integration.gateways.test_fix_roundtrip import new_order
+
+pytestmark = pytest.mark.integration
+
+
+class Link:
+    """A gateway and its simulators on the test's topics, restartable."""
+
+    def __init__(self, services, topics: str, tmp_path: Path,  # noqa: ANN001
+                 sims: dict[str, dict[str, object]], **gateway: object) -> None:
+        self.services, self.topics, self.tmp = services, topics, tmp_path
+        self.sim_configs = {
+            name: SimulatorConfig(bootstrap_servers=services.bootstrap_servers,
+                                  topic_prefix=topics, port=free_port(),
+                                  store_dir=str(tmp_path / name), **settings)  # type: ignore[arg-type]
+            for name, settings in sims.items()}
+        self.gw_config = FixGatewayConfig(
+            bootstrap_servers=services.bootstrap_servers, topic_prefix=topics,
+            store_dir=str(tmp_path / "gw"),
+            market_makers=tuple(
+                MarketMakerConfig(name=name, host="127.0.0.1", port=config.port,
+                                  sender_comp_id="BROKER", target_comp_id="MM1")
+                for name, config in self.sim_configs.items()),
+            **gateway)  # type: ignore[arg-type]
+        self.sims: dict[str, ServiceProcess] = {}
+        self.gateway: ServiceProcess | None = None
+        self.reader = TopicReader(services.bootstrap_servers, topics + Topic.EXECUTIONS)
+        self.reports: list[ExecutionReport] = []
+
+    def start_sim(self, name: str) -> None:
+        self.sims[name] = launch("gateways.simulator", self.sim_configs[name],
+                                 self.tmp / f"{name}.log")
+
+    def start_gateway(self) -> None:
+        self.gateway = launch("gateways.fix", self.gw_config, self.tmp / "gw.log")
+
+    def start(self) -> None:
+        for name in self.sim_configs:
+            self.start_sim(name)
+        self.start_gateway()
+
+    def send(self, orders: list[RouteNewOrder]) -> None:
+        produce(self.services.bootstrap_servers, self.topics + Topic.ORDERS_ROUTE,
+                [(order.account_id, order) for order in orders])
+
+    def collect(self, done, timeout_s: float = 30) -> None:  # noqa: ANN001
+        deadline = time.monotonic() + timeout_s
+        while not done(self.reports) and time.monotonic() < deadline:
+            self.reports += self.reader.executions(until=10_000, timeout_s=0.1)
+
+    def logs(self) -> str:
+        parts = [p.log_tail() for p in (self.gateway, *self.sims.values()) if p]
+        return "\n---\n".join(parts)
+
+    def stop(self) -> None:
+        self.reader.close()
+        codes = [self.gateway.stop() if self.gateway else 0]
+        codes += [sim.stop() for sim in self.sims.values()]
+        assert codes == [0] * len(codes), self.logs()
+
+
+def filled_quantities(reports: list[ExecutionReport]) -> dict[str, Decimal]:
+    """Per order, the filled quantity as an idempotent consumer books it (by exec_id)."""
+    unique = {r.exec_id: r for r in reports if r.exec_type is ExecType.TRADE}
+    totals: dict[str, Decimal] = {}
+    for report in unique.values():
+        totals[report.order_id] = totals.get(report.order_id, Decimal(0)) + report.last_qty
+    return totals
+
+
+def all_filled(orders: list[RouteNewOrder]):  # noqa: ANN201
+    def done(reports: list[ExecutionReport]) -> bool:
+        filled = filled_quantities(reports)
+        return all(filled.get(o.order_id) == o.quantity for o in orders)
+    return done
+
+
+def orders_for(tag: str, count: int, services) -> list[RouteNewOrder]:  # noqa: ANN001
+    accounts = [account_id_for(f"{tag}{i}", i % services.shards, services.shards,
+                               services.partitions_per_shard) for i in range(4)]
+    return [new_order(accounts[i % 4], f"{tag}-{i}", "1000" if i % 3 == 0 else "7",
+                      side=Side.BUY if i % 2 else Side.SELL) for i in range(count)]
+
+
+def quote_aapl(link: Link) -> None:
+    produce(link.services.bootstrap_servers, link.topics + Topic.QUOTES,
+            [("AAPL", quote("AAPL", "209.90", "210.00"))])
+
+
+@pytest.mark.parametrize("victim", ["gateway", "simulator"])
+def test_kill9_and_restart_loses_no_report(services, topics, tmp_path: Path,
+                                           victim: str) -> None:
+    link = Link(services, topics, tmp_path, {"sim1": {}})
+    quote_aapl(link)
+    link.start()
+    try:
+        first = orders_for("a", 30, services)
+        link.send(first)
+        link.collect(lambda reports: len(reports) >= 10)
+        if victim == "gateway":
+            assert link.gateway is not None
+            link.gateway.kill()
+        else:
+            link.sims["sim1"].kill()
+        second = orders_for("b", 30, services)
+        link.send(second)  # while one side is down
+        time.sleep(0.5)
+        if victim == "gateway":
+            link.start_gateway()
+        else:
+            link.start_sim("sim1")
+        everything = first + second
+        link.collect(all_filled(everything), timeout_s=40)
+        filled = filled_quantities(link.reports)
+        missing = [o.order_id for o in everything if filled.get(o.order_id) != o.quantity]
+        assert not missing, (missing, link.logs())
+        duplicates = [e for e, n in Counter(r.exec_id for r in link.reports).items() if n > 1]
+        assert not duplicates, duplicates
+    finally:
+        link.stop()
+
+
+def test_silent_market_maker_leads_to_status_cancel_and_alert(services, topics,
+                                                               tmp_path: Path) -> None:
+    link = Link(services, topics, tmp_path, {"mute": {"silent": True}},
+                stuck_order_timeout_ms=400)
+    quote_aapl(link)
+    events = TopicReader(services.bootstrap_servers, topics + Topic.ORDERS_EVENTS)
+    link.start()
+    try:
+        [order] = orders_for("s", 1, services)
+        link.send([order])
+        alerts = []
+        deadline = time.monotonic() + 30
+        while not alerts and time.monotonic() < deadline:
+            alerts = [decode(Topic.ORDERS_EVENTS, v) for _, v in events.poll(0.2)]
+        assert alerts, link.logs()
+        assert alerts[0].code == "stuck_order" and alerts[0].order_id == order.order_id
+    finally:
+        events.close()
+        link.stop()
+    sent = "".join(p.read_text() for p in (tmp_path / "gw" / "log").glob("*messages*"))
+    # NewOrderSingle, then OrderStatusRequest, then OrderCancelRequest, in this order.
+    kinds = [part for part in ("35=D", "35=H", "35=F") if part in sent]
+    assert kinds == ["35=D", "35=H", "35=F"]
+    assert sent.index("35=D") < sent.index("35=H") < sent.index("35=F")
+
+
+def test_silent_market_maker_trips_the_breaker(services, topics, tmp_path: Path) -> None:
+    link = Link(services, topics, tmp_path,
+                {"good": {"duplicate_reports": True, "out_of_order_reports": True},
+                 "mute": {"silent": True}},
+                breaker_timeout_ms=300, stuck_order_timeout_ms=60_000)
+    quote_aapl(link)
+    link.start()
+    try:
+        warm = orders_for("w", 2, services)  # round robin: one to each market maker
+        link.send(warm)
+        link.collect(lambda reports: any(r.exec_type is ExecType.TRADE for r in reports))
+        time.sleep(0.6)  # the mute one's breaker opens
+        later = orders_for("l", 6, services)
+        link.send(later)
+        link.collect(all_filled(later))
+        filled = filled_quantities(link.reports)
+        assert all(filled.get(o.order_id) == o.quantity for o in later), link.logs()
+        assert {r.market_maker for r in link.reports} == {"good"}
+        assert len([o for o in warm if o.order_id in filled]) == 1
+        # Duplicated reports reached the topic once; reversed partial fills all arrived.
+        counts = Counter(r.exec_id for r in link.reports)
+        assert max(counts.values()) == 1
+        large = later[0]
+        parts = [r.last_qty for r in link.reports
+                 if r.order_id == large.order_id and r.exec_type is ExecType.TRADE]
+        assert sorted(parts) == [300, 300, 400]
+    finally:
+        link.stop()

@@ -1,0 +1,115 @@
+"""Helpers for the gateway's integration tests (no tests here): the configuration for the
+embedded services, and a tiny responder standing in for the account topology."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from compose.embedded import free_port
+from gateways.http.config import HttpConfig
+from state import topics as t
+from state.ids import order_id_for
+from state.messages import (
+    CommandAccepted,
+    CommandRejected,
+    Deposit,
+    Message,
+    OrderEvent,
+    OrderState,
+    PlaceOrder,
+    Quote,
+)
+
+SECRET = "integration-secret"
+
+
+def gateway_config(services: Any, prefix: str, dsns: tuple[str, ...], **overrides: Any
+                   ) -> HttpConfig:
+    values: dict[str, Any] = dict(
+        port=free_port(), bootstrap_servers=services.bootstrap_servers, topic_prefix=prefix,
+        shard_dsns=dsns, partitions_per_shard=services.partitions_per_shard,
+        redis_url=services.redis_url, redis_key_prefix=prefix, token_secret=SECRET)
+    values.update(overrides)
+    return HttpConfig(**values)
+
+
+def quote(symbol: str, bid: str, ask: str) -> Quote:
+    return Quote(symbol=symbol, bid=Decimal(bid), ask=Decimal(ask), bid_size=Decimal(100),
+                 ask_size=Decimal(100), venue_time=dt.datetime.now(dt.UTC))
+
+
+def answer(command: Any, now: dt.datetime) -> Message | None:
+    """What the account topology would say first: buys over 1,000 shares are refused."""
+    if isinstance(command, PlaceOrder):
+        order_id = order_id_for(command.account_id, command.idempotency_key)
+        rejected = command.quantity > 1000
+        return OrderEvent(
+            event_id=f"{order_id}:1", account_id=command.account_id, order_id=order_id, seq=1,
+            state=OrderState.REJECTED if rejected else OrderState.FUNDS_HELD,
+            symbol=command.symbol, side=command.side, order_type=command.order_type,
+            quantity=command.quantity, time_in_force=command.time_in_force,
+            filled_quantity=Decimal(0), occurred_at=now, cause_id=command.idempotency_key,
+            idempotency_key=command.idempotency_key, limit_price=command.limit_price,
+            reason="insufficient_buying_power" if rejected else None)
+    if isinstance(command, Deposit):
+        if command.amount > 5000:
+            return CommandRejected(event_id=f"rej:{command.idempotency_key}",
+                                   account_id=command.account_id,
+                                   idempotency_key=command.idempotency_key,
+                                   command_type="deposit", reason="deposit_limit",
+                                   occurred_at=now)
+        return CommandAccepted(event_id=f"acc:{command.idempotency_key}",
+                               account_id=command.account_id,
+                               idempotency_key=command.idempotency_key, command_type="deposit",
+                               occurred_at=now, amount=command.amount, txn_id="txn_test")
+    return None
+
+
+def _batch(consumer: Consumer) -> list[Any]:
+    first = consumer.poll(0.05)
+    return [] if first is None else [first, *consumer.consume(499, timeout=0)]
+
+
+class Responder:
+    """Consumes orders.commands from the start and answers on orders.events. Also the record
+    of every command that reached the topic."""
+
+    def __init__(self, bootstrap_servers: str, prefix: str, partitions: int,
+                 answering: bool = True) -> None:
+        self.commands: list[Any] = []
+        self._answering = answering
+        self._prefix = prefix
+        self._consumer = Consumer({"bootstrap.servers": bootstrap_servers,
+                                   "group.id": f"responder-{prefix}",
+                                   "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        self._consumer.assign([TopicPartition(prefix + t.Topic.ORDERS_COMMANDS, p, 0)
+                               for p in range(partitions)])
+        self._producer = Producer({"bootstrap.servers": bootstrap_servers,
+                                   "partitioner": "murmur2_random", "linger.ms": 0})
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._running:
+            for record in _batch(self._consumer):
+                if record.error():
+                    continue
+                command = t.decode(t.Topic.ORDERS_COMMANDS, record.value())
+                self.commands.append(command)
+                event = answer(command, dt.datetime.now(dt.UTC)) if self._answering else None
+                if event is not None:
+                    self._producer.produce(self._prefix + t.Topic.ORDERS_EVENTS,
+                                           key=command.account_id.encode(),
+                                           value=t.encode(event))
+                    self._producer.flush(5)
+
+    def close(self) -> None:
+        self._running = False
+        self._thread.join(5)
+        self._consumer.close()

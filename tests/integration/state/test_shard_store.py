@@ -1,0 +1,151 @@
+"""The shard database protects the ledger itself and lands batches idempotently."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from state import ledger_accounts as la
+from state.messages import OrderState
+from state.shard_store import (
+    Source,
+    compare_shards,
+    ledger_balances,
+    migrate,
+    reconcile,
+    schema_version,
+    write_batch,
+)
+from tests.integration.sinks.ledger_builders import (
+    accepted,
+    at,
+    deposit,
+    fill,
+    order_event,
+    rejected,
+)
+
+pytestmark = pytest.mark.integration
+
+ACC = "acc_test1"
+
+
+@pytest.fixture
+def shard(fresh_databases) -> str:
+    dsn = fresh_databases[0]
+    migrate(dsn)
+    return dsn
+
+
+def _story() -> tuple[list, list]:
+    dep = deposit(ACC, "10000.00", "d1", at(0))
+    buy1 = fill(ACC, "ord_1", "x1", "buy", "AAPL", "10", "200.00", at(1))
+    buy2 = fill(ACC, "ord_1", "x2", "buy", "AAPL", "10", "230.00", at(2))
+    sell = fill(ACC, "ord_2", "x3", "sell", "AAPL", "5", "250.00", at(3))
+    events = [accepted(ACC, "d1", dep, at(0)),
+              order_event(ACC, "o1", 0, OrderState.PENDING, when=at(0.5)),
+              order_event(ACC, "o1", 1, OrderState.ROUTED, when=at(0.6)),
+              order_event(ACC, "o1", 2, OrderState.FILLED, filled="10", when=at(2)),
+              rejected(ACC, "w1", "insufficient_funds", at(4))]
+    return [dep, buy1, buy2, sell], events
+
+
+def test_migrate_is_idempotent(shard) -> None:
+    migrate(shard)
+    assert schema_version(shard) == 1
+
+
+def test_batch_lands_balances_positions_orders_and_replay_changes_nothing(shard) -> None:
+    postings, events = _story()
+    sources = {p.txn_id: Source("ledger.postings", 1, i) for i, p in enumerate(postings)}
+    with psycopg.connect(shard) as conn:
+        first = write_batch(conn, postings, events, sources)
+        assert (first.transactions_inserted, first.entries_inserted) == (4, 14)
+        assert first.events_inserted == 5
+        again = write_batch(conn, postings + postings[:1], events, sources)
+        assert (again.transactions_inserted, again.entries_inserted, again.events_inserted,
+                again.positions_moved) == (0, 0, 0, 0)
+        # an older event of the same order arriving late never moves it backwards
+        write_batch(conn, [], [order_event(ACC, "o1", 1, OrderState.ROUTED, when=at(0.6))])
+        position = conn.execute("SELECT quantity, cost_basis FROM positions "
+                                "WHERE account_id = %s AND symbol = 'AAPL'", (ACC,)).fetchone()
+        order = conn.execute("SELECT state, seq, filled_quantity FROM orders").fetchone()
+        offsets = conn.execute("SELECT partition, offset_max FROM sink_offsets").fetchall()
+    balances = ledger_balances(shard)
+    cash = Decimal("10000.00") - Decimal("2000.00") - Decimal("2300.00") + Decimal("1250.00")
+    assert balances[(la.user(ACC, la.CASH), "USD")] == cash
+    assert balances[(la.user(ACC, la.SHARES_UNSETTLED), "AAPL")] == 20
+    assert balances[(la.user(ACC, la.SHARES), "AAPL")] == -5
+    assert balances[(la.BANK_ACH, "USD")] == Decimal("-10000.00")
+    # average cost: 20 shares for 4300, sell 5 keeps 15/20 of the basis
+    assert position == (Decimal(15), Decimal("3225.000000"))
+    assert order == ("filled", 2, Decimal(10))
+    assert offsets == [(1, 3)]
+    assert reconcile(shard) == []
+
+
+def test_unbalanced_or_late_legs_are_refused_by_the_database(shard) -> None:
+    with psycopg.connect(shard) as conn:
+        write_batch(conn, [deposit(ACC, "5.00", "d1")], [])
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        with conn.transaction():
+            conn.execute("INSERT INTO ledger_transactions (txn_id, account_id, kind, cause_id, "
+                         "occurred_at) VALUES ('t_bad', %s, 'x', 'x', now())", (ACC,))
+            conn.execute("INSERT INTO ledger_entries VALUES "
+                         "('t_bad', 0, 'bank:ach', 'USD', -5, %s, now()), "
+                         "('t_bad', 1, %s, 'USD', 4, %s, now())",
+                         (ACC, la.user(ACC, la.CASH), ACC))
+    # a header without entries cannot commit (the deferred constraint trigger)
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        with conn.transaction():
+            conn.execute("INSERT INTO ledger_transactions (txn_id, account_id, kind, cause_id, "
+                         "occurred_at) VALUES ('t_empty', %s, 'x', 'x', now())", (ACC,))
+    # a leg added to a committed transaction unbalances it
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        txn_id = deposit(ACC, "5.00", "d1").txn_id
+        conn.execute("INSERT INTO ledger_entries VALUES (%s, 9, 'bank:ach', 'USD', 1, %s, now())",
+                     (txn_id, ACC))
+    assert reconcile(shard) == []
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE ledger_entries SET amount = amount * 2",
+    "DELETE FROM ledger_entries",
+    "TRUNCATE ledger_entries",
+    "UPDATE ledger_transactions SET kind = 'x'",
+    "DELETE FROM order_events",
+])
+def test_ledger_and_audit_are_append_only(shard, statement) -> None:
+    postings, events = _story()
+    with psycopg.connect(shard) as conn:
+        write_batch(conn, postings, events)
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.RestrictViolation):
+        conn.execute(statement)
+
+
+def test_reconcile_reports_a_tampered_balance_and_position(shard) -> None:
+    postings, events = _story()
+    with psycopg.connect(shard) as conn:
+        write_batch(conn, postings, events)
+        conn.execute("UPDATE account_balances SET balance = balance + 1 "
+                     "WHERE ledger_account = %s", (la.user(ACC, la.CASH),))
+        conn.execute("UPDATE positions SET quantity = 14")
+        conn.commit()
+    differences = reconcile(shard)
+    assert any(d.startswith(f"balance user:{ACC}:cash USD") for d in differences)
+    assert any(d.startswith(f"position {ACC} AAPL: quantity 14") for d in differences)
+
+
+def test_compare_shards_sees_equal_and_different_copies(fresh_databases) -> None:
+    live, rebuilt = fresh_databases[0], fresh_databases[1]
+    postings, events = _story()
+    for dsn in (live, rebuilt):
+        migrate(dsn)
+        with psycopg.connect(dsn) as conn:
+            write_batch(conn, postings, events)
+    assert compare_shards(live, rebuilt) == []
+    with psycopg.connect(live) as conn:
+        write_batch(conn, [deposit(ACC, "1.00", "extra")], [])
+    assert compare_shards(live, rebuilt)[0].startswith("ledger_transactions: 1 rows only in live")

@@ -1,0 +1,157 @@
+"""In-memory stand-ins for the gateway's stores and Kafka clients (helpers, no tests here):
+the HTTP surface tested without servers; the integration tests use the real ones."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from gateways.http.bus import BrokerUnavailable
+from gateways.http.config import HttpConfig
+from gateways.http.context import GATEWAY
+from gateways.http.problems import Problem
+from gateways.http.websocket import StreamHub
+from state.messages import Message, Quote
+from state.router import ShardRouter
+
+NOW = dt.datetime(2026, 3, 2, 15, 0, tzinfo=dt.UTC)
+SECRET = "unit-test-secret"
+
+
+def config(**overrides: Any) -> HttpConfig:
+    values: dict[str, Any] = dict(
+        port=0, bootstrap_servers="127.0.0.1:1", shard_dsns=("a", "b"), partitions_per_shard=2,
+        redis_url="redis://127.0.0.1:1/0", token_secret=SECRET, reply_wait_ms=200)
+    values.update(overrides)
+    return HttpConfig(**values)
+
+
+def quote(symbol: str, bid: str, ask: str, last: str | None = None) -> Quote:
+    return Quote(symbol=symbol, bid=Decimal(bid), ask=Decimal(ask), bid_size=Decimal(100),
+                 ask_size=Decimal(100), venue_time=NOW, last=None if last is None
+                 else Decimal(last))
+
+
+class FakeReader:
+    def __init__(self) -> None:
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.orders_by_id: dict[tuple[str, str], dict[str, Any]] = {}
+        self.portfolios: dict[str, dict[str, Any]] = {}
+
+    async def create_account(self, user_id: str, account_id: str, shard: int) -> dict[str, Any]:
+        account = self.accounts.setdefault(account_id, {
+            "account_id": account_id, "user_id": user_id, "shard": shard, "created_at": NOW})
+        return account
+
+    async def account(self, account_id: str) -> dict[str, Any] | None:
+        return self.accounts.get(account_id)
+
+    async def accounts_of_user(self, user_id: str) -> list[dict[str, Any]]:
+        return [a for a in self.accounts.values() if a["user_id"] == user_id]
+
+    async def portfolio(self, account_id: str) -> dict[str, Any]:
+        return self.portfolios.get(account_id) or {
+            "account_id": account_id, "cash": Decimal(0), "cash_held": Decimal(0),
+            "buying_power": Decimal(0), "positions": [], "as_of": None, "ledger_offset": None}
+
+    async def orders(self, account_id: str, limit: int) -> list[dict[str, Any]]:
+        return [o for (a, _), o in self.orders_by_id.items() if a == account_id][:limit]
+
+    async def order(self, account_id: str, order_id: str) -> dict[str, Any] | None:
+        return self.orders_by_id.get((account_id, order_id))
+
+    async def activities(self, account_id: str, as_of: Any) -> list[dict[str, Any]]:
+        return []
+
+
+class FakeQuotes:
+    def __init__(self) -> None:
+        self.quotes: dict[str, Quote] = {}
+
+    async def get_many(self, symbols: list[str]) -> dict[str, Quote]:
+        return {s: self.quotes[s] for s in symbols if s in self.quotes}
+
+    async def get(self, symbol: str) -> Quote | None:
+        return self.quotes.get(symbol)
+
+
+class FakeProducer:
+    """Records what was produced; `respond` turns a command into the events that answer it."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, str, Any]] = []
+        self.failing = False
+        self.respond: Callable[[Message], list[Any]] | None = None
+        self.deliver: Callable[[list[Any]], None] | None = None
+
+    async def produce(self, topic: str, key: str, message: Message) -> None:
+        if self.failing:
+            raise BrokerUnavailable("delivery failed: fake broker down")
+        self.produced.append((topic, key, message))
+        if self.respond is not None and self.deliver is not None:
+            events = self.respond(message)
+            if events:
+                asyncio.get_running_loop().call_soon(self.deliver, events)
+
+    def broker_reachable(self, timeout_s: float) -> bool:
+        return not self.failing
+
+
+class FakeLimiter:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, int], int] = {}
+
+    async def hit(self, user_id: str, bucket: str, limit_per_s: int, now_ms: int) -> None:
+        key = (user_id, bucket, now_ms // 1000)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.counts[key] > limit_per_s:
+            raise Problem(429, "rate_limited", "too many", headers={"Retry-After": "1"})
+
+
+class FakeIdempotency:
+    def __init__(self) -> None:
+        self.records: dict[tuple[str, str], str] = {}
+
+    async def claim(self, scope: str, key: str, fingerprint: str) -> bool:
+        held = self.records.setdefault((scope, key), fingerprint)
+        if held != fingerprint:
+            raise Problem(409, "idempotency_key_reused", "reused")
+        return held is fingerprint
+
+    async def release(self, scope: str, key: str, fingerprint: str) -> None:
+        if self.records.get((scope, key)) == fingerprint:
+            del self.records[(scope, key)]
+
+
+class FakeRedis:
+    async def ping(self) -> bool:
+        return True
+
+
+class Fakes:
+    def __init__(self) -> None:
+        self.reader = FakeReader()
+        self.quotes = FakeQuotes()
+        self.producer = FakeProducer()
+        self.limiter = FakeLimiter()
+        self.idempotency = FakeIdempotency()
+
+    async def backends(self, app: web.Application) -> AsyncIterator[None]:
+        gateway = app[GATEWAY]
+        gateway.reader = self.reader
+        gateway.router = ShardRouter(2, 2)
+        gateway.quotes = self.quotes
+        gateway.redis = FakeRedis()
+        gateway.producer = self.producer
+        gateway.limiter = self.limiter
+        gateway.idempotency = self.idempotency
+        gateway.hub = StreamHub()
+        gateway.clock = lambda: NOW
+        self.producer.deliver = gateway.replies.deliver
+        self.gateway = gateway
+        yield

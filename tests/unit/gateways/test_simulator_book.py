@@ -1,0 +1,105 @@
+"""The simulator's book: prices, partial fills, resting orders, cancels, rejects."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from gateways.simulator.book import NBBO, Book, NewOrder, OrdStatus, fill_parts, improved_price
+from state.messages import ExecType, OrderType, Side, SymbolStatus, TimeInForce
+
+
+def book(**kwargs) -> Book:  # noqa: ANN003
+    b = Book(Decimal("1"), Decimal("1000"), **kwargs)
+    b.on_quote("AAPL", Decimal("209.90"), Decimal("210.00"))
+    return b
+
+
+def order(cl: str = "o1", qty: str = "10", side: Side = Side.BUY,
+          kind: OrderType = OrderType.MARKET, **kwargs) -> NewOrder:  # noqa: ANN003
+    return NewOrder(cl_ord_id=cl, account="a1", symbol=kwargs.pop("symbol", "AAPL"), side=side,
+                    order_type=kind, quantity=Decimal(qty), **kwargs)
+
+
+def test_improved_price_rounds_to_the_cent() -> None:
+    nbbo = NBBO(Decimal("209.90"), Decimal("210.00"))
+    assert improved_price(Side.BUY, nbbo, Decimal(1)) == Decimal("209.98")
+    assert improved_price(Side.SELL, nbbo, Decimal(1)) == Decimal("209.92")
+    assert improved_price(Side.BUY, nbbo, Decimal(0)) == Decimal("210.00")
+
+
+def test_fill_parts() -> None:
+    assert fill_parts(Decimal(1000), Decimal(1000)) == [400, 300, 300]
+    assert fill_parts(Decimal(999), Decimal(1000)) == [999]
+    parts = fill_parts(Decimal("1000.5"), Decimal(1000))
+    assert sum(parts) == Decimal("1000.5") and len(parts) == 3
+
+
+def test_market_order_acks_then_fills() -> None:
+    reports = book().new_order(order())
+    assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE]
+    fill = reports[1]
+    assert (fill.last_qty, fill.last_px, fill.cum_qty, fill.leaves_qty) == (
+        10, Decimal("209.98"), 10, 0)
+    assert fill.ord_status == OrdStatus.FILLED
+    assert len({r.exec_id for r in reports}) == 2
+
+
+def test_large_order_fills_in_three_parts() -> None:
+    reports = book().new_order(order(qty="1000", side=Side.SELL))
+    fills = [r for r in reports if r.exec_type is ExecType.TRADE]
+    assert [f.last_qty for f in fills] == [400, 300, 300]
+    assert [f.cum_qty for f in fills] == [400, 700, 1000]
+    assert [f.ord_status for f in fills] == ["1", "1", "2"]
+
+
+def test_limit_rests_until_the_quote_crosses() -> None:
+    b = book()
+    reports = b.new_order(order(kind=OrderType.LIMIT, limit_price=Decimal("209.50")))
+    assert [r.exec_type for r in reports] == [ExecType.NEW]
+    assert b.on_quote("AAPL", Decimal("209.40"), Decimal("209.60")) == []
+    fills = b.on_quote("AAPL", Decimal("209.30"), Decimal("209.45"))
+    assert [(f.exec_type, f.last_px) for f in fills] == [(ExecType.TRADE, Decimal("209.43"))]
+
+
+def test_stop_triggers_then_fills_at_market() -> None:
+    b = book()
+    b.new_order(order(kind=OrderType.STOP, stop_price=Decimal("211.00")))
+    assert b.on_quote("AAPL", Decimal("210.40"), Decimal("210.50")) == []
+    fills = b.on_quote("AAPL", Decimal("210.90"), Decimal("211.00"))
+    assert fills and fills[0].last_px == Decimal("210.98")
+
+
+def test_cancel_and_cancel_reject() -> None:
+    b = book()
+    b.new_order(order(kind=OrderType.LIMIT, limit_price=Decimal("200")))
+    [cancelled] = b.cancel("o1.1", "o1")
+    assert cancelled.exec_type is ExecType.CANCELED and cancelled.leaves_qty == 0
+    [again] = b.cancel("o1.2", "o1")
+    assert again.kind == "cancel_reject"
+    [unknown] = b.cancel("x.1", "x")
+    assert unknown.kind == "cancel_reject" and unknown.text == "unknown order"
+
+
+def test_rejects_unknown_unquoted_halted_and_duplicate() -> None:
+    b = book(known_symbols=("AAPL", "MSFT"))
+    assert b.new_order(order("a", symbol="ZZZ"))[0].text == "unknown symbol"
+    assert b.new_order(order("b", symbol="MSFT"))[0].text == "no quote for symbol"
+    b.on_status("AAPL", SymbolStatus.HALTED)
+    assert b.new_order(order("c"))[0].text == "symbol halted"
+    b.on_status("AAPL", SymbolStatus.OPEN)
+    b.new_order(order("d"))
+    dup = b.new_order(order("d"))
+    assert dup[0].exec_type is ExecType.REJECTED and dup[0].rej_reason == "6"
+
+
+def test_ioc_limit_not_marketable_is_cancelled() -> None:
+    reports = book().new_order(order(kind=OrderType.LIMIT, limit_price=Decimal("200"),
+                                     time_in_force=TimeInForce.IOC))
+    assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.CANCELED]
+
+
+def test_status_of_a_filled_order() -> None:
+    b = book()
+    b.new_order(order())
+    [status] = b.status_of("o1")
+    assert status.exec_type is ExecType.ORDER_STATUS and status.cum_qty == 10
