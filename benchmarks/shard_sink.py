@@ -77,7 +77,7 @@ def _transactions(shard: int, count: int, accounts: int) -> list[LedgerTransacti
         when = T0 + dt.timedelta(milliseconds=n)
         if n % 2 == 0:  # a deposit: 2 entries
             amount = Decimal(1000 + n % 97)
-            entries = (LedgerEntry(la.BANK_ACH, la.USD, -amount),
+            entries: tuple[LedgerEntry, ...] = (LedgerEntry(la.BANK_ACH, la.USD, -amount),
                        LedgerEntry(la.user(account, la.CASH), la.USD, amount))
             kind = "deposit"
         else:  # a buy fill: 4 entries
@@ -172,7 +172,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = [_transactions(shard, args.transactions, args.accounts) for shard in range(SHARDS)]
-    entries = [sum(len(p.entries) for p in shard) for shard in data]
+    entries = [sum(len(p.entries) for p in postings) for postings in data]
     with tempfile.TemporaryDirectory(prefix="bench-shard-sink-") as tmp:
         servers = start_embedded_servers(Path(tmp), SHARDS)
         try:
@@ -182,8 +182,8 @@ def main() -> None:
             producer = Producer({"bootstrap.servers": servers.bootstrap_servers,
                                  "partitioner": "murmur2_random", "linger.ms": 20,
                                  "queue.buffering.max.messages": 1_000_000})
-            for shard in data:
-                for posting in shard:
+            for postings in data:
+                for posting in postings:
                     producer.produce(prefix + t.Topic.LEDGER_POSTINGS,
                                      key=posting.account_id.encode(), value=t.encode(posting))
                     producer.poll(0)
@@ -197,12 +197,12 @@ def main() -> None:
                 migrate(dsn)
             sink = _through_sink(servers.bootstrap_servers, prefix, sink_dsns, entries,
                                  args.timeout)
-            shards = []
+            rows: list[dict[str, Any]] = []
             for shard in range(SHARDS):
                 direct_s = _direct(direct_dsns[shard], data[shard], args.batch)
                 raw_s = _raw_copy(raw_dsns[shard], data[shard])
                 raw_rate = entries[shard] / raw_s
-                shards.append({
+                rows.append({
                     "shard": shard,
                     "sink_entries_per_s": sink[shard]["entries_per_s"],
                     "sink_seconds_from_start": sink[shard]["seconds_from_start"],
@@ -220,7 +220,7 @@ def main() -> None:
         "accounts_per_shard": args.accounts, "batch_size_max": args.batch,
         "note": "sink and raw COPY share the machine with the broker and both PostgreSQL "
                 "servers; the sink runs both shards at once, raw COPY one shard at a time",
-        "results": shards}, indent=2))
+        "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

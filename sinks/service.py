@@ -59,7 +59,11 @@ def build_application(config: SinkConfig, shard: int, state_dir: str
     assert 0 <= shard < len(config.shard_dsns), (
         f"shard {shard} outside 0..{len(config.shard_dsns) - 1}")
     router = ShardRouter(len(config.shard_dsns), config.partitions_per_shard)
-    kafka = {"session.timeout.ms": config.session_timeout_ms, **config.kafka_extra}
+    # librdkafka's default heartbeat interval (3 s) equals a 3 s session timeout: the session
+    # would expire between two heartbeats. Beat three times per session.
+    kafka = {"session.timeout.ms": config.session_timeout_ms,
+             "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100),
+             **config.kafka_extra}
     app = Application(
         broker_address=config.bootstrap_servers,
         consumer_group=f"{config.consumer_group}.shard{shard}",

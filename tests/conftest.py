@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+_RUNTIME_DIR = Path(tempfile.gettempdir()) / f"brokerage-runtime-{os.getuid()}"
+_RUNTIME_DIR.mkdir(mode=0o700, exist_ok=True)
+os.environ.setdefault("XDG_RUNTIME_DIR", str(_RUNTIME_DIR))
 
 SHARDS = 2
 PARTITIONS_PER_SHARD = 2

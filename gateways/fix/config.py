@@ -41,9 +41,16 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
             raise ValueError(f"market maker names must be unique: {names}")
         if self.routing_policy not in ROUTING_POLICIES:
             raise ValueError(f"routing_policy must be one of {sorted(ROUTING_POLICIES)}")
+        seen: dict[tuple[str, str, str], str] = {}
         for mm in self.market_makers:
             if mm.sessions < 1:
                 raise ValueError(f"market maker {mm.name}: sessions must be at least 1")
+            # A FIX session is named by its CompIDs: two market makers may not share one.
+            session = (mm.fix_version, mm.sender_comp_id, mm.target_comp_id)
+            if session in seen:
+                raise ValueError(f"market makers {seen[session]} and {mm.name} have the same "
+                                 f"SenderCompID/TargetCompID {session[1]}/{session[2]}")
+            seen[session] = mm.name
 
 
 ROUTING_POLICIES = frozenset({"round_robin", "best_price_improvement"})

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -76,7 +76,7 @@ def launch(module: str, config: msgspec.Struct, log_path: Path) -> ServiceProces
     return ServiceProcess(module, popen, log_path)
 
 
-def produce(bootstrap_servers: str, topic: str, messages: list[tuple[str, Message]]) -> None:
+def produce(bootstrap_servers: str, topic: str, messages: Sequence[tuple[str, Message]]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap_servers,
                          "partitioner": "murmur2_random", "linger.ms": 1})
     for key, message in messages:

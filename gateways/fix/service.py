@@ -196,8 +196,12 @@ class FixGateway:
                                     config.validate_messages),
             self.store_dir / "gateway.cfg")
         self.app = GatewayApplication(self)
-        self.initiator = fix.SocketInitiator(self.app, fix.FileStoreFactory(settings), settings,
-                                             fix.FileLogFactory(settings))
+        # The engine keeps raw pointers to these: they live as long as the initiator.
+        self.settings = settings
+        self.store_factory = fix.FileStoreFactory(settings)
+        self.log_factory = fix.FileLogFactory(settings)
+        self.initiator = fix.SocketInitiator(self.app, self.store_factory, settings,
+                                             self.log_factory)
         self._resume_from_delivered(delivered)
 
     def _resume_from_delivered(self, delivered: dict[str, int]) -> None:
@@ -277,7 +281,8 @@ class FixGateway:
         letter = dead_letter(record.topic() or self.route_topic, record.partition() or 0,
                              record.offset() or 0, record.key(), record.value(), reason,
                              utc_now())
-        self.producer.produce(dlq_name(self.route_topic), key=record.key(), value=encode(letter))
+        self.producer.produce(self.config.topic_prefix + dlq_name(Topic.ORDERS_ROUTE),
+                              key=record.key(), value=encode(letter))
         log.warning("orders.route offset %s to the DLQ: %s", record.offset(), reason)
 
     def _route(self, request: RouteNewOrder | RouteCancel | RouteStatusRequest) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import pathlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,6 +25,15 @@ from state.exceptions import StoreError
 from state.topics import Topic
 
 _START_TIMEOUT_S = 15.0
+# The single-page web app (plain HTML, CSS and JS modules, no build step). Served at / and
+# /static/; not API surface, so not in the route table nor the OpenAPI document.
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 Backends = Callable[[web.Application], AsyncIterator[None]]
 
 
@@ -116,6 +126,10 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
 
+async def web_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
+
+
 def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.Application:
     """The gateway application. `backends` replaces the real stores and clients (tests)."""
     app = web.Application(
@@ -127,5 +141,7 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/stream", stream)
+    app.router.add_get("/", web_page)
+    app.router.add_static("/static/", STATIC_DIR)
     app.cleanup_ctx.append(backends or open_backends)
     return app

@@ -166,7 +166,9 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
 
     # ---- requests ----------------------------------------------------------------------
 
-    def _handle(self, message: fix.Message, session_id: fix.SessionID) -> None:
+    def _handle(self, message: fix.Message, callback_session_id: fix.SessionID) -> None:
+        # The engine's SessionID lives only for the callback: keep a copy of our own.
+        session_id = copy_session_id(callback_session_id)
         kind = fixmsg.msg_type(message)
         if kind == fixmsg.MSG_NEW_ORDER_SINGLE:
             try:
@@ -245,6 +247,12 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
         if session is not None:
             log.warning("simulator fault: dropping session %s", session_key(session_id))
             session.disconnect()
+
+
+def copy_session_id(session_id: fix.SessionID) -> fix.SessionID:
+    return fix.SessionID(session_id.getBeginString().getValue(),
+                         session_id.getSenderCompID().getValue(),
+                         session_id.getTargetCompID().getValue())
 
 
 def _fills_reversed(reports: list[Report]) -> list[Report]:

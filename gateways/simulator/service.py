@@ -39,8 +39,13 @@ def serve(config: SimulatorConfig, stop: threading.Event,
                                config.validate_messages),
         store_dir / "simulator.cfg")
     consumer = _market_data_consumer(config)
-    acceptor = fix.SocketAcceptor(app, fix.FileStoreFactory(settings), settings,
-                                  fix.FileLogFactory(settings))
+    # The engine keeps raw pointers to the factories: they must outlive the acceptor, or its
+    # stop() frees sessions through freed memory.
+    store_factory = fix.FileStoreFactory(settings)
+    log_factory = fix.FileLogFactory(settings)
+    # ThreadedSocketAcceptor: SocketAcceptor.stop() of QuickFIX 1.16 closes its socket map
+    # while the engine thread may still change it, and crashed (SIGSEGV) after clients left.
+    acceptor = fix.ThreadedSocketAcceptor(app, store_factory, settings, log_factory)
     app.sender.start()
     acceptor.start()
     log.info("simulator %s listening on %s:%d", config.sender_comp_id, config.host, config.port)
@@ -54,6 +59,7 @@ def serve(config: SimulatorConfig, stop: threading.Event,
         acceptor.stop()
         app.sender.stop()
         consumer.close()
+        del acceptor, store_factory, log_factory
         log.info("simulator stopped")
 
 

@@ -26,13 +26,20 @@ first closed first dropped); idempotency keys for `IDEMPOTENCY_RETENTION` (at mo
 `IDEMPOTENCY_KEYS_MAX`; a place_order whose key is gone but whose order is still kept is still
 recognised by its derived order id); deposits for `DEPOSIT_RETENTION` (the ACH return window).
 A fill for an order no longer kept is booked as a fill for an unknown order, with an alert.
+
+What is forgotten leaves a watermark, so a duplicate older than the memory never applies twice:
+`commands_forgotten_until` is the latest `submitted_at` of a dropped idempotency key, and a
+command with an unknown key submitted at or before it is refused (`command_too_old`);
+`executions_forgotten_until` is the latest `transact_time` of a dropped order's (or unknown
+order's) executions, and a report for an unknown order from at or before it is not booked but
+raised as a critical alert (`execution_for_forgotten_order`) for an operator to look at.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar
@@ -94,22 +101,24 @@ Output = Message  # one of the messages in state.messages the shell publishes
 _R = TypeVar("_R")
 
 IDEMPOTENCY_RETENTION = dt.timedelta(days=3)
-IDEMPOTENCY_KEYS_MAX = 1000
+IDEMPOTENCY_KEYS_MAX = 500
 ORDER_RETENTION = dt.timedelta(days=3)
-CLOSED_ORDERS_MAX = 100
+CLOSED_ORDERS_MAX = 50
 DEPOSIT_RETENTION = dt.timedelta(days=60)
 DEPOSITS_MAX = 1000
 DAY_TRADES_RETENTION = dt.timedelta(days=14)  # covers any 5-business-day window
-ORPHAN_EXEC_IDS_MAX = 1000
+ORPHAN_EXECS_MAX = 1000
 EXEC_IDS_PER_ORDER_MAX = 10_000
 
 
 class CommandRecord(msgspec.Struct, frozen=True, array_like=True):
-    """An idempotency key seen: which command, a digest of its body, when."""
+    """An idempotency key seen: which command, a digest of its body, when it was processed
+    (our clock) and submitted (the producer's clock, preserved by a replay)."""
 
     command_type: str
     digest: str
     seen_at: dt.datetime
+    submitted_at: dt.datetime
 
 
 class DepositRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,7 +145,10 @@ class AccountState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     last_prices: dict[str, Decimal] = msgspec.field(default_factory=dict)  # for equity (PDT)
     bought_on: dict[str, dt.date] = msgspec.field(default_factory=dict)  # last buy fill day
     day_trades: list[DayTrade] = msgspec.field(default_factory=list)
-    orphan_exec_ids: list[str] = msgspec.field(default_factory=list)  # fills of unknown orders
+    # executions of unknown orders: exec key -> transact_time
+    orphan_execs: dict[str, dt.datetime] = msgspec.field(default_factory=dict)
+    commands_forgotten_until: dt.datetime | None = None
+    executions_forgotten_until: dt.datetime | None = None
     version: int = 1
 
     @classmethod
@@ -173,7 +185,7 @@ class AccountState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             last_prices=dict(self.last_prices),
             bought_on=dict(self.bought_on),
             day_trades=list(self.day_trades),
-            orphan_exec_ids=list(self.orphan_exec_ids),
+            orphan_execs=dict(self.orphan_execs),
         )
 
 
@@ -287,7 +299,8 @@ def _kept_order_record(state: AccountState, command: Command) -> CommandRecord |
     order = state.order(order_id_for(state.account_id, command.idempotency_key))
     if order is None:
         return None
-    return CommandRecord(command_type="place_order", digest=order.digest, seen_at=order.placed_at)
+    return CommandRecord(command_type="place_order", digest=order.digest,
+                         seen_at=order.placed_at, submitted_at=order.placed_at)
 
 
 def _command_type(command: Command) -> str:
@@ -309,8 +322,15 @@ def _on_command(step: _Step, command: Command) -> None:
                             f"key already used by another {seen.command_type}",
                             order_id=order_id, event_suffix=digest[:8])
         return  # the same command again: it already had its effect
+    forgotten = state.commands_forgotten_until
+    if forgotten is not None and command.submitted_at <= forgotten:
+        _reject_command(step, command, Reason.COMMAND_TOO_OLD,
+                        f"submitted at or before {forgotten.isoformat()}, keys of which are "
+                        "no longer remembered", event_suffix="too_old")
+        return
     state.commands[command.idempotency_key] = CommandRecord(
-        command_type=_command_type(command), digest=digest, seen_at=step.now)
+        command_type=_command_type(command), digest=digest, seen_at=step.now,
+        submitted_at=command.submitted_at)
     if isinstance(command, PlaceOrder):
         _place_order(step, command)
     elif isinstance(command, CancelOrder):
@@ -602,7 +622,8 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
     if report.exec_id in order.exec_ids:
         return  # a duplicate: already booked
     exec_ids = (order.exec_ids + (report.exec_id,))[-EXEC_IDS_PER_ORDER_MAX:]
-    order = msgspec.structs.replace(order, exec_ids=exec_ids)
+    last = max(order.last_transact_time or report.transact_time, report.transact_time)
+    order = msgspec.structs.replace(order, exec_ids=exec_ids, last_transact_time=last)
     step.state.store(order)
     handlers = {
         ExecType.NEW: _on_ack,
@@ -782,11 +803,18 @@ def _on_unknown_order(step: _Step, report: ExecutionReport, order_id: str) -> No
     """A report for an order this account does not hold (never placed, or long pruned). A fill
     is real money: it is booked against free cash or shares, and operators are alerted."""
     state = step.state
-    if report.exec_id in state.orphan_exec_ids:
-        return
-    state.orphan_exec_ids.append(report.exec_id)
-    del state.orphan_exec_ids[:-ORPHAN_EXEC_IDS_MAX]
     cause = _exec_cause(report)
+    if cause in state.orphan_execs:
+        return
+    forgotten = state.executions_forgotten_until
+    if forgotten is not None and report.transact_time <= forgotten:
+        step.alert(cause, "critical", "execution_for_forgotten_order",
+                   f"{report.exec_type} {report.side} {report.last_qty} {report.symbol} at "
+                   f"{report.last_px} for {order_id}, from before {forgotten.isoformat()}: "
+                   "maybe a duplicate of what was booked, not booked",
+                   order_id=order_id, exec_id=report.exec_id)
+        return
+    state.orphan_execs[cause] = report.transact_time
     if report.exec_type is not ExecType.TRADE:
         step.alert(cause, "warning", "execution_for_unknown_order",
                    f"{report.exec_type} for unknown order {order_id}",
@@ -812,23 +840,40 @@ def _on_unknown_order(step: _Step, report: ExecutionReport, order_id: str) -> No
 # ---- retention and invariants -----------------------------------------------------------
 
 
-def _drop_oldest(records: dict[str, _R], too_old: Callable[[_R], bool], count_max: int) -> None:
+def _drop_oldest(records: dict[str, _R], too_old: Callable[[_R], bool], count_max: int
+                 ) -> list[_R]:
     """Drop records from the front of an insertion-ordered dict while there are too many or
-    the first is too old: amortised O(1) per step."""
+    the first is too old (amortised O(1) per step); the dropped records."""
+    dropped = []
     while records:
         first = next(iter(records))
         if len(records) <= count_max and not too_old(records[first]):
-            return
-        del records[first]
+            break
+        dropped.append(records.pop(first))
+    return dropped
+
+
+def _latest(current: dt.datetime | None, times: Iterable[dt.datetime | None]
+            ) -> dt.datetime | None:
+    for time in times:
+        if time is not None and (current is None or time > current):
+            current = time
+    return current
 
 
 def _prune(state: AccountState, now: dt.datetime) -> None:
     state.order_times[:] = [t for t in state.order_times if now - t < dt.timedelta(seconds=1)]
-    _drop_oldest(state.closed_orders,
-                 lambda o: now - (o.closed_at or o.placed_at) > ORDER_RETENTION,
-                 CLOSED_ORDERS_MAX)
-    _drop_oldest(state.commands, lambda c: now - c.seen_at > IDEMPOTENCY_RETENTION,
-                 IDEMPOTENCY_KEYS_MAX)
+    orders = _drop_oldest(state.closed_orders,
+                          lambda o: now - (o.closed_at or o.placed_at) > ORDER_RETENTION,
+                          CLOSED_ORDERS_MAX)
+    orphans = _drop_oldest(state.orphan_execs, lambda t: now - t > ORDER_RETENTION,
+                           ORPHAN_EXECS_MAX)
+    state.executions_forgotten_until = _latest(
+        state.executions_forgotten_until, [*(o.last_transact_time for o in orders), *orphans])
+    commands = _drop_oldest(state.commands, lambda c: now - c.seen_at > IDEMPOTENCY_RETENTION,
+                            IDEMPOTENCY_KEYS_MAX)
+    state.commands_forgotten_until = _latest(
+        state.commands_forgotten_until, [c.submitted_at for c in commands])
     _drop_oldest(state.deposits, lambda d: now - d.deposited_at > DEPOSIT_RETENTION,
                  DEPOSITS_MAX)
     today = now.date()

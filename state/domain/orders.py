@@ -67,6 +67,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     cancel_attempts: int = 0
     state_before_cancel: OrderState | None = None
     exec_ids: tuple[str, ...] = ()
+    last_transact_time: dt.datetime | None = None  # latest execution, market maker's clock
     closed_at: dt.datetime | None = None
 
     @property

@@ -35,6 +35,7 @@ class Reason(StrEnum):
     INSUFFICIENT_SHARES = "insufficient_shares"
     INSUFFICIENT_WITHDRAWABLE_CASH = "insufficient_withdrawable_cash"
     DUPLICATE_IDEMPOTENCY_KEY = "duplicate_idempotency_key_different_body"
+    COMMAND_TOO_OLD = "command_too_old"  # submitted before what the account still remembers
     UNKNOWN_ORDER = "unknown_order"
     ORDER_NOT_OPEN = "order_not_open"
     CANCEL_PENDING = "cancel_pending"

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,19 +58,22 @@ class StackProcess:
     def endpoints(self) -> dict[str, Any]:
         return json.loads((self.data_dir / "stack.json").read_text())
 
+    def __post_init__(self) -> None:
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.output.append(line)
+
     def read_until(self, marker: str, timeout_s: float = START_TIMEOUT_S) -> str:
         deadline = time.monotonic() + timeout_s
-        assert self.popen.stdout is not None
-        os.set_blocking(self.popen.stdout.fileno(), False)
-        buffer = ""
         while time.monotonic() < deadline:
-            chunk = self.popen.stdout.read()
-            if chunk:
-                buffer += chunk
-                self.output.append(chunk)
-                if marker in buffer:
-                    return buffer
-            elif self.popen.poll() is not None:
+            text = "".join(self.output)
+            if marker in text:
+                return text
+            if self.popen.poll() is not None and not self._reader.is_alive():
                 break
             time.sleep(0.1)
         raise AssertionError(f"no {marker!r} from brokerage up (exit {self.popen.poll()}):\n"

@@ -15,7 +15,7 @@ from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
 from gateways.fix.harness import ServiceProcess, TopicReader, launch, produce, quote
 from gateways.simulator.config import SimulatorConfig
 from state.ids import account_id_for
-from state.messages import ExecType, ExecutionReport, RouteNewOrder, Side
+from state.messages import Alert, ExecType, ExecutionReport, RouteNewOrder, Side
 from state.topics import Topic, decode
 from tests.integration.gateways.test_fix_roundtrip import new_order
 
@@ -31,14 +31,15 @@ class Link:
         self.sim_configs = {
             name: SimulatorConfig(bootstrap_servers=services.bootstrap_servers,
                                   topic_prefix=topics, port=free_port(),
-                                  store_dir=str(tmp_path / name), **settings)  # type: ignore[arg-type]
+                                  store_dir=str(tmp_path / name),
+                                  sender_comp_id=name.upper(), **settings)  # type: ignore[arg-type]
             for name, settings in sims.items()}
         self.gw_config = FixGatewayConfig(
             bootstrap_servers=services.bootstrap_servers, topic_prefix=topics,
             store_dir=str(tmp_path / "gw"),
             market_makers=tuple(
                 MarketMakerConfig(name=name, host="127.0.0.1", port=config.port,
-                                  sender_comp_id="BROKER", target_comp_id="MM1")
+                                  sender_comp_id="BROKER", target_comp_id=config.sender_comp_id)
                 for name, config in self.sim_configs.items()),
             **gateway)  # type: ignore[arg-type]
         self.sims: dict[str, ServiceProcess] = {}
@@ -106,10 +107,14 @@ def quote_aapl(link: Link) -> None:
             [("AAPL", quote("AAPL", "209.90", "210.00"))])
 
 
-@pytest.mark.parametrize("victim", ["gateway", "simulator"])
+@pytest.mark.parametrize("victim", ["gateway", "simulator", "session_drops"])
 def test_kill9_and_restart_loses_no_report(services, topics, tmp_path: Path,
                                            victim: str) -> None:
-    link = Link(services, topics, tmp_path, {"sim1": {}})
+    """Either side killed mid-stream (or the simulator dropping the session every few
+    reports): every order still fills exactly, and no ExecID reaches the topic twice."""
+    settings: dict[str, object] = (
+        {"drop_session_every_reports": 7} if victim == "session_drops" else {})
+    link = Link(services, topics, tmp_path, {"sim1": settings})
     quote_aapl(link)
     link.start()
     try:
@@ -119,14 +124,14 @@ def test_kill9_and_restart_loses_no_report(services, topics, tmp_path: Path,
         if victim == "gateway":
             assert link.gateway is not None
             link.gateway.kill()
-        else:
+        elif victim == "simulator":
             link.sims["sim1"].kill()
         second = orders_for("b", 30, services)
         link.send(second)  # while one side is down
         time.sleep(0.5)
         if victim == "gateway":
             link.start_gateway()
-        else:
+        elif victim == "simulator":
             link.start_sim("sim1")
         everything = first + second
         link.collect(all_filled(everything), timeout_s=40)
@@ -149,7 +154,7 @@ def test_silent_market_maker_leads_to_status_cancel_and_alert(services, topics,
     try:
         [order] = orders_for("s", 1, services)
         link.send([order])
-        alerts = []
+        alerts: list[Alert] = []
         deadline = time.monotonic() + 30
         while not alerts and time.monotonic() < deadline:
             alerts = [decode(Topic.ORDERS_EVENTS, v) for _, v in events.poll(0.2)]

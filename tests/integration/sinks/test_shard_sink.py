@@ -130,3 +130,21 @@ def test_reader_creates_accounts_and_reads_the_portfolio(services, topics, fresh
         ("cash", Decimal("-2000.00"), Decimal("8000.00")),
         ("shares_unsettled", Decimal(10), Decimal(10))]
     assert [e["bucket"] for e in early] == ["cash"]
+
+
+def test_a_record_the_database_refuses_goes_to_the_dead_letters_alone(
+        services, topics, fresh_databases) -> None:
+    account = account_id_for("poison", 0, services.shards, services.partitions_per_shard)
+    for dsn in fresh_databases:
+        migrate(dsn)
+    poison = msgspec.structs.replace(deposit(account, "5.00", "p"), kind="dep\x00osit")
+    produce(services.bootstrap_servers, topics,
+            [deposit(account, "1.00", "a"), poison, deposit(account, "2.00", "b")])
+    with running_sink(_config(services, topics, fresh_databases)):
+        wait_for(lambda: count(fresh_databases[0],
+                               "SELECT count(*) FROM ledger_transactions") == 2, 45,
+                 "the two good postings")
+        letters = read_topic(services.bootstrap_servers, topics + "dlq.ledger.postings", 1)
+    letter = msgspec.json.decode(letters[0], type=DeadLetter)
+    assert letter.error.startswith("refused by shard 0") and letter.key == account
+    assert ledger_balances(fresh_databases[0])[(la.user(account, la.CASH), "USD")] == 3

@@ -33,6 +33,7 @@ from state.domain.account import (
 from state.ids import order_id_for
 from state.messages import (
     TERMINAL_ORDER_STATES,
+    Alert,
     CommandAccepted,
     ExecType,
     ExecutionReport,
@@ -131,9 +132,14 @@ class Run:
                 self.mm.routes[item.order_id] = item
             elif isinstance(item, CommandAccepted) and item.command_type == "ach_return":
                 self.ach_returned = True
+        # A report for an order the account no longer remembers, from before what it forgot,
+        # is refused (alerted, not booked): it may be a duplicate of what was booked.
+        refused = any(isinstance(o, Alert) and o.code == "execution_for_forgotten_order"
+                      for o in out)
         if isinstance(message, ExecutionReport) and message.exec_type is ExecType.TRADE:
             cause = f"{message.market_maker}:{message.exec_id}"
-            if cause not in self.seen_exec and message.last_qty > 0 and message.last_px > 0:
+            if (cause not in self.seen_exec and message.last_qty > 0 and message.last_px > 0
+                    and not refused):
                 self.seen_exec.add(cause)
                 signed = message.last_qty if message.side is Side.BUY else -message.last_qty
                 self.fills[message.symbol] = self.fills.get(message.symbol, D(0)) + signed

@@ -1,0 +1,329 @@
+"""Account topology benchmark; prints one JSON object.
+
+For each processing guarantee (exactly-once, at-least-once):
+1. Bare pass-through (the denominator): a Quix app that copies N records from one topic to
+   another with the same settings (bytes in, bytes out, no state). Rate = N over the time from
+   the first output record to the last.
+2. Throughput: A accounts x M market buys, each followed by its fill (an ExecutionReport with a
+   later timestamp), all produced up front; rate = orders over the time from the first output to
+   the `filled` event of the last order. Each order makes 3 input records' worth of work: the
+   command, the fill, and the outputs (events, hold, route, fill and release postings).
+3. Latency: orders produced at a fixed rate; command-to-event latency = arrival of the order's
+   first event in `orders.events` minus the moment it was produced.
+
+Usage: python benchmarks/account_topology.py [--accounts A] [--orders M] [--rate R] [--seconds S]
+Starts its own broker on a loopback port (compose.embedded) unless --bootstrap is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from benchmarks.common import machine, percentile  # noqa: E402
+from compose.kafka import create_topics  # noqa: E402
+from state.ids import cl_ord_id_for, order_id_for  # noqa: E402
+from state.messages import (  # noqa: E402
+    Deposit,
+    ExecType,
+    ExecutionReport,
+    Message,
+    OrderType,
+    PlaceOrder,
+    Side,
+)
+from state.topics import Topic, TopicSpec, encode, topic_specs  # noqa: E402
+from topologies.config import AccountTopologyConfig, KafkaSettings  # noqa: E402
+
+PARTITIONS = 4
+
+
+def _producer(bootstrap: str) -> Producer:
+    return Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
+                     "linger.ms": 5, "batch.num.messages": 10000,
+                     "queue.buffering.max.messages": 1000000})
+
+
+def _count_until(bootstrap: str, topic: str, done: Any, timeout_s: float) -> tuple[float, float]:
+    """Read `topic` from offset 0 until done(value) has held for every expected record;
+    returns (first output time, last output time) in monotonic seconds."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    first = last = 0.0
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            for msg in consumer.consume(10000, 0.1):
+                if msg.error():
+                    continue
+                now = time.monotonic()
+                first = first or now
+                if done(msg.value()):
+                    last = now
+                    return first, last
+    finally:
+        consumer.close()
+    raise TimeoutError(f"{topic}: not done in {timeout_s} s")
+
+
+def _bare(bootstrap: str, prefix: str, guarantee: str, commit_s: float) -> None:
+    from quixstreams import Application
+    from quixstreams.models import TopicConfig
+
+    app = Application(broker_address=bootstrap, consumer_group=prefix + "bare",
+                      auto_offset_reset="earliest", processing_guarantee=guarantee,  # type: ignore[arg-type]
+                      commit_interval=commit_s, loglevel="WARNING",
+                      consumer_extra_config={"session.timeout.ms": 6000,
+                                             "fetch.wait.max.ms": 10})
+    config = TopicConfig(num_partitions=PARTITIONS, replication_factor=1,
+                         extra_config={"retention.ms": "-1", "retention.bytes": "-1",
+                                       "cleanup.policy": "delete"})
+    source = app.topic(prefix + "bare.in", value_deserializer="bytes", config=config)
+    sink = app.topic(prefix + "bare.out", value_serializer="bytes", config=config)
+    app.dataframe(source).to_topic(sink)
+    app.run()
+
+
+def _topology(config: AccountTopologyConfig) -> None:
+    from topologies.accounts import run
+
+    run(config)
+
+
+def _workload(accounts: int, orders: int, t0_ms: int) -> list[tuple[str, Message, int]]:
+    """(topic kind, message, timestamp ms): deposits, then each buy followed by its fill."""
+    now = dt.datetime.now(dt.UTC)
+    records: list[tuple[str, Message, int]] = []
+    clock = t0_ms
+    for a in range(accounts):
+        account = f"acc_bench{a}"
+        records.append(("commands", Deposit(account_id=account, idempotency_key="dep",
+                                            amount=Decimal("10000000.00"), submitted_at=now),
+                        clock))
+    for m in range(orders):
+        for a in range(accounts):
+            clock += 1
+            account, key = f"acc_bench{a}", f"buy-{m}"
+            order_id = order_id_for(account, key)
+            records.append(("commands", PlaceOrder(
+                account_id=account, idempotency_key=key, symbol="AAPL", side=Side.BUY,
+                order_type=OrderType.MARKET, quantity=Decimal(1), submitted_at=now,
+                reference_price=Decimal("100.00"), reference_time=now,
+                time_in_force="gtc"), clock))  # type: ignore[arg-type]
+            records.append(("executions", ExecutionReport(
+                account_id=account, exec_id=f"x-{order_id}", order_id=order_id,
+                cl_ord_id=cl_ord_id_for(order_id), exec_type=ExecType.TRADE, symbol="AAPL",
+                side=Side.BUY, last_qty=Decimal(1), last_px=Decimal("100.00"),
+                cum_qty=Decimal(1), leaves_qty=Decimal(0), transact_time=now,
+                market_maker="bench"), clock + 1))
+    return records
+
+
+def _start(target: Any, *args: Any) -> multiprocessing.Process:
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    return process
+
+
+def _stop(process: multiprocessing.Process) -> None:
+    process.terminate()
+    process.join(20)
+    if process.is_alive():
+        process.kill()
+
+
+def run_bare(bootstrap: str, guarantee: str, commit_s: float, count: int) -> float:
+    prefix = f"b{uuid.uuid4().hex[:6]}."
+    spec = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+    create_topics(bootstrap, [TopicSpec(prefix + "bare.in", PARTITIONS, spec),
+                              TopicSpec(prefix + "bare.out", PARTITIONS, spec)])
+    producer = _producer(bootstrap)
+    payload = encode(Deposit(account_id="acc_x", idempotency_key="k", amount=Decimal("1"),
+                             submitted_at=dt.datetime.now(dt.UTC)))
+    for i in range(count):
+        producer.produce(prefix + "bare.in", key=f"acc_{i % 64}".encode(),
+                         value=payload.replace(b'"k"', f'"k{i}"'.encode()))
+        producer.poll(0)
+    producer.flush(60)
+    process = _start(_bare, bootstrap, prefix, guarantee, commit_s)
+    seen = [0]
+
+    def done(_: bytes) -> bool:
+        seen[0] += 1
+        return seen[0] >= count
+
+    try:
+        first, last = _count_until(bootstrap, prefix + "bare.out", done, 300)
+    finally:
+        _stop(process)
+    return count / (last - first)
+
+
+def run_throughput(bootstrap: str, guarantee: str, commit_s: float, accounts: int,
+                   orders: int, state_dir: Path) -> dict[str, float]:
+    prefix = f"a{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, topic_specs(prefix, PARTITIONS, 1))
+    producer = _producer(bootstrap)
+    records = _workload(accounts, orders, int(time.time() * 1000))
+    for kind, message, ts in records:
+        topic = prefix + (Topic.ORDERS_COMMANDS if kind == "commands" else Topic.EXECUTIONS)
+        producer.produce(topic, key=message.account_id.encode(),  # type: ignore[attr-defined]
+                         value=encode(message), timestamp=ts)
+        producer.poll(0)
+    producer.flush(60)
+    config = AccountTopologyConfig(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix,
+                            session_timeout_ms=6000),
+        state_dir=str(state_dir / prefix), account_partitions=PARTITIONS,
+        processing_guarantee=guarantee, commit_interval_s=commit_s,
+        order_rate_per_s_max=1_000_000, notional_usd_max=Decimal("1e12"))
+    process = _start(_topology, config)
+    filled = [0]
+    total = accounts * orders
+
+    def done(value: bytes) -> bool:
+        if b'"state":"filled"' in value:
+            filled[0] += 1
+        return filled[0] >= total
+
+    try:
+        first, last = _count_until(bootstrap, prefix + Topic.ORDERS_EVENTS, done, 600)
+    finally:
+        _stop(process)
+    return {"orders": total, "input_records": len(records),
+            "orders_per_s": round(total / (last - first), 1),
+            "input_records_per_s": round(len(records) / (last - first), 1)}
+
+
+def run_latency(bootstrap: str, guarantee: str, commit_s: float, rate: float, seconds: float,
+                state_dir: Path) -> dict[str, float]:
+    prefix = f"l{uuid.uuid4().hex[:6]}."
+    create_topics(bootstrap, topic_specs(prefix, PARTITIONS, 1))
+    config = AccountTopologyConfig(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix,
+                            session_timeout_ms=6000),
+        state_dir=str(state_dir / prefix), account_partitions=PARTITIONS,
+        processing_guarantee=guarantee, commit_interval_s=commit_s,
+        order_rate_per_s_max=1_000_000)
+    producer = _producer(bootstrap)
+    now = dt.datetime.now(dt.UTC)
+    accounts = [f"acc_lat{i}" for i in range(32)]
+    for account in accounts:
+        producer.produce(prefix + Topic.ORDERS_COMMANDS, key=account.encode(), value=encode(
+            Deposit(account_id=account, idempotency_key="dep", amount=Decimal("1e9"),
+                    submitted_at=now)))
+    producer.flush(10)
+    process = _start(_topology, config)
+    sent: dict[str, float] = {}
+    latencies_ms: list[float] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"l{uuid.uuid4()}",
+                             "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+        topic = prefix + Topic.ORDERS_EVENTS
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+        while not stop.is_set():
+            for msg in consumer.consume(1000, 0.05):
+                if msg.error():
+                    continue
+                event = json.loads(msg.value())
+                started = sent.pop(event.get("order_id", ""), None)
+                if started is not None:
+                    latencies_ms.append((time.monotonic() - started) * 1000)
+        consumer.close()
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    try:
+        _count_until(bootstrap, prefix + Topic.ORDERS_EVENTS, lambda v: True, 120)  # warm
+        interval = 1 / rate
+        next_at = time.monotonic()
+        count = int(rate * seconds)
+        for i in range(count):
+            account, key = accounts[i % len(accounts)], f"o{i}"
+            message = PlaceOrder(account_id=account, idempotency_key=key, symbol="AAPL",
+                                 side=Side.BUY, order_type=OrderType.LIMIT, quantity=Decimal(1),
+                                 limit_price=Decimal("100.00"),
+                                 submitted_at=dt.datetime.now(dt.UTC))
+            sent[order_id_for(account, key)] = time.monotonic()
+            producer.produce(prefix + Topic.ORDERS_COMMANDS, key=account.encode(),
+                             value=encode(message))
+            producer.poll(0)
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        producer.flush(10)
+        deadline = time.monotonic() + 30
+        while sent and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        collector.join(10)
+        _stop(process)
+    return {"rate_per_s": rate, "orders": len(latencies_ms), "unanswered": len(sent),
+            "p50_ms": round(percentile(latencies_ms, 0.50), 1),
+            "p99_ms": round(percentile(latencies_ms, 0.99), 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bootstrap", default=None)
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--orders", type=int, default=40, help="orders per account")
+    parser.add_argument("--rate", type=float, default=200.0, help="latency phase orders/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="latency phase length")
+    parser.add_argument("--commit-interval-s", type=float, default=0.05)
+    parser.add_argument("--guarantees", default="exactly-once,at-least-once")
+    args = parser.parse_args()
+    broker = None
+    work = Path(tempfile.mkdtemp(prefix="bench-accounts-"))
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        from compose.embedded import free_port, start_broker
+
+        port = free_port()
+        broker = start_broker(port, work / "logs")
+        bootstrap = f"127.0.0.1:{port}"
+    results: dict[str, Any] = {"benchmark": "account_topology", "machine": machine(),
+                               "commit_interval_s": args.commit_interval_s,
+                               "partitions": PARTITIONS}
+    try:
+        for guarantee in args.guarantees.split(","):
+            # enough records that copying them, not reading them, sets the pace
+            count = max(args.accounts * args.orders * 2, 20_000)
+            bare = run_bare(bootstrap, guarantee, args.commit_interval_s, count)
+            throughput = run_throughput(bootstrap, guarantee, args.commit_interval_s,
+                                        args.accounts, args.orders, work)
+            latency = run_latency(bootstrap, guarantee, args.commit_interval_s, args.rate,
+                                  args.seconds, work)
+            results[guarantee] = {
+                "bare_passthrough_records_per_s": round(bare, 1),
+                **throughput,
+                "input_records_over_bare": round(throughput["input_records_per_s"] / bare, 3),
+                "latency": latency,
+            }
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

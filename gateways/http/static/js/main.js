@@ -1,0 +1,505 @@
+// The page: login, accounts, deposit, watchlist, order ticket, orders and portfolio, kept live by
+// the stream. Money stays in decimal strings from the API to the screen.
+
+import { Api, ApiError } from "./api.js";
+import * as dec from "./decimal.js";
+import { Stream } from "./stream.js";
+import * as views from "./views.js";
+
+const OPEN_STATES = new Set(["pending", "validated", "funds_held", "routed", "partially_filled",
+                             "pending_cancel"]);
+const TERMINAL_STATES = new Set(["filled", "cancelled", "rejected", "expired", "failed"]);
+const SYMBOL_RE = /^[A-Z][A-Z0-9.\-]{0,9}$/;
+const USER_RE = /^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$/;
+const DEFAULT_WATCHLIST = ["AAPL", "MSFT", "TSLA"];
+const SESSION_KEY = "brokerage.session";
+const WATCHLIST_KEY = "brokerage.watchlist";
+// The shard sink lands an event a moment after the stream delivers it: read again a bit later.
+const PORTFOLIO_SETTLE_MS = 1500;
+const PORTFOLIO_QUOTE_REFRESH_MS = 2000;
+
+const $ = (selector) => document.querySelector(selector);
+
+const state = {
+  userId: null,
+  token: null,
+  expiresAt: null,
+  accounts: [],
+  accountId: null,
+  orders: new Map(),
+  quotes: new Map(),
+  watchlist: loadWatchlist(),
+  portfolio: null,
+};
+
+const api = new Api({ onUnauthorized: (error) => expire(error) });
+const stream = new Stream({
+  onState: (linkState) => {
+    const badge = $("#link-state");
+    badge.dataset.state = linkState;
+    badge.textContent = linkState;
+  },
+  onQuote: receiveQuote,
+  onOrder: receiveOrderEvent,
+  onCommand: receiveCommandEvent,
+  onError: (frame) => {
+    if (frame.code === "token_expired" || frame.code === "invalid_token") {
+      expire(new ApiError(401, { code: frame.code, detail: frame.detail }));
+    } else {
+      say("error", "Stream", frame.detail, frame.code);
+    }
+  },
+});
+let expiryTimer = null;
+
+// ---- notices -----------------------------------------------------------------------------
+
+function say(kind, title, detail, code, codeLine) {
+  views.notice($("#notices"), kind, title, detail, code, codeLine);
+}
+
+function showProblem(error, what) {
+  if (error instanceof ApiError) {
+    const refused = error.status >= 400 && error.status < 500;
+    const reason = error.problem.reason && error.problem.reason !== error.code
+      ? ` · ${error.problem.reason}` : "";
+    const status = error.status ? `${error.status} ` : "";
+    say("error", `${what} ${refused ? "refused" : "failed"}`, error.message,
+        error.code, `${status}${error.code}${reason}`);
+  } else {
+    say("error", what, String(error?.message ?? error));
+    console.error(error); // a bug in the page, not an API answer
+  }
+}
+
+// ---- session -----------------------------------------------------------------------------
+
+function saveSession() {
+  sessionStorage.setItem(SESSION_KEY, JSON.stringify({
+    userId: state.userId, token: state.token, expiresAt: state.expiresAt,
+    accountId: state.accountId,
+  }));
+}
+
+function loadWatchlist() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(WATCHLIST_KEY) ?? "null");
+    if (Array.isArray(saved) && saved.every((s) => SYMBOL_RE.test(s))) return saved;
+  } catch {
+    // a damaged entry: start over
+  }
+  return [...DEFAULT_WATCHLIST];
+}
+
+function saveWatchlist() {
+  localStorage.setItem(WATCHLIST_KEY, JSON.stringify(state.watchlist));
+}
+
+async function login(userId) {
+  const { body } = await api.login(userId);
+  state.userId = userId;
+  state.token = body.token;
+  state.expiresAt = body.expires_at;
+  api.token = body.token;
+  saveSession();
+  await enterApp();
+}
+
+function logout(message) {
+  clearTimeout(expiryTimer);
+  stream.stop();
+  Object.assign(state, { userId: null, token: null, expiresAt: null, accounts: [],
+                         accountId: null, portfolio: null });
+  state.orders.clear();
+  api.token = null;
+  sessionStorage.removeItem(SESSION_KEY);
+  $("#session").hidden = true;
+  $("#app-view").hidden = true;
+  $("#login-view").hidden = false;
+  if (message) say("error", "Signed out", message);
+  $("#login-user").focus();
+}
+
+function expire(error) {
+  if (state.token) logout(`${error.message} — log in again.`);
+}
+
+async function enterApp() {
+  $("#login-view").hidden = true;
+  $("#app-view").hidden = false;
+  $("#session").hidden = false;
+  $("#user-name").textContent = state.userId;
+  clearTimeout(expiryTimer);
+  const remainingMs = new Date(state.expiresAt).getTime() - Date.now();
+  expiryTimer = setTimeout(() => logout("Your session expired."), Math.max(remainingMs, 0));
+  renderWatchlist();
+  stream.start(state.token, state.watchlist);
+  await loadAccounts();
+}
+
+// ---- accounts ----------------------------------------------------------------------------
+
+async function loadAccounts(preferred) {
+  const { body } = await api.accounts();
+  state.accounts = body.accounts;
+  const ids = state.accounts.map((a) => a.account_id);
+  const wanted = preferred ?? state.accountId;
+  const chosen = ids.includes(wanted) ? wanted : ids[0] ?? null;
+  views.renderAccounts($("#account-select"), state.accounts, chosen);
+  $("#no-account").hidden = ids.length > 0;
+  for (const id of ["#ticket-card", "#portfolio-card", "#orders-card"]) {
+    $(id).hidden = ids.length === 0;
+  }
+  $("#account-select").disabled = ids.length === 0;
+  await selectAccount(chosen);
+}
+
+async function selectAccount(accountId) {
+  state.accountId = accountId;
+  state.orders.clear();
+  state.portfolio = null;
+  saveSession();
+  renderOrders();
+  views.renderPortfolio($("#portfolio-card"), null);
+  if (!accountId) return;
+  await Promise.all([refreshOrders(), refreshPortfolio()]);
+}
+
+async function openAccount() {
+  const { body } = await api.openAccount();
+  say("info", "Account opened", body.account_id);
+  await loadAccounts(body.account_id);
+}
+
+// ---- orders ------------------------------------------------------------------------------
+
+function rank(order) {
+  return Number.isInteger(order.seq) ? order.seq : null;
+}
+
+/** Keep the newest view of each order: a higher seq wins; without seqs to compare, a final
+ * state is never replaced by an open one (answers and stream events race). */
+function mergeOrder(incoming) {
+  if (incoming.account_id !== state.accountId) return false;
+  const current = state.orders.get(incoming.order_id);
+  if (current) {
+    const [mine, theirs] = [rank(current), rank(incoming)];
+    if (mine !== null && theirs !== null && theirs < mine) return false;
+    if ((mine === null || theirs === null) && TERMINAL_STATES.has(current.state)
+        && !TERMINAL_STATES.has(incoming.state)) return false;
+  }
+  state.orders.set(incoming.order_id, { ...current, ...incoming, cancelling: false });
+  return true;
+}
+
+async function refreshOrders() {
+  const accountId = state.accountId;
+  try {
+    const { body } = await api.orders(accountId);
+    if (accountId !== state.accountId) return;
+    body.orders.forEach(mergeOrder);
+    renderOrders();
+  } catch (error) {
+    showProblem(error, "Orders");
+  }
+}
+
+function renderOrders() {
+  views.renderOrders($("#open-orders-body"), $("#done-orders-body"), $("#open-orders-empty"),
+                     [...state.orders.values()], (s) => OPEN_STATES.has(s),
+                     { onCancel: cancelOrder });
+}
+
+function orderFromEvent(event) {
+  return {
+    order_id: event.order_id, account_id: event.account_id, symbol: event.symbol,
+    side: event.side, order_type: event.order_type, quantity: event.quantity,
+    time_in_force: event.time_in_force, state: event.state, seq: event.seq,
+    filled_quantity: event.filled_quantity, limit_price: event.limit_price,
+    stop_price: event.stop_price, average_fill_price: event.average_fill_price,
+    reason: event.reason, updated_at: event.occurred_at,
+  };
+}
+
+function receiveOrderEvent(event) {
+  if (event.account_id !== state.accountId) return;
+  if (mergeOrder(orderFromEvent(event))) renderOrders();
+  const what = `${event.side} ${dec.quantity(event.quantity)} ${event.symbol}`;
+  if (event.state === "filled" || event.state === "partially_filled") {
+    const price = event.last_fill_price ?? event.average_fill_price;
+    say("info", event.state === "filled" ? "Order filled" : "Partial fill",
+        `${what}: ${dec.quantity(event.last_fill_quantity ?? event.filled_quantity)} at ${dec.price(price)}`);
+  } else if (event.state === "rejected" && api.sentKeys.has(event.idempotency_key)) {
+    // the answer to this page's own request: shown already
+  } else if (event.state === "rejected" || event.state === "failed") {
+    say("error", `Order ${event.state}`, `${what}: ${event.detail ?? event.reason ?? ""}`,
+        event.reason ?? "");
+  } else if (event.state === "cancelled" || event.state === "expired") {
+    say("info", `Order ${event.state}`, what);
+  }
+  schedulePortfolio();
+}
+
+function receiveCommandEvent(event) {
+  if (event.account_id !== state.accountId) return;
+  // A command this page sent has had its answer shown already; one from elsewhere has not.
+  if (event.type === "command_rejected" && !api.sentKeys.has(event.idempotency_key)) {
+    say("error", `${event.command_type} rejected`, event.detail ?? event.reason, event.reason);
+  }
+  schedulePortfolio();
+}
+
+async function cancelOrder(order) {
+  const current = state.orders.get(order.order_id);
+  if (current) current.cancelling = true;
+  renderOrders();
+  try {
+    const { status, body } = await api.cancelOrder(order.order_id, order.account_id);
+    if (status === 202) {
+      say("info", "Cancel requested", "waiting for the market to confirm");
+    } else if (mergeOrder(body)) {
+      renderOrders();
+    }
+  } catch (error) {
+    if (current) current.cancelling = false;
+    renderOrders();
+    showProblem(error, "Cancel");
+  }
+}
+
+// ---- order ticket ------------------------------------------------------------------------
+
+function ticketValues() {
+  const form = $("#order-form");
+  return {
+    side: form.querySelector("input[name=side]:checked").value,
+    symbol: $("#order-symbol").value.trim().toUpperCase(),
+    orderType: $("#order-type").value,
+    quantity: $("#order-quantity").value.trim(),
+    limitPrice: $("#order-limit").value.trim(),
+    stopPrice: $("#order-stop").value.trim(),
+    timeInForce: $("#order-tif").value,
+  };
+}
+
+function needsLimit(orderType) {
+  return orderType === "limit" || orderType === "stop_limit";
+}
+
+function needsStop(orderType) {
+  return orderType === "stop" || orderType === "stop_limit";
+}
+
+function updateTicket() {
+  const values = ticketValues();
+  $("#order-form label[data-for=limit]").hidden = !needsLimit(values.orderType);
+  $("#order-form label[data-for=stop]").hidden = !needsStop(values.orderType);
+  const submit = $("#order-submit");
+  submit.textContent = `${values.side === "sell" ? "Sell" : "Buy"} ${values.symbol || ""}`.trim();
+  submit.style.background = submit.style.borderColor =
+    values.side === "sell" ? "var(--sell)" : "var(--buy)";
+  $("#order-estimate").textContent = estimate(values);
+}
+
+function estimate(values) {
+  if (!dec.isPlainPositive(values.quantity)) return "";
+  const quote = state.quotes.get(values.symbol);
+  const price = needsLimit(values.orderType) ? values.limitPrice
+    : needsStop(values.orderType) ? values.stopPrice
+      : quote ? (values.side === "sell" ? quote.bid : quote.ask) : "";
+  if (!dec.isDecimal(price)) return "";
+  const notional = dec.multiply(values.quantity, price);
+  const label = values.side === "sell" ? "Estimated proceeds" : "Estimated cost";
+  return `${label} ≈ $${dec.money(notional)}`;
+}
+
+/** The request body, or a message saying what is missing. */
+function orderBody(values) {
+  if (!SYMBOL_RE.test(values.symbol)) return { problem: "Symbol: an upper-case ticker, e.g. AAPL" };
+  if (!dec.isPlainPositive(values.quantity)) return { problem: "Quantity: a positive number" };
+  const body = {
+    account_id: state.accountId, symbol: values.symbol, side: values.side,
+    order_type: values.orderType, quantity: values.quantity, time_in_force: values.timeInForce,
+  };
+  if (needsLimit(values.orderType)) {
+    if (!dec.isPlainPositive(values.limitPrice)) return { problem: "Limit price: a positive price" };
+    body.limit_price = values.limitPrice;
+  }
+  if (needsStop(values.orderType)) {
+    if (!dec.isPlainPositive(values.stopPrice)) return { problem: "Stop price: a positive price" };
+    body.stop_price = values.stopPrice;
+  }
+  return { body };
+}
+
+async function submitOrder() {
+  const { body, problem } = orderBody(ticketValues());
+  if (problem) {
+    say("error", "Order not sent", problem, "client_validation");
+    return;
+  }
+  const submit = $("#order-submit");
+  submit.disabled = true;
+  try {
+    const { status, body: answer } = await api.placeOrder(body);
+    if (status === 202) {
+      say("info", "Order sent", "waiting for the risk check; it will appear below");
+      mergeOrder({ ...body, order_id: answer.order_id, state: "pending",
+                   updated_at: new Date().toISOString() });
+    } else if (mergeOrder(answer)) { // else the stream has already told a later state
+      say("info", "Order accepted",
+          `${answer.side} ${dec.quantity(answer.quantity)} ${answer.symbol}: ${answer.state.replace("_", " ")}`);
+    }
+    renderOrders();
+    schedulePortfolio();
+  } catch (error) {
+    showProblem(error, "Order");
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+// ---- deposits ----------------------------------------------------------------------------
+
+async function submitDeposit() {
+  const amount = $("#deposit-amount").value.trim();
+  if (!dec.isPlainPositive(amount)) {
+    say("error", "Deposit not sent", "Amount: a positive amount, e.g. 1000.00", "client_validation");
+    return;
+  }
+  const button = $("#deposit-submit");
+  button.disabled = true;
+  try {
+    const { status, body } = await api.deposit(state.accountId, amount);
+    say("info", status === 202 ? "Deposit pending" : "Deposit booked", `$${dec.money(body.amount)}`);
+    $("#deposit-amount").value = "";
+    schedulePortfolio();
+  } catch (error) {
+    showProblem(error, "Deposit");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- portfolio ---------------------------------------------------------------------------
+
+let portfolioTimer = null;
+let portfolioSettleTimer = null;
+let lastQuoteRefresh = 0;
+
+async function refreshPortfolio() {
+  const accountId = state.accountId;
+  if (!accountId) return;
+  try {
+    const { body } = await api.portfolio(accountId);
+    if (accountId !== state.accountId) return;
+    state.portfolio = body;
+    views.renderPortfolio($("#portfolio-card"), body);
+  } catch (error) {
+    showProblem(error, "Portfolio");
+  }
+}
+
+function schedulePortfolio() {
+  clearTimeout(portfolioTimer);
+  clearTimeout(portfolioSettleTimer);
+  portfolioTimer = setTimeout(refreshPortfolio, 100);
+  portfolioSettleTimer = setTimeout(refreshPortfolio, PORTFOLIO_SETTLE_MS);
+}
+
+// ---- watchlist ---------------------------------------------------------------------------
+
+function renderWatchlist() {
+  views.renderWatchlist($("#watchlist-body"), state.watchlist, state.quotes, {
+    onPick: pickSymbol,
+    onRemove: (symbol) => {
+      state.watchlist = state.watchlist.filter((s) => s !== symbol);
+      saveWatchlist();
+      stream.unsubscribe([symbol]);
+      renderWatchlist();
+    },
+  });
+}
+
+function pickSymbol(symbol) {
+  $("#order-symbol").value = symbol;
+  const quote = state.quotes.get(symbol);
+  if (quote && needsLimit($("#order-type").value)) {
+    const side = ticketValues().side;
+    $("#order-limit").value = side === "sell" ? quote.bid : quote.ask;
+  }
+  updateTicket();
+  $("#order-quantity").focus();
+}
+
+function receiveQuote(quote) {
+  const previous = state.quotes.get(quote.symbol);
+  state.quotes.set(quote.symbol, quote);
+  views.updateQuoteRow($("#watchlist-body"), quote, previous);
+  if (quote.symbol === ticketValues().symbol) $("#order-estimate").textContent = estimate(ticketValues());
+  const held = state.portfolio?.positions.some((p) => p.symbol === quote.symbol);
+  if (held && Date.now() - lastQuoteRefresh > PORTFOLIO_QUOTE_REFRESH_MS) {
+    lastQuoteRefresh = Date.now();
+    refreshPortfolio();
+  }
+}
+
+function addToWatchlist(text) {
+  const symbol = text.trim().toUpperCase();
+  if (!SYMBOL_RE.test(symbol)) {
+    say("error", "Not a symbol", `${symbol || "(empty)"}: use an upper-case ticker, e.g. AAPL`,
+        "invalid_symbol");
+    return;
+  }
+  if (!state.watchlist.includes(symbol)) {
+    state.watchlist.push(symbol);
+    saveWatchlist();
+    stream.subscribe([symbol]);
+    renderWatchlist();
+  }
+}
+
+// ---- wiring ------------------------------------------------------------------------------
+
+function on(selector, event, handler) {
+  $(selector).addEventListener(event, (domEvent) => {
+    if (event === "submit") domEvent.preventDefault();
+    Promise.resolve(handler(domEvent)).catch((error) => showProblem(error, "Error"));
+  });
+}
+
+function start() {
+  on("#login-form", "submit", () => {
+    const user = $("#login-user").value.trim();
+    if (!USER_RE.test(user)) {
+      say("error", "Not a user name", "letters, digits and _ . @ - (up to 64)", "invalid_user");
+      return undefined;
+    }
+    return login(user);
+  });
+  on("#logout", "click", () => logout());
+  on("#new-account", "click", openAccount);
+  on("#open-first-account", "click", openAccount);
+  on("#account-select", "change", (event) => selectAccount(event.target.value));
+  on("#watch-form", "submit", () => {
+    addToWatchlist($("#watch-symbol").value);
+    $("#watch-symbol").value = "";
+  });
+  on("#order-form", "submit", submitOrder);
+  on("#order-form", "input", updateTicket);
+  on("#order-form", "change", updateTicket);
+  on("#deposit-form", "submit", submitDeposit);
+  updateTicket();
+
+  const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
+  if (saved?.token && new Date(saved.expiresAt).getTime() > Date.now()) {
+    Object.assign(state, saved);
+    api.token = saved.token;
+    enterApp().catch((error) => showProblem(error, "Session"));
+  } else {
+    $("#login-user").focus();
+  }
+  document.body.dataset.ready = "true";
+}
+
+start();
