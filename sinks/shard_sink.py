@@ -25,10 +25,17 @@ from quixstreams.sinks import BatchingSink, SinkBackpressureError, SinkBatch
 
 from sinks.exceptions import DeadLetterFailed
 from state import topics as t
-from state.exceptions import DecodeError
-from state.messages import AccountEvent, LedgerTransaction
 from state.router import ShardRouter
-from state.shard_store import Source, connect, migrate, write_batch
+from state.shard_store import (
+    Refused,
+    ShardBatch,
+    ShardMessage,
+    Source,
+    connect,
+    decode_for_shard,
+    migrate,
+    write_chunked,
+)
 
 log = logging.getLogger(__name__)
 DLQ_FLUSH_TIMEOUT_S = 10.0
@@ -45,17 +52,6 @@ class SinkStats:
     write_seconds: float = 0.0
     batches: int = 0
     extra: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Decoded:
-    postings: list[LedgerTransaction] = field(default_factory=list)
-    events: list[AccountEvent] = field(default_factory=list)
-    sources: dict[str, Source] = field(default_factory=dict)
-    entries: int = 0
-
-    def size(self) -> int:
-        return len(self.postings) + len(self.events)
 
 
 class ShardSink(BatchingSink):
@@ -122,35 +118,20 @@ class ShardSink(BatchingSink):
             self._shard_of_key[raw] = shard
         return shard
 
-    def _decode(self, batches: list[SinkBatch]) -> _Decoded:
-        decoded = _Decoded()
+    def _decode(self, batches: list[SinkBatch]) -> ShardBatch:
+        decoded = ShardBatch()
         for batch in batches:
             topic, partition = batch.topic, batch.partition
             family = t.Topic(topic.removeprefix(self._prefix))
             for item in batch:
                 self.stats.records += 1
-                try:
-                    message = t.decode(family, item.value)
-                    owner = self._router.shard_of_account(message.account_id)
-                except (DecodeError, ValueError) as error:
+                message = decode_for_shard(family, item.value, item.key is not None,
+                                           self._router, self._shard)
+                if isinstance(message, Refused):
                     self._dead_letter(topic, partition, item.offset, item.key, item.value,
-                                      str(error))
-                    continue
-                if owner != self._shard:
-                    if item.key is None:
-                        continue  # keyless: every shard's sink decodes it, its owner keeps it
-                    self._dead_letter(topic, partition, item.offset, item.key, item.value,
-                                      f"key and account_id {message.account_id} disagree: "
-                                      f"the account belongs to shard {owner}")
-                    continue
-                source = Source(topic, partition, item.offset)
-                if isinstance(message, LedgerTransaction):
-                    decoded.postings.append(message)
-                    decoded.sources[message.txn_id] = source
-                    decoded.entries += len(message.entries)
-                else:
-                    decoded.events.append(message)
-                    decoded.sources[message.event_id] = source
+                                      message.reason)
+                elif message is not None:
+                    decoded.add(message, Source(topic, partition, item.offset))
         return decoded
 
     # -- writing -----------------------------------------------------------------------------
@@ -161,14 +142,10 @@ class ShardSink(BatchingSink):
             self._conn = connect(self._dsn)
         return self._conn
 
-    def _write(self, decoded: _Decoded) -> None:
+    def _write(self, decoded: ShardBatch) -> None:
         started = time.perf_counter()
-        step = self._batch_size_max
         try:
-            conn = self._connection()
-            for first in range(0, max(len(decoded.postings), len(decoded.events)), step):
-                self._write_or_split(conn, decoded.postings[first:first + step],
-                                     decoded.events[first:first + step], decoded.sources)
+            write_chunked(self._connection(), decoded, self._batch_size_max, self._refused)
         except psycopg.OperationalError as error:
             self._drop_connection()
             self.stats.backpressures += 1
@@ -181,31 +158,10 @@ class ShardSink(BatchingSink):
         self.stats.entries += decoded.entries
         self.stats.events += len(decoded.events)
 
-    def _write_or_split(self, conn: psycopg.Connection, postings: list[LedgerTransaction],
-                        events: list[AccountEvent], sources: dict[str, Source]) -> None:
-        """A record the database refuses (a NUL in a text, a constraint) must not block its
-        partition forever: halve the batch until the refused record is alone, then send it
-        to the dead-letter topic with the database's reason."""
-        try:
-            write_batch(conn, postings, events, sources)
-            return
-        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError) as error:
-            if len(postings) + len(events) == 1:
-                message: LedgerTransaction | AccountEvent = (postings or events)[0]
-                key = (message.txn_id if isinstance(message, LedgerTransaction)
-                       else message.event_id)
-                source = sources[key]
-                self._dead_letter(source.topic, source.partition, source.offset,
-                                  message.account_id, t.encode(message),
-                                  f"refused by shard {self._shard}: {error}")
-                return
-        if postings and events:
-            halves = [(postings, []), ([], events)]
-        else:
-            half = max(len(postings), len(events)) // 2
-            halves = [(postings[:half], events[:half]), (postings[half:], events[half:])]
-        for part_postings, part_events in halves:
-            self._write_or_split(conn, part_postings, part_events, sources)
+    def _refused(self, message: ShardMessage, source: Source | None, reason: str) -> None:
+        assert source is not None, f"no source for a refused {type(message).__name__}"
+        self._dead_letter(source.topic, source.partition, source.offset, message.account_id,
+                          t.encode(message), f"refused by shard {self._shard}: {reason}")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TypeVar
 
@@ -20,7 +20,8 @@ import psycopg
 from psycopg import sql
 
 from state import ledger_accounts as la
-from state.exceptions import StoreError
+from state import topics as t
+from state.exceptions import DecodeError, StoreError
 from state.messages import (
     AccountEvent,
     Alert,
@@ -30,6 +31,7 @@ from state.messages import (
     LedgerTransaction,
     OrderEvent,
 )
+from state.router import ShardRouter
 from state.shard_schema import BOOKKEEPING_SQL, MIGRATION_LOCK_KEY, MIGRATIONS
 
 ZERO = Decimal(0)
@@ -398,6 +400,98 @@ def _record_offsets(conn: psycopg.Connection, sources: Iterable[Source]) -> None
                              for (topic, partition), offset in sorted(highest.items())])
 
 
+# ---- one shard's records: decoded, batched, landed (the sink and rebuilds share this) ------
+
+ShardMessage = LedgerTransaction | AccountEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A record this shard will not land, with the reason (for the dead-letter topic)."""
+
+    reason: str
+
+
+def decode_for_shard(family: t.Topic, raw: bytes | None, keyed: bool, router: ShardRouter,
+                     shard: int) -> ShardMessage | Refused | None:
+    """A record of `ledger.postings` or `orders.events` as this shard sees it: the message when
+    the shard owns its account; `Refused` when it is malformed or its key names another shard
+    than its account_id does; None when it is keyless and another shard owns it (that shard's
+    reader keeps it)."""
+    try:
+        message = t.decode(family, raw)
+        owner = router.shard_of_account(message.account_id)
+    except (DecodeError, ValueError) as error:
+        return Refused(str(error))
+    if owner == shard:
+        return message  # type: ignore[no-any-return]
+    if not keyed:
+        return None
+    return Refused(f"key and account_id {message.account_id} disagree: the account belongs "
+                   f"to shard {owner}")
+
+
+@dataclass
+class ShardBatch:
+    """Postings and account events of one shard, with where each was read."""
+
+    postings: list[LedgerTransaction] = field(default_factory=list)
+    events: list[AccountEvent] = field(default_factory=list)
+    sources: dict[str, Source] = field(default_factory=dict)
+    entries: int = 0
+
+    def add(self, message: ShardMessage, source: Source) -> None:
+        if isinstance(message, LedgerTransaction):
+            self.postings.append(message)
+            self.sources[message.txn_id] = source
+            self.entries += len(message.entries)
+        else:
+            self.events.append(message)
+            self.sources[message.event_id] = source
+
+    def size(self) -> int:
+        return len(self.postings) + len(self.events)
+
+
+OnRefused = Callable[[ShardMessage, Source | None, str], None]
+_REFUSED_BY_DATABASE = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError)
+
+
+def write_or_split(conn: psycopg.Connection, postings: Sequence[LedgerTransaction],
+                   events: Sequence[AccountEvent], sources: Mapping[str, Source],
+                   on_refused: OnRefused) -> None:
+    """`write_batch`, except that a record the database refuses (a NUL in a text, a
+    constraint) must not block its partition forever: the batch is halved until the refused
+    record is alone, which goes to `on_refused` with the database's reason. Connection errors
+    propagate (the caller backs off and retries the whole batch: the writes are idempotent)."""
+    try:
+        write_batch(conn, postings, events, sources)
+        return
+    except _REFUSED_BY_DATABASE as error:
+        if len(postings) + len(events) == 1:
+            message: ShardMessage = (postings or events)[0]
+            key = (message.txn_id if isinstance(message, LedgerTransaction)
+                   else message.event_id)
+            on_refused(message, sources.get(key), str(error))
+            return
+    halves: list[tuple[Sequence[LedgerTransaction], Sequence[AccountEvent]]]
+    if postings and events:
+        halves = [(postings, []), ([], events)]
+    else:
+        half = max(len(postings), len(events)) // 2
+        halves = [(postings[:half], events[:half]), (postings[half:], events[half:])]
+    for part_postings, part_events in halves:
+        write_or_split(conn, part_postings, part_events, sources, on_refused)
+
+
+def write_chunked(conn: psycopg.Connection, batch: ShardBatch, chunk_size: int,
+                  on_refused: OnRefused) -> None:
+    """A batch in database transactions of at most `chunk_size` postings and as many events."""
+    for first in range(0, max(len(batch.postings), len(batch.events)), chunk_size):
+        write_or_split(conn, batch.postings[first:first + chunk_size],
+                       batch.events[first:first + chunk_size], batch.sources, on_refused)
+
+
 # ---- positions (average cost) ------------------------------------------------------------
 
 
@@ -532,6 +626,25 @@ def reconcile(dsn: str) -> list[str]:
                 "(SELECT 1 FROM ledger_entries e WHERE e.txn_id = t.txn_id) ORDER BY 1"):
             differences.append(f"transaction {txn_id}: no entries")
         differences.extend(_position_differences(conn))
+    return differences
+
+
+def reconcile_with_stream(dsn: str,
+                          balances_from_stream: Mapping[tuple[str, str], Decimal]) -> list[str]:
+    """Differences between one shard's materialised balances and the balances the account
+    topology's stream implies for the same partitions ((ledger_account, asset) -> amount,
+    folded from `ledger.postings`); a missing key counts as zero. Meaningful once the sink
+    has landed what the stream holds (or when the stream side is cut at `sink_offsets`)."""
+    with connect(dsn) as conn:
+        materialised = {(row[0], row[1]): row[2] for row in
+                        conn.execute("SELECT ledger_account, asset, balance "
+                                     "FROM account_balances")}
+    differences = []
+    for key in sorted(set(materialised) | set(balances_from_stream)):
+        stored, streamed = materialised.get(key, ZERO), balances_from_stream.get(key, ZERO)
+        if stored != streamed:
+            differences.append(f"stream balance {key[0]} {key[1]}: shard {stored}, "
+                               f"stream {streamed}")
     return differences
 
 

@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 from confluent_kafka import Consumer, KafkaError
 from quixstreams import Application, State, message_context
 from quixstreams.models import Serializer, Topic, TopicConfig
+from quixstreams.state.rocksdb import RocksDBOptions
+from quixstreams.utils.json import dumps as json_dumps
 
 from state import topics as t
 from state.domain.account import (
@@ -23,8 +25,8 @@ from state.domain.account import (
     MarketContext,
     RiskLimits,
     decide,
-    state_from_builtins,
-    state_to_builtins,
+    state_from_bytes,
+    state_to_bytes,
 )
 from state.exceptions import DecodeError
 from state.messages import MarketStatus, SymbolStatus
@@ -145,11 +147,11 @@ class AccountStep:
                                    str(error), now)
             return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
         stored = state.get(_STATE_KEY)
-        account = (state_from_builtins(stored) if stored is not None
+        account = (state_from_bytes(stored) if stored is not None
                    else AccountState.empty(message.account_id))
         market = self._market.context() if self._market else MarketContext(symbol_status={})
         account, outputs = decide(account, message, now, market, self._limits)
-        state.set(_STATE_KEY, state_to_builtins(account))
+        state.set(_STATE_KEY, state_to_bytes(account))
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
 
 
@@ -170,6 +172,16 @@ def risk_limits(config: AccountTopologyConfig) -> RiskLimits:
     )
 
 
+def _store_dumps(value: Any) -> bytes:
+    """Account states are stored as the bytes `state_to_bytes` made; anything else (keys,
+    Quix's own records) as Quix's JSON."""
+    return value if isinstance(value, bytes) else json_dumps(value)
+
+
+def _store_loads(raw: bytes) -> bytes:
+    return raw
+
+
 def create_application(config: AccountTopologyConfig) -> Application:
     kafka = config.kafka
     return Application(
@@ -179,6 +191,7 @@ def create_application(config: AccountTopologyConfig) -> Application:
         processing_guarantee=config.processing_guarantee,  # type: ignore[arg-type]
         commit_interval=config.commit_interval_s,
         state_dir=config.state_dir,
+        rocksdb_options=RocksDBOptions(dumps=_store_dumps, loads=_store_loads),
         consumer_extra_config={"session.timeout.ms": kafka.session_timeout_ms,
                                "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
                                "fetch.wait.max.ms": kafka.fetch_wait_ms_max,

@@ -31,6 +31,9 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # A market maker with a request unanswered this long stops getting new orders while
     # another one is available; any answer closes the breaker again.
     breaker_timeout_ms: int = 5000
+    # How long the broker may hold a fetch of `orders.route` when it has nothing new: some
+    # brokers (Tansu) answer only when it expires, so it is latency added to every order.
+    route_fetch_wait_ms: int = 2
     validate_messages: bool = True  # QuickFIX data-dictionary validation of incoming messages
 
     def __post_init__(self) -> None:

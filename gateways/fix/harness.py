@@ -96,7 +96,7 @@ class TopicReader:
         self.topic = topic
         self.consumer = Consumer({"bootstrap.servers": bootstrap_servers,
                                   "group.id": f"reader-{topic}", "enable.auto.commit": False,
-                                  "fetch.wait.max.ms": 10})
+                                  "fetch.wait.max.ms": 1})
         metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
                               for p in metadata.partitions])
@@ -111,7 +111,8 @@ class TopicReader:
         deadline = time.monotonic() + timeout_s
         seen = 0
         while seen < until and time.monotonic() < deadline:
-            for _, value in self.poll(0.05):
+            # consume() waits for its whole timeout unless the batch fills: keep it short.
+            for _, value in self.poll(min(0.05, max(deadline - time.monotonic(), 0.0005))):
                 report = decode(Topic.EXECUTIONS, value)
                 seen += 1
                 yield report

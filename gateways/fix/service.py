@@ -187,9 +187,9 @@ class FixGateway:
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
             "auto.commit.interval.ms": 200,
-            # The broker answers a fetch when data arrives or after this wait; the default
-            # (500 ms) would put that much on an order's way out.
-            "fetch.wait.max.ms": 10,
+            # The broker answers a fetch when data arrives or after this wait (or, on Tansu,
+            # only after it): the default (500 ms) would put that much on an order's way out.
+            "fetch.wait.max.ms": config.route_fetch_wait_ms,
         })
         settings = load_settings(
             initiator_settings_text(self.specs.values(), self.store_dir, config.heartbeat_s,

@@ -200,6 +200,20 @@ def state_from_builtins(data: dict) -> AccountState:
     return msgspec.convert(data, AccountState)
 
 
+_STATE_ENCODER = msgspec.msgpack.Encoder()
+_STATE_DECODER = msgspec.msgpack.Decoder(AccountState)
+
+
+def state_to_bytes(state: AccountState) -> bytes:
+    """The compact stored form (MessagePack): an order of magnitude cheaper than builtins+JSON
+    for the state store, which reads and writes the whole account on every message."""
+    return _STATE_ENCODER.encode(state)
+
+
+def state_from_bytes(raw: bytes) -> AccountState:
+    return _STATE_DECODER.decode(raw)
+
+
 # ---- the decision function --------------------------------------------------------------
 
 
