@@ -190,6 +190,9 @@ def create_application(config: AccountTopologyConfig) -> Application:
         auto_offset_reset="earliest",
         processing_guarantee=config.processing_guarantee,  # type: ignore[arg-type]
         commit_interval=config.commit_interval_s,
+        # Records of two topics wait in Quix's time-alignment buffer until the sibling
+        # partition is known idle; a long poll would hold them for up to that long.
+        consumer_poll_timeout=config.poll_timeout_s,
         state_dir=config.state_dir,
         rocksdb_options=RocksDBOptions(dumps=_store_dumps, loads=_store_loads),
         consumer_extra_config={"session.timeout.ms": kafka.session_timeout_ms,

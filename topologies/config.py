@@ -28,6 +28,7 @@ class AccountTopologyConfig(_Config, frozen=True, kw_only=True):
     consumer_group: str = "accounts"
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05
+    poll_timeout_s: float = 0.01
     market_collar_pct: Decimal = Decimal("0.05")
     notional_usd_max: Decimal = Decimal("1000000")
     quantity_max: Decimal = Decimal("100000")

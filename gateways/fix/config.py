@@ -23,8 +23,8 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     topic_prefix: str = ""
     market_makers: tuple[MarketMakerConfig, ...]
     store_dir: str
-    consumer_group: str = "fix-gateway"
-    session_timeout_ms: int = 3000  # the Kafka consumer group's session timeout
+    consumer_group: str = "fix-gateway"  # names the committed offsets of `orders.route`
+    session_timeout_ms: int = 3000  # Kafka consumer session timeout
     stuck_order_timeout_ms: int = 30000
     routing_policy: str = "round_robin"  # or "best_price_improvement"
     heartbeat_s: int = 5

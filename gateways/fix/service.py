@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 import quickfix as fix
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from gateways.exceptions import GatewayError
@@ -219,7 +219,16 @@ class FixGateway:
     # ---- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.consumer.subscribe([self.route_topic])
+        # Every partition, assigned rather than subscribed: a FIX session is a singleton (one
+        # logon per CompID pair), so one gateway owns the whole topic and a group rebalance
+        # could only stall orders (on Tansu a missed heartbeat under load held orders back
+        # for seconds). Offsets are still committed under the consumer group's name.
+        metadata = self.consumer.list_topics(self.route_topic, timeout=10).topics
+        partitions = metadata[self.route_topic].partitions
+        if not partitions:
+            raise GatewayError(f"topic {self.route_topic} does not exist")
+        self.consumer.assign([TopicPartition(self.route_topic, partition, OFFSET_STORED)
+                              for partition in sorted(partitions)])
         self.initiator.start()
         log.info("FIX gateway started: %s", ", ".join(self.specs))
 
