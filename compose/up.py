@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -121,6 +122,10 @@ def running_stack(stack: StackConfig) -> Iterator[RunningStack]:
     """Everything up; on exit (or any failure while starting) everything stopped."""
     _check_ports(stack)
     with data_dir_lock(stack.data_dir):
+        if not stack.kafka.bootstrap_servers:
+            # The embedded broker starts empty: local stream state (RocksDB) made against the
+            # previous broker's changelogs no longer matches any topic, so it goes too.
+            shutil.rmtree(stack.data_dir / "state", ignore_errors=True)
         embedded = _embedded_servers(stack)
         supervisor: Supervisor | None = None
         try:

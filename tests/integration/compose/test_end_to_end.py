@@ -77,6 +77,21 @@ def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
         leftovers = [p for p in stack.descendants() if p.is_running()]
     assert code == 0, "".join(stack.output)
     assert not leftovers, leftovers
+    _second_up_reuses_the_shards(tmp_path / "data", account_id)
+
+
+def _second_up_reuses_the_shards(data_dir: Path, account_id: str) -> None:
+    again = start_stack(data_dir)
+    try:
+        again.read_until("healthy")
+        token = _login(again.base_url, "alice")
+        status, account = http("GET", f"{again.base_url}/v1/accounts/{account_id}", token=token)
+        assert status == 200, account
+        status, orders = http("GET", f"{again.base_url}/v1/orders?account_id={account_id}",
+                              token=token)
+        assert status == 200 and orders, orders
+    finally:
+        assert again.stop() == 0, "".join(again.output)
 
 
 def _check_shard_rows(shard_dsns: list[str], account_id: str, cost: Decimal) -> None:
