@@ -89,7 +89,7 @@ def _fix_gateway(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Se
 
 
 def _simulators(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> list[ServiceSpec]:
-    specs = []
+    specs: list[ServiceSpec] = []
     for mm in stack.market_makers:
         if not mm.simulator:
             continue

@@ -67,10 +67,9 @@ async def store_errors_middleware(request: web.Request, handler: Handler) -> web
 
 async def open_backends(app: web.Application) -> AsyncIterator[None]:
     """The real stores and clients, opened on startup and closed on cleanup."""
-    from state.shard_reader import ShardReader
-
     from state.quote_cache import AsyncQuoteCache
     from state.router import ShardRouter
+    from state.shard_reader import ShardReader
 
     gateway = app[GATEWAY]
     config = gateway.config

@@ -14,9 +14,10 @@ from decimal import Decimal, InvalidOperation
 import quickfix as fix
 
 from gateways.fix import fixmsg
-from gateways.fix.session import session_key
+from gateways.fix.session import session_comp_ids, session_key
 from gateways.simulator.book import Book, NewOrder, Report
 from gateways.simulator.config import SimulatorConfig
+from gateways.simulator.store import BookStore
 from state.messages import ExecType
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,11 @@ class DelayedSender(threading.Thread):
 
 
 class SimulatorApplication(fix.Application):  # type: ignore[misc]
-    def __init__(self, config: SimulatorConfig, book: Book) -> None:
+    def __init__(self, config: SimulatorConfig, book: Book, store: BookStore) -> None:
         super().__init__()
         self.config = config
         self.book = book
+        self.store = store
         self.lock = threading.Lock()  # the book is shared with the quote thread
         self.session_of_order: dict[str, fix.SessionID] = {}
         self.sender = DelayedSender()
@@ -178,7 +180,7 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
                 return
             with self.lock:
                 self.session_of_order[request.cl_ord_id] = session_id
-                reports = self.book.new_order(request)
+                reports = self.book.new_order(request, dt.datetime.now(dt.UTC))
         elif kind == fixmsg.MSG_ORDER_CANCEL_REQUEST:
             cl_ord_id = fixmsg.field(message, fixmsg.CL_ORD_ID)
             orig = fixmsg.field(message, fixmsg.ORIG_CL_ORD_ID)
@@ -186,12 +188,25 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
                 self.session_of_order[cl_ord_id] = session_id
                 reports = self.book.cancel(cl_ord_id, orig)
         elif kind == fixmsg.MSG_ORDER_STATUS_REQUEST:
+            side = fixmsg.SIDE_FROM_FIX.get(fixmsg.field(message, fixmsg.SIDE))
+            if side is None:
+                self._business_reject(message, session_id, "unreadable Side")
+                return
             with self.lock:
-                reports = self.book.status_of(fixmsg.field(message, fixmsg.CL_ORD_ID))
+                reports = self.book.status_of(fixmsg.field(message, fixmsg.CL_ORD_ID),
+                                              fixmsg.field(message, fixmsg.SYMBOL), side)
         else:
             self._business_reject(message, session_id, f"unsupported message type {kind}")
             return
+        self.deliver_and_save(reports, session_id)
+
+    def deliver_and_save(self, reports: list[Report], session_id: fix.SessionID) -> None:
+        """Send, then keep the book: a crash in between makes the restarted book do the
+        same work again under the same ExecIDs, which the gateway drops as duplicates;
+        the other order would lose reports that were never sent."""
         self.deliver(reports, session_id)
+        with self.lock:
+            self.store.save(self.book.take_dirty())
 
     def _business_reject(self, message: fix.Message, session_id: fix.SessionID,
                          text: str) -> None:
@@ -211,7 +226,7 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
         """Reports the quote thread caused: each goes to the session its order came on."""
         by_session: dict[str, tuple[fix.SessionID, list[Report]]] = {}
         for report in reports:
-            session_id = self.session_of_order.get(report.cl_ord_id)
+            session_id = self.session_of_order.get(report.cl_ord_id) or self._any_session()
             if session_id is None:
                 log.error("no session for order %s; report %s not sent", report.cl_ord_id,
                           report.exec_id)
@@ -219,6 +234,14 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
             by_session.setdefault(session_key(session_id), (session_id, []))[1].append(report)
         for session_id, batch in by_session.values():
             self.deliver(batch, session_id)
+        with self.lock:
+            self.store.save(self.book.take_dirty())
+
+    def _any_session(self) -> fix.SessionID | None:
+        """After a restart the book knows orders the session map does not: their reports
+        go to the counterparty's first session (its only one, unless configured more)."""
+        targets = session_comp_ids(self.config.target_comp_id, self.config.sessions)
+        return fix.SessionID("FIX.4.4", self.config.sender_comp_id, targets[0])
 
     def deliver(self, reports: list[Report], session_id: fix.SessionID) -> None:
         if self.config.silent or not reports:

@@ -9,6 +9,7 @@ then act as market (stop) or limit (stop_limit) orders.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 
@@ -83,6 +84,8 @@ class SimOrder:
     triggered: bool = False
     reports: int = 0
     fill_parts: list[Decimal] = field(default_factory=list)
+    received_at: dt.datetime | None = None
+    aliases: list[str] = field(default_factory=list)  # later ClOrdIDs (cancels)
 
     @property
     def leaves_qty(self) -> Decimal:
@@ -124,16 +127,34 @@ class Book:
         self.nbbo: dict[str, NBBO] = {}
         self.status: dict[str, SymbolStatus] = {}
         self.orders: dict[str, SimOrder] = {}  # by every ClOrdID that names the order
+        self.dirty: dict[str, SimOrder] = {}  # changed since take_dirty(), by order_id
+        self._unknown_status = 0
+
+    def load(self, orders: list[SimOrder]) -> None:
+        """Orders kept from before a restart."""
+        for order in orders:
+            self.orders[order.request.cl_ord_id] = order
+            for alias in order.aliases:
+                self.orders[alias] = order
+
+    def take_dirty(self) -> list[SimOrder]:
+        dirty, self.dirty = list(self.dirty.values()), {}
+        return dirty
 
     # ---- market data -------------------------------------------------------------------
 
-    def on_quote(self, symbol: str, bid: Decimal, ask: Decimal) -> list[Report]:
-        """Record the NBBO; resting orders it reaches fill."""
+    def on_quote(self, symbol: str, bid: Decimal, ask: Decimal,
+                 venue_time: dt.datetime | None = None) -> list[Report]:
+        """Record the NBBO; resting orders it reaches fill. A quote older than an order
+        (replayed after a restart) moves no order that arrived after it."""
         if bid <= 0 or ask <= 0 or bid > ask:
             return []  # a crossed or empty quote is not a price to trade on
         self.nbbo[symbol] = NBBO(bid, ask)
         reports: list[Report] = []
         for order in self._open_orders(symbol):
+            if venue_time is not None and order.received_at is not None \
+                    and venue_time < order.received_at:
+                continue
             reports += self._try_execute(order)
         return reports
 
@@ -142,10 +163,11 @@ class Book:
 
     # ---- requests ----------------------------------------------------------------------
 
-    def new_order(self, request: NewOrder) -> list[Report]:
+    def new_order(self, request: NewOrder, now: dt.datetime | None = None) -> list[Report]:
         existing = self.orders.get(request.cl_ord_id)
         if existing is not None:
             existing.reports += 1
+            self.dirty[existing.order_id] = existing
             return [self._reject(request, existing.order_id, "duplicate ClOrdID", "6",
                                  ExecType.REJECTED, exec_suffix=f"dup{existing.reports}")]
         # Ids derive from the ClOrdID so they stay unique across simulator restarts.
@@ -158,7 +180,8 @@ class Book:
             self.orders[request.cl_ord_id] = order
             return [self._report(order, ExecType.REJECTED, text=text, rej_reason=code)]
         order = SimOrder(request, order_id, request.cl_ord_id,
-                         fill_parts=fill_parts(request.quantity, self.partial_fill_qty_min))
+                         fill_parts=fill_parts(request.quantity, self.partial_fill_qty_min),
+                         received_at=now)
         self.orders[request.cl_ord_id] = order
         reports = [self._report(order, ExecType.NEW)]
         reports += self._try_execute(order)
@@ -183,13 +206,21 @@ class Book:
                            rej_reason="1" if order is None else "0", kind="cancel_reject")]
         order.ord_status = OrdStatus.CANCELED
         order.cl_ord_id = cl_ord_id
+        order.aliases.append(cl_ord_id)
         self.orders[cl_ord_id] = order
         return [self._report(order, ExecType.CANCELED, orig_cl_ord_id=orig_cl_ord_id)]
 
-    def status_of(self, cl_ord_id: str) -> list[Report]:
+    def status_of(self, cl_ord_id: str, symbol: str = "", side: Side = Side.BUY) -> list[Report]:
         order = self.orders.get(cl_ord_id)
         if order is None:
-            return []
+            # FIX 4.4: a status request for an unknown order is answered as rejected.
+            self._unknown_status += 1
+            return [Report(cl_ord_id=cl_ord_id, order_id="NONE",
+                           exec_id=f"S-unknown-{cl_ord_id}-{self._unknown_status}",
+                           exec_type=ExecType.ORDER_STATUS, ord_status=OrdStatus.REJECTED,
+                           account="", symbol=symbol, side=side, order_qty=Decimal(0),
+                           last_qty=Decimal(0), last_px=Decimal(0), cum_qty=Decimal(0),
+                           leaves_qty=Decimal(0), avg_px=Decimal(0), text="unknown order")]
         return [self._report(order, ExecType.ORDER_STATUS, cl_ord_id=cl_ord_id)]
 
     # ---- internals ---------------------------------------------------------------------
@@ -260,6 +291,7 @@ class Book:
                 rej_reason: str | None = None, orig_cl_ord_id: str | None = None,
                 cl_ord_id: str | None = None) -> Report:
         order.reports += 1
+        self.dirty[order.order_id] = order
         request = order.request
         return Report(
             cl_ord_id=cl_ord_id or order.cl_ord_id, order_id=order.order_id,

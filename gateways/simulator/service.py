@@ -14,6 +14,7 @@ from gateways.fix.session import acceptor_settings_text, load_settings, session_
 from gateways.simulator.application import SimulatorApplication
 from gateways.simulator.book import Book
 from gateways.simulator.config import SimulatorConfig
+from gateways.simulator.store import BookStore
 from state.exceptions import DecodeError
 from state.messages import MarketStatus, Quote
 from state.topics import Topic, decode
@@ -31,7 +32,9 @@ def serve(config: SimulatorConfig, stop: threading.Event,
     """Serve until `stop` is set (for callers that own the signals, e.g. tests in a thread)."""
     store_dir = Path(config.store_dir)
     book = Book(config.price_improvement_bps, config.partial_fill_qty_min, config.known_symbols)
-    app = SimulatorApplication(config, book)
+    store = BookStore(store_dir)
+    book.load(store.load())
+    app = SimulatorApplication(config, book, store)
     settings = load_settings(
         acceptor_settings_text("FIX.4.4", config.sender_comp_id,
                                session_comp_ids(config.target_comp_id, config.sessions),
@@ -60,6 +63,7 @@ def serve(config: SimulatorConfig, stop: threading.Event,
         app.sender.stop()
         consumer.close()
         del acceptor, store_factory, log_factory
+        store.close()
         log.info("simulator stopped")
 
 
@@ -100,7 +104,8 @@ def _on_market_data(app: SimulatorApplication, record: Message) -> None:
         return
     with app.lock:
         if isinstance(message, Quote):
-            reports = app.book.on_quote(message.symbol, message.bid, message.ask)
+            reports = app.book.on_quote(message.symbol, message.bid, message.ask,
+                                        message.venue_time)
         else:
             assert isinstance(message, MarketStatus)
             app.book.on_status(message.symbol, message.status)
