@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -40,6 +39,7 @@ import msgspec  # noqa: E402
 import psycopg  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
+from benchmarks.common import machine  # noqa: E402
 from compose.embedded import start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from sinks.config import SinkConfig  # noqa: E402
@@ -53,19 +53,6 @@ SHARDS = 2
 PARTITIONS_PER_SHARD = 2
 T0 = dt.datetime(2026, 3, 2, 14, 30, tzinfo=dt.UTC)
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "NVDA", "SPY")
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "python": platform.python_version()}
 
 
 def _transactions(shard: int, count: int, accounts: int) -> list[LedgerTransaction]:
@@ -171,6 +158,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args()
 
+    load_at_start = os.getloadavg()[0]
     data = [_transactions(shard, args.transactions, args.accounts) for shard in range(SHARDS)]
     entries = [sum(len(p.entries) for p in postings) for postings in data]
     with tempfile.TemporaryDirectory(prefix="bench-shard-sink-") as tmp:
@@ -214,7 +202,8 @@ def main() -> None:
         finally:
             servers.stop()
     print(json.dumps({
-        "benchmark": "shard_sink", "machine": _machine(), "shards": SHARDS,
+        "benchmark": "shard_sink", "machine": machine(),
+        "load_average_1m_at_start": load_at_start, "shards": SHARDS,
         "partitions_per_shard": PARTITIONS_PER_SHARD,
         "transactions_per_shard": args.transactions, "entries_per_shard": entries,
         "accounts_per_shard": args.accounts, "batch_size_max": args.batch,

@@ -125,6 +125,24 @@ def cmd_db_migrate(stack: StackConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(stack: StackConfig, args: argparse.Namespace) -> int:
+    """Best-execution figures per market maker (in the spirit of Rule 606)."""
+    import msgspec
+
+    from gateways.fix.best_execution import best_execution_report
+
+    report = best_execution_report(stack.data_dir / "fix" / "gateway")
+    if args.json:
+        _print(msgspec.json.encode(report).decode())
+        return 0
+    _print(f"{'market maker':<14}{'orders':>8}{'filled':>8}{'fill rate':>10}"
+           f"{'improvement/share':>19}{'avg fill ms':>13}")
+    for row in report:
+        _print(f"{row.market_maker:<14}{row.orders:>8}{row.filled:>8}{row.fill_rate:>10}"
+               f"{row.price_improvement_per_share_usd:>19}{row.average_fill_ms:>13}")
+    return 0
+
+
 def cmd_init(stack: StackConfig, args: argparse.Namespace) -> int:
     """Create topics and migrate shards on external servers (a deployment's one-shot job)."""
     from compose.kafka import create_topics
@@ -159,6 +177,23 @@ def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
                           f"{[s.name for s in specs]}")
     spec.run()
     return 0
+
+
+def cmd_shard_rebuild(stack: StackConfig, args: argparse.Namespace) -> int:
+    """Rebuild one shard from the topics into a fresh database and compare with the live one."""
+    from compose.shard_rebuild import rebuild_shard
+
+    endpoints = _running_endpoints(stack)
+    dsns = endpoints["shard_dsns"]
+    if not 0 <= args.shard < len(dsns):
+        raise ConfigError(f"shard {args.shard} outside 0..{len(dsns) - 1}")
+    differences = rebuild_shard(
+        endpoints["bootstrap_servers"], stack.stack.topic_prefix, dsns[args.shard], args.shard,
+        len(dsns), stack.stack.partitions_per_shard, _print,
+        progress_every=args.progress_every, keep_rebuilt=True if args.keep else None)
+    for line in differences:
+        _print(f"  {line}")
+    return 1 if differences else 0
 
 
 # ---- parser --------------------------------------------------------------------------------
@@ -211,10 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
         status.add_argument("--reason", default=None)
         status.set_defaults(handler=cmd_market_status)
 
+    report = commands.add_parser(
+        "report", help="best-execution figures per market maker (fill rate, price "
+        "improvement per share against the NBBO at routing, time to fill)")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.set_defaults(handler=cmd_report)
+
     db = commands.add_parser("db", help="shard database tasks")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("migrate", help="apply the shard schema migrations").set_defaults(
         handler=cmd_db_migrate)
+
+    shard = commands.add_parser("shard", help="shard tasks")
+    shard_commands = shard.add_subparsers(dest="shard_command", required=True)
+    rebuild = shard_commands.add_parser(
+        "rebuild", help="rebuild a shard database from the topics and verify it equals the live")
+    rebuild.add_argument("shard", type=int, help="the shard number")
+    rebuild.add_argument("--progress-every", type=int, default=10_000,
+                         help="report progress every N records")
+    rebuild.add_argument("--keep", action="store_true",
+                         help="keep the rebuilt database even when it equals the live one")
+    rebuild.set_defaults(handler=cmd_shard_rebuild)
     return parser
 
 

@@ -122,7 +122,8 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "redis_url": endpoints.redis_url,
               "redis_key_prefix": stack.stack.topic_prefix,
               "token_secret": endpoints.token_secret,
-              "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms}
+              "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms,
+              "fix_store_dir": str(data_dir / "fix" / "gateway")}
     return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
                        config)
 

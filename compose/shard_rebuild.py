@@ -178,7 +178,6 @@ def drop_database(live_dsn: str, name: str) -> None:
 class _Counts:
     records: int = 0
     landed: int = 0
-    skipped: int = 0  # another shard's keyless records
     refused: int = 0  # malformed, misrouted or refused by the database (dead letters live)
 
 
@@ -187,12 +186,10 @@ def _land(conn: psycopg.Connection, records: list[Record], prefix: str, router: 
     batch = ShardBatch()
     for record in records:
         family = t.Topic(record.topic.removeprefix(prefix))
-        message = decode_for_shard(family, record.value, record.key is not None, router, shard)
-        if message is None:
-            counts.skipped += 1
-        elif isinstance(message, Refused):
+        message = decode_for_shard(family, record.value, router, shard)
+        if isinstance(message, Refused):
             counts.refused += 1
-            report(f"  skipped {record.topic}[{record.partition}]@{record.offset}: "
+            report(f"  refused {record.topic}[{record.partition}]@{record.offset}: "
                    f"{message.reason}")
         else:
             batch.add(message, Source(record.topic, record.partition, record.offset))
@@ -240,7 +237,7 @@ def rebuild_shard(bootstrap_servers: str, topic_prefix: str, live_dsn: str, shar
                            f"{counts.landed} landed")
                     next_report = (counts.records // progress_every + 1) * progress_every
         report(f"shard {shard}: read {counts.records} records: {counts.landed} landed, "
-               f"{counts.refused} refused, {counts.skipped} of other shards; comparing")
+               f"{counts.refused} refused; comparing")
         differences = compare_shards(live_dsn, rebuilt_dsn)
         report(f"shard {shard}: " + ("rebuilt copy equals the live shard" if not differences
                                       else f"{len(differences)} differences"))

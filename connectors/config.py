@@ -38,6 +38,17 @@ class ConnectorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     session_timeout_ms: int = 3000
     # Extra librdkafka producer settings (security, etc.) for a real cluster.
     producer_extra: dict[str, str] = {}
+    # Symbols given a partition of `quotes` to themselves (symbol -> partition); the other
+    # symbols are spread by murmur2 over the remaining partitions (connectors.partitioning).
+    hot_symbols: dict[str, int] = {}
+
+    def __post_init__(self) -> None:
+        from connectors.partitioning import check_hot_symbols
+
+        try:
+            check_hot_symbols(self.hot_symbols)
+        except ConnectorConfigError as error:
+            raise ValueError(str(error)) from error
 
 
 def _read(path: Path) -> Any:

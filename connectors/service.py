@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 import time
 
+from confluent_kafka.admin import AdminClient
 from quixstreams import Application
 from quixstreams.sources import Source
 
 from connectors.config import ConnectorConfig, ConnectorsConfig
+from connectors.exceptions import ConnectorError
+from connectors.partitioning import SymbolPartitioner
 from connectors.registry import build_connector, parse_settings
 from connectors.runtime import SystemClock, drive
-from state.topics import dlq_name
+from state.topics import Topic, dlq_name
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +26,42 @@ class ConnectorSource(Source):
     """One connector in a Quix source process. When the connector ends (a replay file is
     done) the source idles until stopped, so the service keeps the shape `run until SIGTERM`."""
 
-    def __init__(self, config: ConnectorConfig, topic_prefix: str) -> None:
+    def __init__(self, config: ConnectorConfig, topic_prefix: str,
+                 hot_symbols: dict[str, int] | None = None, bootstrap_servers: str = "",
+                 ) -> None:
         super().__init__(name=config.name, shutdown_timeout=10)
         self.config = config
         self.topic_prefix = topic_prefix
+        self.hot_symbols = hot_symbols or {}
+        self.bootstrap_servers = bootstrap_servers
 
     def run(self) -> None:
         topic = self.topic_prefix + self.config.topic
         dlq_topic = self.topic_prefix + dlq_name(self.config.topic)
+        partitioner = self._partitioner(topic)
 
         def produce(target: str, key: str | None, value: bytes) -> None:
-            self.producer.produce(topic=target, key=key, value=value)
+            partition = partitioner.partition(key) if partitioner and key and \
+                target == topic else None
+            self.producer.produce(topic=target, key=key, value=value, partition=partition)
 
         drive(build_connector(self.config), SystemClock(), produce, topic, dlq_topic,
               lambda: self.running, topic, self.config.name)
         self.flush(self.shutdown_timeout / 2)
         while self.running:
             time.sleep(STOP_POLL_S)
+
+    def _partitioner(self, topic: str) -> SymbolPartitioner | None:
+        """Quotes are partitioned explicitly (hot symbols, murmur2 for the rest). Other topics
+        keep the client's key partitioning: `market.status` is also written by the ops CLI,
+        and one symbol's status must stay in one partition of that compacted topic."""
+        if self.config.topic != Topic.QUOTES or not self.bootstrap_servers:
+            return None
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        metadata = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise ConnectorError(f"topic {topic} does not exist")
+        return SymbolPartitioner(len(metadata.partitions), self.hot_symbols)
 
 
 def build_app(config: ConnectorsConfig) -> Application:
@@ -56,7 +78,9 @@ def build_app(config: ConnectorsConfig) -> Application:
         topic = app.topic(config.topic_prefix + connector.topic, key_serializer="str",
                           value_serializer="bytes", key_deserializer="str",
                           value_deserializer="bytes")
-        app.add_source(ConnectorSource(connector, config.topic_prefix), topic=topic)
+        source = ConnectorSource(connector, config.topic_prefix, dict(config.hot_symbols),
+                                 config.bootstrap_servers)
+        app.add_source(source, topic=topic)
     return app
 
 

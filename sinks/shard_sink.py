@@ -6,8 +6,9 @@ the consumer and seeks back to the last committed offsets, and the same records 
 again once the shard answers. Writes are idempotent by txn_id / event_id, so nothing is lost
 and nothing is written twice.
 
-Records of accounts that belong to other shards are skipped before they are decoded.
-Malformed records go to `dlq.<topic>` and processing continues.
+The worker is assigned only its shard's partitions (`sinks.service.OwnPartitionsApplication`).
+Malformed records, and records whose account is not this shard's (their producer did not
+partition by account), go to `dlq.<topic>` and processing continues.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class ShardSink(BatchingSink):
         self._retry_after_s = retry_after_s
         self._clock = clock
         self._conn: psycopg.Connection | None = None
-        self._shard_of_key: dict[bytes, int] = {}
+        self._partitions = frozenset(router.partitions_of_shard(shard))
         self.stats = SinkStats()
 
     # -- Quix hooks ------------------------------------------------------------------------
@@ -84,8 +85,8 @@ class ShardSink(BatchingSink):
 
     def add(self, value: Any, key: Any, timestamp: int, headers: Any, topic: str,
             partition: int, offset: int) -> None:
-        if isinstance(key, bytes | str) and self._owner(key) != self._shard:
-            return
+        if partition not in self._partitions:
+            return  # not assigned to this worker (see OwnPartitionsApplication): never here
         super().add(value, key, timestamp, headers, topic, partition, offset)
 
     def write(self, batch: SinkBatch) -> None:
@@ -108,16 +109,6 @@ class ShardSink(BatchingSink):
 
     # -- routing and decoding ----------------------------------------------------------------
 
-    def _owner(self, key: bytes | str) -> int:
-        raw = key.encode() if isinstance(key, str) else key
-        shard = self._shard_of_key.get(raw)
-        if shard is None:
-            if len(self._shard_of_key) > 1_000_000:  # bounded: accounts are many but finite
-                self._shard_of_key.clear()
-            shard = self._router.shard_of_account(raw.decode("utf-8", "replace"))
-            self._shard_of_key[raw] = shard
-        return shard
-
     def _decode(self, batches: list[SinkBatch]) -> ShardBatch:
         decoded = ShardBatch()
         for batch in batches:
@@ -125,12 +116,11 @@ class ShardSink(BatchingSink):
             family = t.Topic(topic.removeprefix(self._prefix))
             for item in batch:
                 self.stats.records += 1
-                message = decode_for_shard(family, item.value, item.key is not None,
-                                           self._router, self._shard)
+                message = decode_for_shard(family, item.value, self._router, self._shard)
                 if isinstance(message, Refused):
                     self._dead_letter(topic, partition, item.offset, item.key, item.value,
                                       message.reason)
-                elif message is not None:
+                else:
                     decoded.add(message, Source(topic, partition, item.offset))
         return decoded
 

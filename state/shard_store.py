@@ -412,23 +412,21 @@ class Refused:
     reason: str
 
 
-def decode_for_shard(family: t.Topic, raw: bytes | None, keyed: bool, router: ShardRouter,
-                     shard: int) -> ShardMessage | Refused | None:
-    """A record of `ledger.postings` or `orders.events` as this shard sees it: the message when
-    the shard owns its account; `Refused` when it is malformed or its key names another shard
-    than its account_id does; None when it is keyless and another shard owns it (that shard's
-    reader keeps it)."""
+def decode_for_shard(family: t.Topic, raw: bytes | None, router: ShardRouter, shard: int
+                     ) -> ShardMessage | Refused:
+    """A record read from one of `shard`'s partitions of `ledger.postings` or `orders.events`:
+    the message, or `Refused` when it is malformed or its account belongs to another shard
+    (its producer did not partition by account: it is nobody's to land, so it is refused
+    rather than dropped)."""
     try:
         message = t.decode(family, raw)
         owner = router.shard_of_account(message.account_id)
     except (DecodeError, ValueError) as error:
         return Refused(str(error))
-    if owner == shard:
-        return message  # type: ignore[no-any-return]
-    if not keyed:
-        return None
-    return Refused(f"key and account_id {message.account_id} disagree: the account belongs "
-                   f"to shard {owner}")
+    if owner != shard:
+        return Refused(f"account {message.account_id} belongs to shard {owner}, not to shard "
+                       f"{shard} whose partition holds the record: not partitioned by account")
+    return message  # type: ignore[no-any-return]
 
 
 @dataclass

@@ -26,3 +26,5 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     idempotency_ttl_s: int = 24 * 3600
     delivery_timeout_ms: int = 5000
     ws_heartbeat_s: float = 15.0
+    # The FIX gateway's store: /metrics adds its best-execution figures when set.
+    fix_store_dir: str | None = None

@@ -15,6 +15,7 @@ import psycopg
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from gateways.fix.best_execution import best_execution_report, prometheus_text
 from gateways.http import schemas as s
 from gateways.http.auth import bearer_token, issue_token, verify_token
 from gateways.http.bus import BrokerUnavailable
@@ -509,7 +510,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=gateway_of(request).metrics.render(),
+    gateway = gateway_of(request)
+    text = gateway.metrics.render()
+    if gateway.config.fix_store_dir:
+        report = await asyncio.to_thread(best_execution_report, gateway.config.fix_store_dir)
+        text += prometheus_text(report)
+    return web.Response(text=text,
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Format": "prometheus-0.0.4"})
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import quickfix as fix
@@ -49,6 +50,7 @@ def serve(config: SimulatorConfig, stop: threading.Event,
     # ThreadedSocketAcceptor: SocketAcceptor.stop() of QuickFIX 1.16 closes its socket map
     # while the engine thread may still change it, and crashed (SIGSEGV) after clients left.
     acceptor = fix.ThreadedSocketAcceptor(app, store_factory, settings, log_factory)
+    _catch_up(app, consumer)
     app.sender.start()
     acceptor.start()
     log.info("simulator %s listening on %s:%d", config.sender_comp_id, config.host, config.port)
@@ -65,6 +67,21 @@ def serve(config: SimulatorConfig, stop: threading.Event,
         del acceptor, store_factory, log_factory
         store.close()
         log.info("simulator stopped")
+
+
+def _catch_up(app: SimulatorApplication, consumer: Consumer, idle_s: float = 0.5,
+              limit_s: float = 10.0) -> None:
+    """Read the market data already on the topics before taking orders, so a restarted
+    simulator does not reject orders for want of a quote. The end is when the topic has
+    been quiet for `idle_s` (high watermarks are not reliable on every broker)."""
+    deadline = time.monotonic() + limit_s
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < idle_s and time.monotonic() < deadline:
+        records = consumer.consume(num_messages=500, timeout=0.05)
+        for record in records:
+            _on_market_data(app, record)
+        if any(record.error() is None for record in records):
+            quiet_since = time.monotonic()
 
 
 def _market_data_consumer(config: SimulatorConfig) -> Consumer:

@@ -5,6 +5,11 @@ topology -> ledger.postings -> shard sink -> PostgreSQL -> GET /v1/portfolio."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import urllib.request
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -72,12 +77,25 @@ def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
         assert Decimal(portfolio["cash"]) == Decimal("10000.00") - cost
 
         _check_shard_rows(stack.endpoints()["shard_dsns"], account_id, cost)
+        _check_best_execution(stack, base)
     finally:
         code = stack.stop()
         leftovers = [p for p in stack.descendants() if p.is_running()]
     assert code == 0, "".join(stack.output)
     assert not leftovers, leftovers
     _second_up_reuses_the_shards(tmp_path / "data", account_id)
+
+
+def _check_best_execution(stack, base: str) -> None:  # noqa: ANN001
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert 'fix_orders_filled_total{market_maker="sim"} 1' in metrics, metrics[-2000:]
+    report = subprocess.run(
+        [sys.executable, "-m", "compose.cli", "report", "--json"], capture_output=True,
+        text=True, timeout=60, env={**os.environ, "BROKERAGE_DATA_DIR": str(stack.data_dir)})
+    assert report.returncode == 0, report.stderr
+    (row,) = json.loads(report.stdout)
+    assert row["market_maker"] == "sim" and row["filled"] == 1
 
 
 def _second_up_reuses_the_shards(data_dir: Path, account_id: str) -> None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from compose.shard_rebuild import rebuilt_database_name, rebuild_shard, stream_balances
+from compose.shard_rebuild import rebuild_shard, rebuilt_database_name, stream_balances
 from sinks.config import SinkConfig
 from state import ledger_accounts as la
 from state.ids import account_id_for

@@ -10,13 +10,14 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from compose.embedded import free_port
 from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
 from gateways.fix.harness import ServiceProcess, TopicReader, launch, produce, quote
 from gateways.simulator.config import SimulatorConfig
 from state.ids import account_id_for
-from state.messages import Alert, ExecType, ExecutionReport, RouteNewOrder, Side
+from state.messages import Alert, ExecType, ExecutionReport, OrderType, RouteNewOrder, Side
 from state.topics import Topic, decode
 from tests.integration.gateways.test_fix_roundtrip import new_order
 
@@ -59,6 +60,16 @@ class Link:
         for name in self.sim_configs:
             self.start_sim(name)
         self.start_gateway()
+
+    def wait_logged_on(self, sessions: int, timeout_s: float = 15) -> None:
+        """Until the gateway's log shows this many logons."""
+        assert self.gateway is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.gateway.log_tail(500).count(" logon FIX") >= sessions:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"not logged on: {self.logs()}")
 
     def send(self, orders: list[RouteNewOrder]) -> None:
         produce(self.services.bootstrap_servers, self.topics + Topic.ORDERS_ROUTE,
@@ -114,7 +125,7 @@ def test_kill9_and_restart_loses_no_report(services, topics, tmp_path: Path,
     """Either side killed mid-stream (or the simulator dropping the session every few
     reports): every order still fills exactly, and no ExecID reaches the topic twice."""
     settings: dict[str, object] = (
-        {"drop_session_every_reports": 7} if victim == "session_drops" else {})
+        {"drop_session_every_reports": 20} if victim == "session_drops" else {})
     link = Link(services, topics, tmp_path, {"sim1": settings})
     quote_aapl(link)
     link.start()
@@ -179,6 +190,7 @@ def test_silent_market_maker_trips_the_breaker(services, topics, tmp_path: Path)
     quote_aapl(link)
     link.start()
     try:
+        link.wait_logged_on(2)
         warm = orders_for("w", 2, services)  # round robin: one to each market maker
         link.send(warm)
         link.collect(lambda reports: any(r.exec_type is ExecType.TRADE for r in reports))
@@ -227,5 +239,32 @@ def test_restart_resends_what_was_not_delivered(services, topics, tmp_path: Path
         assert sorted(r.exec_id for r in again) == lost, link.logs()
         assert all(r.poss_dup for r in again)
         assert "resuming inbound at 2" in link.gateway.log_tail(200)
+    finally:
+        link.stop()
+
+
+def test_resting_order_survives_a_simulator_kill9(services, topics, tmp_path: Path) -> None:
+    """A limit order rests at the simulator, which is killed and restarted: the gateway asks
+    the order's status on logon, and the next quote that crosses fills it."""
+    link = Link(services, topics, tmp_path, {"sim1": {}})
+    quote_aapl(link)
+    link.start()
+    try:
+        [base] = orders_for("k", 1, services)
+        resting = replace(base, order_type=OrderType.LIMIT, limit_price=Decimal("209.50"),
+                          side=Side.BUY, quantity=Decimal(5))
+        link.send([resting])
+        link.collect(lambda reports: any(r.exec_type is ExecType.NEW for r in reports))
+        link.sims["sim1"].kill()
+        link.start_sim("sim1")
+        link.collect(lambda reports: any(r.exec_type is ExecType.ORDER_STATUS
+                                         for r in reports), timeout_s=20)
+        [status] = [r for r in link.reports if r.exec_type is ExecType.ORDER_STATUS]
+        assert status.leaves_qty == 5 and status.cum_qty == 0, link.logs()
+        produce(services.bootstrap_servers, topics + Topic.QUOTES,
+                [("AAPL", quote("AAPL", "209.30", "209.40"))])
+        link.collect(all_filled([resting]))
+        [fill] = [r for r in link.reports if r.exec_type is ExecType.TRADE]
+        assert (fill.last_qty, fill.last_px) == (5, Decimal("209.38"))
     finally:
         link.stop()

@@ -7,6 +7,8 @@ other tests); it is stopped and restarted on the same data directory and port.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -28,8 +30,10 @@ def _entries(dsn: str) -> int:
     return count(dsn, "SELECT count(*) FROM ledger_entries")
 
 
-def test_a_down_shard_pauses_alone_and_catches_up(services, topics, fresh_databases,
-                                                  tmp_path: Path) -> None:
+def test_a_down_shard_pauses_alone_and_catches_up(services, topics, fresh_databases) -> None:
+    # Not pytest's tmp_path: PostgreSQL runs as a user of its own, and pytest sessions of
+    # others sharing /tmp/pytest-of-<user> prune older base temp dirs while this one runs.
+    tmp_path = Path(tempfile.mkdtemp(prefix="brokerage-outage-"))
     port = free_port()
     pgdata, logs = tmp_path / "shard1", tmp_path / "logs"
     server = start_postgres("outage-shard1", pgdata, port, logs)
@@ -73,3 +77,4 @@ def test_a_down_shard_pauses_alone_and_catches_up(services, topics, fresh_databa
             assert reconcile(dsn) == []
     finally:
         server.stop()
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -7,6 +7,7 @@ import datetime as dt
 import multiprocessing
 import os
 import signal
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def test_candles_dead_letters_and_replay(services: Any, topics: str, tmp_path: P
         assert minute.open == Decimal("100.00") and minute.close == Decimal("100.58")
         assert minute.volume == 300 and minute.trades == 30
         prices = [quote(s).bid for s in range(0, 60, 2)]
-        assert minute.vwap == (sum(prices) / 30).quantize(Decimal("1E-6"))
+        assert minute.vwap == (sum(prices, Decimal(0)) / 30).quantize(Decimal("1E-6"))
 
         letters = read_topic(bootstrap, topics + "dlq.quotes", lambda r: len(r) >= 2)
         dead = [msgspec.json.decode(raw, type=DeadLetter) for _, raw in letters]
@@ -86,6 +87,13 @@ def test_candles_dead_letters_and_replay(services: Any, topics: str, tmp_path: P
         assert after[3].volume == 900  # every original once, none of the replay
         latest = cache.get("AAPL")
         assert latest is not None and latest.venue_time == T0 + dt.timedelta(seconds=300)
+        # The chart store: the closed minutes as published, then the open one.
+        deadline = time.monotonic() + 5
+        while len(stored := cache.candles("AAPL", "1m", 10)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stored[:3] == after[:3]
+        assert [c.start for c in stored[3:]] == [T0 + dt.timedelta(minutes=5)]
+        assert cache.candles("AAPL", "5m", 10)[0] == after[3]
     finally:
         if process.pid:
             os.kill(process.pid, signal.SIGTERM)

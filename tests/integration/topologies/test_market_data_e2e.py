@@ -36,7 +36,8 @@ def _run_market_data(config: MarketDataConfig) -> None:
 
 
 @contextmanager
-def service(target: Callable[[Any], None], config: Any) -> Iterator[multiprocessing.Process]:
+def service(target: Callable[[Any], None], config: Any,
+            ) -> Iterator[multiprocessing.process.BaseProcess]:
     """A service in a spawned process, stopped with SIGTERM (then killed) at the end."""
     process = multiprocessing.get_context("spawn").Process(target=target, args=(config,))
     process.start()

@@ -10,6 +10,7 @@ import pytest
 from connectors.replay import FileReplay, FileReplaySettings
 from connectors.runtime import Publish, Reject
 from connectors.validation import MALFORMED, NON_POSITIVE_PRICE, STALE, UNKNOWN_SYMBOL
+from state.messages import Quote
 from tests.unit.connectors.fakes import T0, FakeClock, play
 
 REC = dt.datetime(2024, 3, 1, 15, 0, tzinfo=dt.UTC)  # when the recording was made
@@ -39,10 +40,12 @@ def test_jsonl_at_original_pace_restamped(tmp_path: Path) -> None:
     clock = FakeClock()
     played = list(play(FileReplay(FileReplaySettings(path=str(path))), clock))
     assert [at for at, _ in played] == [0, 0.5, 2]
-    quotes = [step.message for _, step in played if isinstance(step, Publish)]
+    quotes = [step.message for _, step in played if isinstance(step, Publish)
+              and isinstance(step.message, Quote)]
     assert [q.venue_time for q in quotes] == [T0, T0 + dt.timedelta(seconds=0.5),
                                               T0 + dt.timedelta(seconds=2)]
-    assert quotes[2].last == Decimal("180.02") and quotes[2].last_size == 10  # type: ignore[union-attr]
+    third = quotes[2]
+    assert third.last == Decimal("180.02") and third.last_size == 10
 
 
 @pytest.mark.parametrize(("speed", "times"), [(4.0, [0, 0.5, 1.0]), (0.0, [0, 0, 0])])

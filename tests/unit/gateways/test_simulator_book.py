@@ -103,3 +103,40 @@ def test_status_of_a_filled_order() -> None:
     b.new_order(order())
     [status] = b.status_of("o1")
     assert status.exec_type is ExecType.ORDER_STATUS and status.cum_qty == 10
+
+
+def test_replayed_old_quote_does_not_fill_a_newer_order() -> None:
+    import datetime as dt
+
+    b = book()
+    arrived = dt.datetime(2026, 1, 2, 15, 0, tzinfo=dt.UTC)
+    b.new_order(order(kind=OrderType.LIMIT, limit_price=Decimal("209.50")), arrived)
+    old = arrived - dt.timedelta(seconds=1)
+    assert b.on_quote("AAPL", Decimal("209.30"), Decimal("209.40"), old) == []
+    later = arrived + dt.timedelta(seconds=1)
+    assert b.on_quote("AAPL", Decimal("209.30"), Decimal("209.40"), later)
+
+
+def test_unknown_status_request_is_answered_rejected() -> None:
+    [report] = book().status_of("nope", "AAPL", Side.SELL)
+    assert report.exec_type is ExecType.ORDER_STATUS and report.ord_status == OrdStatus.REJECTED
+
+
+def test_book_survives_a_restart(tmp_path) -> None:  # noqa: ANN001
+    from gateways.simulator.store import BookStore
+
+    b = book()
+    b.new_order(order("r1", kind=OrderType.LIMIT, limit_price=Decimal("209.50")))
+    b.new_order(order("c1", kind=OrderType.LIMIT, limit_price=Decimal("100")))
+    b.cancel("c1.1", "c1")
+    store = BookStore(tmp_path)
+    store.save(b.take_dirty())
+    store.close()
+    again = book()
+    store = BookStore(tmp_path)
+    again.load(store.load())
+    store.close()
+    assert again.orders["c1.1"] is again.orders["c1"]
+    assert again.orders["c1"].ord_status == OrdStatus.CANCELED
+    fills = again.on_quote("AAPL", Decimal("209.30"), Decimal("209.45"))
+    assert [(f.cl_ord_id, f.exec_id) for f in fills] == [("r1", "S-r1-2")]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from state.messages import Candle, Quote
-from topologies.market_data import fold_quote, open_candles, window_start_us
+from topologies.market_data import SymbolCandles, fold_quote, open_candles, window_start_us
 
 T0 = dt.datetime(2026, 11, 27, 14, 30, tzinfo=dt.UTC)
 D = Decimal
@@ -24,8 +23,8 @@ def quote(seconds: float, bid: str, ask: str, last: str | None = None,
 
 
 def fold_all(quotes: list[Quote], intervals: tuple[str, ...] = ("1m",),
-             ) -> tuple[dict[str, Any] | None, list[Candle]]:
-    state: dict[str, Any] | None = None
+             ) -> tuple[SymbolCandles | None, list[Candle]]:
+    state: SymbolCandles | None = None
     closed: list[Candle] = []
     for item in quotes:
         new_state, candles = fold_quote(state, item, intervals)
