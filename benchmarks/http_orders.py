@@ -7,7 +7,15 @@ The account topology is stood in for by a minimal responder process (consume ord
 produce the first OrderEvent), so the figure is the gateway's request/reply path, not the risk
 engine's; `--no-responder` measures the 202 path (produce + bounded wait) instead.
 
-Usage: python benchmarks/http_orders.py [--requests N] [--concurrency C] [--seconds S]
+`--stack` measures against the whole system instead: `brokerage up` as a child process (broker,
+PostgreSQL shards, Redis, account topology, sinks, FIX gateway, simulator, market data, quote
+feed, HTTP gateway) on free loopback ports. It logs in --users users, gives each an account and
+a deposit, waits for quotes, then times POST /v1/orders to its accept answer: limit buys far
+below the market (they rest at the simulator, so each is one funds hold and no fill). The
+per-user (gateway) and per-account (topology) limits of 10 orders/s are respected by spreading
+the load over enough users, each with one account: no limit is raised.
+
+Usage: python benchmarks/http_orders.py [--stack] [--requests N] [--concurrency C] [--seconds S]
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import datetime as dt
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -36,6 +43,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 import aiohttp  # noqa: E402
 
+from benchmarks.common import machine, percentile  # noqa: E402
 from compose.embedded import free_port, start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from gateways.http.config import HttpConfig  # noqa: E402
@@ -47,19 +55,6 @@ from state.topics import topic_specs  # noqa: E402
 SHARDS = 2
 PARTITIONS_PER_SHARD = 2
 USERS = 20
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "python": platform.python_version()}
 
 
 def _serve(config_json: bytes) -> None:
@@ -219,7 +214,7 @@ def main() -> None:
         asyncio.run(_load(base, args.warmup, args.concurrency, 30))
         result = asyncio.run(_load(base, args.requests, args.concurrency, args.seconds))
         print(json.dumps({
-            "benchmark": "http_orders", "machine": _machine(),
+            "benchmark": "http_orders", "machine": machine(),
             "setup": {"concurrency": args.concurrency, "users": USERS,
                       "responder": not args.no_responder, "shards": SHARDS,
                       "gateway_processes": 1, "reply_wait_ms": config.reply_wait_ms,

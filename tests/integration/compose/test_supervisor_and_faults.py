@@ -98,3 +98,32 @@ def test_a_bad_stack_file_names_the_field(tmp_path: Path) -> None:
                             "BROKERAGE_DATA_DIR": str(tmp_path / "data")})
     assert result.returncode == 1
     assert "shard_count" in result.stderr and str(stack_file) in result.stderr
+
+
+def test_a_broker_that_does_not_come_up_is_one_line_and_nothing_stays(tmp_path: Path) -> None:
+    env = {**_stack_env(tmp_path, free_port()), "CALF_TANSU_BIN": "/bin/false"}
+    result = _up(tmp_path, env, "--check")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("brokerage: broker: exited with code 1"), \
+        result.stderr
+    assert not _our_servers(tmp_path / "data")
+
+
+def test_a_failure_midway_stops_what_already_started(tmp_path: Path) -> None:
+    """Shard 1's data dir is in use by a server of its own: the broker, Redis and shard 0 that
+    `up` started before finding out are stopped again."""
+    from compose.embedded import start_postgres
+
+    data_dir = tmp_path / "data"
+    squatter = start_postgres("squatter", data_dir / "shard1", free_port(), tmp_path / "logs")
+    try:
+        result = _up(tmp_path, _stack_env(tmp_path, free_port()), "--check")
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "shard1" in lines[0] and "in use" in lines[0], result.stderr
+        ours = {squatter.popen.pid} | {c.pid for c in psutil.Process(squatter.popen.pid)
+                                       .children(recursive=True)}
+        assert [p for p in _our_servers(data_dir) if p.pid not in ours] == []
+    finally:
+        squatter.stop()
