@@ -172,6 +172,184 @@ async def _load(base: str, requests: int, concurrency: int, seconds: float) -> d
             "statuses": {str(k): v for k, v in sorted(statuses.items())}}
 
 
+
+# ---- --stack: the whole system --------------------------------------------------------------
+
+STACK_SYMBOL = "AAPL"
+DEPOSIT_USD = "1000000.00"
+USER_ORDERS_PER_S_MAX = 10  # the gateway's and the topology's default per-user/account limits
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: Any,
+                headers: dict[str, str]) -> tuple[int, Any]:
+    async with session.post(url, json=body, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def _stack_user(session: aiohttp.ClientSession, base: str, name: str
+                      ) -> tuple[dict[str, str], str]:
+    """A logged-in user with one account and a deposit that the topology has booked."""
+    status, token = await _post(session, f"{base}/v1/auth/token", {"user_id": name}, {})
+    assert status == 201, token
+    auth = {"Authorization": f"Bearer {token['token']}"}
+    status, account = await _post(session, f"{base}/v1/accounts", {},
+                                  {**auth, "Idempotency-Key": f"{name}-account"})
+    assert status in (200, 201), account
+    account_id = account["account_id"]
+    for _attempt in range(20):
+        status, deposit = await _post(session, f"{base}/v1/accounts/{account_id}/deposits",
+                                      {"amount": DEPOSIT_USD},
+                                      {**auth, "Idempotency-Key": f"{name}-deposit"})
+        if status in (200, 201):
+            break
+        assert status in (202, 429), deposit  # pending or over the per-user limit: again
+        await asyncio.sleep(0.5)
+    else:
+        raise RuntimeError(f"deposit for {name} not booked: {status} {deposit}")
+    return auth, account_id
+
+
+async def _stack_setup(base: str, users: int, concurrency: int
+                       ) -> tuple[list[tuple[dict[str, str], str]], str]:
+    """The users, and a limit price far below the market so that every order rests."""
+    run_id = uuid.uuid4().hex[:6]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(index: int) -> tuple[dict[str, str], str]:
+            async with gate:
+                return await _stack_user(s, base, f"bench-{run_id}-{index}")
+
+        made = await asyncio.gather(*(one(i) for i in range(users)))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            async with s.get(f"{base}/v1/quotes?symbols={STACK_SYMBOL}",
+                             headers=made[0][0]) as response:
+                quotes = (await response.json()).get("quotes") or {}
+            if quotes:
+                break
+            await asyncio.sleep(0.5)
+        else:
+            raise RuntimeError(f"no quote for {STACK_SYMBOL} within 60 s")
+    quote = quotes[STACK_SYMBOL] if isinstance(quotes, dict) else quotes[0]
+    limit_price = (Decimal(quote["bid"]) / 2).quantize(Decimal("0.01"))
+    return list(made), str(limit_price)
+
+
+async def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
+                      requests: int, concurrency: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    run_id = uuid.uuid4().hex[:8]
+    counter = iter(range(requests))
+    deadline = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> None:
+            for index in counter:
+                if time.monotonic() > deadline:
+                    return
+                auth, account_id = users[index % len(users)]
+                body = {"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
+                        "order_type": "limit", "quantity": "1", "limit_price": limit_price,
+                        "time_in_force": "day"}
+                headers = {**auth, "Idempotency-Key": f"{run_id}-{index}"}
+                started = time.perf_counter()
+                async with session.post(f"{base}/v1/orders", json=body,
+                                        headers=headers) as response:
+                    await response.read()
+                    statuses[response.status] += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
+            "requests_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "max_ms": round(max(latencies) * 1000, 2),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def _process_cpu_s(stack: Any) -> dict[str, float]:
+    """CPU seconds per service of the stack so far (user + system), by command line."""
+    import psutil
+
+    totals: Counter[str] = Counter()
+    for process in [psutil.Process(stack.popen.pid), *stack.descendants()]:
+        try:
+            cmdline = process.cmdline()
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        name = _service_name(cmdline)
+        totals[name] += times.user + times.system
+    return {name: round(value, 2) for name, value in sorted(totals.items())}
+
+
+def _service_name(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if "compose.child" in text and len(cmdline) > cmdline.index("compose.child") + 1:
+        return cmdline[cmdline.index("compose.child") + 1]
+    for marker in ("tansu", "postgres", "redis-server"):
+        if marker in text:
+            return marker
+    return "brokerage-up" if "compose.cli" in text else (cmdline[0] if cmdline else "?")
+
+
+def run_stack(args: argparse.Namespace) -> dict[str, Any]:
+    from tests.integration.compose.stack_process import start_stack
+
+    users_needed = -(-args.target_per_s // USER_ORDERS_PER_S_MAX) * 2
+    users_count = max(args.users, users_needed)
+    root = Path(tempfile.mkdtemp(prefix="bench-http-stack-"))
+    stack = start_stack(root / "data")
+    try:
+        banner = stack.read_until("healthy", timeout_s=180)
+        base = stack.base_url
+        setup_started = time.monotonic()
+        users, limit_price = asyncio.run(_stack_setup(base, users_count, args.concurrency))
+        setup_s = time.monotonic() - setup_started
+        asyncio.run(_stack_load(base, users, limit_price, args.warmup, args.concurrency, 30))
+        cpu_before = _process_cpu_s(stack)
+        result = asyncio.run(_stack_load(base, users, limit_price, args.requests,
+                                         args.concurrency, args.seconds))
+        cpu_after = _process_cpu_s(stack)
+        cpu = {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2)
+               for name in cpu_after}
+        return {
+            "benchmark": "http_orders", "mode": "stack", "machine": machine(),
+            "setup": {
+                "stack": "brokerage up, embedded default (2 shards x 2 partitions, "
+                         "exactly-once account topology, 50 ms commit interval)",
+                "services": [line.split()[0] for line in banner.splitlines()
+                             if line.startswith("  ")],
+                "concurrency": args.concurrency, "users": users_count,
+                "accounts_per_user": 1, "deposit_usd": DEPOSIT_USD,
+                "order": f"limit buy 1 {STACK_SYMBOL} @ {limit_price} (half the bid: it "
+                         "rests), time_in_force day",
+                "answer": "201 = the account topology's first answering event "
+                          "(funds_held) within reply_wait_ms; 202 = none within it",
+                "limits": "defaults, none raised: 10 orders/s per user (gateway) and per "
+                          "account (topology); the load is spread round-robin over the users",
+                "users_setup_s": round(setup_s, 1),
+                "load_generator": "this process, aiohttp, one event loop",
+                "note": "the machine is shared with other engineers' benchmarks: see "
+                        "machine.load_average_1m"},
+            "post_orders": result,
+            "cpu_s_during_load": cpu,
+        }
+    finally:
+        code = stack.stop()
+        if code != 0:
+            print(f"brokerage up exited {code}:\n{''.join(stack.output)[-3000:]}",
+                  file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -179,7 +357,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="upper bound on the load")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--no-responder", action="store_true")
+    parser.add_argument("--stack", action="store_true",
+                        help="measure against `brokerage up` (the whole system)")
+    parser.add_argument("--users", type=int, default=200, help="--stack: users (1 account each)")
+    parser.add_argument("--target-per-s", type=int, default=1000,
+                        help="--stack: at least 2x this / 10 users, to stay under the limits")
     args = parser.parse_args()
+    if args.stack:
+        print(json.dumps(run_stack(args), indent=2))
+        return
     context = multiprocessing.get_context("spawn")
     data_dir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     servers = start_embedded_servers(data_dir, SHARDS)

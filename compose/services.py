@@ -63,8 +63,8 @@ def _accounts(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Servi
 
 def _market_data(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
     kafka = {**_kafka(stack, endpoints), "extra": stack.kafka.extra}
-    config = {"kafka": kafka, "state_dir": str(data_dir / "state" / "market-data"),
-              "redis_url": endpoints.redis_url}
+    config = {"kafka": kafka, "redis_url": endpoints.redis_url,
+              "processes": stack.market_data.processes}
     return ServiceSpec("market-data", "topologies.config:MarketDataConfig",
                        "topologies.market_data:run", config)
 
@@ -110,7 +110,8 @@ def _connectors(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Ser
     directory = stack.connectors.dir or str(Path(__file__).parent.parent / "connectors"
                                            / "examples")
     configs = [msgspec.to_builtins(c) for c in load_connector_dir(directory)]
-    config = {**_kafka(stack, endpoints), "connectors": configs}
+    config = {**_kafka(stack, endpoints), "connectors": configs,
+              "hot_symbols": stack.market_data.hot_symbols}
     return ServiceSpec("connectors", "connectors.config:ConnectorsConfig",
                        "connectors.service:run", config)
 

@@ -87,6 +87,12 @@ class ConnectorsSection(_Section, frozen=True, kw_only=True):
     dir: str = ""  # empty = the examples shipped with the package
 
 
+class MarketDataSection(_Section, frozen=True, kw_only=True):
+    # Hot symbols (the meme-stock case) get a partition of `quotes` to themselves.
+    hot_symbols: dict[str, int] = {}
+    processes: int = 1  # market-data workers in one consumer group
+
+
 class StackConfig(_Section, frozen=True, kw_only=True):
     stack: StackSection = StackSection()
     kafka: KafkaSection = KafkaSection()
@@ -95,6 +101,7 @@ class StackConfig(_Section, frozen=True, kw_only=True):
     http: HttpSection = HttpSection()
     accounts: AccountsSection = AccountsSection()
     connectors: ConnectorsSection = ConnectorsSection()
+    market_data: MarketDataSection = MarketDataSection()
     market_makers: tuple[MarketMakerSection, ...] = (
         MarketMakerSection(name="sim", port=9878, target_comp_id="MM1", simulator=True),
     )
