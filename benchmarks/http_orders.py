@@ -275,10 +275,13 @@ async def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_
 
 
 def _process_cpu_s(stack: Any) -> dict[str, float]:
-    """CPU seconds per service of the stack so far (user + system), by command line."""
+    """CPU seconds per service of the stack so far (user + system), by command line, and this
+    process's (the load generator)."""
     import psutil
 
     totals: Counter[str] = Counter()
+    own = psutil.Process().cpu_times()
+    totals["load-generator"] = own.user + own.system
     for process in [psutil.Process(stack.popen.pid), *stack.descendants()]:
         try:
             cmdline = process.cmdline()
@@ -300,15 +303,35 @@ def _service_name(cmdline: list[str]) -> str:
     return "brokerage-up" if "compose.cli" in text else (cmdline[0] if cmdline else "?")
 
 
-def run_stack(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.integration.compose.stack_process import start_stack
+def _start_stack(root: Path, guarantee: str, commit_interval_s: float) -> Any:
+    """`brokerage up` as tests/integration/compose/stack_process.start_stack runs it, with the
+    account topology's processing guarantee and commit interval set in the stack file."""
+    import subprocess
 
+    from tests.integration.compose.stack_process import StackProcess, write_stack_file
+
+    data_dir = root / "data"
+    stack_file = write_stack_file(root / "stack.toml", free_port())
+    with stack_file.open("a") as out:
+        out.write(f'\n[accounts]\nprocessing_guarantee = "{guarantee}"\n'
+                  f"commit_interval_s = {commit_interval_s}\n")
+    http_port = free_port()
+    env = {**os.environ, "BROKERAGE_DATA_DIR": str(data_dir),
+           "BROKERAGE_HTTP_PORT": str(http_port), "BROKERAGE_STACK": str(stack_file),
+           "PYTHONUNBUFFERED": "1"}
+    popen = subprocess.Popen([sys.executable, "-m", "compose.cli", "up"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, stdin=subprocess.DEVNULL)
+    return StackProcess(data_dir, http_port, popen), stack_file.read_text()
+
+
+def run_stack(args: argparse.Namespace) -> dict[str, Any]:
     users_needed = -(-args.target_per_s // USER_ORDERS_PER_S_MAX) * 2
     users_count = max(args.users, users_needed)
     root = Path(tempfile.mkdtemp(prefix="bench-http-stack-"))
-    stack = start_stack(root / "data")
+    stack, stack_toml = _start_stack(root, args.processing_guarantee, args.commit_interval_s)
     try:
-        banner = stack.read_until("healthy", timeout_s=180)
+        stack.read_until("healthy", timeout_s=180)
         base = stack.base_url
         setup_started = time.monotonic()
         users, limit_price = asyncio.run(_stack_setup(base, users_count, args.concurrency))
@@ -323,10 +346,11 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
         return {
             "benchmark": "http_orders", "mode": "stack", "machine": machine(),
             "setup": {
-                "stack": "brokerage up, embedded default (2 shards x 2 partitions, "
-                         "exactly-once account topology, 50 ms commit interval)",
-                "services": [line.split()[0] for line in banner.splitlines()
-                             if line.startswith("  ")],
+                "stack": "brokerage up, embedded servers, every service (2 shards x 2 "
+                         "partitions); the stack file's settings below",
+                "stack_file": stack_toml,
+                "account_topology": {"processing_guarantee": args.processing_guarantee,
+                                     "commit_interval_s": args.commit_interval_s},
                 "concurrency": args.concurrency, "users": users_count,
                 "accounts_per_user": 1, "deposit_usd": DEPOSIT_USD,
                 "order": f"limit buy 1 {STACK_SYMBOL} @ {limit_price} (half the bid: it "
@@ -362,6 +386,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200, help="--stack: users (1 account each)")
     parser.add_argument("--target-per-s", type=int, default=1000,
                         help="--stack: at least 2x this / 10 users, to stay under the limits")
+    parser.add_argument("--processing-guarantee", default="exactly-once",
+                        choices=("exactly-once", "at-least-once"),
+                        help="--stack: the account topology's, set in the stack file")
+    parser.add_argument("--commit-interval-s", type=float, default=0.05,
+                        help="--stack: the account topology's, set in the stack file")
     args = parser.parse_args()
     if args.stack:
         print(json.dumps(run_stack(args), indent=2))

@@ -143,6 +143,15 @@ def cmd_report(stack: StackConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_expire(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.day_end import expire_day_orders
+
+    endpoints = _running_endpoints(stack)
+    expire_day_orders(endpoints["bootstrap_servers"], stack.stack.topic_prefix,
+                      endpoints["shard_dsns"], args.date, _print)
+    return 0
+
+
 def cmd_init(stack: StackConfig, args: argparse.Namespace) -> int:
     """Create topics and migrate shards on external servers (a deployment's one-shot job)."""
     from compose.kafka import create_topics
@@ -245,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
         status.add_argument("symbol")
         status.add_argument("--reason", default=None)
         status.set_defaults(handler=cmd_market_status)
+
+    expire = commands.add_parser(
+        "expire", help="day end: expire every account's open day orders and release holds")
+    expire.add_argument("--date", type=dt.date.fromisoformat,
+                        default=dt.datetime.now(dt.UTC).date(),
+                        help="trading day (YYYY-MM-DD); default today (UTC)")
+    expire.set_defaults(handler=cmd_expire)
 
     report = commands.add_parser(
         "report", help="best-execution figures per market maker (fill rate, price "

@@ -78,6 +78,7 @@ def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
 
         _check_shard_rows(stack.endpoints()["shard_dsns"], account_id, cost)
         _check_best_execution(stack, base)
+        _day_end_expires_resting_orders(stack, base, token, account_id)
     finally:
         code = stack.stop()
         leftovers = [p for p in stack.descendants() if p.is_running()]
@@ -96,6 +97,30 @@ def _check_best_execution(stack, base: str) -> None:  # noqa: ANN001
     assert report.returncode == 0, report.stderr
     (row,) = json.loads(report.stdout)
     assert row["market_maker"] == "sim" and row["filled"] == 1
+
+
+def _day_end_expires_resting_orders(stack, base: str, token: str,  # noqa: ANN001
+                                     account_id: str) -> None:
+    body = {"account_id": account_id, "symbol": "AAPL", "side": "buy", "order_type": "limit",
+            "quantity": "5", "limit_price": "1.00", "time_in_force": "day"}
+    status, order = http("POST", f"{base}/v1/orders", body, token, {"Idempotency-Key": "rest"})
+    assert status in (200, 201, 202), order
+
+    def state_of(order_id: str) -> str | None:
+        code, found = http("GET", f"{base}/v1/orders/{order_id}?account_id={account_id}",
+                           token=token)
+        return found.get("state") if code == 200 else None
+
+    eventually(lambda: state_of(order["order_id"]) == "routed", timeout_s=30)
+    held = http("GET", f"{base}/v1/portfolio?account_id={account_id}", token=token)[1]
+    assert Decimal(held["cash_held"]) == Decimal("5.00")
+    result = subprocess.run(
+        [sys.executable, "-m", "compose.cli", "expire"], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "BROKERAGE_DATA_DIR": str(stack.data_dir)})
+    assert result.returncode == 0, result.stderr
+    eventually(lambda: state_of(order["order_id"]) == "expired", timeout_s=30)
+    eventually(lambda: Decimal(http("GET", f"{base}/v1/portfolio?account_id={account_id}",
+                                    token=token)[1]["cash_held"]) == 0, timeout_s=30)
 
 
 def _second_up_reuses_the_shards(data_dir: Path, account_id: str) -> None:
