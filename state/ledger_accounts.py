@@ -11,6 +11,8 @@ System accounts (contra sides):
 - `bank:ach` (USD): money in and out over ACH (deposits, returns).
 - `bank:withdrawals` (USD): money on its way out to the user's bank.
 - `clearing:<market_maker>` (USD and symbols): what we owe and are owed for trades.
+- `custody:dtc` (symbols): shares delivered to (or from) our custody at settlement.
+- `bank:settlement` (USD): cash paid to (or received from) market makers at settlement.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 USD = "USD"
 BANK_ACH = "bank:ach"
 BANK_WITHDRAWALS = "bank:withdrawals"
+BANK_SETTLEMENT = "bank:settlement"
+CUSTODY = "custody:dtc"
 
 CASH = "cash"
 CASH_HELD = "cash_held"

@@ -64,7 +64,11 @@ class ExecType(StrEnum):
     REJECTED = "rejected"
     EXPIRED = "expired"
     ORDER_STATUS = "order_status"  # answer to a status request
-    CANCEL_REJECTED = "cancel_rejected"  # OrderCancelReject
+    CANCEL_REJECTED = "cancel_rejected"  # OrderCancelReject (of a cancel or a replace)
+    REPLACED = "replaced"  # a cancel/replace took effect: new quantity and prices
+    # The gateway asked the market maker to cancel an order it got no answer for: the order
+    # waits for a fill or a confirmed cancel, its funds still held.
+    PENDING_CANCEL = "pending_cancel"
 
 
 class SymbolStatus(StrEnum):
@@ -142,6 +146,34 @@ class AchReturn(Message, frozen=True, tag="ach_return"):
     v: int = 1
 
 
+class ReplaceOrder(Message, frozen=True, tag="replace_order"):
+    """Change an open order's quantity and/or prices (FIX OrderCancelReplaceRequest).
+    Fields left out keep their values. Extra funds are held before the request is routed;
+    funds freed by the change are released only when the market maker confirms it."""
+
+    account_id: AccountId
+    idempotency_key: IdempotencyKey
+    order_id: str
+    submitted_at: dt.datetime
+    quantity: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    user_id: str | None = None
+    v: int = 1
+
+
+class SettleTrades(Message, frozen=True, tag="settle_trades"):
+    """T+1 settlement: the account's trades of the business day before `settle_date` settle
+    (unsettled shares become settled; clearing balances move to custody and the settlement
+    bank). `idempotency_key` names the date (e.g. `settle-2026-11-30`)."""
+
+    account_id: AccountId
+    idempotency_key: IdempotencyKey
+    settle_date: dt.date
+    submitted_at: dt.datetime
+    v: int = 1
+
+
 class ExpireOrders(Message, frozen=True, tag="expire_orders"):
     """Day end: every open `day` order of the account expires and its hold is released.
     `idempotency_key` names the trading day (e.g. `eod-2026-11-27`)."""
@@ -153,7 +185,8 @@ class ExpireOrders(Message, frozen=True, tag="expire_orders"):
     v: int = 1
 
 
-Command = PlaceOrder | CancelOrder | Deposit | Withdraw | AchReturn | ExpireOrders
+Command = (PlaceOrder | CancelOrder | ReplaceOrder | Deposit | Withdraw | AchReturn
+           | ExpireOrders | SettleTrades)
 
 
 # ---- orders.route (key: account_id) ----------------------------------------------------
@@ -187,6 +220,24 @@ class RouteCancel(Message, frozen=True, tag="cancel_request"):
     v: int = 1
 
 
+class RouteReplace(Message, frozen=True, tag="replace_request"):
+    """FIX OrderCancelReplaceRequest: the order's full new terms under a new ClOrdID."""
+
+    account_id: AccountId
+    order_id: str
+    cl_ord_id: str
+    orig_cl_ord_id: str
+    symbol: Symbol
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    time_in_force: TimeInForce
+    routed_at: dt.datetime
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    v: int = 1
+
+
 class RouteStatusRequest(Message, frozen=True, tag="status_request"):
     account_id: AccountId
     order_id: str
@@ -197,7 +248,7 @@ class RouteStatusRequest(Message, frozen=True, tag="status_request"):
     v: int = 1
 
 
-RouteRequest = RouteNewOrder | RouteCancel | RouteStatusRequest
+RouteRequest = RouteNewOrder | RouteCancel | RouteReplace | RouteStatusRequest
 
 
 # ---- executions (key: account_id) ------------------------------------------------------

@@ -10,9 +10,17 @@ The ledger protects itself, whatever client writes to it:
   check on `ledger_entries` (set-based, so batched writes stay fast) refuses any statement that
   leaves a touched transaction unbalanced (including a leg added later to an old transaction),
   and a deferred constraint trigger on `ledger_transactions` refuses to commit a transaction
-  header whose entries are missing or unbalanced (checked once per commit, set-based, over
-  the headers that database transaction inserted). A transaction's legs therefore go in with
-  one INSERT statement, in the same database transaction as its header.
+  header whose entries are missing (checked once per commit, set-based, over the headers that
+  database transaction inserted). A transaction's legs therefore go in with one INSERT
+  statement, in the same database transaction as its header.
+
+  Since version 2 the statement check sums only the rows the statement inserts, per
+  transaction and asset (a hash aggregate over the transition table, no index probe per
+  transaction). That is the same guarantee: entries are append-only, so by induction every
+  transaction balanced before the statement, and it balances after it exactly when the
+  statement's own legs of it sum to zero; a late leg of an old transaction is refused unless
+  it comes with legs that cancel it. For the same reason the commit check only looks for
+  headers without entries.
 """
 
 from __future__ import annotations
@@ -249,8 +257,47 @@ CREATE CONSTRAINT TRIGGER ledger_transactions_balance
     FOR EACH ROW EXECUTE FUNCTION check_transaction_balance();
 """
 
+_V2_CHEAPER_CHECKS = """
+CREATE OR REPLACE FUNCTION check_entries_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT txn_id, asset, sum(amount) AS total INTO bad
+      FROM new_rows GROUP BY txn_id, asset HAVING sum(amount) <> 0
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ledger transaction % does not balance: % sums to %',
+            bad.txn_id, bad.asset, bad.total USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION check_transaction_balance() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    bad text;
+BEGIN
+    IF current_setting('brokerage.ledger_checked', true) = 'yes' THEN
+        RETURN NULL;
+    END IF;
+    SELECT t.txn_id INTO bad
+      FROM ledger_transactions t
+     WHERE t.ledger_seq >= coalesce(
+               nullif(current_setting('brokerage.ledger_seq_min', true), '')::bigint,
+               NEW.ledger_seq)
+       AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.txn_id = t.txn_id)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'ledger transaction % has no entries', bad
+            USING ERRCODE = 'check_violation';
+    END IF;
+    PERFORM set_config('brokerage.ledger_checked', 'yes', true);
+    RETURN NULL;
+END $$;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, orders, audit, balances, positions", _V1_TABLES + _V1_TRIGGERS),
+    Migration(2, "balance checks over the inserted rows only", _V2_CHEAPER_CHECKS),
 )
 
 # One advisory lock key for migrations, so that concurrent `migrate` calls serialise.

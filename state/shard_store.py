@@ -39,6 +39,7 @@ COST_QUANTUM = Decimal("0.000001")  # cost basis keeps 6 places: average cost is
 SHARE_BUCKETS = (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)
 CASH_BUCKETS = (la.CASH, la.CASH_HELD)
 CONNECT_TIMEOUT_S = 3
+COPY_PIECE_POSTINGS = 500  # about 50 KB of COPY text: above psycopg's 32 KB send buffer
 _T = TypeVar("_T")
 
 
@@ -305,11 +306,16 @@ def _copy_ledger(conn: psycopg.Connection, txn_table: str, entry_table: str,
     entry_copy = sql.SQL(
         "COPY {} (txn_id, leg, ledger_account, asset, amount, account_id, occurred_at) "
         "FROM STDIN").format(sql.Identifier(entry_table))
+    # In pieces, so that the server parses one piece while the next is formatted here.
+    pieces = [postings[first:first + COPY_PIECE_POSTINGS]
+              for first in range(0, len(postings), COPY_PIECE_POSTINGS)]
     with conn.cursor() as cur:
         with cur.copy(txn_copy) as copy:
-            copy.write(transaction_copy_lines(postings, sources))
+            for piece in pieces:
+                copy.write(transaction_copy_lines(piece, sources))
         with cur.copy(entry_copy) as copy:
-            copy.write(entry_copy_lines(postings))
+            for piece in pieces:
+                copy.write(entry_copy_lines(piece))
 
 
 def _move_balances(conn: psycopg.Connection, postings: Sequence[LedgerTransaction]) -> None:

@@ -30,6 +30,7 @@ from state.messages import (
     Quote,
     RouteCancel,
     RouteNewOrder,
+    RouteReplace,
     RouteRequest,
     RouteStatusRequest,
 )
@@ -73,6 +74,7 @@ _ENCODER = msgspec.json.Encoder()
 _OUTPUT_TOPIC: dict[type, Topic] = {
     RouteNewOrder: Topic.ORDERS_ROUTE,
     RouteCancel: Topic.ORDERS_ROUTE,
+    RouteReplace: Topic.ORDERS_ROUTE,
     RouteStatusRequest: Topic.ORDERS_ROUTE,
     OrderEvent: Topic.ORDERS_EVENTS,
     CommandAccepted: Topic.ORDERS_EVENTS,

@@ -25,6 +25,10 @@ from state.exceptions import StoreError
 from state.topics import Topic
 
 _START_TIMEOUT_S = 15.0
+# Redis is one thread: more connections than this add no throughput, only the chance of
+# redis-py's "Too many connections" (a 503) under a burst. Past it a request waits its turn.
+REDIS_CONNECTIONS_MAX = 64
+_REDIS_WAIT_S = 2.0
 # The single-page web app (plain HTML, CSS and JS modules, no build step). Served at / and
 # /static/; not API surface, so not in the route table nor the OpenAPI document.
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
@@ -76,14 +80,16 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     closers: list[Callable[[], Any]] = []
     try:
-        gateway.redis = aioredis.Redis.from_url(config.redis_url, socket_timeout=2,
-                                                socket_connect_timeout=2)
+        gateway.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
+            config.redis_url, max_connections=REDIS_CONNECTIONS_MAX, timeout=_REDIS_WAIT_S,
+            socket_timeout=2, socket_connect_timeout=2))
         closers.append(gateway.redis.aclose)
         gateway.limiter = RateLimiter(gateway.redis, config.redis_key_prefix)
         gateway.idempotency = IdempotencyRecords(gateway.redis, config.redis_key_prefix,
                                                  config.idempotency_ttl_s)
-        gateway.quotes = AsyncQuoteCache(config.redis_url, config.redis_key_prefix)
-        closers.append(gateway.quotes.close)
+        quote_cache = AsyncQuoteCache(config.redis_url, config.redis_key_prefix)
+        closers.append(quote_cache.close)
+        gateway.quotes = BoundedQuotes(quote_cache, REDIS_CONNECTIONS_MAX)
         gateway.router = ShardRouter(len(config.shard_dsns), config.partitions_per_shard)
         reader = ShardReader(config.shard_dsns, config.partitions_per_shard)
         await reader.open()
@@ -106,6 +112,27 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
             result = close()
             if asyncio.isfuture(result) or asyncio.iscoroutine(result):
                 await result
+
+
+class BoundedQuotes:
+    """The quote cache with at most `concurrency` reads in flight: its connection pool fails a
+    read past its size rather than queueing it, and a burst of orders must queue, not fail."""
+
+    def __init__(self, cache: Any, concurrency: int) -> None:
+        self._cache = cache
+        self._gate = asyncio.Semaphore(concurrency)
+
+    async def get_many(self, symbols: Any) -> Any:
+        async with self._gate:
+            return await self._cache.get_many(symbols)
+
+    async def get(self, symbol: str) -> Any:
+        async with self._gate:
+            return await self._cache.get(symbol)
+
+    async def candles(self, symbol: str, interval: str, limit: int) -> Any:
+        async with self._gate:
+            return await self._cache.candles(symbol, interval, limit)
 
 
 def _register_gauges(gateway: Gateway) -> None:
