@@ -152,6 +152,22 @@ def cmd_expire(stack: StackConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(stack: StackConfig, args: argparse.Namespace) -> int:
+    """JSON Schema of every topic's payloads, generated from the message classes."""
+    from state.schemas import all_schemas
+
+    schemas = all_schemas()
+    if args.out is None:
+        _print(json.dumps(schemas, indent=2, sort_keys=True))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for topic, schema in schemas.items():
+        (args.out / f"{topic}.schema.json").write_text(json.dumps(schema, indent=2,
+                                                                  sort_keys=True) + "\n")
+    _print(f"{len(schemas)} schemas written to {args.out}")
+    return 0
+
+
 def cmd_init(stack: StackConfig, args: argparse.Namespace) -> int:
     """Create topics and migrate shards on external servers (a deployment's one-shot job)."""
     from compose.kafka import create_topics
@@ -254,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
         status.add_argument("symbol")
         status.add_argument("--reason", default=None)
         status.set_defaults(handler=cmd_market_status)
+
+    schemas = commands.add_parser(
+        "schemas", help="print (or write, one file per topic) the JSON Schema of every topic")
+    schemas.add_argument("--out", type=Path, default=None, help="directory to write into")
+    schemas.set_defaults(handler=cmd_schemas)
 
     expire = commands.add_parser(
         "expire", help="day end: expire every account's open day orders and release holds")
