@@ -293,6 +293,25 @@ def _process_cpu_s(stack: Any) -> dict[str, float]:
     return {name: round(value, 2) for name, value in sorted(totals.items())}
 
 
+def _profile(stack: Any, output: str | None, seconds: float) -> Any:
+    """py-spy on the HTTP gateway's process during the load (collapsed stacks), if asked."""
+    import subprocess
+
+    if not output:
+        return None
+    for process in stack.descendants():
+        try:
+            if _service_name(process.cmdline()) == "http":
+                return subprocess.Popen(
+                    [shutil.which("py-spy") or "py-spy", "record", "--pid", str(process.pid),
+                     "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
+                     "--nonblocking", "--output", output],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except Exception:  # noqa: BLE001 - a process that ended is not one to profile
+            continue
+    raise RuntimeError("no http service among the stack's processes")
+
+
 def _service_name(cmdline: list[str]) -> str:
     text = " ".join(cmdline)
     if "compose.child" in text and len(cmdline) > cmdline.index("compose.child") + 1:
@@ -338,9 +357,12 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
         setup_s = time.monotonic() - setup_started
         asyncio.run(_stack_load(base, users, limit_price, args.warmup, args.concurrency, 30))
         cpu_before = _process_cpu_s(stack)
+        profiler = _profile(stack, args.profile_gateway, args.seconds)
         result = asyncio.run(_stack_load(base, users, limit_price, args.requests,
                                          args.concurrency, args.seconds))
         cpu_after = _process_cpu_s(stack)
+        if profiler is not None:
+            profiler.wait(args.seconds + 30)
         cpu = {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2)
                for name in cpu_after}
         return {
@@ -391,6 +413,9 @@ def main() -> None:
                         help="--stack: the account topology's, set in the stack file")
     parser.add_argument("--commit-interval-s", type=float, default=0.05,
                         help="--stack: the account topology's, set in the stack file")
+    parser.add_argument("--profile-gateway", metavar="PATH",
+                        help="--stack: py-spy the HTTP gateway during the load (collapsed "
+                             "stacks to PATH)")
     args = parser.parse_args()
     if args.stack:
         print(json.dumps(run_stack(args), indent=2))

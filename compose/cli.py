@@ -152,6 +152,15 @@ def cmd_expire(stack: StackConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settle(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.settlement import settle
+
+    endpoints = _running_endpoints(stack)
+    settle(endpoints["bootstrap_servers"], stack.stack.topic_prefix, endpoints["shard_dsns"],
+           args.date, _print)
+    return 0
+
+
 def cmd_schemas(stack: StackConfig, args: argparse.Namespace) -> int:
     """JSON Schema of every topic's payloads, generated from the message classes."""
     from state.schemas import all_schemas
@@ -282,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
                         default=dt.datetime.now(dt.UTC).date(),
                         help="trading day (YYYY-MM-DD); default today (UTC)")
     expire.set_defaults(handler=cmd_expire)
+
+    settle = commands.add_parser(
+        "settle", help="T+1 settlement: settle every account's trades of the business day "
+        "before --date and print the netting per market maker and symbol")
+    settle.add_argument("--date", type=dt.date.fromisoformat,
+                        default=dt.datetime.now(dt.UTC).date(),
+                        help="settlement date (YYYY-MM-DD, a business day); default today "
+                        "(UTC); holidays are not modelled")
+    settle.set_defaults(handler=cmd_settle)
 
     report = commands.add_parser(
         "report", help="best-execution figures per market maker (fill rate, price "

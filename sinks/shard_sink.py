@@ -6,6 +6,13 @@ the consumer and seeks back to the last committed offsets, and the same records 
 again once the shard answers. Writes are idempotent by txn_id / event_id, so nothing is lost
 and nothing is written twice.
 
+Writes overlap reading: every `batch_size_max` records, the records added so far are decoded
+and handed to one writer thread, which lands them while Quix goes on reading (the database
+works while this process decodes, and the other way round). `flush`, at each checkpoint,
+hands off the rest and waits for every write to finish before Quix commits the offsets, so
+no offset is committed for a record that has not landed. One thread writes, in hand-off
+order, so each partition's records land in offset order.
+
 The worker is assigned only its shard's partitions (`sinks.service.OwnPartitionsApplication`).
 Malformed records, and records whose account is not this shard's (their producer did not
 partition by account), go to `dlq.<topic>` and processing continues.
@@ -13,10 +20,12 @@ partition by account), go to `dlq.<topic>` and processing continues.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +81,11 @@ class ShardSink(BatchingSink):
         self._clock = clock
         self._conn: psycopg.Connection | None = None
         self._partitions = frozenset(router.partitions_of_shard(shard))
+        self._added = 0  # records in self._batches
+        self._writer = ThreadPoolExecutor(max_workers=1,
+                                          thread_name_prefix=f"shard{shard}-writer")
+        self._writes: list[Future[None]] = []
+        self._write_failed = False  # a write of this checkpoint failed: skip the others
         self.stats = SinkStats()
 
     # -- Quix hooks ------------------------------------------------------------------------
@@ -88,24 +102,55 @@ class ShardSink(BatchingSink):
         if partition not in self._partitions:
             return  # not assigned to this worker (see OwnPartitionsApplication): never here
         super().add(value, key, timestamp, headers, topic, partition, offset)
+        self._added += 1
+        if self._added >= self._batch_size_max:
+            self._hand_off()
 
     def write(self, batch: SinkBatch) -> None:
         """One topic partition's batch (Quix's unit); `flush` lands all of them at once."""
-        self._land([batch])
-
-    def flush(self) -> None:
-        # Every partition's batch of this checkpoint in one database transaction (chunked by
-        # batch_size_max), rather than one transaction per partition.
-        try:
-            self._land(list(self._batches.values()))
-        finally:
-            self._batches.clear()
-
-    def _land(self, batches: list[SinkBatch]) -> None:
-        decoded = self._decode(batches)
+        decoded = self._decode([batch])
         if decoded.size():
             self._write(decoded)
         self._flush_dead_letters()
+
+    def flush(self) -> None:
+        """Hand off what is left and wait for every write of this checkpoint: Quix commits
+        the offsets when this returns. A failed write (SinkBackpressureError for a shard that
+        is down) is raised here; Quix then seeks back to the committed offsets and the
+        records come again (the writes are idempotent)."""
+        try:
+            self._hand_off()
+            self._wait_for_writes()
+        finally:
+            self._batches.clear()
+            self._added = 0
+        self._flush_dead_letters()
+
+    def on_paused(self) -> None:
+        super().on_paused()
+        self._added = 0
+        with contextlib.suppress(Exception):  # already reported by flush
+            self._wait_for_writes()
+
+    def _hand_off(self) -> None:
+        batches = list(self._batches.values())
+        self._batches.clear()
+        self._added = 0
+        decoded = self._decode(batches)
+        if decoded.size():
+            self._writes.append(self._writer.submit(self._write_unless_failed, decoded))
+
+    def _wait_for_writes(self) -> None:
+        writes, self._writes = self._writes, []
+        failure: BaseException | None = None
+        for write in writes:
+            try:
+                write.result()
+            except BaseException as error:  # noqa: BLE001 - the first one is raised below
+                failure = failure or error
+        self._write_failed = False
+        if failure is not None:
+            raise failure
 
     # -- routing and decoding ----------------------------------------------------------------
 
@@ -131,6 +176,17 @@ class ShardSink(BatchingSink):
             migrate(self._dsn)  # a fresh (or rebuilt) shard gets its schema first
             self._conn = connect(self._dsn)
         return self._conn
+
+    def _write_unless_failed(self, decoded: ShardBatch) -> None:
+        """In the writer thread. After a failure the rest of the checkpoint's records are
+        skipped: they come again after Quix seeks back."""
+        if self._write_failed:
+            return
+        try:
+            self._write(decoded)
+        except BaseException:
+            self._write_failed = True
+            raise
 
     def _write(self, decoded: ShardBatch) -> None:
         started = time.perf_counter()
@@ -162,6 +218,9 @@ class ShardSink(BatchingSink):
         self._conn = None
 
     def close(self) -> None:
+        with contextlib.suppress(Exception):  # stopping: the offsets of these never commit
+            self._wait_for_writes()
+        self._writer.shutdown(wait=True)
         self._drop_connection()
 
     # -- dead letters ------------------------------------------------------------------------

@@ -20,7 +20,8 @@ The ledger protects itself, whatever client writes to it:
   transaction balanced before the statement, and it balances after it exactly when the
   statement's own legs of it sum to zero; a late leg of an old transaction is refused unless
   it comes with legs that cancel it. For the same reason the commit check only looks for
-  headers without entries.
+  headers without entries; and it is queued once per database transaction rather than once
+  per header (it always checked all of the transaction's headers in its first firing).
 """
 
 from __future__ import annotations
@@ -272,13 +273,17 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- At commit: no header of this database transaction is without entries (they balance: see
+-- check_entries_balance). One event is queued per check, by the first header inserted since
+-- the last check (arm_transaction_check, the trigger's WHEN), and the check reads every
+-- header from that one's ledger_seq on: identity values grow within a session. Both
+-- settings are transaction-local and revert with a rolled-back savepoint, as the event does.
+-- Disarming after the check keeps SET CONSTRAINTS ... IMMEDIATE correct (one check per
+-- statement then).
 CREATE OR REPLACE FUNCTION check_transaction_balance() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad text;
 BEGIN
-    IF current_setting('brokerage.ledger_checked', true) = 'yes' THEN
-        RETURN NULL;
-    END IF;
     SELECT t.txn_id INTO bad
       FROM ledger_transactions t
      WHERE t.ledger_seq >= coalesce(
@@ -290,9 +295,30 @@ BEGIN
         RAISE EXCEPTION 'ledger transaction % has no entries', bad
             USING ERRCODE = 'check_violation';
     END IF;
-    PERFORM set_config('brokerage.ledger_checked', 'yes', true);
+    PERFORM set_config('brokerage.ledger_check_armed', '', true);
     RETURN NULL;
 END $$;
+
+CREATE FUNCTION arm_transaction_check(ledger_seq bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('brokerage.ledger_check_armed', true) = 'yes' THEN
+        RETURN false;
+    END IF;
+    PERFORM set_config('brokerage.ledger_check_armed', 'yes', true);
+    PERFORM set_config('brokerage.ledger_seq_min', ledger_seq::text, true);
+    RETURN true;
+END $$;
+
+DROP TRIGGER ledger_transactions_balance ON ledger_transactions;
+CREATE CONSTRAINT TRIGGER ledger_transactions_balance
+    AFTER INSERT ON ledger_transactions DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (arm_transaction_check(NEW.ledger_seq))
+    EXECUTE FUNCTION check_transaction_balance();
+
+-- Its work is done by arm_transaction_check now (and without a transition table).
+DROP TRIGGER ledger_transactions_noted ON ledger_transactions;
+DROP FUNCTION note_new_transactions();
 """
 
 MIGRATIONS: tuple[Migration, ...] = (

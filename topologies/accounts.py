@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ from state.domain.account import (
     AccountState,
     MarketContext,
     RiskLimits,
+    check_invariants,
     decide,
     state_from_bytes,
     state_to_bytes,
@@ -123,15 +125,44 @@ class MarketStatusView:
             self._statuses[status.symbol] = status.status
 
 
+class StateCache:
+    """Decoded account states, each kept with the exact bytes it was stored as.
+
+    Decoding the stored account is the step's largest cost and grows with the account's
+    history. A cached state is used only when the store still holds exactly the bytes it was
+    encoded to, so it is the state the store would decode (states round-trip exactly, which the
+    property tests check): after an aborted checkpoint, a rebalance or a restart the store holds
+    other bytes (or the cache is empty) and the account is decoded again."""
+
+    def __init__(self, accounts_max: int) -> None:
+        self._accounts_max = accounts_max
+        self._entries: OrderedDict[str, tuple[bytes, AccountState]] = OrderedDict()
+
+    def get(self, account_id: str, stored: bytes) -> AccountState | None:
+        entry = self._entries.get(account_id)
+        if entry is None or entry[0] != stored:
+            return None
+        self._entries.move_to_end(account_id)
+        return entry[1]
+
+    def put(self, account_id: str, stored: bytes, account: AccountState) -> None:
+        self._entries[account_id] = (stored, account)
+        self._entries.move_to_end(account_id)
+        if len(self._entries) > self._accounts_max:
+            self._entries.popitem(last=False)
+
+
 class AccountStep:
     """The stateful step: raw record in, encoded outputs out."""
 
-    def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits) -> None:
+    def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits,
+                 cached_accounts_max: int = 10_000) -> None:
         self._prefix = prefix
         self._market = market
         self._limits = limits
         self._kinds = {prefix + t.Topic.ORDERS_COMMANDS: t.Topic.ORDERS_COMMANDS,
                        prefix + t.Topic.EXECUTIONS: t.Topic.EXECUTIONS}
+        self._cache = StateCache(cached_accounts_max)
 
     def __call__(self, raw: bytes, key: str | None, timestamp_ms: int, headers: Any,
                  state: State) -> list[Output]:
@@ -146,13 +177,25 @@ class AccountStep:
             letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
                                    str(error), now)
             return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
-        stored = state.get(_STATE_KEY)
-        account = (state_from_bytes(stored) if stored is not None
-                   else AccountState.empty(message.account_id))
+        account = self._load(message.account_id, state)
         market = self._market.context() if self._market else MarketContext(symbol_status={})
         account, outputs = decide(account, message, now, market, self._limits)
-        state.set(_STATE_KEY, state_to_bytes(account))
+        stored = state_to_bytes(account)
+        state.set(_STATE_KEY, stored)
+        self._cache.put(message.account_id, stored, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
+
+    def _load(self, account_id: str, state: State) -> AccountState:
+        stored = state.get(_STATE_KEY)
+        if stored is None:
+            return AccountState.empty(account_id)
+        account = self._cache.get(account_id, stored)
+        if account is None:
+            account = state_from_bytes(stored)
+            # `decide` checks what each message changes; a state from the store (a restart,
+            # a rebalance, changelog recovery) gets the whole check once.
+            check_invariants(account)
+        return account
 
 
 def build_accounts(app: Application, topics: AccountTopics, step: AccountStep) -> None:

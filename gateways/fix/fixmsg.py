@@ -19,6 +19,7 @@ from state.messages import (
     OrderType,
     RouteCancel,
     RouteNewOrder,
+    RouteReplace,
     RouteStatusRequest,
     Side,
     TimeInForce,
@@ -65,6 +66,7 @@ BUSINESS_REJECT_REASON = 380
 
 MSG_NEW_ORDER_SINGLE = "D"
 MSG_ORDER_CANCEL_REQUEST = "F"
+MSG_ORDER_CANCEL_REPLACE_REQUEST = "G"
 MSG_ORDER_STATUS_REQUEST = "H"
 MSG_EXECUTION_REPORT = "8"
 MSG_ORDER_CANCEL_REJECT = "9"
@@ -73,6 +75,9 @@ MSG_REJECT = "3"
 
 ORD_REJ_UNKNOWN_SYMBOL = "1"
 ORD_REJ_DUPLICATE_ORDER = "6"
+# CxlRejResponseTo (434): which request an OrderCancelReject answers.
+CXL_REJ_TO_CANCEL = "1"
+CXL_REJ_TO_REPLACE = "2"
 
 SIDE_TO_FIX = {Side.BUY: "1", Side.SELL: "2"}
 SIDE_FROM_FIX = {code: side for side, code in SIDE_TO_FIX.items()}
@@ -81,16 +86,16 @@ ORD_TYPE_TO_FIX = {OrderType.MARKET: "1", OrderType.LIMIT: "2", OrderType.STOP: 
 ORD_TYPE_FROM_FIX = {code: kind for kind, code in ORD_TYPE_TO_FIX.items()}
 TIF_TO_FIX = {TimeInForce.DAY: "0", TimeInForce.GTC: "1", TimeInForce.IOC: "3"}
 TIF_FROM_FIX = {code: tif for tif, code in TIF_TO_FIX.items()}
-# ExecType (150). Pending states (A, 6, E) and Replaced (5) are informational for us.
+# ExecType (150). The market maker's pending states (A, 6, E) are informational for us.
 EXEC_TYPE_FROM_FIX = {
     "0": ExecType.NEW, "F": ExecType.TRADE, "4": ExecType.CANCELED, "8": ExecType.REJECTED,
     "C": ExecType.EXPIRED, "I": ExecType.ORDER_STATUS, "A": ExecType.ORDER_STATUS,
-    "6": ExecType.ORDER_STATUS, "E": ExecType.ORDER_STATUS, "5": ExecType.ORDER_STATUS,
+    "6": ExecType.ORDER_STATUS, "E": ExecType.ORDER_STATUS, "5": ExecType.REPLACED,
     "D": ExecType.ORDER_STATUS,
 }
 EXEC_TYPE_TO_FIX = {ExecType.NEW: "0", ExecType.TRADE: "F", ExecType.CANCELED: "4",
                     ExecType.REJECTED: "8", ExecType.EXPIRED: "C",
-                    ExecType.ORDER_STATUS: "I"}
+                    ExecType.ORDER_STATUS: "I", ExecType.REPLACED: "5"}
 
 _FIX_TIME = "%Y%m%d-%H:%M:%S"
 
@@ -143,6 +148,27 @@ def order_cancel_request(cancel: RouteCancel, now: dt.datetime) -> fix.Message:
     message.setField(SIDE, SIDE_TO_FIX[cancel.side])
     message.setField(TRANSACT_TIME, fix_time(now))
     message.setField(ORDER_QTY, fix_decimal(cancel.quantity))
+    return message
+
+
+def order_cancel_replace_request(replace: RouteReplace, orig_cl_ord_id: str,
+                                 now: dt.datetime) -> fix.Message:
+    """OrderCancelReplaceRequest (35=G): the order's full new terms. `orig_cl_ord_id` is the
+    ClOrdID the market maker knows the order by now (the gateway's, after earlier replaces)."""
+    message = new_message(MSG_ORDER_CANCEL_REPLACE_REQUEST)
+    message.setField(ORIG_CL_ORD_ID, orig_cl_ord_id)
+    message.setField(CL_ORD_ID, replace.cl_ord_id)
+    message.setField(ACCOUNT, replace.account_id)
+    message.setField(SYMBOL, replace.symbol)
+    message.setField(SIDE, SIDE_TO_FIX[replace.side])
+    message.setField(TRANSACT_TIME, fix_time(now))
+    message.setField(ORDER_QTY, fix_decimal(replace.quantity))
+    message.setField(ORD_TYPE, ORD_TYPE_TO_FIX[replace.order_type])
+    if replace.limit_price is not None:
+        message.setField(PRICE, fix_decimal(replace.limit_price))
+    if replace.stop_price is not None:
+        message.setField(STOP_PX, fix_decimal(replace.stop_price))
+    message.setField(TIME_IN_FORCE, TIF_TO_FIX[replace.time_in_force])
     return message
 
 
@@ -201,15 +227,16 @@ def seq_num(message: fix.Message) -> int:
 class KnownOrder:
     """What the gateway remembers of an order to fill gaps in what a report carries."""
 
-    __slots__ = ("account_id", "symbol", "side", "quantity", "cum_qty")
+    __slots__ = ("account_id", "symbol", "side", "quantity", "cum_qty", "cl_ord_id")
 
     def __init__(self, account_id: str, symbol: str, side: Side, quantity: Decimal,
-                 cum_qty: Decimal = Decimal(0)) -> None:
+                 cum_qty: Decimal = Decimal(0), cl_ord_id: str | None = None) -> None:
         self.account_id = account_id
         self.symbol = symbol
         self.side = side
         self.quantity = quantity
         self.cum_qty = cum_qty
+        self.cl_ord_id = cl_ord_id  # the ClOrdID the market maker knows the order by now
 
 
 def execution_report_from_fix(
@@ -228,6 +255,8 @@ def execution_report_from_fix(
     if not account_id:
         raise FixFieldError(f"report for unknown ClOrdID {cl_ord_id} carries no Account")
     transact = optional_field(message, TRANSACT_TIME)
+    # A replace moves no shares, whatever LastQty/LastPx the market maker put on it.
+    traded = exec_type is not ExecType.REPLACED
     return ExecutionReport(
         account_id=account_id,
         exec_id=f"{market_maker}:{field(message, EXEC_ID)}",
@@ -236,8 +265,8 @@ def execution_report_from_fix(
         exec_type=exec_type,
         symbol=field(message, SYMBOL),
         side=side,
-        last_qty=decimal_field(message, LAST_QTY, Decimal(0)),
-        last_px=decimal_field(message, LAST_PX, Decimal(0)),
+        last_qty=decimal_field(message, LAST_QTY, Decimal(0)) if traded else Decimal(0),
+        last_px=decimal_field(message, LAST_PX, Decimal(0)) if traded else Decimal(0),
         cum_qty=decimal_field(message, CUM_QTY),
         leaves_qty=decimal_field(message, LEAVES_QTY),
         transact_time=parse_fix_time(transact) if transact else received_at,
@@ -251,14 +280,19 @@ def execution_report_from_fix(
 def cancel_reject_from_fix(
     message: fix.Message, market_maker: str, known: KnownOrder | None, received_at: dt.datetime,
 ) -> ExecutionReport:
-    """An OrderCancelReject (35=9) as a `cancel_rejected` report. It has no ExecID: the id is
-    derived from the cancel's ClOrdID, which the market maker answers once."""
+    """An OrderCancelReject (35=9) of a cancel or of a replace (CxlRejResponseTo 1 or 2) as a
+    `cancel_rejected` report: the order lives on unchanged. It has no ExecID: the id is
+    derived from the request's ClOrdID, which the market maker answers once."""
     cl_ord_id = field(message, CL_ORD_ID)
     if known is None:
         raise FixFieldError(f"OrderCancelReject for unknown ClOrdID {cl_ord_id}")
     reason = optional_field(message, CXL_REJ_REASON)
     text = optional_field(message, TEXT)
+    response_to = optional_field(message, CXL_REJ_RESPONSE_TO)
     transact = optional_field(message, TRANSACT_TIME)
+    orig_cl_ord_id = optional_field(message, ORIG_CL_ORD_ID)
+    if orig_cl_ord_id in (None, "", "NONE"):
+        orig_cl_ord_id = known.cl_ord_id
     return ExecutionReport(
         account_id=optional_field(message, ACCOUNT) or known.account_id,
         exec_id=f"{market_maker}:cxlrej:{cl_ord_id}",
@@ -273,9 +307,10 @@ def cancel_reject_from_fix(
         leaves_qty=max(known.quantity - known.cum_qty, Decimal(0)),
         transact_time=parse_fix_time(transact) if transact else received_at,
         market_maker=market_maker,
-        orig_cl_ord_id=optional_field(message, ORIG_CL_ORD_ID),
-        text=" ".join(part for part in (f"CxlRejReason={reason}" if reason else None, text)
-                      if part) or None,
+        orig_cl_ord_id=orig_cl_ord_id,
+        text=" ".join(part for part in (
+            "CxlRejResponseTo=2" if response_to == CXL_REJ_TO_REPLACE else None,
+            f"CxlRejReason={reason}" if reason else None, text) if part) or None,
         poss_dup=poss_dup(message),
     )
 

@@ -61,6 +61,8 @@ from state.messages import (
     ExecutionReport,
     RouteCancel,
     RouteNewOrder,
+    RouteReplace,
+    RouteRequest,
     RouteStatusRequest,
 )
 from state.topics import Topic, dead_letter, decode, dlq_name, encode
@@ -294,11 +296,13 @@ class FixGateway:
                               key=record.key(), value=encode(letter))
         log.warning("orders.route offset %s to the DLQ: %s", record.offset(), reason)
 
-    def _route(self, request: RouteNewOrder | RouteCancel | RouteStatusRequest) -> None:
+    def _route(self, request: RouteRequest) -> None:
         if isinstance(request, RouteNewOrder):
             self._new_order(request)
         elif isinstance(request, RouteCancel):
             self._cancel(request)
+        elif isinstance(request, RouteReplace):
+            self._replace(request)
         else:
             self._status(request)
 
@@ -331,18 +335,36 @@ class FixGateway:
             return
         order = self.orders.get(cancel.order_id)
         if order is None:
-            self._reject_cancel_here(cancel)
+            self._reject_here(cancel)
             return
-        self._send_request(order, fixmsg.order_cancel_request(cancel, utc_now()))
+        # The market maker knows the order by its latest confirmed ClOrdID, which the
+        # topology may not have seen yet.
+        current = msgspec.structs.replace(cancel, orig_cl_ord_id=order.current_cl_ord_id)
+        self._send_request(order, fixmsg.order_cancel_request(current, utc_now()))
         self.sent.add(cancel.cl_ord_id)
         self._dirty_sent.append((cancel.cl_ord_id, "cancel"))
+
+    def _replace(self, replace: RouteReplace) -> None:
+        if replace.cl_ord_id in self.sent:
+            log.info("replace %s already sent; replayed route record ignored",
+                     replace.cl_ord_id)
+            return
+        order = self.orders.get(replace.order_id)
+        if order is None:
+            self._reject_here(replace)
+            return
+        self._send_request(order, fixmsg.order_cancel_replace_request(
+            replace, order.current_cl_ord_id, utc_now()))
+        self.sent.add(replace.cl_ord_id)
+        self._dirty_sent.append((replace.cl_ord_id, "replace"))
 
     def _status(self, request: RouteStatusRequest) -> None:
         order = self.orders.get(request.order_id)
         if order is None:
             log.info("status request for %s, which is not open here; ignored", request.order_id)
             return
-        self._send_request(order, fixmsg.order_status_request(request))
+        current = msgspec.structs.replace(request, cl_ord_id=order.current_cl_ord_id)
+        self._send_request(order, fixmsg.order_status_request(current))
 
     def _send_request(self, order: OpenOrder, message: fix.Message) -> None:
         now = now_ms()
@@ -353,16 +375,16 @@ class FixGateway:
             self.breakers[order.market_maker].on_request(now)
         self._send(message, order.session)
 
-    def _reject_cancel_here(self, cancel: RouteCancel) -> None:
-        """A cancel for an order that is not open at any market maker: answered here, so
-        the account topology is not left waiting."""
+    def _reject_here(self, request: RouteCancel | RouteReplace) -> None:
+        """A cancel or replace for an order that is not open at any market maker: answered
+        here, so the account topology is not left waiting."""
         report = ExecutionReport(
-            account_id=cancel.account_id, exec_id=f"gateway:cxlrej:{cancel.cl_ord_id}",
-            order_id=cancel.order_id, cl_ord_id=cancel.cl_ord_id,
-            exec_type=ExecType.CANCEL_REJECTED, symbol=cancel.symbol, side=cancel.side,
+            account_id=request.account_id, exec_id=f"gateway:cxlrej:{request.cl_ord_id}",
+            order_id=request.order_id, cl_ord_id=request.cl_ord_id,
+            exec_type=ExecType.CANCEL_REJECTED, symbol=request.symbol, side=request.side,
             last_qty=Decimal(0), last_px=Decimal(0), cum_qty=Decimal(0),
             leaves_qty=Decimal(0), transact_time=utc_now(), market_maker="",
-            orig_cl_ord_id=cancel.orig_cl_ord_id, text="order not open at the gateway")
+            orig_cl_ord_id=request.orig_cl_ord_id, text="order not open at the gateway")
         self._forward(report, None)
 
     def _send(self, message: fix.Message, session: str) -> None:
@@ -466,7 +488,9 @@ class FixGateway:
         except fixmsg.FixFieldError as error:
             self._alert_unusable(message, key, str(error), seq)
             return
-        if ref_type == fixmsg.MSG_ORDER_CANCEL_REQUEST:
+        if ref_type in (fixmsg.MSG_ORDER_CANCEL_REQUEST,
+                        fixmsg.MSG_ORDER_CANCEL_REPLACE_REQUEST):
+            # A refused cancel or replace leaves the order as it was.
             report = replace_exec_type(report, ExecType.CANCEL_REJECTED)
         self._accept_report(report, key, seq)
 
@@ -475,7 +499,7 @@ class FixGateway:
         if order is None:
             return None
         return fixmsg.KnownOrder(order.account_id, order.symbol, order.side, order.quantity,
-                                 order.cum_qty)
+                                 order.cum_qty, order.current_cl_ord_id)
 
     def _accept_report(self, report: ExecutionReport, key: str, seq: int | None) -> None:
         with self.lock:
@@ -511,6 +535,8 @@ class FixGateway:
                 stats.improved_qty += report.last_qty
         if report.exec_type is ExecType.REJECTED:
             stats.rejected += 1
+        if report.exec_type is ExecType.REPLACED:
+            order.on_replaced(report.cl_ord_id, report.cum_qty, report.leaves_qty)
         filled = order.cum_qty >= order.quantity
         if filled and report.exec_type is ExecType.TRADE:
             stats.filled += 1
@@ -576,7 +602,7 @@ class FixGateway:
 
     def _ask_status(self, order: OpenOrder) -> None:
         request = RouteStatusRequest(account_id=order.account_id, order_id=order.order_id,
-                                     cl_ord_id=order.cl_ord_id, symbol=order.symbol,
+                                     cl_ord_id=order.current_cl_ord_id, symbol=order.symbol,
                                      side=order.side, routed_at=utc_now())
         self._send_request(order, fixmsg.order_status_request(request))
 
@@ -609,9 +635,20 @@ class FixGateway:
         self._cancel_attempts[order.order_id] = attempt
         cancel = RouteCancel(account_id=order.account_id, order_id=order.order_id,
                              cl_ord_id=f"{order.order_id}.gw{attempt}",
-                             orig_cl_ord_id=order.cl_ord_id, symbol=order.symbol,
+                             orig_cl_ord_id=order.current_cl_ord_id, symbol=order.symbol,
                              side=order.side, quantity=order.quantity, routed_at=utc_now())
         self._send_request(order, fixmsg.order_cancel_request(cancel, utc_now()))
+        self._report_pending_cancel(order, cancel)
+
+    def _report_pending_cancel(self, order: OpenOrder, cancel: RouteCancel) -> None:
+        """Tell the account topology the order now waits for a cancel we asked for, so it
+        shows as pending_cancel (funds still held) rather than routed forever."""
+        report = pending_cancel_report(order, cancel, utc_now())
+        with self.lock:
+            if report.exec_id in self.forwarded:
+                return  # a later stuck round: the order is pending_cancel already
+            self.forwarded.add(report.exec_id)
+        self._forward(report, None)
 
     def _persist(self) -> None:
         with self.lock:
@@ -628,6 +665,20 @@ class FixGateway:
     def best_execution(self) -> dict[str, ExecutionStats]:
         with self.lock:
             return dict(self.stats)
+
+
+def pending_cancel_report(order: OpenOrder, cancel: RouteCancel,
+                          now: dt.datetime) -> ExecutionReport:
+    """The gateway's own `pending_cancel` report of a stuck order it asked to cancel. One per
+    order (deterministic id), whatever the number of cancel attempts."""
+    return ExecutionReport(
+        account_id=order.account_id, exec_id=f"gateway:pending_cancel:{order.order_id}",
+        order_id=order.order_id, cl_ord_id=cancel.cl_ord_id,
+        exec_type=ExecType.PENDING_CANCEL, symbol=order.symbol, side=order.side,
+        last_qty=Decimal(0), last_px=Decimal(0), cum_qty=order.cum_qty,
+        leaves_qty=max(order.quantity - order.cum_qty, Decimal(0)), transact_time=now,
+        market_maker=order.market_maker, orig_cl_ord_id=cancel.orig_cl_ord_id,
+        text=f"no answer from {order.market_maker}; cancel requested")
 
 
 def replace_exec_type(report: ExecutionReport, exec_type: ExecType) -> ExecutionReport:

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS orders (
     symbol TEXT NOT NULL, side TEXT NOT NULL, quantity TEXT NOT NULL,
     market_maker TEXT NOT NULL, session TEXT NOT NULL, routed_at_ms INTEGER NOT NULL,
     reference_price TEXT, cum_qty TEXT NOT NULL, awaiting_since_ms INTEGER,
-    stuck_stage INTEGER NOT NULL, terminal INTEGER NOT NULL);
+    stuck_stage INTEGER NOT NULL, terminal INTEGER NOT NULL, replaced_cl_ord_id TEXT);
 CREATE TABLE IF NOT EXISTS stats (market_maker TEXT PRIMARY KEY, figures TEXT NOT NULL);
 """
 
@@ -38,7 +38,14 @@ class GatewayStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._add_replaced_column()
         self.db.commit()
+
+    def _add_replaced_column(self) -> None:
+        """A store written before replaces were handled lacks the column: add it."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(orders)")}
+        if "replaced_cl_ord_id" not in columns:
+            self.db.execute("ALTER TABLE orders ADD COLUMN replaced_cl_ord_id TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -57,8 +64,8 @@ class GatewayStore:
     def open_orders(self) -> dict[str, OpenOrder]:
         rows = self.db.execute(
             "SELECT order_id, cl_ord_id, account_id, symbol, side, quantity, market_maker,"
-            " session, routed_at_ms, reference_price, cum_qty, awaiting_since_ms, stuck_stage"
-            " FROM orders WHERE terminal = 0")
+            " session, routed_at_ms, reference_price, cum_qty, awaiting_since_ms, stuck_stage,"
+            " replaced_cl_ord_id FROM orders WHERE terminal = 0")
         orders = {}
         for row in rows:
             orders[row[0]] = OpenOrder(
@@ -66,7 +73,8 @@ class GatewayStore:
                 side=Side(row[4]), quantity=Decimal(row[5]), market_maker=row[6],
                 session=row[7], routed_at_ms=row[8],
                 reference_price=Decimal(row[9]) if row[9] is not None else None,
-                cum_qty=Decimal(row[10]), awaiting_since_ms=row[11], stuck_stage=row[12])
+                cum_qty=Decimal(row[10]), awaiting_since_ms=row[11], stuck_stage=row[12],
+                replaced_cl_ord_id=row[13])
         return orders
 
     def stats(self) -> dict[str, ExecutionStats]:
@@ -87,11 +95,12 @@ class GatewayStore:
                 " SET delivered_seq = excluded.delivered_seq", list(delivered.items()))
             self.db.executemany("INSERT OR IGNORE INTO sent VALUES (?, ?)", sent)
             self.db.executemany(
-                "INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(o.order_id, o.cl_ord_id, o.account_id, o.symbol, str(o.side), str(o.quantity),
                   o.market_maker, o.session, o.routed_at_ms,
                   str(o.reference_price) if o.reference_price is not None else None,
-                  str(o.cum_qty), o.awaiting_since_ms, o.stuck_stage, int(o.terminal))
+                  str(o.cum_qty), o.awaiting_since_ms, o.stuck_stage, int(o.terminal),
+                  o.replaced_cl_ord_id)
                  for o in orders])
             self.db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?)",
                                 [(mm, stats_to_json(s)) for mm, s in stats.items()])

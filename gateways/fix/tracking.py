@@ -108,6 +108,19 @@ class OpenOrder:
     awaiting_since_ms: int | None = None
     stuck_stage: int = 0  # 0 fine, 1 status asked, 2 cancel sent, 3 alerted
     terminal: bool = False
+    # The ClOrdID of the last replace the market maker confirmed (None: never replaced).
+    replaced_cl_ord_id: str | None = None
+
+    @property
+    def current_cl_ord_id(self) -> str:
+        """The ClOrdID the market maker knows the order by now: the OrigClOrdID of any
+        later cancel or replace, and the ClOrdID of a status request."""
+        return self.replaced_cl_ord_id or self.cl_ord_id
+
+    def on_replaced(self, cl_ord_id: str, cum_qty: Decimal, leaves_qty: Decimal) -> None:
+        """A replace took effect: the order goes by its new ClOrdID and quantity."""
+        self.replaced_cl_ord_id = cl_ord_id
+        self.quantity = cum_qty + leaves_qty
 
 
 TERMINAL_EXEC_TYPES = frozenset({ExecType.REJECTED, ExecType.CANCELED, ExecType.EXPIRED})

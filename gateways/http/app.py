@@ -29,6 +29,8 @@ _START_TIMEOUT_S = 15.0
 # redis-py's "Too many connections" (a 503) under a burst. Past it a request waits its turn.
 REDIS_CONNECTIONS_MAX = 64
 _REDIS_WAIT_S = 2.0
+# A quotes batch may gather this long: far below the fan-out's flush interval.
+QUOTES_BATCH_WAIT_S = 0.01
 # The single-page web app (plain HTML, CSS and JS modules, no build step). Served at / and
 # /static/; not API surface, so not in the route table nor the OpenAPI document.
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
@@ -99,13 +101,20 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
         gateway.producer = producer
         closers.append(lambda: loop.run_in_executor(None, producer.close))
         gateway.hub = StreamHub()
-        for topic, deliver in ((Topic.ORDERS_EVENTS, gateway.replies.deliver),
-                               (Topic.QUOTES, gateway.hub.publish_quotes)):
-            tail = TopicTail(config.bootstrap_servers, config.topic_prefix + topic, topic,
-                             deliver, loop, config.session_timeout_ms)
+        closers.append(gateway.hub.close)
+        events_tail = TopicTail(
+            config.bootstrap_servers, config.topic_prefix + Topic.ORDERS_EVENTS,
+            Topic.ORDERS_EVENTS, gateway.replies.deliver, loop, config.session_timeout_ms)
+        # The fan-out conflates per symbol anyway: only each symbol's newest quote of a batch
+        # is decoded and handed over (see websocket.QUOTE_FLUSH_INTERVAL_S).
+        quotes_tail = TopicTail(
+            config.bootstrap_servers, config.topic_prefix + Topic.QUOTES, Topic.QUOTES,
+            gateway.hub.publish_quotes, loop, config.session_timeout_ms, latest_per_key=True,
+            batch_wait_s=QUOTES_BATCH_WAIT_S)
+        for tail in (events_tail, quotes_tail):
             closers.append(functools.partial(loop.run_in_executor, None, tail.close))
             await loop.run_in_executor(None, tail.start, _START_TIMEOUT_S)
-        _register_gauges(gateway)
+        _register_gauges(gateway, quotes_tail)
         yield
     finally:
         for close in reversed(closers):
@@ -135,7 +144,7 @@ class BoundedQuotes:
             return await self._cache.candles(symbol, interval, limit)
 
 
-def _register_gauges(gateway: Gateway) -> None:
+def _register_gauges(gateway: Gateway, quotes_tail: TopicTail) -> None:
     metrics = gateway.metrics
     metrics.gauges.clear()
     metrics.gauge("gateway_ws_connections", "open WebSocket connections",
@@ -145,7 +154,7 @@ def _register_gauges(gateway: Gateway) -> None:
     metrics.gauge("gateway_events_seen_total", "orders.events records read",
                   lambda: gateway.replies.events_seen)
     metrics.gauge("gateway_quotes_received_total", "quotes records read",
-                  lambda: gateway.hub.quotes_received)
+                  lambda: quotes_tail.records_read)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -93,16 +93,25 @@ Deliver = Callable[[list[Any]], None]
 class TopicTail:
     """Reads one topic from its end on every partition and delivers decoded messages, in
     batches, to `deliver` on the event loop. Records that do not decode are logged and counted:
-    the topic's own processors send them to the dead-letter topic."""
+    the topic's own processors send them to the dead-letter topic.
+
+    `latest_per_key` (a topic whose readers want only each key's newest record, e.g. quotes
+    for a conflating fan-out): of each batch only the last record per key is decoded and
+    delivered, and `batch_wait_s` lets a batch gather for that long, so a busy feed costs
+    a decode and a loop wake-up per key per batch instead of per record."""
 
     def __init__(self, bootstrap_servers: str, topic: str, family: t.Topic,
                  deliver: Deliver, loop: asyncio.AbstractEventLoop,
-                 session_timeout_ms: int) -> None:
+                 session_timeout_ms: int, *, latest_per_key: bool = False,
+                 batch_wait_s: float = 0.0) -> None:
         self._topic = topic
         self._family = family
         self._deliver = deliver
         self._loop = loop
+        self._latest_per_key = latest_per_key
+        self._batch_wait_s = batch_wait_s
         self.malformed = 0
+        self.records_read = 0
         self._consumer = Consumer({
             "bootstrap.servers": bootstrap_servers,
             "group.id": f"http-gateway-tail-{uuid.uuid4().hex}",  # never joined: we assign
@@ -139,10 +148,12 @@ class TopicTail:
                 log.warning("tail %s: %s", self._topic, error)
                 time.sleep(0.2)
                 continue
+            records = [record for record in records if not record.error()]
+            self.records_read += len(records)
+            if self._latest_per_key:
+                records = list({record.key(): record for record in records}.values())
             batch = []
             for record in records:
-                if record.error():
-                    continue
                 try:
                     batch.append(t.decode(self._family, record.value()))
                 except DecodeError as error:
@@ -158,6 +169,9 @@ class TopicTail:
         first = self._consumer.poll(0.1)
         if first is None:
             return []
+        if self._batch_wait_s:
+            return [first, *self._consumer.consume(num_messages=4999,
+                                                   timeout=self._batch_wait_s)]
         return [first, *self._consumer.consume(num_messages=499, timeout=0)]
 
     def close(self) -> None:

@@ -34,6 +34,35 @@ def answers_cancel(event: Any) -> bool:
     return isinstance(event, OrderEvent | CommandRejected)
 
 
+def caused_by(event: OrderEvent, idempotency_key: str) -> bool:
+    """Whether the command with this key caused the event: its cause is the command's key,
+    bare or as `cmd:{account_id}:{key}`."""
+    return event.cause_id in (idempotency_key, f"cmd:{event.account_id}:{idempotency_key}")
+
+
+def answers_replace(order_id: str, idempotency_key: str) -> Predicate:
+    """The first event of the order that the replace caused, or the replace's rejection."""
+    def answers(event: Any) -> bool:
+        if isinstance(event, OrderEvent):
+            return event.order_id == order_id and caused_by(event, idempotency_key)
+        return isinstance(event, CommandRejected)
+    return answers
+
+
+def command_keys(event: Any) -> tuple[str, ...]:
+    """The idempotency keys of the requests an event may answer: its own and, for an order
+    event caused by a later command (a cancel, a replace), that command's key."""
+    key = getattr(event, "idempotency_key", None)
+    keys: tuple[str, ...] = (key,) if key is not None else ()
+    if isinstance(event, OrderEvent):
+        cause = event.cause_id
+        prefix = f"cmd:{event.account_id}:"
+        cause_key = cause[len(prefix):] if cause.startswith(prefix) else cause
+        if cause_key and cause_key != key:
+            keys += (cause_key,)
+    return keys
+
+
 class ReplyBook:
     def __init__(self) -> None:
         self._waiters: dict[Key, list[tuple[Predicate, asyncio.Future[Any]]]] = {}
@@ -76,10 +105,9 @@ class ReplyBook:
         for event in events:
             self.events_seen += 1
             account_id = getattr(event, "account_id", None)
-            key = getattr(event, "idempotency_key", None)
             if account_id is None:
                 continue
-            if key is not None:
+            for key in command_keys(event):
                 self._resolve((account_id, key), event)
             for listener in tuple(self._listeners.get(account_id, ())):
                 listener(event)

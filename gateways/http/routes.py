@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
@@ -22,8 +23,18 @@ from gateways.http.bus import BrokerUnavailable
 from gateways.http.context import Gateway, gateway_of
 from gateways.http.portfolio import value_portfolio
 from gateways.http.problems import Problem
-from gateways.http.replies import answers_cancel, answers_money_command, answers_placement
-from gateways.http.validation import parse_amount, validate_order
+from gateways.http.replies import (
+    answers_cancel,
+    answers_money_command,
+    answers_placement,
+    answers_replace,
+)
+from gateways.http.validation import (
+    check_replace_fits,
+    parse_amount,
+    validate_order,
+    validate_replace,
+)
 from state.ids import order_id_for
 from state.messages import (
     TERMINAL_ORDER_STATES,
@@ -34,7 +45,9 @@ from state.messages import (
     Message,
     OrderEvent,
     OrderState,
+    OrderType,
     PlaceOrder,
+    ReplaceOrder,
     Side,
     Withdraw,
 )
@@ -379,6 +392,46 @@ async def cancel_order(request: web.Request) -> web.Response:
                           "status": "cancel_requested", "idempotency_key": key}, 202)
 
 
+async def replace_order(request: web.Request) -> web.Response:
+    """New quantity and/or prices for an open order (a FIX cancel/replace downstream)."""
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "orders")
+    key = idempotency_key(request)
+    body, _ = await decode_body(request, s.OrderReplaceRequest)
+    valid = validate_replace(body)
+    order_id = request.match_info["order_id"]
+    order = await _find_order(gateway, user_id, order_id, body.account_id)
+    account_id = str(order["account_id"])
+    if order.get("state") in TERMINAL_ORDER_STATES:
+        raise Problem(409, "order_not_open", f"order is {order.get('state')}",
+                      order_id=order_id)
+    check_replace_fits(OrderType(str(order["order_type"])),
+                       Decimal(str(order.get("filled_quantity") or 0)), valid)
+    scope = f"replace:{account_id}"
+    fingerprint = f"{order_id}:" + _ENCODER.encode(body).decode()
+    first = await gateway.idempotency.claim(scope, key, fingerprint)
+    command = ReplaceOrder(account_id=account_id, idempotency_key=key, order_id=order_id,
+                           submitted_at=gateway.clock(), quantity=valid.quantity,
+                           limit_price=valid.limit_price, stop_price=valid.stop_price,
+                           user_id=user_id)
+    try:
+        # A replay is sent again: the topology takes a key once and answers it the same way.
+        answer = await request_reply(gateway, command, account_id, key,
+                                     answers_replace(order_id, key))
+    except Exception:
+        if first:
+            await gateway.idempotency.release(scope, key, fingerprint)  # nothing was taken
+        raise
+    if isinstance(answer, CommandRejected):
+        raise Problem(422, "replace_rejected",
+                      answer.detail or f"replace rejected: {answer.reason}",
+                      reason=answer.reason, order_id=order_id, account_id=account_id)
+    if isinstance(answer, OrderEvent):
+        return json_response(order_from_event(answer))
+    return json_response({"order_id": order_id, "account_id": account_id,
+                          "status": "replace_requested", "idempotency_key": key}, 202)
+
+
 # ---- portfolio, activities, market data ----------------------------------------------------
 
 
@@ -565,6 +618,10 @@ ROUTES: tuple[Route, ...] = (
     Route("DELETE", "/v1/orders/{order_id}", cancel_order, "Cancel an open order",
           responses=((200, s.Order), (202, s.OrderAccepted)),
           query=(("account_id", False, "its account"),), tag="orders"),
+    Route("PATCH", "/v1/orders/{order_id}", replace_order,
+          "Change an open order's quantity and/or prices (cancel/replace)",
+          s.OrderReplaceRequest, ((200, s.Order), (202, s.OrderAccepted)),
+          idempotency_key=True, tag="orders"),
     Route("GET", "/v1/portfolio", portfolio, "Cash, buying power, equity and positions",
           responses=((200, s.Portfolio),), query=(("account_id", True, "the account"),),
           tag="portfolio"),

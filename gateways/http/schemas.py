@@ -72,6 +72,16 @@ class OrderRequest(Body, frozen=True):
     stop_price: DecimalString | None = None
 
 
+class OrderReplaceRequest(Body, frozen=True):
+    """New terms for an open order: at least one of quantity, limit_price, stop_price; the
+    fields left out keep their values."""
+
+    account_id: AccountIdField
+    quantity: DecimalString | None = None
+    limit_price: DecimalString | None = None
+    stop_price: DecimalString | None = None
+
+
 class OrderEventView(Body, frozen=True):
     event_id: str
     seq: int

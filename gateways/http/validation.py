@@ -6,7 +6,7 @@ import re
 from decimal import Decimal
 
 from gateways.http.problems import Problem
-from gateways.http.schemas import OrderRequest
+from gateways.http.schemas import OrderReplaceRequest, OrderRequest
 from state.messages import OrderType
 
 QUANTITY_MAX = Decimal("1000000")
@@ -90,6 +90,43 @@ class ValidOrder:
         self.quantity = quantity
         self.limit_price = limit_price
         self.stop_price = stop_price
+
+
+class ValidReplace:
+    __slots__ = ("quantity", "limit_price", "stop_price")
+
+    def __init__(self, quantity: Decimal | None, limit_price: Decimal | None,
+                 stop_price: Decimal | None) -> None:
+        self.quantity = quantity
+        self.limit_price = limit_price
+        self.stop_price = stop_price
+
+
+def validate_replace(request: OrderReplaceRequest) -> ValidReplace:
+    """New terms of an order: each field as for a new order; at least one present. A
+    quantity of None keeps the order's."""
+    if request.quantity is None and request.limit_price is None and request.stop_price is None:
+        raise _invalid("missing_field", "quantity",
+                       "give at least one of quantity, limit_price, stop_price")
+    quantity = parse_quantity(request.quantity) if request.quantity is not None else None
+    limit_price = (parse_price("limit_price", request.limit_price)
+                   if request.limit_price is not None else None)
+    stop_price = (parse_price("stop_price", request.stop_price)
+                  if request.stop_price is not None else None)
+    return ValidReplace(quantity, limit_price, stop_price)
+
+
+def check_replace_fits(order_type: OrderType, filled_quantity: Decimal,
+                       valid: ValidReplace) -> None:
+    """The new terms must suit the order: prices its type has, and more shares than have
+    already filled (fills only grow, so an older view of the order is safe to check)."""
+    if valid.limit_price is not None and order_type not in _NEEDS_LIMIT:
+        raise _invalid("unexpected_field", "limit_price", f"{order_type} orders have none")
+    if valid.stop_price is not None and order_type not in _NEEDS_STOP:
+        raise _invalid("unexpected_field", "stop_price", f"{order_type} orders have none")
+    if valid.quantity is not None and valid.quantity <= filled_quantity:
+        raise _invalid("quantity_not_above_filled", "quantity",
+                       f"must exceed the {filled_quantity} already filled")
 
 
 def validate_order(request: OrderRequest) -> ValidOrder:

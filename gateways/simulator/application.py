@@ -15,7 +15,7 @@ import quickfix as fix
 
 from gateways.fix import fixmsg
 from gateways.fix.session import session_comp_ids, session_key
-from gateways.simulator.book import Book, NewOrder, Report
+from gateways.simulator.book import Book, NewOrder, ReplaceRequest, Report
 from gateways.simulator.config import SimulatorConfig
 from gateways.simulator.store import BookStore
 from state.messages import ExecType
@@ -48,6 +48,26 @@ def parse_new_order(message: fix.Message) -> NewOrder:
         raise RequestError(f"unreadable NewOrderSingle: {error!r}") from error
 
 
+def parse_replace(message: fix.Message) -> ReplaceRequest:
+    try:
+        price = fixmsg.optional_field(message, fixmsg.PRICE)
+        stop = fixmsg.optional_field(message, fixmsg.STOP_PX)
+        return ReplaceRequest(
+            cl_ord_id=fixmsg.field(message, fixmsg.CL_ORD_ID),
+            orig_cl_ord_id=fixmsg.field(message, fixmsg.ORIG_CL_ORD_ID),
+            symbol=fixmsg.field(message, fixmsg.SYMBOL),
+            side=fixmsg.SIDE_FROM_FIX[fixmsg.field(message, fixmsg.SIDE)],
+            order_type=fixmsg.ORD_TYPE_FROM_FIX[fixmsg.field(message, fixmsg.ORD_TYPE)],
+            quantity=fixmsg.decimal_field(message, fixmsg.ORDER_QTY),
+            time_in_force=fixmsg.TIF_FROM_FIX[
+                fixmsg.optional_field(message, fixmsg.TIME_IN_FORCE) or "0"],
+            limit_price=Decimal(price) if price is not None else None,
+            stop_price=Decimal(stop) if stop is not None else None,
+        )
+    except (KeyError, InvalidOperation, fixmsg.FixFieldError) as error:
+        raise RequestError(f"unreadable OrderCancelReplaceRequest: {error!r}") from error
+
+
 def report_message(report: Report, now: dt.datetime) -> fix.Message:
     if report.kind == "cancel_reject":
         message = fixmsg.new_message(fixmsg.MSG_ORDER_CANCEL_REJECT)
@@ -55,7 +75,7 @@ def report_message(report: Report, now: dt.datetime) -> fix.Message:
         message.setField(fixmsg.CL_ORD_ID, report.cl_ord_id)
         message.setField(fixmsg.ORIG_CL_ORD_ID, report.orig_cl_ord_id or "NONE")
         message.setField(fixmsg.ORD_STATUS, report.ord_status)
-        message.setField(fixmsg.CXL_REJ_RESPONSE_TO, "1")
+        message.setField(fixmsg.CXL_REJ_RESPONSE_TO, report.response_to)
         message.setField(fixmsg.CXL_REJ_REASON, report.rej_reason or "0")
         if report.account:
             message.setField(fixmsg.ACCOUNT, report.account)
@@ -187,6 +207,15 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
             with self.lock:
                 self.session_of_order[cl_ord_id] = session_id
                 reports = self.book.cancel(cl_ord_id, orig)
+        elif kind == fixmsg.MSG_ORDER_CANCEL_REPLACE_REQUEST:
+            try:
+                replace = parse_replace(message)
+            except RequestError as error:
+                self._business_reject(message, session_id, str(error))
+                return
+            with self.lock:
+                self.session_of_order[replace.cl_ord_id] = session_id
+                reports = self.book.replace(replace)
         elif kind == fixmsg.MSG_ORDER_STATUS_REQUEST:
             side = fixmsg.SIDE_FROM_FIX.get(fixmsg.field(message, fixmsg.SIDE))
             if side is None:

@@ -9,6 +9,7 @@ then act as market (stop) or limit (stop_limit) orders.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
@@ -71,6 +72,31 @@ class Report:
     text: str | None = None
     rej_reason: str | None = None
     kind: str = "report"
+    response_to: str = "1"  # CxlRejResponseTo of a cancel_reject: 1 cancel, 2 replace
+
+
+class CxlRejReason:
+    """FIX CxlRejReason (102) codes."""
+
+    TOO_LATE = "0"
+    UNKNOWN_ORDER = "1"
+    DUPLICATE_CL_ORD_ID = "6"
+    OTHER = "99"
+
+
+@dataclass(frozen=True)
+class ReplaceRequest:
+    """An OrderCancelReplaceRequest: the order's full new terms under a new ClOrdID."""
+
+    cl_ord_id: str
+    orig_cl_ord_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    time_in_force: TimeInForce = TimeInForce.DAY
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
 
 
 @dataclass
@@ -85,7 +111,7 @@ class SimOrder:
     reports: int = 0
     fill_parts: list[Decimal] = field(default_factory=list)
     received_at: dt.datetime | None = None
-    aliases: list[str] = field(default_factory=list)  # later ClOrdIDs (cancels)
+    aliases: list[str] = field(default_factory=list)  # later ClOrdIDs (cancels, replaces)
 
     @property
     def leaves_qty(self) -> Decimal:
@@ -193,22 +219,73 @@ class Book:
     def cancel(self, cl_ord_id: str, orig_cl_ord_id: str) -> list[Report]:
         order = self.orders.get(orig_cl_ord_id)
         if order is None or not order.open:
-            status = order.ord_status if order else OrdStatus.REJECTED
-            return [Report(cl_ord_id=cl_ord_id, order_id=order.order_id if order else "NONE",
-                           exec_id="", exec_type=ExecType.CANCEL_REJECTED, ord_status=status,
-                           account=order.request.account if order else "",
-                           symbol=order.request.symbol if order else "",
-                           side=order.request.side if order else Side.BUY,
-                           order_qty=Decimal(0), last_qty=Decimal(0), last_px=Decimal(0),
-                           cum_qty=order.cum_qty if order else Decimal(0), leaves_qty=Decimal(0),
-                           avg_px=Decimal(0), orig_cl_ord_id=orig_cl_ord_id,
-                           text="unknown order" if order is None else "too late to cancel",
-                           rej_reason="1" if order is None else "0", kind="cancel_reject")]
+            text, code = (("unknown order", CxlRejReason.UNKNOWN_ORDER) if order is None
+                          else ("too late to cancel", CxlRejReason.TOO_LATE))
+            return [self._cancel_reject(cl_ord_id, orig_cl_ord_id, order, text, code,
+                                        response_to="1")]
         order.ord_status = OrdStatus.CANCELED
         order.cl_ord_id = cl_ord_id
         order.aliases.append(cl_ord_id)
         self.orders[cl_ord_id] = order
         return [self._report(order, ExecType.CANCELED, orig_cl_ord_id=orig_cl_ord_id)]
+
+    def replace(self, request: ReplaceRequest) -> list[Report]:
+        """Apply new quantity and prices to an open order (or the rest of a partly filled
+        one). The order keeps its fills; it may trade at once at its new terms."""
+        order = self.orders.get(request.orig_cl_ord_id)
+        if order is not None and self.orders.get(request.cl_ord_id) is order:
+            return []  # the same replace again (a resend): it took effect already
+        refusal = self._replace_refusal(order, request)
+        if refusal is not None:
+            text, code = refusal
+            return [self._cancel_reject(request.cl_ord_id, request.orig_cl_ord_id, order, text,
+                                        code, response_to="2")]
+        assert order is not None
+        order.request = dataclasses.replace(
+            order.request, order_type=request.order_type, quantity=request.quantity,
+            time_in_force=request.time_in_force, limit_price=request.limit_price,
+            stop_price=request.stop_price)
+        order.fill_parts = fill_parts(request.quantity - order.cum_qty,
+                                      self.partial_fill_qty_min)
+        order.cl_ord_id = request.cl_ord_id
+        order.aliases.append(request.cl_ord_id)
+        self.orders[request.cl_ord_id] = order
+        reports = [self._report(order, ExecType.REPLACED, orig_cl_ord_id=request.orig_cl_ord_id)]
+        return reports + self._try_execute(order)
+
+    def _replace_refusal(self, order: SimOrder | None,
+                         request: ReplaceRequest) -> tuple[str, str] | None:
+        if order is None:
+            return "unknown order", CxlRejReason.UNKNOWN_ORDER
+        if not order.open:
+            return "too late to replace", CxlRejReason.TOO_LATE
+        if request.cl_ord_id in self.orders:
+            return "duplicate ClOrdID", CxlRejReason.DUPLICATE_CL_ORD_ID
+        if request.quantity <= order.cum_qty:
+            return (f"too late: {order.cum_qty} already filled, new quantity "
+                    f"{request.quantity}", CxlRejReason.TOO_LATE)
+        if (request.symbol, request.side) != (order.request.symbol, order.request.side):
+            return "symbol and side cannot change", CxlRejReason.OTHER
+        if request.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and (
+                request.limit_price is None or request.limit_price <= 0):
+            return "limit price required", CxlRejReason.OTHER
+        if request.order_type in (OrderType.STOP, OrderType.STOP_LIMIT) and (
+                request.stop_price is None or request.stop_price <= 0):
+            return "stop price required", CxlRejReason.OTHER
+        return None
+
+    def _cancel_reject(self, cl_ord_id: str, orig_cl_ord_id: str, order: SimOrder | None,
+                       text: str, code: str, response_to: str) -> Report:
+        return Report(cl_ord_id=cl_ord_id, order_id=order.order_id if order else "NONE",
+                      exec_id="", exec_type=ExecType.CANCEL_REJECTED,
+                      ord_status=order.ord_status if order else OrdStatus.REJECTED,
+                      account=order.request.account if order else "",
+                      symbol=order.request.symbol if order else "",
+                      side=order.request.side if order else Side.BUY,
+                      order_qty=Decimal(0), last_qty=Decimal(0), last_px=Decimal(0),
+                      cum_qty=order.cum_qty if order else Decimal(0), leaves_qty=Decimal(0),
+                      avg_px=Decimal(0), orig_cl_ord_id=orig_cl_ord_id, text=text,
+                      rej_reason=code, kind="cancel_reject", response_to=response_to)
 
     def status_of(self, cl_ord_id: str, symbol: str = "", side: Side = Side.BUY) -> list[Report]:
         order = self.orders.get(cl_ord_id)

@@ -109,6 +109,7 @@ DEPOSITS_MAX = 1000
 DAY_TRADES_RETENTION = dt.timedelta(days=14)  # covers any 5-business-day window
 ORPHAN_EXECS_MAX = 1000
 EXEC_IDS_PER_ORDER_MAX = 10_000
+_RATE_WINDOW = dt.timedelta(seconds=1)  # the per-account order rate is counted over this
 
 
 class CommandRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -204,10 +205,30 @@ _STATE_ENCODER = msgspec.msgpack.Encoder()
 _STATE_DECODER = msgspec.msgpack.Decoder(AccountState)
 
 
+# Closed orders are most of an account's stored bytes and hardly ever change (frozen, kept for
+# days): each is encoded once and its bytes reused while the same object is kept. Keyed by
+# identity; the entry holds the order, so its id cannot be reused while the entry lives.
+_ENCODED_ORDERS_MAX = 100_000
+_encoded_orders: dict[int, tuple[Order, msgspec.Raw]] = {}
+
+
+def _encoded(order: Order) -> msgspec.Raw:
+    entry = _encoded_orders.get(id(order))
+    if entry is not None and entry[0] is order:
+        return entry[1]
+    raw = msgspec.Raw(_STATE_ENCODER.encode(order))
+    if len(_encoded_orders) >= _ENCODED_ORDERS_MAX:
+        del _encoded_orders[next(iter(_encoded_orders))]
+    _encoded_orders[id(order)] = (order, raw)
+    return raw
+
+
 def state_to_bytes(state: AccountState) -> bytes:
     """The compact stored form (MessagePack): an order of magnitude cheaper than builtins+JSON
-    for the state store, which reads and writes the whole account on every message."""
-    return _STATE_ENCODER.encode(state)
+    for the state store, which reads and writes the whole account on every message. The
+    bytes are those of encoding `state` as it is; closed orders come pre-encoded."""
+    closed = {order_id: _encoded(order) for order_id, order in state.closed_orders.items()}
+    return _STATE_ENCODER.encode(msgspec.structs.replace(state, closed_orders=closed))
 
 
 def state_from_bytes(raw: bytes) -> AccountState:
@@ -226,6 +247,13 @@ class _Step:
     market: MarketContext
     limits: RiskLimits
     outputs: list[Output] = field(default_factory=list)
+    # What this step changed, for the invariant check proportional to it (`_check_step`).
+    touched_orders: set[str] = field(default_factory=set)
+    touched_assets: set[str] = field(default_factory=set)
+
+    def store(self, order: Order) -> None:
+        self.state.store(order)
+        self.touched_orders.add(order.order_id)
 
     def book(self, txn: LedgerTransaction | None) -> None:
         if txn is None:
@@ -240,6 +268,7 @@ class _Step:
             )
             assets = self.state.balances.setdefault(bucket, {})
             assets[entry.asset] = assets.get(entry.asset, ZERO) + entry.amount
+            self.touched_assets.add(entry.asset)
         self.outputs.append(txn)
 
     def post(self, kind: str, cause_id: str, legs: list[Leg], order_id: str | None = None
@@ -272,17 +301,25 @@ def decide(
     assert message.account_id == state.account_id, (
         f"message for {message.account_id} given to account {state.account_id}"
     )
+    # Times kept in the state are UTC, so a state decoded from its stored bytes is exactly
+    # the state that was stored (the shell relies on it to skip decoding).
+    assert now.utcoffset() == dt.timedelta(0), f"now {now.isoformat()} is not UTC"
     step = _Step(state=state.clone(), now=now, market=market, limits=limits)
     if isinstance(message, ExecutionReport):
         _on_execution(step, message)
     else:
         _on_command(step, message)
     _prune(step.state, now)
-    check_invariants(step.state)
+    _check_step(state, step)
     return step.state, step.outputs
 
 
 # ---- commands ---------------------------------------------------------------------------
+
+
+def _utc(time: dt.datetime) -> dt.datetime:
+    """A producer's time as kept in the state: UTC (stored times come back as UTC)."""
+    return time if time.tzinfo is dt.UTC else time.astimezone(dt.UTC)
 
 
 def _command_cause(account_id: str, idempotency_key: str) -> str:
@@ -344,7 +381,7 @@ def _on_command(step: _Step, command: Command) -> None:
         return
     state.commands[command.idempotency_key] = CommandRecord(
         command_type=_command_type(command), digest=digest, seen_at=step.now,
-        submitted_at=command.submitted_at)
+        submitted_at=_utc(command.submitted_at))
     if isinstance(command, PlaceOrder):
         _place_order(step, command)
     elif isinstance(command, CancelOrder):
@@ -403,7 +440,7 @@ def _advance(step: _Step, order: Order, state: OrderState, cause_id: str,
     """Move the order to `state`, store it and emit its OrderEvent."""
     previous = order.state
     order = moved(order, state, step.now, **changes)
-    step.state.store(order)
+    step.store(order)
     _order_event(step, order, previous, cause_id, reason, detail, last_fill)
     return order
 
@@ -421,7 +458,7 @@ def _figures(state: AccountState, order: PlaceOrder, now: dt.datetime,
         sellable_shares=state.balance(la.SHARES, symbol)
         + state.balance(la.SHARES_UNSETTLED, symbol),
         restricted=is_restricted(state),
-        orders_last_second=sum(1 for t in state.order_times if now - t < dt.timedelta(seconds=1)),
+        orders_last_second=sum(1 for t in state.order_times if now - t < _RATE_WINDOW),
         day_trades_in_window=sum(1 for trade in state.day_trades if trade.day >= window_start),
         is_day_trade=order.side is Side.SELL and state.bought_on.get(symbol) == today,
         equity=equity(state),
@@ -636,9 +673,10 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
     if report.exec_id in order.exec_ids:
         return  # a duplicate: already booked
     exec_ids = (order.exec_ids + (report.exec_id,))[-EXEC_IDS_PER_ORDER_MAX:]
-    last = max(order.last_transact_time or report.transact_time, report.transact_time)
+    transact_time = _utc(report.transact_time)
+    last = max(order.last_transact_time or transact_time, transact_time)
     order = msgspec.structs.replace(order, exec_ids=exec_ids, last_transact_time=last)
-    step.state.store(order)
+    step.store(order)
     handlers = {
         ExecType.NEW: _on_ack,
         ExecType.TRADE: _on_fill,
@@ -803,6 +841,7 @@ def _note_fill(step: _Step, order_id: str, symbol: str, side: Side, qty: Decimal
     state = step.state
     signed = qty if side is Side.BUY else -qty
     state.filled_net[symbol] = state.filled_net.get(symbol, ZERO) + signed
+    step.touched_assets.add(symbol)
     state.last_prices[symbol] = px
     today = step.now.date()
     if side is Side.BUY:
@@ -828,7 +867,7 @@ def _on_unknown_order(step: _Step, report: ExecutionReport, order_id: str) -> No
                    "maybe a duplicate of what was booked, not booked",
                    order_id=order_id, exec_id=report.exec_id)
         return
-    state.orphan_execs[cause] = report.transact_time
+    state.orphan_execs[cause] = _utc(report.transact_time)
     if report.exec_type is not ExecType.TRADE:
         step.alert(cause, "warning", "execution_for_unknown_order",
                    f"{report.exec_type} for unknown order {order_id}",
@@ -876,7 +915,8 @@ def _latest(current: dt.datetime | None, times: Iterable[dt.datetime | None]
 
 
 def _prune(state: AccountState, now: dt.datetime) -> None:
-    state.order_times[:] = [t for t in state.order_times if now - t < dt.timedelta(seconds=1)]
+    if state.order_times and now - min(state.order_times) >= _RATE_WINDOW:
+        state.order_times[:] = [t for t in state.order_times if now - t < _RATE_WINDOW]
     orders = _drop_oldest(state.closed_orders,
                           lambda o: now - (o.closed_at or o.placed_at) > ORDER_RETENTION,
                           CLOSED_ORDERS_MAX)
@@ -897,6 +937,65 @@ def _prune(state: AccountState, now: dt.datetime) -> None:
     if state.day_trades and state.day_trades[0].day < today - DAY_TRADES_RETENTION:
         state.day_trades[:] = [t for t in state.day_trades
                                if t.day >= today - DAY_TRADES_RETENTION]
+
+
+def _check_step(before: AccountState, step: _Step) -> None:
+    """`check_invariants` for what one step changed, so a step costs what it touches: each
+    order it stored is sound where it is kept; the holds moved exactly as much as those
+    orders' reserves (money counted twice: once on the ledger, once on the orders); every
+    symbol it booked or filled has its position equal to its fills. With the invariants true
+    of `before` they are true after the step; the whole check runs on every state read from
+    the store (topologies.accounts) and the property tests check the books independently."""
+    after = step.state
+    cash_change = ZERO
+    shares_change: dict[str, Decimal] = {}
+    for order_id in step.touched_orders:
+        order, old = after.order(order_id), before.order(order_id)
+        if order is not None:  # None: closed and already past retention
+            _check_order(after, order)
+        side_of = order or old
+        assert side_of is not None, f"order {order_id} stored but never kept"
+        change = _open_reserve(order) - _open_reserve(old)
+        if side_of.side is Side.BUY:
+            cash_change += change
+        else:
+            shares_change[side_of.symbol] = shares_change.get(side_of.symbol, ZERO) + change
+    held = after.balance(la.CASH_HELD)
+    assert held - before.balance(la.CASH_HELD) == cash_change, (
+        f"cash_held moved {held - before.balance(la.CASH_HELD)}, open buy reserves "
+        f"{cash_change}")
+    assert held >= 0, f"negative cash_held {held}"
+    for symbol in (step.touched_assets | shares_change.keys()) - {la.USD}:
+        held = after.balance(la.SHARES_HELD, symbol)
+        moved_by = held - before.balance(la.SHARES_HELD, symbol)
+        expected = shares_change.get(symbol, ZERO)
+        assert moved_by == expected, (
+            f"shares_held {symbol} moved {moved_by}, open sell reserves {expected}")
+        assert held >= 0, f"negative shares_held {symbol} {held}"
+        _check_position(after, symbol)
+
+
+def _open_reserve(order: Order | None) -> Decimal:
+    return order.reserve if order is not None and order.is_open else ZERO
+
+
+def _check_order(state: AccountState, order: Order) -> None:
+    if not order.is_open:
+        assert order.order_id not in state.open_orders, (
+            f"{order.state} order {order.order_id} among open orders")
+        assert not order.reserve, f"{order.state} order {order.order_id} still holds"
+        return
+    assert order.order_id in state.open_orders, f"open order {order.order_id} not kept open"
+    assert order.reserve >= 0, f"order {order.order_id}: negative reserve {order.reserve}"
+    assert 0 <= order.reserve_unsettled <= order.reserve, (
+        f"order {order.order_id}: unsettled part {order.reserve_unsettled} of {order.reserve}")
+
+
+def _check_position(state: AccountState, symbol: str) -> None:
+    position = sum((state.balance(bucket, symbol)
+                    for bucket in (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)), ZERO)
+    filled = state.filled_net.get(symbol, ZERO)
+    assert position == filled, f"position {symbol} {position} != sum of fills {filled}"
 
 
 def check_invariants(state: AccountState) -> None:
@@ -921,10 +1020,10 @@ def check_invariants(state: AccountState) -> None:
         expected = held_shares.get(symbol, ZERO)
         assert held == expected, f"shares_held {symbol} {held} != open sell reserves {expected}"
     for symbol in set(state.filled_net) | _position_symbols(state):
-        position = sum((state.balance(bucket, symbol)
-                        for bucket in (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)), ZERO)
-        filled = state.filled_net.get(symbol, ZERO)
-        assert position == filled, f"position {symbol} {position} != sum of fills {filled}"
+        _check_position(state, symbol)
+    for order in state.closed_orders.values():
+        assert not order.is_open and not order.reserve, (
+            f"{order.state} order {order.order_id} kept closed with reserve {order.reserve}")
 
 
 def _position_symbols(state: AccountState) -> set[str]:

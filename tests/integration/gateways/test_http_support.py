@@ -23,6 +23,7 @@ from state.messages import (
     OrderState,
     PlaceOrder,
     Quote,
+    ReplaceOrder,
 )
 
 SECRET = "integration-secret"
@@ -43,8 +44,13 @@ def quote(symbol: str, bid: str, ask: str) -> Quote:
                  ask_size=Decimal(100), venue_time=dt.datetime.now(dt.UTC))
 
 
-def answer(command: Any, now: dt.datetime) -> Message | None:
-    """What the account topology would say first: buys over 1,000 shares are refused."""
+def answer(command: Any, now: dt.datetime,
+           placed: dict[str, PlaceOrder] | None = None) -> Message | None:
+    """What the account topology would say first: buys over 1,000 shares are refused, and
+    replaces to more than 1,000 shares; a replace of an order placed before (`placed`, by
+    order id) takes effect at once."""
+    if isinstance(command, ReplaceOrder):
+        return _answer_replace(command, now, (placed or {}).get(command.order_id))
     if isinstance(command, PlaceOrder):
         order_id = order_id_for(command.account_id, command.idempotency_key)
         rejected = command.quantity > 1000
@@ -70,6 +76,29 @@ def answer(command: Any, now: dt.datetime) -> Message | None:
     return None
 
 
+def _answer_replace(command: ReplaceOrder, now: dt.datetime,
+                    order: PlaceOrder | None) -> Message:
+    too_big = command.quantity is not None and command.quantity > 1000
+    if order is None or too_big:
+        return CommandRejected(event_id=f"rej:{command.idempotency_key}",
+                               account_id=command.account_id,
+                               idempotency_key=command.idempotency_key,
+                               command_type="replace_order",
+                               reason="insufficient_buying_power" if too_big
+                               else "order_not_found", occurred_at=now,
+                               order_id=command.order_id)
+    return OrderEvent(
+        event_id=f"{command.order_id}:2", account_id=command.account_id,
+        order_id=command.order_id, seq=2, state=OrderState.FUNDS_HELD, symbol=order.symbol,
+        side=order.side, order_type=order.order_type,
+        quantity=command.quantity or order.quantity, time_in_force=order.time_in_force,
+        filled_quantity=Decimal(0), occurred_at=now, cause_id=command.idempotency_key,
+        idempotency_key=order.idempotency_key,
+        limit_price=command.limit_price or order.limit_price,
+        stop_price=command.stop_price or order.stop_price,
+        previous_state=OrderState.FUNDS_HELD)
+
+
 def _batch(consumer: Consumer) -> list[Any]:
     first = consumer.poll(0.05)
     return [] if first is None else [first, *consumer.consume(499, timeout=0)]
@@ -82,6 +111,7 @@ class Responder:
     def __init__(self, bootstrap_servers: str, prefix: str, partitions: int,
                  answering: bool = True) -> None:
         self.commands: list[Any] = []
+        self.placed: dict[str, PlaceOrder] = {}
         self._answering = answering
         self._prefix = prefix
         self._consumer = Consumer({"bootstrap.servers": bootstrap_servers,
@@ -102,7 +132,11 @@ class Responder:
                     continue
                 command = t.decode(t.Topic.ORDERS_COMMANDS, record.value())
                 self.commands.append(command)
-                event = answer(command, dt.datetime.now(dt.UTC)) if self._answering else None
+                if isinstance(command, PlaceOrder):
+                    order_id = order_id_for(command.account_id, command.idempotency_key)
+                    self.placed.setdefault(order_id, command)
+                event = (answer(command, dt.datetime.now(dt.UTC), self.placed)
+                         if self._answering else None)
                 if event is not None:
                     self._producer.produce(self._prefix + t.Topic.ORDERS_EVENTS,
                                            key=command.account_id.encode(),

@@ -142,6 +142,15 @@ def test_web_page_login_quotes_orders_cancel_portfolio(
         rejected = await wait_notice_after_click(page, "#order-submit", "order_rejected")
         assert "insufficient_buying_power" in rejected
 
+        # Modify: the small form under the order; the answer shows the new quantity.
+        await page.click(f"{open_row} button.modify")
+        modify = "#open-orders-body tr.modify-row"
+        await page.wait_for(f"!!{js(modify)}", what="the modify form")
+        await page.type(f"{modify} input[name=quantity]", "12")
+        await page.click(f"{modify} button[type=submit]")
+        await page.wait_for(f"!{js(modify)}", what="the modify form to close")
+        await wait_text(page, f"{open_row} td:nth-child(4)", "12")
+
         # Cancel: the order leaves open orders, the hold is released.
         await page.click(f"{open_row} button.cancel")
         await page.wait_for(f"!{js('#open-orders-body tr')}", what="open orders to empty")

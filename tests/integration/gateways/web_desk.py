@@ -34,6 +34,7 @@ from state.messages import (
     OrderState,
     OrderType,
     PlaceOrder,
+    ReplaceOrder,
     Side,
 )
 from state.router import ShardRouter
@@ -80,6 +81,8 @@ class Desk:
             return self._place(command, now)
         if isinstance(command, CancelOrder):
             return self._cancel(command, now)
+        if isinstance(command, ReplaceOrder):
+            return self._replace(command, now)
         return Booking()
 
     def _deposit(self, command: Deposit, now: dt.datetime) -> Booking:
@@ -143,6 +146,25 @@ class Desk:
             state=OrderState.FILLED, previous_state=last.state, filled_quantity=quantity,
             average_fill_price=price, last_fill_quantity=quantity, last_fill_price=price,
             occurred_at=now, cause_id=f"exec:{last.order_id}:1")
+
+    def _replace(self, command: ReplaceOrder, now: dt.datetime) -> Booking:
+        """The new terms take effect at once; the hold stays as it was (a stand-in: the
+        topology would hold for the new terms)."""
+        account, key = command.account_id, command.idempotency_key
+        opened = self.open_orders.get(command.order_id)
+        if opened is None:
+            return Booking([CommandRejected(
+                event_id=f"rej:{key}", account_id=account, idempotency_key=key,
+                command_type="replace_order", reason="order_not_open", occurred_at=now,
+                order_id=command.order_id)])
+        last = opened.last
+        opened.last = msgspec.structs.replace(
+            last, event_id=f"{last.order_id}:{last.seq + 1}", seq=last.seq + 1,
+            previous_state=last.state, occurred_at=now, cause_id=key,
+            quantity=command.quantity or last.quantity,
+            limit_price=command.limit_price or last.limit_price,
+            stop_price=command.stop_price or last.stop_price)
+        return Booking([opened.last])
 
     def _cancel(self, command: CancelOrder, now: dt.datetime) -> Booking:
         account, key = command.account_id, command.idempotency_key

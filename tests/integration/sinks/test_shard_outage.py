@@ -46,7 +46,10 @@ def test_a_down_shard_pauses_alone_and_catches_up(services, topics, fresh_databa
         config = SinkConfig(bootstrap_servers=services.bootstrap_servers, topic_prefix=topics,
                             shard_dsns=(shard0, shard1), partitions_per_shard=pps,
                             consumer_group=topics + "sink", commit_interval_s=0.2,
-                            retry_after_s=0.5)
+                            retry_after_s=0.5,
+                            # small: writes are handed to the writer thread while reading,
+                            # and some are in flight when the shard goes down
+                            batch_size_max=3)
 
         def wave(account: str, n: int, first: int) -> list:
             return [deposit(account, "100.00", f"w{first + i}", at(first + i)) if i % 2 == 0

@@ -111,6 +111,54 @@ def test_unbalanced_or_late_legs_are_refused_by_the_database(shard) -> None:
     assert reconcile(shard) == []
 
 
+def _header(conn: psycopg.Connection, txn_id: str) -> None:
+    conn.execute("INSERT INTO ledger_transactions (txn_id, account_id, kind, cause_id, "
+                 "occurred_at) VALUES (%s, %s, 'x', 'x', now())", (txn_id, ACC))
+
+
+def test_one_commit_check_covers_every_header_of_the_transaction(shard) -> None:
+    # the second header, without entries, comes after one that queued the commit check
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.CheckViolation,
+                                                       match="t_2 has no entries"):
+        with conn.transaction():
+            _header(conn, "t_1")
+            conn.execute("INSERT INTO ledger_entries VALUES ('t_1', 0, 'a', 'USD', 1, %s, now()),"
+                         " ('t_1', 1, 'b', 'USD', -1, %s, now())", (ACC, ACC))
+            _header(conn, "t_2")
+    # the header that queued it was rolled back to a savepoint: the next one queues it again
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.CheckViolation,
+                                                       match="t_4 has no entries"):
+        with conn.transaction():
+            with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction():
+                _header(conn, "t_3")
+                conn.execute("SELECT 1 / 0")
+            _header(conn, "t_4")
+    # checked at each statement's end, the check re-arms for the next statement's headers
+    with psycopg.connect(shard) as conn, pytest.raises(psycopg.errors.CheckViolation,
+                                                       match="t_7 has no entries"):
+        with conn.transaction():
+            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            conn.execute("WITH h AS (INSERT INTO ledger_transactions (txn_id, account_id, kind, "
+                         "cause_id, occurred_at) VALUES ('t_8', %s, 'x', 'x', now())) "
+                         "INSERT INTO ledger_entries VALUES ('t_8', 0, 'a', 'USD', 1, %s, now()),"
+                         " ('t_8', 1, 'b', 'USD', -1, %s, now())", (ACC, ACC, ACC))
+            _header(conn, "t_7")
+    # legs added later to a committed transaction are refused unless they cancel out
+    with psycopg.connect(shard) as conn:
+        with conn.transaction():
+            _header(conn, "t_5")
+            conn.execute("INSERT INTO ledger_entries VALUES ('t_5', 0, 'a', 'USD', 2, %s, now()),"
+                         " ('t_5', 1, 'b', 'USD', -2, %s, now())", (ACC, ACC))
+        conn.execute("INSERT INTO ledger_entries VALUES ('t_5', 2, 'a', 'AAPL', 1, %s, now()), "
+                     "('t_5', 3, 'b', 'AAPL', -1, %s, now())", (ACC, ACC))
+        conn.commit()
+        with pytest.raises(psycopg.errors.CheckViolation, match="t_5 does not balance"):
+            conn.execute("INSERT INTO ledger_entries VALUES "
+                         "('t_5', 4, 'a', 'AAPL', 1, %s, now())", (ACC,))
+    # (balances were not moved by these raw inserts: only the transactions are checked here)
+    assert [d for d in reconcile(shard) if d.startswith("transaction")] == []
+
+
 @pytest.mark.parametrize("statement", [
     "UPDATE ledger_entries SET amount = amount * 2",
     "DELETE FROM ledger_entries",

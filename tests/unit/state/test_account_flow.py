@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
+import msgspec
+import pytest
+
 from state import ledger_accounts as la
-from state.domain.account import AccountState, state_from_builtins, state_to_builtins
+from state.domain.account import (
+    AccountState,
+    check_invariants,
+    state_from_builtins,
+    state_from_bytes,
+    state_to_builtins,
+    state_to_bytes,
+)
 from state.domain.ledger import balances
 from state.ids import order_id_for, txn_id_for
 from state.messages import (
@@ -92,3 +103,48 @@ def test_state_round_trips_through_builtins() -> None:
 
     assert state_from_builtins(json.loads(json.dumps(data))) == d.state
     assert AccountState.empty("a").balances == {}
+
+
+def test_stored_state_gives_back_exactly_the_state_with_producer_offsets() -> None:
+    """The topology skips decoding while the store holds a state's bytes, so decoding must
+    give back exactly that state: producers' times with UTC offsets are kept as UTC."""
+    paris = dt.timezone(dt.timedelta(hours=1))
+    d = Driver()
+    d.send(deposit("dep-1", "10000.00", when=at(0).astimezone(paris)), now=at(0))
+    d.send(place("o-1", "buy", "10", reference="100", when=at(1).astimezone(paris)), now=at(1))
+    d.send(report("o-1", "x1", qty="4", px="100.50", cum="4", leaves="6",
+                  when=at(2).astimezone(paris)), now=at(2))
+    d.send(report("zz", "x2", qty="1", px="9", cum="1", leaves="0", when=at(3).astimezone(paris)),
+           now=at(3))
+    decoded = state_from_bytes(state_to_bytes(d.state))
+    assert msgspec.json.encode(decoded) == msgspec.json.encode(d.state)
+
+
+def test_decide_refuses_a_clock_that_is_not_utc() -> None:
+    d = Driver()
+    with pytest.raises(AssertionError, match="not UTC"):
+        d.send(deposit("dep-1", "1.00"), now=at(0).astimezone(dt.timezone(dt.timedelta(hours=2))))
+
+
+def test_a_step_that_moves_a_reserve_without_its_hold_is_a_crash(monkeypatch) -> None:
+    """decide checks what each step touches: were the release of a filled order's remaining
+    hold lost (a bug), the order's reserve and cash_held would part, and the step stops."""
+    from state.domain import account
+
+    d = Driver()
+    d.send(deposit("dep-1", "10000.00"))
+    d.send(place("o-1", "buy", "10", reference="100"))
+    monkeypatch.setattr(account, "_release", lambda step, order, cause_id, kind="release":
+                        msgspec.structs.replace(order, reserve=D(0), reserve_unsettled=D(0)))
+    with pytest.raises(AssertionError, match="cash_held moved"):
+        d.send(report("o-1", "x1", qty="10", px="100", cum="10", leaves="0"))
+
+
+def test_a_corrupted_stored_state_fails_the_whole_check() -> None:
+    d = Driver()
+    d.send(deposit("dep-1", "10000.00"))
+    d.send(place("o-1", "buy", "10", reference="100"))
+    order = d.order("o-1")
+    d.state.open_orders[order.order_id] = msgspec.structs.replace(order, reserve=D("1.00"))
+    with pytest.raises(AssertionError, match="cash_held"):
+        check_invariants(state_from_bytes(state_to_bytes(d.state)))

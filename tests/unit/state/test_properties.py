@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,9 +27,12 @@ from state.domain.account import (
     MarketContext,
     Output,
     RiskLimits,
+    check_invariants,
     decide,
     state_from_builtins,
+    state_from_bytes,
     state_to_builtins,
+    state_to_bytes,
 )
 from state.ids import order_id_for
 from state.messages import (
@@ -117,6 +121,14 @@ class Run:
         self.state, out = decide(self.state, message, self.now,
                                  MarketContext(symbol_status=dict(self.market)), LIMITS)
         assert state_to_builtins(before) == snapshot, "decide changed its input state"
+        # decide checks what the step touched; the whole check holds after every step
+        check_invariants(self.state)
+        # the shell keeps decoded states and skips decoding while the store holds their bytes:
+        # that needs the stored form to give back exactly the state (offsets, exponents)
+        raw = state_to_bytes(self.state)
+        assert raw == msgspec.msgpack.encode(self.state), "pre-encoded orders changed the bytes"
+        stored = state_from_bytes(raw)
+        assert msgspec.json.encode(stored) == msgspec.json.encode(self.state)
         self.outputs.extend(out)
         self._observe(message, out)
         return out

@@ -93,6 +93,14 @@ export class Api {
                         + `?account_id=${encodeURIComponent(accountId)}`);
   }
 
+  /** New quantity and/or prices for an open order: `changes` holds only the fields to change
+   * (quantity, limit_price, stop_price) as decimal strings. */
+  replaceOrder(orderId, accountId, changes) {
+    return this.request("PATCH", `/v1/orders/${encodeURIComponent(orderId)}`,
+                        { body: { account_id: accountId, ...changes },
+                          idempotencyKey: newIdempotencyKey() });
+  }
+
   portfolio(accountId) {
     return this.request("GET", `/v1/portfolio?account_id=${encodeURIComponent(accountId)}`);
   }

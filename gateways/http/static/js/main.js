@@ -207,7 +207,7 @@ async function refreshOrders() {
 function renderOrders() {
   views.renderOrders($("#open-orders-body"), $("#done-orders-body"), $("#open-orders-empty"),
                      [...state.orders.values()], (s) => OPEN_STATES.has(s),
-                     { onCancel: cancelOrder });
+                     { onCancel: cancelOrder, onModify: toggleModify, onModifySubmit: modifyOrder });
 }
 
 function orderFromEvent(event) {
@@ -265,6 +265,38 @@ async function cancelOrder(order) {
     renderOrders();
     showProblem(error, "Cancel");
   }
+}
+
+function toggleModify(order) {
+  const current = state.orders.get(order.order_id);
+  if (!current) return;
+  current.modifying = !current.modifying;
+  renderOrders();
+}
+
+/** Local view flags of an order (the map's entry is replaced whenever an event arrives). */
+function markOrder(orderId, flags) {
+  const current = state.orders.get(orderId);
+  if (current) Object.assign(current, flags);
+}
+
+async function modifyOrder(order, changes) {
+  if (Object.keys(changes).length === 0) {
+    say("error", "Modify", "give a new quantity or price");
+    return;
+  }
+  markOrder(order.order_id, { replacing: true });
+  renderOrders();
+  try {
+    const { status, body } = await api.replaceOrder(order.order_id, order.account_id, changes);
+    markOrder(order.order_id, { replacing: false, modifying: false, draft: {} });
+    if (status === 202) say("info", "Change requested", "waiting for the market to confirm");
+    else mergeOrder(body);
+  } catch (error) {
+    markOrder(order.order_id, { replacing: false });
+    showProblem(error, "Modify");
+  }
+  renderOrders();
 }
 
 // ---- order ticket ------------------------------------------------------------------------

@@ -93,12 +93,45 @@ function stateBadge(state) {
   return el("span", { className: `state state-${state}` }, (state || "pending").replace("_", " "));
 }
 
-export function renderOrders(openBody, doneBody, emptyNote, orders, isOpen, { onCancel }) {
+const MODIFY_FIELDS = [
+  ["quantity", "Qty", () => true],
+  ["limit_price", "Limit", (type) => type === "limit" || type === "stop_limit"],
+  ["stop_price", "Stop", (type) => type === "stop" || type === "stop_limit"],
+];
+
+/** The small form under an open order's row: only the fields its type has; what the user
+ * typed is kept in `order.draft`, so a re-render (a stream event) does not lose it. */
+function modifyRow(order, { onModify, onModifySubmit }) {
+  order.draft = order.draft || {};
+  const inputs = MODIFY_FIELDS.filter(([, , fits]) => fits(order.order_type)).map(
+    ([name, label]) => el("input", {
+      name, inputmode: "decimal", value: order.draft[name] ?? "",
+      placeholder: `${label} (now ${order[name] ?? "—"})`, "aria-label": `new ${label.toLowerCase()}`,
+      oninput: (event) => { order.draft[name] = event.target.value.trim(); },
+    }));
+  const form = el("form", {
+    className: "inline-form modify-form",
+    onsubmit: (event) => {
+      event.preventDefault();
+      const changes = Object.fromEntries(Object.entries(order.draft).filter(([, v]) => v));
+      onModifySubmit(order, changes);
+    },
+  }, ...inputs,
+  el("button", { type: "submit", className: "secondary", disabled: order.replacing },
+     order.replacing ? "Sending…" : "Send"),
+  el("button", { type: "button", className: "remove", "aria-label": "close",
+                 onclick: () => onModify(order) }, "×"));
+  return el("tr", { className: "modify-row", dataset: { orderId: order.order_id } },
+            el("td", { colspan: 10 }, form));
+}
+
+export function renderOrders(openBody, doneBody, emptyNote, orders, isOpen,
+                             { onCancel, onModify, onModifySubmit }) {
   const newestFirst = [...orders].sort((a, b) =>
     String(b.updated_at ?? "").localeCompare(String(a.updated_at ?? "")));
   const open = newestFirst.filter((order) => isOpen(order.state));
   const done = newestFirst.filter((order) => !isOpen(order.state)).slice(0, 20);
-  openBody.replaceChildren(...open.map((order) => el("tr", {
+  openBody.replaceChildren(...open.flatMap((order) => [el("tr", {
     dataset: { orderId: order.order_id, state: order.state }, title: order.order_id,
   },
     cell(order.symbol, "symbol"), sideCell(order.side), cell(order.order_type.replace("_", " ")),
@@ -106,11 +139,16 @@ export function renderOrders(openBody, doneBody, emptyNote, orders, isOpen, { on
     cell(order.limit_price == null ? "—" : dec.price(order.limit_price), "num"),
     cell(order.stop_price == null ? "—" : dec.price(order.stop_price), "num"),
     cell((order.time_in_force || "").toUpperCase()), el("td", {}, stateBadge(order.state)),
-    el("td", { className: "num" }, el("button", {
+    el("td", { className: "num actions" }, el("button", {
+      type: "button", className: "modify", disabled: order.state === "pending_cancel" || order.cancelling,
+      "aria-label": `modify ${shortId(order.order_id)}`, "aria-expanded": order.modifying ? "true" : "false",
+      onclick: () => onModify(order),
+    }, "Modify"), el("button", {
       type: "button", className: "cancel", disabled: order.state === "pending_cancel" || order.cancelling,
       "aria-label": `cancel ${shortId(order.order_id)}`,
       onclick: () => onCancel(order),
-    }, order.cancelling ? "Cancelling…" : "Cancel")))));
+    }, order.cancelling ? "Cancelling…" : "Cancel"))),
+  order.modifying ? modifyRow(order, { onModify, onModifySubmit }) : null].filter(Boolean)));
   emptyNote.hidden = open.length > 0;
   doneBody.replaceChildren(...done.map((order) => el("tr", {
     dataset: { orderId: order.order_id, state: order.state },
