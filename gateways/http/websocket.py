@@ -302,8 +302,10 @@ async def _handle(connection: Connection, gateway: Gateway, raw: str | bytes) ->
 async def stream(request: web.Request) -> web.WebSocketResponse:
     gateway = gateway_of(request)
     config = gateway.config
+    # No permessage-deflate: its zlib state costs up to ~256 KB per connection, and quote
+    # frames are small; memory per connection stays bounded whatever the client offers.
     ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_s,
-                               max_msg_size=config.body_bytes_max)
+                               max_msg_size=config.body_bytes_max, compress=False)
     await ws.prepare(request)
     connection = Connection(ws)
     hub: StreamHub = gateway.hub
