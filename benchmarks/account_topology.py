@@ -11,13 +11,21 @@ For each processing guarantee (exactly-once, at-least-once):
 
 Both rates are measured the same way, in the steady state: a reader notes when each counted
 output arrives (every copied record for the bare app, each order's `filled` event for the
-topology), and the rate is the count between the 10th and the 90th percentile arrival over the
-time between them. (An earlier version divided the whole count by first-to-last arrival: under
-exactly-once nothing is readable until the first checkpoint commits, so the work of the first
-checkpoint was counted but not timed, which flattered exactly-once, and short runs were
-dominated by start-up.) `input_records_over_bare` is the topology's input records/s over the
-bare app's records/s; each topology input also writes about 4 records where the bare app writes
-one. The machine is shared: the load average is printed at the start and the end.
+topology; it polls every 5 ms), and the rate is the count between the 10th and the 90th
+percentile arrival over the time between them. An earlier version divided the whole count by the
+first-to-last arrival, read in 100 ms batches, with 20,000 bare records: under exactly-once
+nothing is readable until the first checkpoint commits, so the first checkpoint's work was
+counted but not timed (the bare exactly-once figure came out 4x too low against at-least-once,
+which flattered the ratio), the bare app copied its records in a few reader batches (its rate
+jumped between ~75k and ~150k/s from run to run), and short runs were dominated by start-up.
+The bare app now copies at least 200,000 records. Bare and topology runs alternate `--repeat`
+times and the best of each is compared, so a change in the shared machine's load falls on both;
+each rate is also given per CPU second of the processing process (from /proc), which a busy
+machine distorts less than wall-clock time. The load average is printed at the start and the
+end. `input_records_over_bare` is the topology's input records/s over the bare app's records/s;
+each topology input also writes about 4 records where the bare app writes one. With
+`--orders 40` the timed window is about half a second (about ten 50 ms checkpoints); larger
+runs (`--orders 200`) give steadier figures.
 
 Usage: python benchmarks/account_topology.py [--accounts A] [--orders M] [--rate R] [--seconds S]
 Starts its own broker on a loopback port (compose.embedded) unless --bootstrap is given.
@@ -99,7 +107,9 @@ def _arrivals(bootstrap: str, topic: str, counted: Any, expected: int, timeout_s
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            batch = consumer.consume(10000, 0.1)
+            # a short wait: a batch's records are all stamped when it returns, and consume()
+            # waits out its timeout when fewer records than asked for are there
+            batch = consumer.consume(2000, 0.005)
             if not batch:
                 continue
             arrival = Arrival(time.monotonic(), _cpu_s(pid))
@@ -329,8 +339,8 @@ def _compare(bootstrap: str, guarantee: str, args: argparse.Namespace, work: Pat
              ) -> dict[str, Any]:
     """Bare and topology runs alternated (so a change in the machine's load falls on both),
     the best run of each compared, then the latency phase."""
-    # enough records that the window spans many commit intervals
-    count = max(args.accounts * args.orders * 2, 20_000)
+    # enough records that the timed window spans about a second of copying at ~150k/s
+    count = max(args.accounts * args.orders * 2, 200_000)
     bares: list[Rate] = []
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeat):

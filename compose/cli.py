@@ -93,11 +93,25 @@ def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
-    from state.shard_store import reconcile
+    """Per shard: balances recomputed from entries against the materialised ones, every
+    transaction summing to zero, positions against entries; then the materialised balances
+    against those the stream implies (ledger.postings of the shard's partitions, up to what
+    the sink has landed)."""
+    from compose.shard_rebuild import stream_balances
+    from state.router import ShardRouter
+    from state.shard_store import reconcile, reconcile_with_stream, sink_offsets
+    from state.topics import Topic
 
+    endpoints = _running_endpoints(stack)
+    router = ShardRouter(stack.stack.shards, stack.stack.partitions_per_shard)
+    postings = stack.stack.topic_prefix + Topic.LEDGER_POSTINGS
     differences = 0
-    for shard, dsn in enumerate(_running_endpoints(stack)["shard_dsns"]):
-        found = reconcile(dsn)
+    for shard, dsn in enumerate(endpoints["shard_dsns"]):
+        landed = {partition: offset for (topic, partition), offset in sink_offsets(dsn).items()
+                  if topic == postings}
+        streamed = stream_balances(endpoints["bootstrap_servers"], stack.stack.topic_prefix,
+                                   router.partitions_of_shard(shard), offsets_max=landed)
+        found = reconcile(dsn) + reconcile_with_stream(dsn, streamed)
         _print(f"shard {shard}: {'clean' if not found else f'{len(found)} differences'}")
         for line in found:
             _print(f"  {line}")

@@ -130,6 +130,14 @@ def read_to_end(bootstrap_servers: str, topics: Sequence[str], partitions: Itera
                     del pending[key]
                 batch.append(Record(msg.topic(), msg.partition(), msg.offset(), msg.key(),
                                     msg.value()))
+            if pending:
+                # Transaction markers take offsets no record has: the consumer's position
+                # moves past them, the last record's offset does not.
+                for position in consumer.position([TopicPartition(topic, partition)
+                                                   for topic, partition in list(pending)]):
+                    key = (position.topic, position.partition)
+                    if position.offset >= 0 and position.offset >= pending[key]:
+                        del pending[key]
             if batch:
                 last_record_at = time.monotonic()
                 yield batch

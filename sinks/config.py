@@ -13,6 +13,8 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     consumer_group: str = "shard-sink"
     session_timeout_ms: int = 3000
     commit_interval_s: float = 0.5
+    # Records handed to the writer thread at a time while reading, and postings per database
+    # transaction.
     batch_size_max: int = 5000
     # None: run one worker process per shard (a shard's outage or crash stays its own);
     # a number: run only that shard's worker, in this process.

@@ -3,6 +3,12 @@
 A short declaration around `state.domain.account.decide`: decode (malformed -> dlq), decide,
 encode each output to its topic. `now` is the record's timestamp, so replaying the input topics
 into empty state reproduces the same outputs, ids and balances.
+
+Per message the account is read from and written to the state store as bytes; the decoded
+account is kept in memory beside the bytes it was stored as (`StateCache`) and used while the
+store still holds exactly those bytes, so steady-state processing decodes nothing. A state that
+does come from the store (restart, rebalance, changelog recovery) is decoded and gets the whole
+invariant check once; `decide` checks what each message changes.
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from state.domain.account import (
     state_to_bytes,
 )
 from state.exceptions import DecodeError
-from state.messages import MarketStatus, SymbolStatus
+from state.messages import MarketStatus
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
 log = logging.getLogger(__name__)
 _STATE_KEY = "account"
+_ALL_OPEN = MarketContext(symbol_status={})  # no market.status view: every symbol open
 
 
 class Output(NamedTuple):
@@ -87,7 +94,9 @@ class MarketStatusView:
     background consumer. Missing symbols are open."""
 
     def __init__(self, kafka: KafkaSettings) -> None:
-        self._statuses: dict[str, SymbolStatus] = {}
+        # Replaced whole on each update (never changed in place): the processing thread reads
+        # it on every message without a copy or a lock.
+        self._context = MarketContext(symbol_status={})
         self._topic = kafka.topic_prefix + t.Topic.MARKET_STATUS
         self._consumer = Consumer({
             "bootstrap.servers": kafka.bootstrap_servers, "group.id": "unused-market-status",
@@ -96,7 +105,7 @@ class MarketStatusView:
         self._thread = threading.Thread(target=self._follow, name="market-status", daemon=True)
 
     def context(self) -> MarketContext:
-        return MarketContext(symbol_status=dict(self._statuses))
+        return self._context
 
     def start(self) -> None:
         self._thread.start()
@@ -122,7 +131,8 @@ class MarketStatusView:
                 log.warning("market.status offset %s skipped: %s", msg.offset(), error)
                 continue
             assert isinstance(status, MarketStatus)
-            self._statuses[status.symbol] = status.status
+            statuses = {**self._context.symbol_status, status.symbol: status.status}
+            self._context = MarketContext(symbol_status=statuses)
 
 
 class StateCache:
@@ -153,10 +163,11 @@ class StateCache:
 
 
 class AccountStep:
-    """The stateful step: raw record in, encoded outputs out."""
+    """The stateful step: raw record in, encoded outputs out. `cached_accounts_max` bounds the
+    decoded accounts kept (the busiest; a long-retained account is a few hundred kB decoded)."""
 
     def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits,
-                 cached_accounts_max: int = 10_000) -> None:
+                 cached_accounts_max: int = 2048) -> None:
         self._prefix = prefix
         self._market = market
         self._limits = limits
@@ -178,7 +189,7 @@ class AccountStep:
                                    str(error), now)
             return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
         account = self._load(message.account_id, state)
-        market = self._market.context() if self._market else MarketContext(symbol_status={})
+        market = self._market.context() if self._market else _ALL_OPEN
         account, outputs = decide(account, message, now, market, self._limits)
         stored = state_to_bytes(account)
         state.set(_STATE_KEY, stored)

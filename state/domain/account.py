@@ -20,6 +20,12 @@ Ledger model (names in `state.ledger_accounts`, balances positive when the user 
   what earlier fills booked, so rounding never drifts and a limit buy never exceeds its hold.
 - completion (filled, cancelled, rejected, expired): the remaining reserve goes back.
 
+Invariants (holds equal the open orders' reserves and are never negative; positions equal the
+sum of fills; closed orders hold nothing) are checked after every step for what the step
+touched (`_check_step`: the orders it stored, the assets it booked), so a step costs what it
+changes, not what the account holds; `check_invariants` checks the whole account and runs on
+every state the shell reads from its store and after every step of the property tests.
+
 Retention (the state is bounded, and each step costs what the open orders cost): open orders
 are kept until they close; closed orders for `ORDER_RETENTION` (at most `CLOSED_ORDERS_MAX`,
 first closed first dropped); idempotency keys for `IDEMPOTENCY_RETENTION` (at most
@@ -49,8 +55,9 @@ import msgspec
 from state import ledger_accounts as la
 from state.domain import ledger
 from state.domain.ledger import Leg
+from state.domain.lots import SettlementLot, note_fill
 from state.domain.money import ZERO, cents, is_cents, is_price, is_share_quantity
-from state.domain.orders import Order, moved
+from state.domain.orders import Order, cancel_request, moved
 from state.domain.risk import (
     AccountFigures,
     MarketContext,
@@ -77,9 +84,10 @@ from state.messages import (
     OrderEvent,
     OrderState,
     PlaceOrder,
-    RouteCancel,
+    ReplaceOrder,
     RouteNewOrder,
     RouteStatusRequest,
+    SettleTrades,
     Side,
     TimeInForce,
     Withdraw,
@@ -151,6 +159,8 @@ class AccountState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commands_forgotten_until: dt.datetime | None = None
     executions_forgotten_until: dt.datetime | None = None
     version: int = 1
+    # trades not yet settled, by (trade date, clearing account, symbol): state.domain.lots
+    unsettled_lots: dict[str, SettlementLot] = msgspec.field(default_factory=dict)
 
     @classmethod
     def empty(cls, account_id: str) -> AccountState:
@@ -187,6 +197,7 @@ class AccountState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             bought_on=dict(self.bought_on),
             day_trades=list(self.day_trades),
             orphan_execs=dict(self.orphan_execs),
+            unsettled_lots=dict(self.unsettled_lots),
         )
 
 
@@ -208,7 +219,7 @@ _STATE_DECODER = msgspec.msgpack.Decoder(AccountState)
 # Closed orders are most of an account's stored bytes and hardly ever change (frozen, kept for
 # days): each is encoded once and its bytes reused while the same object is kept. Keyed by
 # identity; the entry holds the order, so its id cannot be reused while the entry lives.
-_ENCODED_ORDERS_MAX = 100_000
+_ENCODED_ORDERS_MAX = 50_000  # a few hundred bytes each, beside orders kept anyway
 _encoded_orders: dict[int, tuple[Order, msgspec.Raw]] = {}
 
 
@@ -276,6 +287,8 @@ class _Step:
         txn = ledger.transaction(account_id=self.state.account_id, kind=kind, cause_id=cause_id,
                                  occurred_at=self.now, legs=legs, order_id=order_id)
         self.book(txn)
+        if kind == "fill" and txn is not None:
+            note_fill(self.state.unsettled_lots, txn, self.now.date())
         return txn
 
     def user(self, bucket: str) -> str:
@@ -392,6 +405,12 @@ def _on_command(step: _Step, command: Command) -> None:
         _withdraw(step, command)
     elif isinstance(command, AchReturn):
         _ach_return(step, command)
+    elif isinstance(command, ReplaceOrder):
+        from state.domain.replace import replace_order  # builds on this module: imported here
+        replace_order(step, command)
+    elif isinstance(command, SettleTrades):
+        from state.domain.settlement import settle_trades  # builds on this module
+        settle_trades(step, command)
     else:
         _expire_orders(step, command)
 
@@ -560,15 +579,11 @@ def _cancel_order(step: _Step, command: CancelOrder) -> None:
         _reject_command(step, command, Reason.CANCEL_PENDING, "a cancel is already on its way",
                         order_id=order.order_id)
         return
-    attempts = order.cancel_attempts + 1
+    request = order.next_request  # cancels and replaces share the ClOrdID numbers
     order = _advance(step, order, OrderState.PENDING_CANCEL, command.idempotency_key,
-                     cancel_attempts=attempts, state_before_cancel=order.state)
-    step.outputs.append(RouteCancel(
-        account_id=step.state.account_id, order_id=order.order_id,
-        cl_ord_id=cl_ord_id_for(order.order_id, attempts),
-        orig_cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
-        quantity=order.quantity, routed_at=step.now,
-    ))
+                     cancel_attempts=order.cancel_attempts + 1, requests=request,
+                     state_before_cancel=order.state)
+    step.outputs.append(cancel_request(order, step.state.account_id, request, step.now))
 
 
 # -- money commands
@@ -647,9 +662,19 @@ def _expire_orders(step: _Step, command: ExpireOrders) -> None:
     for order in list(step.state.open_orders.values()):
         if (order.time_in_force is TimeInForce.DAY
                 and order.placed_at.date() <= command.trading_day):
+            routed = order.state in _ROUTED_STATES
             order = _release(step, order, cause, kind=f"expire:{order.order_id}")
-            _advance(step, order, OrderState.EXPIRED, command.idempotency_key, "day_end")
+            request = order.next_request if routed else order.requests
+            order = _advance(step, order, OrderState.EXPIRED, command.idempotency_key,
+                             "day_end", requests=request)
+            if routed:  # the market maker drops it too (a late fill still books, alerted)
+                step.outputs.append(cancel_request(order, step.state.account_id, request,
+                                                   step.now))
     _accept_command(step, command, None, None)
+
+
+_ROUTED_STATES = frozenset(
+    {OrderState.ROUTED, OrderState.PARTIALLY_FILLED, OrderState.PENDING_CANCEL})
 
 
 # ---- execution reports ------------------------------------------------------------------
@@ -677,16 +702,7 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
     last = max(order.last_transact_time or transact_time, transact_time)
     order = msgspec.structs.replace(order, exec_ids=exec_ids, last_transact_time=last)
     step.store(order)
-    handlers = {
-        ExecType.NEW: _on_ack,
-        ExecType.TRADE: _on_fill,
-        ExecType.CANCELED: _on_done,
-        ExecType.REJECTED: _on_done,
-        ExecType.EXPIRED: _on_done,
-        ExecType.ORDER_STATUS: _on_status,
-        ExecType.CANCEL_REJECTED: _on_cancel_rejected,
-    }
-    handlers[report.exec_type](step, order, report)
+    _EXEC_HANDLERS[report.exec_type](step, order, report)
 
 
 def _on_ack(step: _Step, order: Order, report: ExecutionReport) -> None:
@@ -781,6 +797,38 @@ def _on_fill(step: _Step, order: Order, report: ExecutionReport) -> None:
                    f"filled {order.filled_quantity} of {order.quantity}",
                    order_id=order.order_id, exec_id=report.exec_id)
     _check_cum_qty(step, order, report)
+
+
+# Replaces (state.domain.replace) and the gateway's pending cancels
+# (state.domain.pending_cancel) build on this module, so they are imported where used.
+def _on_replaced(step: _Step, order: Order, report: ExecutionReport) -> None:
+    from state.domain.replace import on_replaced
+    on_replaced(step, order, report)
+
+
+def _on_pending_cancel(step: _Step, order: Order, report: ExecutionReport) -> None:
+    from state.domain.pending_cancel import on_pending_cancel
+    on_pending_cancel(step, order, report)
+
+
+def _on_cancel_or_replace_rejected(step: _Step, order: Order, report: ExecutionReport
+                                   ) -> None:
+    from state.domain.replace import on_replace_rejected
+    if not on_replace_rejected(step, order, report):
+        _on_cancel_rejected(step, order, report)
+
+
+_EXEC_HANDLERS: dict[ExecType, Callable[[_Step, Order, ExecutionReport], None]] = {
+    ExecType.NEW: _on_ack,
+    ExecType.TRADE: _on_fill,
+    ExecType.CANCELED: _on_done,
+    ExecType.REJECTED: _on_done,
+    ExecType.EXPIRED: _on_done,
+    ExecType.ORDER_STATUS: _on_status,
+    ExecType.CANCEL_REJECTED: _on_cancel_or_replace_rejected,
+    ExecType.REPLACED: _on_replaced,
+    ExecType.PENDING_CANCEL: _on_pending_cancel,
+}
 
 
 def _book_fill(step: _Step, order: Order, report: ExecutionReport, amount: Decimal) -> Order:
@@ -922,12 +970,15 @@ def _prune(state: AccountState, now: dt.datetime) -> None:
                           CLOSED_ORDERS_MAX)
     orphans = _drop_oldest(state.orphan_execs, lambda t: now - t > ORDER_RETENTION,
                            ORPHAN_EXECS_MAX)
-    state.executions_forgotten_until = _latest(
-        state.executions_forgotten_until, [*(o.last_transact_time for o in orders), *orphans])
+    if orders or orphans:
+        state.executions_forgotten_until = _latest(
+            state.executions_forgotten_until,
+            [*(o.last_transact_time for o in orders), *orphans])
     commands = _drop_oldest(state.commands, lambda c: now - c.seen_at > IDEMPOTENCY_RETENTION,
                             IDEMPOTENCY_KEYS_MAX)
-    state.commands_forgotten_until = _latest(
-        state.commands_forgotten_until, [c.submitted_at for c in commands])
+    if commands:
+        state.commands_forgotten_until = _latest(
+            state.commands_forgotten_until, [c.submitted_at for c in commands])
     _drop_oldest(state.deposits, lambda d: now - d.deposited_at > DEPOSIT_RETENTION,
                  DEPOSITS_MAX)
     today = now.date()

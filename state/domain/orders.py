@@ -13,22 +13,25 @@ from decimal import Decimal
 import msgspec
 
 from state.domain.money import SHARE_QUANTUM, ZERO
+from state.ids import cl_ord_id_for
 from state.messages import (
     TERMINAL_ORDER_STATES,
     OrderState,
     OrderType,
+    RouteCancel,
     Side,
     TimeInForce,
 )
 
 S = OrderState
 # Which state may follow which; a same-state step is a late event noted on a terminal order
-# (a fill after cancel) or a further partial fill.
+# (a fill after cancel), a further partial fill, or a replace requested, confirmed or refused
+# (the contract has no pending_replace state: a replace keeps the order where it is).
 TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     S.PENDING: frozenset({S.VALIDATED, S.REJECTED}),
     S.VALIDATED: frozenset({S.FUNDS_HELD, S.REJECTED}),
     S.FUNDS_HELD: frozenset({S.ROUTED, S.REJECTED, S.FAILED}),
-    S.ROUTED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELLED,
+    S.ROUTED: frozenset({S.ROUTED, S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELLED,
                          S.REJECTED, S.EXPIRED, S.FAILED}),
     S.PARTIALLY_FILLED: frozenset({S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL,
                                    S.CANCELLED, S.REJECTED, S.EXPIRED, S.FAILED}),
@@ -40,6 +43,20 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     S.EXPIRED: frozenset({S.EXPIRED}),
     S.FAILED: frozenset({S.FAILED}),
 }
+
+
+class PendingReplace(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
+                     omit_defaults=True):
+    """A replace sent to the market maker and not yet confirmed or refused: the terms it asks
+    for, and what was held on top of the order's reserve for it (released if refused)."""
+
+    cl_ord_id: str
+    idempotency_key: str
+    quantity: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    extra_hold: Decimal = ZERO  # USD (buy) or shares (sell) added to the reserve
+    extra_hold_unsettled: Decimal = ZERO  # sell only: the part of it from unsettled shares
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True,
@@ -69,6 +86,12 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     exec_ids: tuple[str, ...] = ()
     last_transact_time: dt.datetime | None = None  # latest execution, market maker's clock
     closed_at: dt.datetime | None = None
+    # Requests after the new order (cancels, replaces) each take the next number for their
+    # ClOrdID (`cl_ord_id_for(order_id, n)`); the market maker knows the order by the ClOrdID
+    # of its last confirmed replace (None: the new order's).
+    requests: int = 0
+    confirmed_cl_ord_id: str | None = None
+    pending_replace: PendingReplace | None = None
 
     @property
     def is_open(self) -> bool:
@@ -77,6 +100,16 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     @property
     def reserve_settled(self) -> Decimal:
         return self.reserve - self.reserve_unsettled
+
+    @property
+    def next_request(self) -> int:
+        """The number of the order's next cancel or replace request (states stored before
+        replaces counted only cancels)."""
+        return max(self.requests, self.cancel_attempts) + 1
+
+    @property
+    def current_cl_ord_id(self) -> str:
+        return self.confirmed_cl_ord_id or cl_ord_id_for(self.order_id)
 
     @property
     def average_fill_price(self) -> Decimal | None:
@@ -96,4 +129,15 @@ def moved(order: Order, state: OrderState, now: dt.datetime, **changes: object) 
         closed_at = now
     return msgspec.structs.replace(
         order, state=state, seq=order.seq + 1, closed_at=closed_at, **changes
+    )
+
+
+def cancel_request(order: Order, account_id: str, request: int, now: dt.datetime
+                   ) -> RouteCancel:
+    """The route request cancelling the order under its request number `request`."""
+    return RouteCancel(
+        account_id=account_id, order_id=order.order_id,
+        cl_ord_id=cl_ord_id_for(order.order_id, request),
+        orig_cl_ord_id=order.current_cl_ord_id, symbol=order.symbol, side=order.side,
+        quantity=order.quantity, routed_at=now,
     )

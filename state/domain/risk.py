@@ -8,6 +8,7 @@ against the same state always gets the same reason.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -98,23 +99,19 @@ def check_order(
     limits: RiskLimits,
     account: AccountFigures,
 ) -> Rejection | None:
-    """The first check the order fails, or None when it may be held and routed."""
-    checks = (
-        lambda: _check_shape(order),
-        lambda: _check_account(order, account),
-        lambda: _check_symbol(order, market),
-        lambda: _check_rate(account, limits),
-        lambda: _check_size(order, limits),
-        lambda: _check_reference(order, now, limits),
-        lambda: _check_notional(order, limits),
-        lambda: _check_day_trading(account, limits),
-        lambda: _check_funds(order, account, limits),
+    """The first check the order fails, or None when it may be held and routed (checks in the
+    fixed order; a Rejection is always truthy)."""
+    return (
+        _check_shape(order)
+        or _check_account(order, account)
+        or _check_symbol(order, market)
+        or _check_rate(account, limits)
+        or _check_size(order, limits)
+        or _check_reference(order, now, limits)
+        or _check_notional(order, limits)
+        or _check_day_trading(account, limits)
+        or _check_funds(order, account, limits)
     )
-    for check in checks:
-        rejection = check()
-        if rejection is not None:
-            return rejection
-    return None
 
 
 def buy_hold_price(order: PlaceOrder, limits: RiskLimits) -> Decimal:
@@ -252,6 +249,7 @@ def _check_funds(
     return None
 
 
+@functools.lru_cache(maxsize=64)  # the same few days on every order
 def business_days_back(day: dt.date, count: int) -> dt.date:
     """The first day of the window of `count` business days (Mon-Fri) ending on `day`."""
     first = day

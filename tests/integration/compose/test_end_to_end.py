@@ -79,6 +79,7 @@ def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
         _check_shard_rows(stack.endpoints()["shard_dsns"], account_id, cost)
         _check_best_execution(stack, base)
         _day_end_expires_resting_orders(stack, base, token, account_id)
+        _reconcile_is_clean(stack)
     finally:
         code = stack.stop()
         leftovers = [p for p in stack.descendants() if p.is_running()]
@@ -121,6 +122,14 @@ def _day_end_expires_resting_orders(stack, base: str, token: str,  # noqa: ANN00
     eventually(lambda: state_of(order["order_id"]) == "expired", timeout_s=30)
     eventually(lambda: Decimal(http("GET", f"{base}/v1/portfolio?account_id={account_id}",
                                     token=token)[1]["cash_held"]) == 0, timeout_s=30)
+
+
+def _reconcile_is_clean(stack) -> None:  # noqa: ANN001
+    result = subprocess.run(
+        [sys.executable, "-m", "compose.cli", "reconcile"], capture_output=True, text=True,
+        timeout=120, env={**os.environ, "BROKERAGE_DATA_DIR": str(stack.data_dir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "shard 0: clean" in result.stdout and "shard 1: clean" in result.stdout
 
 
 def _second_up_reuses_the_shards(data_dir: Path, account_id: str) -> None:

@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from state import ledger_accounts as la
+from state.domain import ledger
 from state.messages import OrderState
 from state.shard_schema import MIGRATIONS
 from state.shard_store import (
@@ -16,6 +17,7 @@ from state.shard_store import (
     ledger_balances,
     migrate,
     reconcile,
+    reconcile_with_stream,
     schema_version,
     write_batch,
 )
@@ -198,3 +200,13 @@ def test_compare_shards_sees_equal_and_different_copies(fresh_databases) -> None
     with psycopg.connect(live) as conn:
         write_batch(conn, [deposit(ACC, "1.00", "extra")], [])
     assert compare_shards(live, rebuilt)[0].startswith("ledger_transactions: 1 rows only in live")
+
+
+def test_reconcile_with_stream_compares_with_the_balances_the_postings_imply(shard) -> None:
+    postings, events = _story()
+    with psycopg.connect(shard) as conn:
+        write_batch(conn, postings[:-1], events)
+    assert reconcile_with_stream(shard, ledger.balances(postings[:-1])) == []
+    differences = reconcile_with_stream(shard, ledger.balances(postings))  # one not landed
+    assert f"stream balance user:{ACC}:cash USD: shard 5700.00, stream 6950.00" in differences
+    assert len(differences) == 4  # cash, shares and both sides of the market maker's

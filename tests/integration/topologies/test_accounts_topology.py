@@ -247,3 +247,21 @@ def test_kill_9_then_restart_rebuilds_state_from_the_changelog(services, topics,
         assert len([p for p in postings.values() if p.kind == "fill"]) == 3
     finally:
         restarted.stop()
+
+
+def test_state_cache_serves_an_account_only_while_the_store_holds_its_bytes() -> None:
+    """The step skips decoding a stored account only when the store holds exactly the bytes
+    that account was encoded to: after an aborted checkpoint or a rebalance the store holds
+    other bytes and the account is decoded again."""
+    from state.domain.account import AccountState, state_to_bytes
+    from topologies.accounts import StateCache
+
+    cache = StateCache(accounts_max=2)
+    first, second = AccountState.empty("acc_a"), AccountState.empty("acc_b")
+    raw = state_to_bytes(first)
+    cache.put("acc_a", raw, first)
+    assert cache.get("acc_a", bytes(raw)) is first  # equal bytes read back from the store
+    assert cache.get("acc_a", raw + b"\x00") is None  # the store moved on (or back)
+    cache.put("acc_b", state_to_bytes(second), second)
+    cache.put("acc_c", raw, first)  # over the bound: the least recently used goes
+    assert cache.get("acc_a", raw) is None and cache.get("acc_c", raw) is first

@@ -21,6 +21,8 @@ from state.messages import (
     OrderEvent,
     OrderType,
     PlaceOrder,
+    ReplaceOrder,
+    SettleTrades,
     Side,
     TimeInForce,
     Withdraw,
@@ -76,14 +78,29 @@ def expire(day: dt.date, when: dt.datetime = T0) -> ExpireOrders:
 def report(order_key: str, exec_id: str, exec_type: ExecType | str = ExecType.TRADE, *,
            qty: str = "0", px: str = "0", cum: str = "0", leaves: str = "0",
            side: Side | str = Side.BUY, symbol: str = "AAPL", mm: str = "mm1",
-           when: dt.datetime = T0, order_id: str | None = None) -> ExecutionReport:
+           when: dt.datetime = T0, order_id: str | None = None, cl_ord_id: str | None = None,
+           orig_cl_ord_id: str | None = None) -> ExecutionReport:
     oid = order_id or order_id_for(ACCOUNT, order_key)
     return ExecutionReport(
-        account_id=ACCOUNT, exec_id=exec_id, order_id=oid, cl_ord_id=oid,
+        account_id=ACCOUNT, exec_id=exec_id, order_id=oid, cl_ord_id=cl_ord_id or oid,
         exec_type=ExecType(exec_type), symbol=symbol, side=Side(side), last_qty=D(qty),
         last_px=D(px), cum_qty=D(cum), leaves_qty=D(leaves), transact_time=when,
-        market_maker=mm,
+        market_maker=mm, orig_cl_ord_id=orig_cl_ord_id,
     )
+
+
+def replace(key: str, order_key: str, quantity: str | None = None, *, limit: str | None = None,
+            stop: str | None = None, when: dt.datetime = T0) -> ReplaceOrder:
+    return ReplaceOrder(account_id=ACCOUNT, idempotency_key=key,
+                        order_id=order_id_for(ACCOUNT, order_key), submitted_at=when,
+                        quantity=D(quantity) if quantity else None,
+                        limit_price=D(limit) if limit else None,
+                        stop_price=D(stop) if stop else None)
+
+
+def settle(day: dt.date, when: dt.datetime = T0) -> SettleTrades:
+    return SettleTrades(account_id=ACCOUNT, idempotency_key=f"settle-{day}", settle_date=day,
+                        submitted_at=when)
 
 
 class Driver:
