@@ -23,7 +23,7 @@ from state import ledger_accounts as la
 from state.domain.money import ZERO
 from state.messages import LedgerTransaction
 
-LOTS_MAX = 2000
+LOTS_MAX = 500  # a few dozen kB of state at most; settlement runs daily
 _CLEARING_PREFIX = la.clearing("x")[: -len("x")]  # "clearing:"
 SATURDAY = 5
 

@@ -7,6 +7,11 @@ every transaction balances; the account's balances equal the sum of the entries 
 holds equal the open orders' remaining reserve and none is negative; positions equal the sum
 of fills; (realistic only) no account goes negative except cash after an ACH return. At the end
 a replay of the same messages from empty state gives identical outputs and state.
+
+Replaces (confirmed or refused by the market maker, filled meanwhile within both the old and
+the new terms), the gateway's pending cancels and T+1 settlements interleave with the rest;
+after every step the clearing balances also equal the account's unsettled lots (what
+settlement has still to move).
 """
 
 from __future__ import annotations
@@ -44,11 +49,23 @@ from state.messages import (
     LedgerTransaction,
     OrderEvent,
     RouteNewOrder,
+    RouteReplace,
     Side,
     SymbolStatus,
 )
 
-from .builders import ACCOUNT, T0, ach_return, cancel, deposit, expire, place, withdraw
+from .builders import (
+    ACCOUNT,
+    T0,
+    ach_return,
+    cancel,
+    deposit,
+    expire,
+    place,
+    replace,
+    settle,
+    withdraw,
+)
 
 D = Decimal
 SYMBOLS = ("AAPL", "TSLA")
@@ -68,6 +85,10 @@ place_actions = st.tuples(st.just("place"), st.sampled_from(["buy", "sell"]),
 fill_actions = st.tuples(st.just("fill"), index, fractions, st.integers(0, 2))
 mm_actions = st.tuples(st.just("mm"), index, st.sampled_from(
     ["new", "canceled", "rejected", "expired", "order_status", "cancel_rejected"]))
+replace_actions = st.tuples(st.just("replace"), index, st.none() | quantities,
+                            st.none() | prices, st.sampled_from(["limit", "stop"]))
+mm_replace_actions = st.tuples(st.just("mm_replace"), index,
+                               st.sampled_from(["replaced", "replaced", "cancel_rejected"]))
 # Orders and fills weigh more than money moves, so most runs trade.
 actions = st.one_of(
     place_actions, place_actions, fill_actions, fill_actions, fill_actions, mm_actions,
@@ -81,6 +102,9 @@ actions = st.one_of(
     st.tuples(st.just("status"), st.sampled_from(SYMBOLS),
               st.sampled_from([SymbolStatus.OPEN, SymbolStatus.OPEN, SymbolStatus.HALTED,
                                SymbolStatus.RESTRICTED])),
+    replace_actions, replace_actions, mm_replace_actions, mm_replace_actions,
+    st.tuples(st.just("pending_cancel"), index),
+    st.tuples(st.just("settle"), st.integers(0, 2)),
 )
 
 
@@ -91,6 +115,7 @@ class MarketMaker:
     live: dict[str, bool] = field(default_factory=dict)
     cum: dict[str, Decimal] = field(default_factory=dict)
     routes: dict[str, RouteNewOrder] = field(default_factory=dict)
+    replaces: dict[str, RouteReplace] = field(default_factory=dict)  # not yet answered
     exec_count: int = 0
 
 
@@ -142,6 +167,8 @@ class Run:
                 self.mm.live[item.order_id] = True
                 self.mm.cum[item.order_id] = D(0)
                 self.mm.routes[item.order_id] = item
+            elif isinstance(item, RouteReplace):
+                self.mm.replaces[item.order_id] = item
             elif isinstance(item, CommandAccepted) and item.command_type == "ach_return":
                 self.ach_returned = True
         # A report for an order the account no longer remembers, from before what it forgot,
@@ -253,9 +280,15 @@ class Run:
             leaves = route.quantity
         qty = (leaves * D(fraction)).quantize(D("0.000001"), rounding=ROUND_DOWN)
         qty = max(qty, D("0.000001"))
+        px = self._fill_price(route, price_step)
+        pending = self.mm.replaces.get(order_id)
+        if pending is not None and not self.hostile:
+            # Not yet replaced: a fill the old and the new terms both allow.
+            new = self._replaced_route(route, pending)
+            leaves = min(leaves, new.quantity - self.mm.cum.get(order_id, D(0)))
+            px = min(px, self._fill_price(new, price_step))
         if qty > leaves and not self.hostile:
             return
-        px = self._fill_price(route, price_step)
         self.send(self._report(order_id, route, "trade", qty, px))
         if self.mm.cum[order_id] >= route.quantity:
             self.mm.live[order_id] = False
@@ -281,6 +314,73 @@ class Run:
         if exec_type in ("canceled", "rejected", "expired"):
             self.mm.live[order_id] = False
         self.send(self._report(order_id, route, exec_type, D(0), D(0)))
+
+    def do_replace(self, i: int, qty: str | None, price: str | None, which: str) -> None:
+        """Mostly an open order, with the price its type has; sometimes any order, any price."""
+        open_orders = list(self.state.open_orders.values())
+        order = self.pick(open_orders, i) if i % 7 else None
+        key = order.idempotency_key if order else self.pick(self.keys, i) or "none"
+        if order is not None and not self.hostile:
+            which = {"limit": "limit", "stop": "stop", "market": "none"}.get(
+                order.order_type, which)
+        self.send(replace(self.next_id("rep"), key, qty,
+                          limit=price if which == "limit" else None,
+                          stop=price if which == "stop" else None, when=self.now))
+
+    @staticmethod
+    def _replaced_route(route: RouteNewOrder, request: RouteReplace) -> RouteNewOrder:
+        return msgspec.structs.replace(route, quantity=request.quantity,
+                                       limit_price=request.limit_price,
+                                       stop_price=request.stop_price)
+
+    def do_mm_replace(self, i: int, answer: str) -> None:
+        """The market maker answers a replace: confirms it (when the order lives and the new
+        quantity is above what it filled), else refuses it. A hostile one answers anything,
+        with any quantity."""
+        pending = list(self.mm.replaces.values())
+        request = self.pick(pending, i)
+        if request is None and not self.hostile:
+            return
+        if request is None:
+            target = self._target(i)
+            if target is None:
+                return
+            order_id, route = target
+            cl_ord_id, quantity = f"{order_id}.{i % 4}", route.quantity + i % 3
+        else:
+            order_id, cl_ord_id, quantity = request.order_id, request.cl_ord_id, request.quantity
+            route = self.mm.routes[order_id]
+            del self.mm.replaces[order_id]
+        cum = self.mm.cum.get(order_id, D(0))
+        if not self.hostile and (not self.mm.live.get(order_id) or quantity <= cum):
+            answer = "cancel_rejected"
+        if answer == "replaced" and request is not None:
+            self.mm.routes[order_id] = self._replaced_route(route, request)
+        self.mm.exec_count += 1
+        self.send(ExecutionReport(
+            account_id=ACCOUNT, exec_id=f"e{self.mm.exec_count}", order_id=order_id,
+            cl_ord_id=cl_ord_id, exec_type=ExecType(answer), symbol=route.symbol,
+            side=route.side, last_qty=D(0), last_px=D(0), cum_qty=cum,
+            leaves_qty=max(quantity - cum, D(0)), transact_time=self.now, market_maker="mm1",
+            orig_cl_ord_id=order_id))
+
+    def do_pending_cancel(self, i: int) -> None:
+        """The gateway got no answer for an order and asked the market maker to cancel it."""
+        target = self._target(i)
+        if target is None:
+            return
+        order_id, route = target
+        cum = self.mm.cum.get(order_id, D(0))
+        self.send(ExecutionReport(
+            account_id=ACCOUNT, exec_id=f"gateway:pending_cancel:{order_id}",
+            order_id=order_id, cl_ord_id=f"{order_id}.gw1",
+            exec_type=ExecType.PENDING_CANCEL, symbol=route.symbol, side=route.side,
+            last_qty=D(0), last_px=D(0), cum_qty=cum,
+            leaves_qty=max(route.quantity - cum, D(0)), transact_time=self.now,
+            market_maker="mm1", orig_cl_ord_id=order_id))
+
+    def do_settle(self, days_ahead: int) -> None:
+        self.send(settle(self.now.date() + dt.timedelta(days=days_ahead), self.now))
 
     # -- properties
 
@@ -310,6 +410,20 @@ class Run:
             position = sum((state.balance(b, symbol) for b in
                             (la.SHARES, la.SHARES_UNSETTLED, la.SHARES_HELD)), D(0))
             assert position == self.fills.get(symbol, D(0)), symbol
+        self._check_clearing(from_entries)
+
+    def _check_clearing(self, from_entries: dict[tuple[str, str], Decimal]) -> None:
+        """What the clearing accounts hold is what the unsettled lots say settlement will
+        move: a settlement moves exactly the lots it drops."""
+        expected: dict[tuple[str, str], Decimal] = {}
+        for lot in self.state.unsettled_lots.values():
+            for asset, amount in ((lot.symbol, lot.sold - lot.bought), (la.USD, lot.cash)):
+                key = (lot.clearing_account, asset)
+                expected[key] = expected.get(key, D(0)) + amount
+        clearing = {key: amount for key, amount in from_entries.items()
+                    if key[0].startswith("clearing:")}
+        for key in clearing.keys() | expected.keys():
+            assert clearing.get(key, D(0)) == expected.get(key, D(0)), key
 
 
 def _replay(run: Run) -> tuple[list[Output], AccountState]:
@@ -359,6 +473,40 @@ def test_hostile_market_maker_never_loses_cash_or_shares(steps: list[tuple]) -> 
 @given(st.lists(place_actions | fill_actions | fill_actions, min_size=20, max_size=120))
 def test_busy_trading_keeps_the_books(steps: list[tuple]) -> None:
     run = Run(hostile=False, round_trip=False)
+    run.act(("deposit", "20000.00"))
+    for action in steps:
+        run.act(action)
+    _check_run(run)
+
+
+def _weighted(*pairs: tuple[int, st.SearchStrategy]) -> st.SearchStrategy:
+    """One of the strategies, picked with the given weights (one_of weighs them equally)."""
+    return st.sampled_from([s for weight, s in pairs for _ in range(weight)]).flatmap(
+        lambda strategy: strategy)
+
+
+# Dense in replaces of live orders, their answers, pending cancels and settlements across
+# days; buys that rest (gtc limits and stops) so there is something to replace.
+resting_buys = st.tuples(st.just("place"), st.just("buy"),
+                         st.sampled_from(["limit", "stop", "stop_limit", "market"]), quantities,
+                         prices, st.sampled_from(SYMBOLS), st.sampled_from(["gtc", "day"]),
+                         st.booleans())
+replace_heavy_actions = _weighted(
+    (3, resting_buys), (1, place_actions), (4, replace_actions), (3, mm_replace_actions),
+    (3, fill_actions), (1, mm_actions), (1, st.tuples(st.just("pending_cancel"), index)),
+    (1, st.tuples(st.just("cancel"), index)),
+    (1, st.tuples(st.just("settle"), st.integers(0, 2))), (1, st.tuples(st.just("expire"),)),
+    (1, st.tuples(st.just("wait"), st.sampled_from([1, 86400]))),
+    (1, st.tuples(st.just("deposit"), amounts)), (1, st.tuples(st.just("duplicate"), index)),
+)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(replace_heavy_actions, min_size=20, max_size=100), st.booleans())
+def test_replaces_pending_cancels_and_settlements_keep_the_books(steps: list[tuple],
+                                                                 hostile: bool) -> None:
+    run = Run(hostile=hostile, round_trip=True)
     run.act(("deposit", "20000.00"))
     for action in steps:
         run.act(action)

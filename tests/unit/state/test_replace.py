@@ -8,6 +8,7 @@ from state.ids import order_id_for, txn_id_for
 from state.messages import (
     Alert,
     CommandRejected,
+    ExecutionReport,
     OrderEvent,
     OrderState,
     RouteCancel,
@@ -47,14 +48,14 @@ def selling(owned: str = "20", quantity: str = "10") -> Driver:
 
 
 def replaced(order_key: str, exec_id: str, cum: str, leaves: str, request: int = 1,
-             side: str = "buy") -> object:
+             side: str = "buy") -> ExecutionReport:
     oid = order_id_for(ACCOUNT, order_key)
     return report(order_key, exec_id, "replaced", cum=cum, leaves=leaves, side=side,
                   cl_ord_id=f"{oid}.{request}", orig_cl_ord_id=oid)
 
 
 def replace_rejected(order_key: str, exec_id: str, request: int = 1, side: str = "buy",
-                     cum: str = "0") -> object:
+                     cum: str = "0") -> ExecutionReport:
     oid = order_id_for(ACCOUNT, order_key)
     return report(order_key, exec_id, "cancel_rejected", cum=cum, side=side,
                   cl_ord_id=f"{oid}.{request}", orig_cl_ord_id=oid)
