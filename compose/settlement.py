@@ -172,10 +172,15 @@ class NettingReport:
 
 def netting_report(shard_dsns: Sequence[str], settle_date: dt.date,
                    accounts: int = 0) -> NettingReport:
-    """The netting of the trade date, read from every shard (read-only transactions)."""
+    """The netting of the trade date, read from every shard (read-only transactions). Fills
+    booked on the days before it that are not business days (a weekend) belong to it too,
+    as the account topology settles every trade up to the trade date."""
     trade_date = trade_date_for(settle_date)
     start = dt.datetime.combine(trade_date, dt.time(), dt.UTC)
-    params = {"start": start, "end": start + dt.timedelta(days=1),
+    while not is_business_day((start - dt.timedelta(days=1)).date()):
+        start -= dt.timedelta(days=1)
+    end = dt.datetime.combine(trade_date + dt.timedelta(days=1), dt.time(), dt.UTC)
+    params = {"start": start, "end": end,
               "clearing": _CLEARING_PREFIX + "%"}
     nettings: dict[tuple[str, str], Netting] = {}
     for shard, dsn in enumerate(shard_dsns):

@@ -43,6 +43,8 @@ def value_portfolio(ledger: dict[str, Any], quotes: dict[str, Quote]) -> dict[st
         positions.append({
             "symbol": position["symbol"],
             "quantity": str(quantity),
+            **{part: str(position.get(part, 0)) for part in
+               ("quantity_settled", "quantity_unsettled", "quantity_held")},
             "average_cost": str(position["average_cost"]),
             "cost_basis": str(cost_basis),
             "price": None if price is None else str(price),

@@ -129,6 +129,9 @@ class OrderList(Body, frozen=True):
 class Position(Body, frozen=True):
     symbol: str
     quantity: str
+    quantity_settled: str
+    quantity_unsettled: str
+    quantity_held: str  # reserved for open sell orders
     average_cost: str
     cost_basis: str
     price: str | None

@@ -5,6 +5,7 @@ topology -> ledger.postings -> shard sink -> PostgreSQL -> GET /v1/portfolio."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -79,6 +80,7 @@ def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
         _check_shard_rows(stack.endpoints()["shard_dsns"], account_id, cost)
         _check_best_execution(stack, base)
         _day_end_expires_resting_orders(stack, base, token, account_id)
+        _settlement_settles_todays_trades(stack, base, token, account_id)
         _reconcile_is_clean(stack)
     finally:
         code = stack.stop()
@@ -122,6 +124,33 @@ def _day_end_expires_resting_orders(stack, base: str, token: str,  # noqa: ANN00
     eventually(lambda: state_of(order["order_id"]) == "expired", timeout_s=30)
     eventually(lambda: Decimal(http("GET", f"{base}/v1/portfolio?account_id={account_id}",
                                     token=token)[1]["cash_held"]) == 0, timeout_s=30)
+
+
+def _settlement_settles_todays_trades(stack, base: str, token: str,  # noqa: ANN001
+                                      account_id: str) -> None:
+    def next_business_day(day: dt.date) -> dt.date:
+        day += dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day += dt.timedelta(days=1)
+        return day
+
+    today = dt.datetime.now(dt.UTC).date()
+    trade_date = today if today.weekday() < 5 else next_business_day(today)
+    settle_date = next_business_day(trade_date)
+    result = subprocess.run(
+        [sys.executable, "-m", "compose.cli", "settle", "--date", settle_date.isoformat()],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "BROKERAGE_DATA_DIR": str(stack.data_dir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "AAPL" in result.stdout, result.stdout  # the netting names today's symbol
+
+    def settled() -> bool:
+        body = http("GET", f"{base}/v1/portfolio?account_id={account_id}", token=token)[1]
+        rows = [p for p in body["positions"] if p["symbol"] == "AAPL"]
+        return bool(rows) and Decimal(rows[0]["quantity_settled"]) == Decimal(10) \
+            and Decimal(rows[0]["quantity_unsettled"]) == 0
+
+    eventually(settled, timeout_s=30)
 
 
 def _reconcile_is_clean(stack) -> None:  # noqa: ANN001
