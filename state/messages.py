@@ -8,6 +8,8 @@ The JSON Schema of each family is generated from these classes (`state.schemas`)
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import typing
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -81,12 +83,28 @@ class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field
     """Base of every topic payload: `type` (the tag) and `v` (schema version)."""
 
     def __post_init__(self) -> None:
-        for name in self.__struct_fields__:
+        decimals, datetimes = _checked_fields(type(self))
+        for name in decimals:
             value = getattr(self, name)
             if isinstance(value, Decimal) and not value.is_finite():
                 raise ValueError(f"{name} must be a finite decimal")
+        for name in datetimes:
+            value = getattr(self, name)
             if isinstance(value, dt.datetime) and value.tzinfo is None:
                 raise ValueError(f"{name} must carry a UTC offset")
+
+
+def _holds(annotation: object, kind: type) -> bool:
+    return annotation is kind or any(_holds(arg, kind) for arg in typing.get_args(annotation))
+
+
+@functools.cache
+def _checked_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The fields of a message class whose declared type can hold a Decimal, a datetime."""
+    hints = typing.get_type_hints(cls)
+    names = cls.__struct_fields__  # type: ignore[attr-defined]
+    return (tuple(n for n in names if _holds(hints[n], Decimal)),
+            tuple(n for n in names if _holds(hints[n], dt.datetime)))
 
 
 # ---- orders.commands (key: account_id) -------------------------------------------------
