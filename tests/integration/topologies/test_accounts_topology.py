@@ -265,3 +265,49 @@ def test_state_cache_serves_an_account_only_while_the_store_holds_its_bytes() ->
     cache.put("acc_b", state_to_bytes(second), second)
     cache.put("acc_c", raw, first)  # over the bound: the least recently used goes
     assert cache.get("acc_a", raw) is None and cache.get("acc_c", raw) is first
+
+
+def _first_event(services, prefix: str, order_id: str) -> OrderEvent:
+    """The order's first decisive event: rejected, or held/routed."""
+    records = read_topic(services.bootstrap_servers, prefix + Topic.ORDERS_EVENTS,
+                         until=lambda rs: any(order_id.encode() in r.value and (
+                             b'"rejected"' in r.value or b'"funds_held"' in r.value)
+                             for r in rs))
+    events = [decode(Topic.ORDERS_EVENTS, r.value) for r in records]
+    return next(e for e in events if isinstance(e, OrderEvent) and e.order_id == order_id
+                and e.state in ("rejected", "funds_held"))
+
+
+def test_halted_and_restricted_symbols_follow_market_status(services, topics,
+                                                            topology) -> None:
+    """`brokerage halt TSLA` reaches the topology: TSLA orders are refused until it resumes;
+    a restricted symbol takes closing trades only (the GME case)."""
+    from compose.topics_cli import publish_market_status
+
+    commands = topics + Topic.ORDERS_COMMANDS
+    produce(services.bootstrap_servers, commands, [
+        Deposit(account_id=ACCOUNT, idempotency_key="dep-s", amount=Decimal("10000.00"),
+                submitted_at=T0)])
+    publish_market_status(services.bootstrap_servers, topics, "TSLA", "halted", "news")
+    publish_market_status(services.bootstrap_servers, topics, "GME", "restricted", None)
+
+    def limit_buy(symbol: str, key: str) -> OrderEvent:
+        produce(services.bootstrap_servers, commands, [PlaceOrder(
+            account_id=ACCOUNT, idempotency_key=key, symbol=symbol, side=Side.BUY,
+            order_type=OrderType.LIMIT, quantity=Decimal(1), limit_price=Decimal("10.00"),
+            submitted_at=dt.datetime.now(dt.UTC))])
+        return _first_event(services, topics, order_id_for(ACCOUNT, key))
+
+    def eventually_reason(symbol: str, reason: str | None, stem: str) -> None:
+        # The status view follows its topic in the background: retry with fresh keys.
+        for attempt in range(20):
+            event = limit_buy(symbol, f"{stem}-{attempt}")
+            if event.reason == reason or (reason is None and event.state == "funds_held"):
+                return
+        raise AssertionError(f"{symbol}: last event {event}")
+
+    eventually_reason("TSLA", "symbol_halted", "tsla-halted")
+    eventually_reason("GME", "symbol_restricted", "gme-restricted")
+    assert limit_buy("AAPL", "aapl-open").state == "funds_held"
+    publish_market_status(services.bootstrap_servers, topics, "TSLA", "open", None)
+    eventually_reason("TSLA", None, "tsla-open")
