@@ -5,7 +5,10 @@ NewOrderSingle -> simulator -> fill -> executions), and p50/p99 latencies for pa
 end to end (route record produced -> fill record read) and inside the gateway
 (NewOrderSingle sent -> fill received, from the gateway's best-execution figures).
 
-    python benchmarks/fix_roundtrip.py [--burst 2000] [--paced 500] [--rate 200]
+    python benchmarks/fix_roundtrip.py [--burst 2000] [--paced 500] [--rate 200] [--py-spy DIR]
+
+With --py-spy, py-spy samples the gateway and the simulator during the burst and writes
+collapsed stacks (flamegraph input) to DIR/gateway.txt and DIR/simulator.txt.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine  # noqa: E402
 from compose.embedded import free_port, start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from gateways.fix.config import FixGatewayConfig, MarketMakerConfig  # noqa: E402
@@ -41,16 +45,6 @@ from state.messages import (  # noqa: E402
 from state.topics import Topic, topic_specs  # noqa: E402
 
 SHARDS, PARTITIONS_PER_SHARD = 2, 2
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def orders(tag: str, count: int, accounts: list[str]) -> list[tuple[str, RouteNewOrder]]:
@@ -80,11 +74,34 @@ def wait_fills(reader: TopicReader, count: int, timeout_s: float,
                 seen_at.setdefault(report.order_id, time.time())
 
 
+def start_profilers(out_dir: Path | None, gateway_pid: int,
+                    simulator_pid: int) -> list[subprocess.Popen[bytes]]:
+    """py-spy on both processes (collapsed stacks, idle threads left out)."""
+    if out_dir is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(py_spy), "record", "--pid", str(pid), "--format", "raw",
+                              "--rate", "250", "--threads", "--nonblocking",
+                              "-o", str(out_dir / f"{name}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for name, pid in (("gateway", gateway_pid), ("simulator", simulator_pid))]
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    for profiler in profilers:
+        profiler.wait(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--paced", type=int, default=500)
     parser.add_argument("--rate", type=int, default=200, help="paced orders per second")
+    parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                        help="profile both processes during the burst into DIR")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fixbench-"))
     servers = start_embedded_servers(work, 0, redis=False)
@@ -115,9 +132,11 @@ def main() -> None:
 
         burst = orders("burst", args.burst, accounts)
         fills: dict[str, float] = {}
+        profilers = start_profilers(args.py_spy, gateway.popen.pid, simulator.popen.pid)
         started = time.time()
         produce(bootstrap, prefix + Topic.ORDERS_ROUTE, burst)
         wait_fills(reader, args.burst, 120, fills)
+        stop_profilers(profilers)
         elapsed = max(fills.values()) - started if fills else float("nan")
 
         paced: dict[str, float] = {}
@@ -151,8 +170,7 @@ def main() -> None:
     gateway_fill_ms = [float(v) for v in (stats.fill_ms if stats else [])][-args.paced:]
     result = {
         "benchmark": "fix_roundtrip",
-        "machine": {"nproc": os.cpu_count(), "cpu_model": cpu_model(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "burst": {"orders": args.burst, "filled": len(fills),
                   "seconds": round(elapsed, 3),
                   "round_trips_per_s": round(len(fills) / elapsed, 1) if fills else 0},

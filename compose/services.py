@@ -55,6 +55,8 @@ def _accounts(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Servi
     kafka = {**_kafka(stack, endpoints), "extra": stack.kafka.extra}
     config = {"kafka": kafka, "state_dir": str(data_dir / "state" / "accounts"),
               "account_partitions": stack.account_partitions,
+              "shard_dsns": list(endpoints.shard_dsns),
+              "partitions_per_shard": stack.stack.partitions_per_shard,
               "processing_guarantee": stack.accounts.processing_guarantee,
               "commit_interval_s": stack.accounts.commit_interval_s}
     return ServiceSpec("accounts", "topologies.config:AccountTopologyConfig",

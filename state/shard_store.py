@@ -20,6 +20,8 @@ from psycopg import sql
 
 from state import ledger_accounts as la
 from state import topics as t
+from state.domain import shard_snapshot as snap
+from state.domain.hydrate import AccountSnapshot
 from state.exceptions import DecodeError, StoreError
 from state.messages import (
     AccountEvent,
@@ -721,3 +723,106 @@ def sink_offsets(dsn: str) -> dict[tuple[str, int], int]:
     with connect(dsn) as conn:
         return {(row[0], row[1]): row[2] for row in
                 conn.execute("SELECT topic, partition, offset_max FROM sink_offsets")}
+
+
+# ---- hydration: what the shard records of one account ----------------------------------
+
+_SNAPSHOT_AS_OF_SQL = """
+SELECT greatest((SELECT max(occurred_at) FROM ledger_transactions WHERE account_id = %(a)s),
+                (SELECT max(occurred_at) FROM order_events WHERE account_id = %(a)s))
+"""
+
+# Orders open, holding funds on the ledger, changed lately, or with fills lately.
+_SNAPSHOT_ORDER_IDS_SQL = """
+SELECT order_id FROM orders WHERE account_id = %(a)s AND state <> ALL(%(terminal)s)
+UNION
+SELECT order_id FROM order_events
+ WHERE account_id = %(a)s AND occurred_at >= %(orders_since)s AND event_type = 'order_event'
+   AND order_id IS NOT NULL
+UNION
+SELECT t.order_id FROM ledger_entries e JOIN ledger_transactions t USING (txn_id)
+ WHERE e.account_id = %(a)s AND e.ledger_account IN (%(cash_held)s, %(shares_held)s)
+   AND t.order_id IS NOT NULL
+ GROUP BY t.order_id, e.asset HAVING sum(e.amount) <> 0
+UNION
+SELECT order_id FROM ledger_transactions
+ WHERE account_id = %(a)s AND kind = 'fill' AND occurred_at >= %(fills_since)s
+   AND order_id IS NOT NULL
+"""
+
+_SNAPSHOT_EVENTS_SQL = """
+SELECT payload::text FROM order_events
+ WHERE account_id = %(a)s
+   AND ((event_type = 'order_event' AND order_id = ANY(%(ids)s))
+        OR (event_type IN ('command_accepted', 'command_rejected')
+            AND occurred_at >= %(commands_since)s))
+ ORDER BY occurred_at, event_id
+"""
+
+_SNAPSHOT_TXNS_SQL = """
+SELECT t.txn_id, t.kind, t.cause_id, t.order_id, t.occurred_at,
+       array_agg(e.ledger_account ORDER BY e.leg), array_agg(e.asset ORDER BY e.leg),
+       array_agg(e.amount ORDER BY e.leg)
+  FROM ledger_transactions t JOIN ledger_entries e USING (txn_id)
+ WHERE t.account_id = %(a)s
+   AND (t.order_id = ANY(%(ids)s)
+        OR (t.kind = 'fill' AND t.occurred_at >= %(fills_since)s)
+        OR (t.kind IN ('deposit', 'ach_return') AND t.occurred_at >= %(deposits_since)s)
+        OR (t.kind IN ('withdrawal', 'settle') AND t.occurred_at >= %(commands_since)s))
+ GROUP BY t.ledger_seq, t.txn_id ORDER BY t.ledger_seq
+"""
+
+_SNAPSHOT_CLEARING_SQL = """
+SELECT ledger_account, asset, sum(amount) FROM ledger_entries
+ WHERE account_id = %(a)s AND starts_with(ledger_account, 'clearing:')
+ GROUP BY ledger_account, asset
+"""
+
+
+def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
+    """What the account's shard records of it, for the account topology to rebuild the state
+    it lost (`state.domain.hydrate`); None when the shard has nothing of the account (a new
+    account). One read-only, repeatable-read transaction: a consistent view while sinks write.
+    Connection errors propagate (`connect` has a short timeout)."""
+    with connect(dsn) as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        with conn.transaction():
+            params: dict[str, object] = {"a": account_id}
+            row = conn.execute(_SNAPSHOT_AS_OF_SQL, params).fetchone()
+            as_of = row[0] if row else None
+            if as_of is None:
+                return None
+            params.update(
+                terminal=list(snap.TERMINAL_STATE_NAMES),
+                orders_since=as_of - snap.ORDERS_LOOKBACK,
+                fills_since=as_of - snap.FILLS_LOOKBACK,
+                deposits_since=as_of - snap.DEPOSITS_LOOKBACK,
+                commands_since=as_of - snap.COMMANDS_LOOKBACK,
+                cash_held=la.user(account_id, la.CASH_HELD),
+                shares_held=la.user(account_id, la.SHARES_HELD))
+            params["ids"] = [r[0] for r in conn.execute(_SNAPSHOT_ORDER_IDS_SQL, params)]
+            events = [_EVENT_DECODER.decode(r[0]) for r in
+                      conn.execute(_SNAPSHOT_EVENTS_SQL, params)]
+            transactions = [
+                LedgerTransaction(
+                    txn_id=txn_id, account_id=account_id, kind=kind, cause_id=cause_id,
+                    order_id=order_id, occurred_at=occurred_at,
+                    entries=tuple(LedgerEntry(n, a, m) for n, a, m in
+                                  zip(names, assets, amounts, strict=True)))
+                for txn_id, kind, cause_id, order_id, occurred_at, names, assets, amounts
+                in conn.execute(_SNAPSHOT_TXNS_SQL, params)]
+            balances: dict[str, dict[str, Decimal]] = defaultdict(dict)
+            for name, asset, balance in conn.execute(
+                    "SELECT ledger_account, asset, balance FROM account_balances "
+                    "WHERE account_id = %(a)s", params):
+                owner = la.parse_user(name)
+                if owner is not None and owner[0] == account_id:
+                    balances[owner[1]][asset] = balance
+            clearing: dict[str, dict[str, Decimal]] = defaultdict(dict)
+            for name, asset, amount in conn.execute(_SNAPSHOT_CLEARING_SQL, params):
+                clearing[name][asset] = amount
+    return snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
+
+
+_EVENT_DECODER = msgspec.json.Decoder(AccountEvent)

@@ -17,9 +17,11 @@ import datetime as dt
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import psycopg
 from confluent_kafka import Consumer, KafkaError
 from quixstreams import Application, State, message_context
 from quixstreams.models import Serializer, Topic, TopicConfig
@@ -36,8 +38,11 @@ from state.domain.account import (
     state_from_bytes,
     state_to_bytes,
 )
-from state.exceptions import DecodeError
-from state.messages import MarketStatus
+from state.domain.hydrate import AccountSnapshot, state_or_hydrated
+from state.exceptions import DecodeError, ShardUnavailable, StoreError
+from state.messages import CommandRejected, ExecutionReport, MarketStatus
+from state.router import ShardRouter
+from state.shard_store import load_account_snapshot
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -167,10 +172,12 @@ class AccountStep:
     decoded accounts kept (the busiest; a long-retained account is a few hundred kB decoded)."""
 
     def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits,
-                 cached_accounts_max: int = 2048) -> None:
+                 cached_accounts_max: int = 2048,
+                 snapshot_loader: SnapshotLoader | None = None) -> None:
         self._prefix = prefix
         self._market = market
         self._limits = limits
+        self._snapshot_loader = snapshot_loader
         self._kinds = {prefix + t.Topic.ORDERS_COMMANDS: t.Topic.ORDERS_COMMANDS,
                        prefix + t.Topic.EXECUTIONS: t.Topic.EXECUTIONS}
         self._cache = StateCache(cached_accounts_max)
@@ -188,7 +195,13 @@ class AccountStep:
             letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
                                    str(error), now)
             return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
-        account = self._load(message.account_id, state)
+        try:
+            account = self._load(message.account_id, state, now)
+        except StoreError as error:
+            if isinstance(message, ExecutionReport):
+                raise  # never booked against a guessed state: retried once the shard is back
+            return [Output(self._prefix + t.topic_for(refusal), t.encode(refusal))
+                    for refusal in [_unavailable(message, now, error)]]
         market = self._market.context() if self._market else _ALL_OPEN
         account, outputs = decide(account, message, now, market, self._limits)
         stored = state_to_bytes(account)
@@ -196,10 +209,15 @@ class AccountStep:
         self._cache.put(message.account_id, stored, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
 
-    def _load(self, account_id: str, state: State) -> AccountState:
+    def _load(self, account_id: str, state: State, now: dt.datetime) -> AccountState:
         stored = state.get(_STATE_KEY)
         if stored is None:
-            return AccountState.empty(account_id)
+            # No stream state: a new account, or state the broker lost (the embedded broker
+            # keeps topics in memory only): the account's shard, the durable record, decides.
+            loader = self._snapshot_loader
+            if loader is None:
+                return AccountState.empty(account_id)
+            return state_or_hydrated(None, lambda: loader(account_id), account_id, now)
         account = self._cache.get(account_id, stored)
         if account is None:
             account = state_from_bytes(stored)
@@ -207,6 +225,33 @@ class AccountStep:
             # a rebalance, changelog recovery) gets the whole check once.
             check_invariants(account)
         return account
+
+
+SnapshotLoader = Callable[[str], AccountSnapshot | None]
+
+
+def _unavailable(command: Any, now: dt.datetime, error: Exception) -> CommandRejected:
+    """A command for an account whose shard cannot be read, while the stream has no state for
+    it: refused with a stable reason, nothing stored; other accounts go on."""
+    return CommandRejected(
+        event_id=f"cmd:{command.account_id}:{command.idempotency_key}:account_unavailable",
+        account_id=command.account_id, idempotency_key=command.idempotency_key,
+        command_type=type(command).__struct_config__.tag, reason="account_unavailable",
+        occurred_at=now, detail=f"the account's shard cannot be read: {error}")
+
+
+def shard_snapshot_loader(shard_dsns: tuple[str, ...],
+                          partitions_per_shard: int) -> SnapshotLoader:
+    router = ShardRouter(len(shard_dsns), partitions_per_shard)
+
+    def load(account_id: str) -> AccountSnapshot | None:
+        dsn = shard_dsns[router.shard_of_account(account_id)]
+        try:
+            return load_account_snapshot(dsn, account_id)
+        except psycopg.Error as error:
+            raise ShardUnavailable(f"shard of {account_id}: {error}") from error
+
+    return load
 
 
 def build_accounts(app: Application, topics: AccountTopics, step: AccountStep) -> None:
@@ -266,8 +311,10 @@ def run(config: AccountTopologyConfig) -> None:
     market.start()
     try:
         topics = declare_topics(app, config.kafka.topic_prefix, config.account_partitions)
+        loader = (shard_snapshot_loader(config.shard_dsns, config.partitions_per_shard)
+                  if config.shard_dsns else None)
         build_accounts(app, topics, AccountStep(config.kafka.topic_prefix, market,
-                                                risk_limits(config)))
+                                                risk_limits(config), snapshot_loader=loader))
         app.run()
     finally:
         market.stop()

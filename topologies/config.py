@@ -25,6 +25,10 @@ class AccountTopologyConfig(_Config, frozen=True, kw_only=True):
     kafka: KafkaSettings
     state_dir: str
     account_partitions: int
+    # The shards, to rebuild the state of an account the stream has none for (the embedded
+    # broker keeps topics in memory only); empty: no rebuild, a new state is empty.
+    shard_dsns: tuple[str, ...] = ()
+    partitions_per_shard: int = 1
     consumer_group: str = "accounts"
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05

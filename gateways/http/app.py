@@ -7,16 +7,18 @@ import asyncio
 import functools
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiohttp import web
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateways.http.bus import CommandProducer, TopicTail
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY, Gateway
-from gateways.http.limits import IdempotencyRecords, RateLimiter
+from gateways.http.limits import IdempotencyRecords, RateLimiter, RedisBreaker
 from gateways.http.openapi import openapi_document
 from gateways.http.problems import Handler, problem_middleware
 from gateways.http.routes import ROUTES, json_response
@@ -24,11 +26,12 @@ from gateways.http.websocket import StreamHub, stream
 from state.exceptions import StoreError
 from state.topics import Topic
 
+T = TypeVar("T")
 _START_TIMEOUT_S = 15.0
 # Redis is one thread: more connections than this add no throughput, only the chance of
-# redis-py's "Too many connections" (a 503) under a burst. Past it a request waits its turn.
+# redis-py's "Too many connections" under a burst. Past it a request waits its turn, for at
+# most config.redis_timeout_ms; then it degrades as if Redis were down (limits.py).
 REDIS_CONNECTIONS_MAX = 64
-_REDIS_WAIT_S = 2.0
 # A quotes batch may gather this long: far below the fan-out's flush interval.
 QUOTES_BATCH_WAIT_S = 0.01
 # The single-page web app (plain HTML, CSS and JS modules, no build step). Served at / and
@@ -82,16 +85,24 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     closers: list[Callable[[], Any]] = []
     try:
+        redis_timeout_s = config.redis_timeout_ms / 1000
+        # No retries: a timed-out call falls back at once (limits.py) rather than waiting
+        # again; the waits for a pooled connection and for each reply are both bounded.
         gateway.redis = aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(
-            config.redis_url, max_connections=REDIS_CONNECTIONS_MAX, timeout=_REDIS_WAIT_S,
-            socket_timeout=2, socket_connect_timeout=2))
+            config.redis_url, max_connections=REDIS_CONNECTIONS_MAX, timeout=redis_timeout_s,
+            socket_timeout=redis_timeout_s, socket_connect_timeout=redis_timeout_s,
+            retry=Retry(NoBackoff(), 0)))
         closers.append(gateway.redis.aclose)
-        gateway.limiter = RateLimiter(gateway.redis, config.redis_key_prefix)
+        breaker = RedisBreaker(config.redis_retry_after_ms / 1000)
+        gateway.breaker = breaker
+        fallbacks = gateway.metrics.redis_fallbacks
+        gateway.limiter = RateLimiter(gateway.redis, config.redis_key_prefix, breaker, fallbacks)
         gateway.idempotency = IdempotencyRecords(gateway.redis, config.redis_key_prefix,
-                                                 config.idempotency_ttl_s)
-        quote_cache = AsyncQuoteCache(config.redis_url, config.redis_key_prefix)
+                                                 config.idempotency_ttl_s, breaker, fallbacks)
+        quote_cache = AsyncQuoteCache(config.redis_url, config.redis_key_prefix,
+                                      socket_timeout_s=redis_timeout_s)
         closers.append(quote_cache.close)
-        gateway.quotes = BoundedQuotes(quote_cache, REDIS_CONNECTIONS_MAX)
+        gateway.quotes = BoundedQuotes(quote_cache, REDIS_CONNECTIONS_MAX, breaker)
         gateway.router = ShardRouter(len(config.shard_dsns), config.partitions_per_shard)
         reader = ShardReader(config.shard_dsns, config.partitions_per_shard)
         await reader.open()
@@ -125,23 +136,36 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
 
 class BoundedQuotes:
     """The quote cache with at most `concurrency` reads in flight: its connection pool fails a
-    read past its size rather than queueing it, and a burst of orders must queue, not fail."""
+    read past its size rather than queueing it, and a burst of orders must queue, not fail.
+    While the breaker skips Redis a read fails at once (StoreError) instead of waiting for a
+    timeout; a read that fails opens the breaker."""
 
-    def __init__(self, cache: Any, concurrency: int) -> None:
+    def __init__(self, cache: Any, concurrency: int, breaker: RedisBreaker) -> None:
         self._cache = cache
         self._gate = asyncio.Semaphore(concurrency)
+        self._breaker = breaker
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        async with self._gate:
+            # Checked once through the gate: a read queued behind stalled ones skips too.
+            if not self._breaker.available():
+                raise StoreError(f"quote cache skipped after: {self._breaker.last_error}")
+            try:
+                result = await call()
+            except StoreError as error:
+                self._breaker.failed(error)
+                raise
+        self._breaker.succeeded()
+        return result
 
     async def get_many(self, symbols: Any) -> Any:
-        async with self._gate:
-            return await self._cache.get_many(symbols)
+        return await self._read(lambda: self._cache.get_many(symbols))
 
     async def get(self, symbol: str) -> Any:
-        async with self._gate:
-            return await self._cache.get(symbol)
+        return await self._read(lambda: self._cache.get(symbol))
 
     async def candles(self, symbol: str, interval: str, limit: int) -> Any:
-        async with self._gate:
-            return await self._cache.candles(symbol, interval, limit)
+        return await self._read(lambda: self._cache.candles(symbol, interval, limit))
 
 
 def _register_gauges(gateway: Gateway, quotes_tail: TopicTail) -> None:
@@ -155,6 +179,8 @@ def _register_gauges(gateway: Gateway, quotes_tail: TopicTail) -> None:
                   lambda: gateway.replies.events_seen)
     metrics.gauge("gateway_quotes_received_total", "quotes records read",
                   lambda: quotes_tail.records_read)
+    metrics.gauge("gateway_redis_degraded", "1 while Redis fails and is skipped, else 0",
+                  lambda: int(gateway.breaker.degraded))
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -19,9 +19,16 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     reply_wait_ms: int = 2000
     session_timeout_ms: int = 3000
     body_bytes_max: int = 16384
-    # Per-user request budgets, counted in Redis per one-second window.
+    # Per-user request budgets, counted in Redis per one-second window (in this process while
+    # Redis cannot count).
     orders_per_s_max: int = 10
     reads_per_s_max: int = 100
+    # Every Redis call on the request path is bounded by this socket timeout (a frozen Redis
+    # holds a request about this long, once); after a failure Redis is skipped for
+    # redis_retry_after_ms and the gateway degrades (local budgets, topology idempotency,
+    # orders without reference prices) until a probe succeeds.
+    redis_timeout_ms: int = 500
+    redis_retry_after_ms: int = 1000
     # How long the record of an idempotency key -> request body hash lives.
     idempotency_ttl_s: int = 24 * 3600
     delivery_timeout_ms: int = 5000

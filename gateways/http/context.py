@@ -39,6 +39,7 @@ class Gateway:
     producer: Any = None  # a Producer
     limiter: Any = None  # RateLimiter
     idempotency: Any = None  # IdempotencyRecords
+    breaker: Any = None  # limits.RedisBreaker: whether Redis is being skipped (degraded)
     hub: Any = None  # gateways.http.websocket.StreamHub
     replies: ReplyBook = field(default_factory=ReplyBook)
     metrics: Metrics = field(default_factory=Metrics)

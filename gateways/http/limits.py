@@ -1,13 +1,24 @@
 """Per-user request budgets and idempotency-key records, in Redis (shared by every gateway
-process, so a user cannot multiply their budget by spreading requests)."""
+process, so a user cannot multiply their budget by spreading requests).
+
+Redis is a helper here, never a dependency of the write path: every call is bounded by the
+client's socket timeouts, and when Redis is down or slow the gateway degrades instead of
+refusing orders. Budgets fall back to an in-process limiter (the same budgets, per gateway
+process) and idempotency falls back to the account topology's own (same key and same body: a
+no-op; same key, another body: `duplicate_idempotency_key_different_body`, answered 409).
+A `RedisBreaker` remembers a failure for a moment, so one request pays at most one timeout
+and the requests after it skip Redis until the breaker lets a probe through."""
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateways.http.metrics import Counter
 from gateways.http.problems import Problem
 
 # INCR the window's counter and give it a lifetime on first use, in one round trip.
@@ -16,33 +27,103 @@ local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
+# Fallback labels on the degraded-mode counter.
+RATE_LIMIT = "rate_limit"
+IDEMPOTENCY = "idempotency"
+QUOTES = "quotes"
 
 
-def _unavailable(error: RedisError) -> Problem:
-    return Problem(503, "redis_unavailable", f"rate-limit/idempotency store unavailable: {error}",
-                   headers={"Retry-After": "1"})
+class RedisBreaker:
+    """Whether Redis is worth asking right now: after a failure it is skipped for
+    `retry_after_s`, then the next call probes it again (a success closes the breaker)."""
+
+    def __init__(self, retry_after_s: float,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._retry_after_s = retry_after_s
+        self._monotonic = monotonic
+        self._open_until = 0.0
+        self.last_error: str | None = None
+        self.failures = 0
+
+    def available(self) -> bool:
+        return self._monotonic() >= self._open_until
+
+    def failed(self, error: BaseException) -> None:
+        self.failures += 1
+        self.last_error = f"{type(error).__name__}: {error}"
+        self._open_until = self._monotonic() + self._retry_after_s
+
+    def succeeded(self) -> None:
+        self._open_until = 0.0
+        self.last_error = None
+
+    @property
+    def degraded(self) -> bool:
+        """Redis failed lately and is being skipped (or about to be probed)."""
+        return self.last_error is not None
+
+
+def _too_many(bucket: str, limit_per_s: int, now_ms: int) -> Problem:
+    retry_after_s = max(1, -(-(1000 - now_ms % 1000) // 1000))
+    return Problem(429, "rate_limited", f"more than {limit_per_s} {bucket} requests per second",
+                   headers={"Retry-After": str(retry_after_s)})
+
+
+class LocalRateLimiter:
+    """Fixed one-second windows per (user, bucket), in this process only: the fallback while
+    Redis cannot count. Only the current window is kept, so memory follows the users active
+    in the last second."""
+
+    def __init__(self) -> None:
+        self._window = -1
+        self._counts: dict[tuple[str, str], int] = {}
+
+    def count(self, user_id: str, bucket: str, now_ms: int) -> int:
+        window = now_ms // 1000
+        if window > self._window:  # a new second: every earlier count is irrelevant
+            self._window = window
+            self._counts = {}
+        key = (user_id, bucket)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        return self._counts[key]
+
+    async def hit(self, user_id: str, bucket: str, limit_per_s: int, now_ms: int) -> None:
+        if self.count(user_id, bucket, now_ms) > limit_per_s:
+            raise _too_many(bucket, limit_per_s, now_ms)
 
 
 class RateLimiter:
-    """Fixed one-second windows per (user, bucket)."""
+    """Fixed one-second windows per (user, bucket), counted in Redis; counted in this process
+    (`LocalRateLimiter`) while Redis cannot answer."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, key_prefix: str, breaker: RedisBreaker,
+                 fallbacks: Counter) -> None:
         self._client = client
         self._prefix = f"{key_prefix}ratelimit:"
         self._hit = client.register_script(_HIT)
+        self._breaker = breaker
+        self._fallbacks = fallbacks
+        self.local = LocalRateLimiter()
 
     async def hit(self, user_id: str, bucket: str, limit_per_s: int, now_ms: int) -> None:
-        window = now_ms // 1000
-        try:
-            count = int(await self._hit(keys=[f"{self._prefix}{bucket}:{user_id}:{window}"],
-                                        args=[2000]))
-        except RedisError as error:
-            raise _unavailable(error) from error
+        count = await self._count_in_redis(user_id, bucket, now_ms)
+        if count is None:
+            self._fallbacks.inc(feature=RATE_LIMIT)
+            count = self.local.count(user_id, bucket, now_ms)
         if count > limit_per_s:
-            retry_after_s = max(1, -(-(1000 - now_ms % 1000) // 1000))
-            raise Problem(429, "rate_limited",
-                          f"more than {limit_per_s} {bucket} requests per second",
-                          headers={"Retry-After": str(retry_after_s)})
+            raise _too_many(bucket, limit_per_s, now_ms)
+
+    async def _count_in_redis(self, user_id: str, bucket: str, now_ms: int) -> int | None:
+        if not self._breaker.available():
+            return None
+        key = f"{self._prefix}{bucket}:{user_id}:{now_ms // 1000}"
+        try:
+            count = int(await self._hit(keys=[key], args=[2000]))
+        except (RedisError, OSError) as error:
+            self._breaker.failed(error)
+            return None
+        self._breaker.succeeded()
+        return count
 
 
 def _text(value: bytes | str) -> str:
@@ -58,26 +139,43 @@ def body_fingerprint(*parts: bytes | str) -> str:
 
 
 class IdempotencyRecords:
-    """idempotency key -> fingerprint of the request that first used it."""
+    """idempotency key -> fingerprint of the request that first used it: a pre-check that
+    answers replays and reused keys without a trip through the broker. The account topology
+    enforces the same rule on its own; this is the fast path, not the guarantee."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, key_prefix: str, ttl_s: int,
+                 breaker: RedisBreaker, fallbacks: Counter) -> None:
         self._client = client
         self._prefix = f"{key_prefix}idempotency:"
         self._ttl_s = ttl_s
+        self._breaker = breaker
+        self._fallbacks = fallbacks
 
     def _key(self, scope: str, idempotency_key: str) -> str:
         return f"{self._prefix}{scope}:{idempotency_key}"
 
-    async def claim(self, scope: str, idempotency_key: str, fingerprint: str) -> bool:
+    async def claim(self, scope: str, idempotency_key: str, fingerprint: str) -> bool | None:
         """True when this is the key's first use; False for a replay of the same request;
-        Problem 409 when the key was used for another request."""
+        Problem 409 when the key was used for another request; None when Redis cannot tell
+        (down or slow): the command goes on and the topology's idempotency decides."""
+        if not self._breaker.available():
+            self._fallbacks.inc(feature=IDEMPOTENCY)
+            return None
         key = self._key(scope, idempotency_key)
         try:
             if await self._client.set(key, fingerprint, nx=True, ex=self._ttl_s):
-                return True
-            held = await self._client.get(key)
-        except RedisError as error:
-            raise _unavailable(error) from error
+                held: bytes | str | None = fingerprint
+                first = True
+            else:
+                held = await self._client.get(key)
+                first = False
+        except (RedisError, OSError) as error:
+            self._breaker.failed(error)
+            self._fallbacks.inc(feature=IDEMPOTENCY)
+            return None
+        self._breaker.succeeded()
+        if first:
+            return True
         if held is None:  # expired between the two calls: claim again
             return await self.claim(scope, idempotency_key, fingerprint)
         if _text(held) != fingerprint:
@@ -87,10 +185,12 @@ class IdempotencyRecords:
 
     async def release(self, scope: str, idempotency_key: str, fingerprint: str) -> None:
         """Forget a claim whose command never reached the broker, so a retry can proceed."""
+        if not self._breaker.available():
+            return  # the record expires on its own
         key = self._key(scope, idempotency_key)
         try:
             held = await self._client.get(key)
             if held is not None and _text(held) == fingerprint:
                 await self._client.delete(key)
-        except RedisError:
-            pass  # the record expires on its own
+        except (RedisError, OSError) as error:
+            self._breaker.failed(error)  # the record expires on its own

@@ -86,6 +86,12 @@ class Metrics:
         self.replies = Counter("gateway_replies_total",
                                "Request/reply outcomes (answered, timeout)")
         self.ws_messages = Counter("gateway_ws_messages_sent_total", "WebSocket frames sent")
+        # Degraded mode: what was done without Redis (rate_limit counted in this process,
+        # idempotency left to the account topology, quotes: an order sent without a
+        # reference price because the quote cache could not answer).
+        self.redis_fallbacks = Counter(
+            "gateway_redis_fallbacks_total",
+            "Requests served without Redis, by what fell back (rate_limit, idempotency, quotes)")
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
@@ -94,7 +100,7 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         for metric in (self.requests, self.latency, self.commands, self.replies,
-                       self.ws_messages):
+                       self.ws_messages, self.redis_fallbacks):
             lines += metric.render()
         for gauge in self.gauges:
             lines += gauge.render()

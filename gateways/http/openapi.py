@@ -43,6 +43,8 @@ def _operation(route: Route) -> dict[str, Any]:
         "operationId": route.handler.__name__, "summary": route.summary, "tags": [route.tag],
         "parameters": parameters, "responses": responses,
     }
+    if route.description:
+        operation["description"] = route.description
     if route.request is not None:
         operation["requestBody"] = {"required": True, "content": {
             "application/json": {"schema": _ref(route.request)}}}

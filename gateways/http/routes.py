@@ -21,6 +21,7 @@ from gateways.http import schemas as s
 from gateways.http.auth import bearer_token, issue_token, verify_token
 from gateways.http.bus import BrokerUnavailable
 from gateways.http.context import Gateway, gateway_of
+from gateways.http.limits import QUOTES
 from gateways.http.portfolio import value_portfolio
 from gateways.http.problems import Problem
 from gateways.http.replies import (
@@ -35,6 +36,8 @@ from gateways.http.validation import (
     validate_order,
     validate_replace,
 )
+from state.domain.risk import Reason
+from state.exceptions import StoreError
 from state.ids import order_id_for
 from state.messages import (
     TERMINAL_ORDER_STATES,
@@ -47,6 +50,7 @@ from state.messages import (
     OrderState,
     OrderType,
     PlaceOrder,
+    Quote,
     ReplaceOrder,
     Side,
     Withdraw,
@@ -164,6 +168,29 @@ async def request_reply(gateway: Gateway, message: Message, account_id: str, key
     return answer
 
 
+def key_reused(answer: Any) -> Problem | None:
+    """The 409 for the topology's refusal of a key already used with another body: the same
+    answer the Redis pre-check gives, whichever of the two caught it."""
+    if isinstance(answer, CommandRejected) and answer.reason == Reason.DUPLICATE_IDEMPOTENCY_KEY:
+        return Problem(409, "idempotency_key_reused",
+                       answer.detail or "this Idempotency-Key was already used with a "
+                       "different request", reason=answer.reason)
+    return None
+
+
+async def refuse_reused_key(gateway: Gateway, answer: Any, claimed: bool | None, scope: str,
+                            key: str, fingerprint: str) -> None:
+    """Raise the 409 when the topology refused the key as another body's. A claim this
+    request made in Redis (the key's record had expired, or Redis was skipped) is released:
+    the key belongs to the other body, and its retry must not be refused."""
+    reused = key_reused(answer)
+    if reused is None:
+        return
+    if claimed:
+        await gateway.idempotency.release(scope, key, fingerprint)
+    raise reused
+
+
 # ---- auth and accounts ---------------------------------------------------------------------
 
 
@@ -233,7 +260,8 @@ async def _money(request: web.Request, kind: str) -> web.Response:
                             submitted_at=gateway.clock(), user_id=user_id)
     try:
         # A replay is sent again: the topology books a key once, so a duplicate is harmless
-        # and its answer is the one the first request got.
+        # and its answer is the one the first request got. (`first` is None when Redis could
+        # not tell: the topology's idempotency decides alone.)
         answer = await request_reply(gateway, command, account_id, key, answers_money_command)
     except Problem:
         if first:
@@ -241,12 +269,13 @@ async def _money(request: web.Request, kind: str) -> web.Response:
         raise
     reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
              "amount": str(amount)}
+    await refuse_reused_key(gateway, answer, first, f"{kind}:{account_id}", key, fingerprint)
     if isinstance(answer, CommandRejected):
         raise Problem(422, answer.reason, answer.detail or f"{kind} rejected: {answer.reason}",
                       reason=answer.reason, account_id=account_id, idempotency_key=key)
     if isinstance(answer, CommandAccepted):
         return json_response({**reply, "status": "accepted", "txn_id": answer.txn_id},
-                             201 if first else 200)
+                             200 if first is False else 201)
     return json_response({**reply, "status": "pending"}, 202)
 
 
@@ -288,26 +317,29 @@ async def place_order(request: web.Request) -> web.Response:
     order_id = order_id_for(account_id, key)
     scope = f"order:{account_id}"
     fingerprint = _ENCODER.encode(body).decode()
-    if not await gateway.idempotency.claim(scope, key, fingerprint):
+    # None: Redis cannot tell whether the key was used; the topology's idempotency decides.
+    claimed = await gateway.idempotency.claim(scope, key, fingerprint)
+    if claimed is False:
         return await _replayed_order(gateway, account_id, order_id, key)
     try:
-        quote = await gateway.quotes.get(body.symbol)
-        if quote is None:
-            raise Problem(422, "unknown_symbol", f"no market data for {body.symbol}",
-                          field="symbol")
+        quote = await _reference_quote(gateway, body.symbol)
         command = PlaceOrder(
             account_id=account_id, idempotency_key=key, symbol=body.symbol, side=body.side,
             order_type=body.order_type, quantity=valid.quantity,
             time_in_force=body.time_in_force, limit_price=valid.limit_price,
             stop_price=valid.stop_price, submitted_at=gateway.clock(), user_id=user_id,
-            reference_price=quote.ask if body.side == Side.BUY else quote.bid,
-            reference_time=quote.venue_time,
+            **_reference(quote, body.side),
         )
         answer = await request_reply(gateway, command, account_id, key, answers_placement)
     except Exception:
-        await gateway.idempotency.release(scope, key, fingerprint)  # nothing was taken
+        if claimed:
+            await gateway.idempotency.release(scope, key, fingerprint)  # nothing was taken
         raise
     location = {"Location": f"/v1/orders/{order_id}"}
+    await refuse_reused_key(gateway, answer, claimed, scope, key, fingerprint)
+    if answer is None and claimed is None:
+        # The topology answers nothing to a replay of the same body: it may be one.
+        return await _replayed_order(gateway, account_id, order_id, key)
     if isinstance(answer, CommandRejected):
         raise _rejected(order_id, account_id, answer.reason, answer.detail)
     if isinstance(answer, OrderEvent):
@@ -316,6 +348,27 @@ async def place_order(request: web.Request) -> web.Response:
         return json_response(order_from_event(answer), 201, location)
     return json_response({"order_id": order_id, "account_id": account_id, "status": "pending",
                           "idempotency_key": key}, 202, location)
+
+
+async def _reference_quote(gateway: Gateway, symbol: str) -> Quote | None:
+    """The symbol's latest quote, or None when there is none or the quote cache cannot
+    answer now. The order goes on without a reference price either way and the topology
+    decides, with a stable reason: a limit order needs none; a market buy is rejected
+    `no_reference_price`. Market data never holds up or refuses the write path."""
+    try:
+        quote: Quote | None = await gateway.quotes.get(symbol)
+    except StoreError:
+        gateway.metrics.redis_fallbacks.inc(feature=QUOTES)
+        return None
+    return quote
+
+
+def _reference(quote: Quote | None, side: Side) -> dict[str, Any]:
+    """The price a buy would pay (ask) or a sell get (bid), and when it was quoted."""
+    if quote is None:
+        return {}
+    return {"reference_price": quote.ask if side == Side.BUY else quote.bid,
+            "reference_time": quote.venue_time}
 
 
 async def _replayed_order(gateway: Gateway, account_id: str, order_id: str,
@@ -383,6 +436,8 @@ async def cancel_order(request: web.Request) -> web.Response:
     command = CancelOrder(account_id=account_id, idempotency_key=key, order_id=order_id,
                           submitted_at=gateway.clock(), user_id=user_id)
     answer = await request_reply(gateway, command, account_id, key, answers_cancel)
+    if (reused := key_reused(answer)) is not None:
+        raise reused
     if isinstance(answer, CommandRejected):
         raise Problem(409, answer.reason, answer.detail or f"cancel rejected: {answer.reason}",
                       reason=answer.reason, order_id=order_id)
@@ -422,6 +477,7 @@ async def replace_order(request: web.Request) -> web.Response:
         if first:
             await gateway.idempotency.release(scope, key, fingerprint)  # nothing was taken
         raise
+    await refuse_reused_key(gateway, answer, first, scope, key, fingerprint)
     if isinstance(answer, CommandRejected):
         raise Problem(422, "replace_rejected",
                       answer.detail or f"replace rejected: {answer.reason}",
@@ -556,10 +612,15 @@ async def healthz(request: web.Request) -> web.Response:
         *(_check_shard(dsn) for dsn in gateway.config.shard_dsns),
     )
     checks = {name: "ok" if ok else "down" for name, ok in zip(names, results, strict=True)}
-    down = [name for name, state in checks.items() if state != "ok"]
+    if checks["redis"] == "down":
+        # Orders go on without Redis (local budgets, the topology's idempotency, no
+        # reference prices): degraded, not down.
+        checks["redis"] = "degraded"
+    down = [name for name, state in checks.items() if state == "down"]
     if down:
         raise Problem(503, "unhealthy", f"down: {', '.join(down)}", down=down, checks=checks)
-    return json_response({"status": "ok", "checks": checks})
+    degraded = any(state == "degraded" for state in checks.values())
+    return json_response({"status": "degraded" if degraded else "ok", "checks": checks})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -588,6 +649,20 @@ class Route:
     idempotency_key: bool = False
     query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
     tag: str = "api"
+    description: str = ""
+
+
+PLACE_ORDER_DESCRIPTION = (
+    "The symbol must be an upper-case ticker (checked here); whether it trades is the market "
+    "maker's answer (the order is then rejected with its reason), not the quote cache's. The "
+    "gateway attaches the latest quote it holds as the reference price; without one (no quote "
+    "yet, or the quote cache unavailable) the order is sent without it: limit and stop-limit "
+    "orders need none, and a market order the account topology cannot price is rejected, 422 "
+    "`order_rejected` with reason `no_reference_price` (or `stale_reference_price`). "
+    "Same Idempotency-Key and same body: the same order (200, or 202 while it is on its way); "
+    "same key and another body: 409 `idempotency_key_reused`, whether Redis or the account "
+    "topology notices. Neither a stalled market-data path nor Redis blocks placement: without "
+    "Redis the per-user budget is kept per gateway process and idempotency by the topology.")
 
 
 ROUTES: tuple[Route, ...] = (
@@ -607,7 +682,7 @@ ROUTES: tuple[Route, ...] = (
           tag="money"),
     Route("POST", "/v1/orders", place_order, "Place an order", s.OrderRequest,
           ((201, s.Order), (200, s.Order), (202, s.OrderAccepted)), idempotency_key=True,
-          tag="orders"),
+          tag="orders", description=PLACE_ORDER_DESCRIPTION),
     Route("GET", "/v1/orders", list_orders, "The caller's orders, newest first",
           responses=((200, s.OrderList),),
           query=(("account_id", False, "one account"), ("limit", False, "1-500")),
@@ -636,6 +711,8 @@ ROUTES: tuple[Route, ...] = (
           query=(("interval", False, "1m, 5m, 1h or 1d"), ("limit", False, "1-1000")),
           tag="market"),
     Route("GET", "/healthz", healthz, "Broker, Redis and every shard reachable",
-          responses=((200, s.Health),), auth=False, tag="operations"),
+          responses=((200, s.Health),), auth=False, tag="operations",
+          description="503 when the broker or a shard is down; Redis down or slow is "
+          "`degraded` (status 200): orders still go through without it."),
     Route("GET", "/metrics", metrics, "Prometheus text format", auth=False, tag="operations"),
 )

@@ -171,6 +171,16 @@ def _second_up_reuses_the_shards(data_dir: Path, account_id: str) -> None:
         status, orders = http("GET", f"{again.base_url}/v1/orders?account_id={account_id}",
                               token=token)
         assert status == 200 and orders, orders
+        # The new broker holds no stream state: the topology rebuilds the account from its
+        # shard, so the cash deposited before the restart still buys.
+        eventually(lambda: http("GET", f"{again.base_url}/v1/quotes?symbols=AAPL",
+                                token=token)[1]["quotes"], timeout_s=30)
+        body = {"account_id": account_id, "symbol": "AAPL", "side": "buy",
+                "order_type": "limit", "quantity": "100", "limit_price": "20.00",
+                "time_in_force": "gtc"}
+        status, order = http("POST", f"{again.base_url}/v1/orders", body, token,
+                             {"Idempotency-Key": "after-restart"})
+        assert status == 201 and order["state"] in ("funds_held", "routed"), order
     finally:
         assert again.stop() == 0, "".join(again.output)
 

@@ -144,7 +144,7 @@ BAD_BODIES: list[tuple[dict[str, Any] | bytes, int, str]] = [
     ({"quantity": "1.0000001"}, 422, "too_many_decimals"),
     ({"limit_price": "209.501"}, 422, "invalid_tick_size"),
     ({"side": "sideways"}, 422, "invalid_field"),
-    ({"symbol": "NOPE"}, 422, "unknown_symbol"),
+    ({"symbol": "nope"}, 422, "invalid_field"),
     (b"{" + b" " * 20000 + b"}", 413, "body_too_large"),
 ]
 

@@ -13,6 +13,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from compose.embedded import free_port
 from gateways.http.config import HttpConfig
 from state import topics as t
+from state.domain.account import body_digest
+from state.domain.risk import Reason
 from state.ids import order_id_for
 from state.messages import (
     CommandAccepted,
@@ -21,9 +23,11 @@ from state.messages import (
     Message,
     OrderEvent,
     OrderState,
+    OrderType,
     PlaceOrder,
     Quote,
     ReplaceOrder,
+    Side,
 )
 
 SECRET = "integration-secret"
@@ -47,13 +51,15 @@ def quote(symbol: str, bid: str, ask: str) -> Quote:
 def answer(command: Any, now: dt.datetime,
            placed: dict[str, PlaceOrder] | None = None) -> Message | None:
     """What the account topology would say first: buys over 1,000 shares are refused, and
-    replaces to more than 1,000 shares; a replace of an order placed before (`placed`, by
-    order id) takes effect at once."""
+    market buys without a reference price (`no_reference_price`), and replaces to more than
+    1,000 shares; a replace of an order placed before (`placed`, by order id) takes effect at
+    once."""
     if isinstance(command, ReplaceOrder):
         return _answer_replace(command, now, (placed or {}).get(command.order_id))
     if isinstance(command, PlaceOrder):
         order_id = order_id_for(command.account_id, command.idempotency_key)
-        rejected = command.quantity > 1000
+        reason = _placement_rejection(command)
+        rejected = reason is not None
         return OrderEvent(
             event_id=f"{order_id}:1", account_id=command.account_id, order_id=order_id, seq=1,
             state=OrderState.REJECTED if rejected else OrderState.FUNDS_HELD,
@@ -61,7 +67,7 @@ def answer(command: Any, now: dt.datetime,
             quantity=command.quantity, time_in_force=command.time_in_force,
             filled_quantity=Decimal(0), occurred_at=now, cause_id=command.idempotency_key,
             idempotency_key=command.idempotency_key, limit_price=command.limit_price,
-            reason="insufficient_buying_power" if rejected else None)
+            reason=reason)
     if isinstance(command, Deposit):
         if command.amount > 5000:
             return CommandRejected(event_id=f"rej:{command.idempotency_key}",
@@ -74,6 +80,41 @@ def answer(command: Any, now: dt.datetime,
                                idempotency_key=command.idempotency_key, command_type="deposit",
                                occurred_at=now, amount=command.amount, txn_id="txn_test")
     return None
+
+
+def _placement_rejection(command: PlaceOrder) -> str | None:
+    if command.quantity > 1000:
+        return "insufficient_buying_power"
+    # As state/domain/risk.py: a market buy needs a recent quote to be held at; a market sell
+    # without one goes through (the market maker prices it).
+    if (command.order_type is OrderType.MARKET and command.side is Side.BUY
+            and command.reference_price is None):
+        return str(Reason.NO_REFERENCE_PRICE)
+    return None
+
+
+def replay_of(command: Any, seen: dict[tuple[str, str], str]) -> bool | None:
+    """As the account topology's idempotency, by body digest (the client's fields, not the
+    gateway's metadata): None for a new key (now remembered), True for the same body again,
+    False for another body under a used key."""
+    digest = body_digest(command)
+    held = seen.setdefault((command.account_id, command.idempotency_key), digest)
+    if held is digest:
+        return None
+    return held == digest
+
+
+def key_reused(command: Any, now: dt.datetime) -> CommandRejected:
+    """The topology's refusal of another body under a used key."""
+    order_id = (order_id_for(command.account_id, command.idempotency_key)
+                if isinstance(command, PlaceOrder) else None)
+    return CommandRejected(
+        event_id=f"{command.account_id}:{command.idempotency_key}:rejected:"
+                 f"{body_digest(command)[:8]}",
+        account_id=command.account_id, idempotency_key=command.idempotency_key,
+        command_type=str(type(command).__struct_config__.tag),
+        reason=str(Reason.DUPLICATE_IDEMPOTENCY_KEY), occurred_at=now,
+        detail="key already used by another command", order_id=order_id)
 
 
 def _answer_replace(command: ReplaceOrder, now: dt.datetime,
@@ -106,12 +147,14 @@ def _batch(consumer: Consumer) -> list[Any]:
 
 class Responder:
     """Consumes orders.commands from the start and answers on orders.events. Also the record
-    of every command that reached the topic."""
+    of every command that reached the topic. Like the account topology, it answers nothing to
+    a command seen before with the same body and refuses another body under a used key."""
 
     def __init__(self, bootstrap_servers: str, prefix: str, partitions: int,
                  answering: bool = True) -> None:
         self.commands: list[Any] = []
         self.placed: dict[str, PlaceOrder] = {}
+        self.digests: dict[tuple[str, str], str] = {}
         self._answering = answering
         self._prefix = prefix
         self._consumer = Consumer({"bootstrap.servers": bootstrap_servers,
@@ -135,13 +178,21 @@ class Responder:
                 if isinstance(command, PlaceOrder):
                     order_id = order_id_for(command.account_id, command.idempotency_key)
                     self.placed.setdefault(order_id, command)
-                event = (answer(command, dt.datetime.now(dt.UTC), self.placed)
+                event = (self._answer(command, dt.datetime.now(dt.UTC))
                          if self._answering else None)
                 if event is not None:
                     self._producer.produce(self._prefix + t.Topic.ORDERS_EVENTS,
                                            key=command.account_id.encode(),
                                            value=t.encode(event))
                     self._producer.flush(5)
+
+    def _answer(self, command: Any, now: dt.datetime) -> Message | None:
+        replay = replay_of(command, self.digests)
+        if replay is True:
+            return None  # it already had its effect
+        if replay is False:
+            return key_reused(command, now)
+        return answer(command, now, self.placed)
 
     def close(self) -> None:
         self._running = False

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from compose.topics_cli import replay
@@ -311,3 +312,29 @@ def test_halted_and_restricted_symbols_follow_market_status(services, topics,
     assert limit_buy("AAPL", "aapl-open").state == "funds_held"
     publish_market_status(services.bootstrap_servers, topics, "TSLA", "open", None)
     eventually_reason("TSLA", None, "tsla-open")
+
+
+def test_a_new_account_whose_shard_is_down_is_refused_and_the_rest_goes_on(
+        services, topics, tmp_path) -> None:
+    """With no stream state the account's shard decides; while it cannot be read, commands
+    are refused with a stable reason and nothing is stored; the topology keeps serving."""
+    from compose.embedded import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    config = msgspec.structs.replace(
+        _config(services, topics, tmp_path / "state-down", topics + "accounts-down"),
+        shard_dsns=(dead, dead), partitions_per_shard=2)
+    running = Topology(config)
+    try:
+        produce(services.bootstrap_servers, topics + Topic.ORDERS_COMMANDS, [
+            Deposit(account_id=f"acc_down{i}", idempotency_key="dep", amount=Decimal("1.00"),
+                    submitted_at=T0) for i in range(2)])
+        records = read_topic(services.bootstrap_servers, topics + Topic.ORDERS_EVENTS,
+                             until=lambda rs: len(rs) >= 2, timeout_s=60)
+        events = [decode(Topic.ORDERS_EVENTS, r.value) for r in records]
+        assert {e.reason for e in events} == {"account_unavailable"}, events
+        assert running.process.is_alive()
+        assert not read_topic(services.bootstrap_servers, topics + Topic.LEDGER_POSTINGS,
+                              idle_s=1)
+    finally:
+        running.stop()
