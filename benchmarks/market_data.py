@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import multiprocessing
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 
+from benchmarks.common import machine  # noqa: E402
 from connectors.runtime import SystemClock, drive  # noqa: E402
 from connectors.synthetic import SyntheticQuotes, SyntheticQuotesSettings  # noqa: E402
 from state.quote_cache import QuoteCache, epoch_us  # noqa: E402
@@ -48,19 +48,6 @@ from topologies.config import KafkaSettings, MarketDataConfig  # noqa: E402
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "GME", "SPY", "NVDA", "AMZN", "META", "AMD", "QQQ")
 SYMBOL_PARTITIONS = 2  # --partitions
 PROCESSES = 1  # --processes: market-data workers in the group
-
-
-def _machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
 
 
 def _run_topology(config: MarketDataConfig) -> None:
@@ -294,7 +281,7 @@ def main() -> None:
         age = quote_age(bootstrap, redis_url, prefixes[1], args.rate, args.seconds,
                         str(work / "state-age"))
         print(json.dumps({
-            "benchmark": "market_data", "machine": _machine(),
+            "benchmark": "market_data", "machine": machine(),
             "load_average_1m_at_start": load_at_start,
             "symbols": len(SYMBOLS), "symbol_partitions": SYMBOL_PARTITIONS,
             "processes": PROCESSES,

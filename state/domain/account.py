@@ -529,19 +529,23 @@ def _place_order(step: _Step, command: PlaceOrder) -> None:
     _advance(step, order, OrderState.ROUTED, cause)
 
 
-def _hold(step: _Step, order: Order, amount: Decimal) -> Order:
-    """Reserve what the order may spend: cash for a buy, shares (settled first) for a sell."""
-    cause = _command_cause(step.state.account_id, order.idempotency_key)
+def hold_legs(step: _Step, order: Order, amount: Decimal) -> tuple[list[Leg], Decimal]:
+    """The legs that reserve `amount` more for the order: cash for a buy, shares (settled
+    first) for a sell; and the part taken from unsettled shares."""
     if order.side is Side.BUY:
-        legs: list[Leg] = [(step.user(la.CASH), la.USD, -amount),
-                           (step.user(la.CASH_HELD), la.USD, amount)]
-        unsettled = ZERO
-    else:
-        settled = min(amount, max(step.state.balance(la.SHARES, order.symbol), ZERO))
-        unsettled = amount - settled
-        legs = [(step.user(la.SHARES), order.symbol, -settled),
-                (step.user(la.SHARES_UNSETTLED), order.symbol, -unsettled),
-                (step.user(la.SHARES_HELD), order.symbol, amount)]
+        return [(step.user(la.CASH), la.USD, -amount),
+                (step.user(la.CASH_HELD), la.USD, amount)], ZERO
+    settled = min(amount, max(step.state.balance(la.SHARES, order.symbol), ZERO))
+    unsettled = amount - settled
+    return [(step.user(la.SHARES), order.symbol, -settled),
+            (step.user(la.SHARES_UNSETTLED), order.symbol, -unsettled),
+            (step.user(la.SHARES_HELD), order.symbol, amount)], unsettled
+
+
+def _hold(step: _Step, order: Order, amount: Decimal) -> Order:
+    """Reserve what the order may spend."""
+    cause = _command_cause(step.state.account_id, order.idempotency_key)
+    legs, unsettled = hold_legs(step, order, amount)
     step.post("hold", cause, legs, order.order_id)
     return msgspec.structs.replace(order, held_amount=amount, reserve=amount,
                                    reserve_unsettled=unsettled)

@@ -38,6 +38,7 @@ from state.domain.account import (
     _exec_cause,
     _reject_command,
     _Step,
+    hold_legs,
     is_restricted,
 )
 from state.domain.ledger import Leg
@@ -262,16 +263,7 @@ def _hold_more(step: _Step, order: Order, amount: Decimal, cause: str
     the part of `amount` taken from unsettled shares."""
     if not amount:
         return order, ZERO
-    if order.side is Side.BUY:
-        legs: list[Leg] = [(step.user(la.CASH), la.USD, -amount),
-                           (step.user(la.CASH_HELD), la.USD, amount)]
-        unsettled = ZERO
-    else:
-        settled = min(amount, max(step.state.balance(la.SHARES, order.symbol), ZERO))
-        unsettled = amount - settled
-        legs = [(step.user(la.SHARES), order.symbol, -settled),
-                (step.user(la.SHARES_UNSETTLED), order.symbol, -unsettled),
-                (step.user(la.SHARES_HELD), order.symbol, amount)]
+    legs, unsettled = hold_legs(step, order, amount)
     step.post("hold", cause, legs, order.order_id)
     return msgspec.structs.replace(order, reserve=order.reserve + amount,
                                    reserve_unsettled=order.reserve_unsettled + unsettled), \
