@@ -35,6 +35,11 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # brokers (Tansu) answer only when it expires, so it is latency added to every order.
     route_fetch_wait_ms: int = 2
     validate_messages: bool = True  # QuickFIX data-dictionary validation of incoming messages
+    # Orders a session may have awaiting their first answer; when every session is full the
+    # gateway stops reading `orders.route` (Kafka holds the backlog). Without it a burst
+    # queued thousands of small FIX messages on one socket: the peer's receive queue was
+    # pruned, TCP fell into retransmission back-off and the link stalled for seconds.
+    max_in_flight_per_session: int = 256
 
     def __post_init__(self) -> None:
         if not self.market_makers:
@@ -42,6 +47,8 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         names = [mm.name for mm in self.market_makers]
         if len(set(names)) != len(names):
             raise ValueError(f"market maker names must be unique: {names}")
+        if self.max_in_flight_per_session < 1:
+            raise ValueError("max_in_flight_per_session must be at least 1")
         if self.routing_policy not in ROUTING_POLICIES:
             raise ValueError(f"routing_policy must be one of {sorted(ROUTING_POLICIES)}")
         seen: dict[tuple[str, str, str], str] = {}

@@ -97,9 +97,6 @@ EXEC_TYPE_TO_FIX = {ExecType.NEW: "0", ExecType.TRADE: "F", ExecType.CANCELED: "
                     ExecType.REJECTED: "8", ExecType.EXPIRED: "C",
                     ExecType.ORDER_STATUS: "I", ExecType.REPLACED: "5"}
 
-_FIX_TIME = "%Y%m%d-%H:%M:%S"
-
-
 def fix_decimal(value: Decimal) -> str:
     """A decimal as FIX writes it: plain notation, no exponent."""
     text = format(value, "f")
@@ -107,13 +104,26 @@ def fix_decimal(value: Decimal) -> str:
 
 
 def fix_time(moment: dt.datetime) -> str:
-    utc = moment.astimezone(dt.UTC)
-    return utc.strftime(_FIX_TIME) + f".{utc.microsecond // 1000:03d}"
+    """UTCTimestamp with milliseconds. Formatted by hand: strftime was a tenth of the cost of
+    a report on the round-trip path."""
+    u = moment.astimezone(dt.UTC)
+    return (f"{u.year:04d}{u.month:02d}{u.day:02d}-{u.hour:02d}:{u.minute:02d}:"
+            f"{u.second:02d}.{u.microsecond // 1000:03d}")
 
 
 def parse_fix_time(text: str) -> dt.datetime:
-    fmt = _FIX_TIME + (".%f" if "." in text else "")
-    return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+    """UTCTimestamp (YYYYMMDD-HH:MM:SS[.sss...]); read by hand, strptime is slow."""
+    try:
+        if len(text) < 17 or text[8] != "-" or text[11] != ":" or text[14] != ":":
+            raise ValueError(text)
+        fraction = text[18:] if len(text) > 17 and text[17] == "." else ""
+        if len(text) > 17 and not fraction.isdigit():
+            raise ValueError(text)
+        micros = int((fraction + "000000")[:6]) if fraction else 0
+        return dt.datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]),
+                           int(text[12:14]), int(text[15:17]), micros, tzinfo=dt.UTC)
+    except ValueError as error:
+        raise FixFieldError(f"{text!r} is not a UTCTimestamp") from error
 
 
 def new_message(msg_type: str) -> fix.Message:

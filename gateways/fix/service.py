@@ -164,6 +164,12 @@ class FixGateway:
         self.breakers = {mm.name: CircuitBreaker(config.breaker_timeout_ms)
                          for mm in config.market_makers}
         self.router = Router(config.routing_policy, sessions_by_mm)
+        # Per session, the open orders awaiting an answer to a request (the send window).
+        self.in_flight: dict[str, set[str]] = {key: set() for key in self.specs}
+        for open_order in self.orders.values():
+            if open_order.awaiting_since_ms is not None and open_order.stuck_stage < 3 \
+                    and open_order.session in self.in_flight:
+                self.in_flight[open_order.session].add(open_order.order_id)
         self.logged_on: set[str] = set()
         self._logons: list[str] = []
         self._outbound: dict[tuple[str, int], tuple[str, str]] = {}
@@ -246,9 +252,13 @@ class FixGateway:
     def loop(self, stop: threading.Event) -> None:
         next_housekeeping = 0.0
         while not stop.is_set():
-            records = self.consumer.consume(num_messages=200, timeout=TICK_S)
-            if records:
-                self._handle_route_batch(records)
+            room = self._window_room()
+            if room:
+                records = self.consumer.consume(num_messages=min(200, room), timeout=TICK_S)
+                if records:
+                    self._handle_route_batch(records)
+            else:
+                time.sleep(TICK_S)  # every window full: the backlog waits in Kafka
             self.producer.poll(0)
             if self.fatal:
                 raise GatewayError(self.fatal)
@@ -259,6 +269,22 @@ class FixGateway:
             if time.monotonic() >= next_housekeeping:
                 self._housekeeping()
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_S
+
+    def _window_room(self) -> int:
+        """How many more orders the sessions' send windows take now."""
+        limit = self.config.max_in_flight_per_session
+        with self.lock:
+            return sum(max(0, limit - len(orders)) for orders in self.in_flight.values())
+
+    def _full_sessions(self) -> set[str]:
+        limit = self.config.max_in_flight_per_session
+        return {key for key, orders in self.in_flight.items() if len(orders) >= limit}
+
+    def _await_answer(self, order: OpenOrder, now: int) -> None:
+        """The order has a request out (lock held)."""
+        if order.awaiting_since_ms is None:
+            order.awaiting_since_ms = now
+        self.in_flight[order.session].add(order.order_id)
 
     def guarded(self, handler: Callable[..., None], *args: Any) -> None:
         try:
@@ -313,13 +339,15 @@ class FixGateway:
         now = now_ms()
         with self.lock:
             open_breakers = {mm for mm, b in self.breakers.items() if b.is_open(now)}
-            mm, session = self.router.choose(set(self.logged_on), open_breakers, self.stats)
+            # A session with a full window counts as busy: others take the order if they can.
+            mm, session = self.router.choose(set(self.logged_on) - self._full_sessions(),
+                                             open_breakers, self.stats)
             open_order = OpenOrder(
                 order_id=order.order_id, cl_ord_id=order.cl_ord_id,
                 account_id=order.account_id, symbol=order.symbol, side=order.side,
                 quantity=order.quantity, market_maker=mm, session=session,
-                routed_at_ms=now, reference_price=order.reference_price,
-                awaiting_since_ms=now)
+                routed_at_ms=now, reference_price=order.reference_price)
+            self._await_answer(open_order, now)
             self.orders[order.order_id] = open_order
             self.routed_orders.add(order.order_id)
             self._dirty_orders[order.order_id] = open_order
@@ -369,8 +397,7 @@ class FixGateway:
     def _send_request(self, order: OpenOrder, message: fix.Message) -> None:
         now = now_ms()
         with self.lock:
-            if order.awaiting_since_ms is None:
-                order.awaiting_since_ms = now
+            self._await_answer(order, now)
             self._dirty_orders[order.order_id] = order
             self.breakers[order.market_maker].on_request(now)
         self._send(message, order.session)
@@ -525,6 +552,7 @@ class FixGateway:
         now = now_ms()
         order.awaiting_since_ms = None
         order.stuck_stage = 0
+        self.in_flight[order.session].discard(order.order_id)
         stats = self.stats[order.market_maker]
         if report.exec_type is ExecType.TRADE:
             order.cum_qty += report.last_qty
@@ -616,6 +644,10 @@ class FixGateway:
             with self.lock:
                 order.stuck_stage += 1
                 order.awaiting_since_ms = now
+                if action == StuckAction.ALERT:
+                    # Given up on an answer (an operator's matter now): it stops holding
+                    # a place in the session's window.
+                    self.in_flight[order.session].discard(order.order_id)
                 self._dirty_orders[order.order_id] = order
             if action == StuckAction.STATUS:
                 log.warning("order %s stuck at %s: asking its status", order.order_id,

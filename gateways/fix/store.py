@@ -3,32 +3,67 @@ inbound sequence numbers, requests sent, open orders and best-execution figures.
 
 Written by the gateway's main thread only. WAL with synchronous=NORMAL survives a kill -9 of
 the process (not a power cut, which the FIX resend covers up to the last fsync).
+
+Bounded: `prune` forgets orders closed before a cutoff together with their ClOrdIDs and
+ExecIDs (and ExecIDs of reports for orders never routed here, by the time they came).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 from gateways.fix.tracking import ExecutionStats, OpenOrder
+from state.ids import order_id_of_cl_ord_id
 from state.messages import Side
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS forwarded (exec_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS forwarded (exec_id TEXT PRIMARY KEY, order_id TEXT,
+    forwarded_at_ms INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS inbound (session TEXT PRIMARY KEY, delivered_seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS sent (cl_ord_id TEXT PRIMARY KEY, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sent (cl_ord_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
+    order_id TEXT);
 CREATE TABLE IF NOT EXISTS orders (
     order_id TEXT PRIMARY KEY, cl_ord_id TEXT NOT NULL, account_id TEXT NOT NULL,
     symbol TEXT NOT NULL, side TEXT NOT NULL, quantity TEXT NOT NULL,
     market_maker TEXT NOT NULL, session TEXT NOT NULL, routed_at_ms INTEGER NOT NULL,
     reference_price TEXT, cum_qty TEXT NOT NULL, awaiting_since_ms INTEGER,
-    stuck_stage INTEGER NOT NULL, terminal INTEGER NOT NULL, replaced_cl_ord_id TEXT);
+    stuck_stage INTEGER NOT NULL, terminal INTEGER NOT NULL, replaced_cl_ord_id TEXT,
+    closed_at_ms INTEGER);
 CREATE TABLE IF NOT EXISTS stats (market_maker TEXT PRIMARY KEY, figures TEXT NOT NULL);
 """
+# Indexes the pruning needs; created after the columns exist (older stores gain them).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS forwarded_by_order ON forwarded (order_id);
+CREATE INDEX IF NOT EXISTS sent_by_order ON sent (order_id);
+CREATE INDEX IF NOT EXISTS orders_closed ON orders (closed_at_ms) WHERE terminal = 1;
+"""
+# Columns added after the first stores were written: (table, column, declaration).
+_ADDED_COLUMNS = (
+    ("orders", "replaced_cl_ord_id", "TEXT"),
+    ("orders", "closed_at_ms", "INTEGER"),
+    ("forwarded", "order_id", "TEXT"),
+    ("forwarded", "forwarded_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("sent", "order_id", "TEXT"),
+)
+_ORDER_COLUMNS = ("order_id, cl_ord_id, account_id, symbol, side, quantity, market_maker,"
+                  " session, routed_at_ms, reference_price, cum_qty, awaiting_since_ms,"
+                  " stuck_stage, terminal, replaced_cl_ord_id, closed_at_ms")
 
 DB_NAME = "gateway.sqlite"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What `prune` dropped, for the caller to drop from memory too."""
+
+    order_ids: frozenset[str]
+    cl_ord_ids: frozenset[str]
+    exec_ids: frozenset[str]
 
 
 class GatewayStore:
@@ -38,14 +73,22 @@ class GatewayStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
-        self._add_replaced_column()
+        self._add_columns()
+        self.db.executescript(_INDEXES)
         self.db.commit()
 
-    def _add_replaced_column(self) -> None:
-        """A store written before replaces were handled lacks the column: add it."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(orders)")}
-        if "replaced_cl_ord_id" not in columns:
-            self.db.execute("ALTER TABLE orders ADD COLUMN replaced_cl_ord_id TEXT")
+    def _add_columns(self) -> None:
+        """A store written by an older gateway lacks some columns: add them. Rows from
+        before pruning existed count from now (set by the caller's first `prune`)."""
+        for table, column, declaration in _ADDED_COLUMNS:
+            columns = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        # ClOrdIDs are `<order_id>` or `<order_id>.<suffix>` (state.ids.order_id_of_cl_ord_id).
+        self.db.execute(
+            "UPDATE sent SET order_id = CASE WHEN instr(cl_ord_id, '.') > 0"
+            " THEN substr(cl_ord_id, 1, instr(cl_ord_id, '.') - 1) ELSE cl_ord_id END"
+            " WHERE order_id IS NULL")
 
     def close(self) -> None:
         self.db.close()
@@ -62,10 +105,7 @@ class GatewayStore:
         return {row[0] for row in self.db.execute("SELECT cl_ord_id FROM sent")}
 
     def open_orders(self) -> dict[str, OpenOrder]:
-        rows = self.db.execute(
-            "SELECT order_id, cl_ord_id, account_id, symbol, side, quantity, market_maker,"
-            " session, routed_at_ms, reference_price, cum_qty, awaiting_since_ms, stuck_stage,"
-            " replaced_cl_ord_id FROM orders WHERE terminal = 0")
+        rows = self.db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE terminal = 0")
         orders = {}
         for row in rows:
             orders[row[0]] = OpenOrder(
@@ -74,7 +114,7 @@ class GatewayStore:
                 session=row[7], routed_at_ms=row[8],
                 reference_price=Decimal(row[9]) if row[9] is not None else None,
                 cum_qty=Decimal(row[10]), awaiting_since_ms=row[11], stuck_stage=row[12],
-                replaced_cl_ord_id=row[13])
+                replaced_cl_ord_id=row[14])
         return orders
 
     def stats(self) -> dict[str, ExecutionStats]:
@@ -83,27 +123,70 @@ class GatewayStore:
 
     # ---- writes ------------------------------------------------------------------------
 
-    def record(self, *, exec_ids: list[str], delivered: dict[str, int],
-               sent: list[tuple[str, str]], orders: list[OpenOrder],
-               stats: dict[str, ExecutionStats]) -> None:
-        """One transaction with everything that changed since the last call."""
+    def record(self, *, exec_ids: Sequence[str | tuple[str, str]], delivered: dict[str, int],
+               sent: Sequence[tuple[str, str] | tuple[str, str, str]],
+               orders: Sequence[OpenOrder], stats: dict[str, ExecutionStats],
+               now_ms: int = 0) -> None:
+        """One transaction with everything that changed since the last call. `exec_ids` are
+        (exec_id, order_id) or bare ExecIDs; `sent` are (cl_ord_id, kind[, order_id])."""
         with self.db:
-            self.db.executemany("INSERT OR IGNORE INTO forwarded VALUES (?)",
-                                [(exec_id,) for exec_id in exec_ids])
-            self.db.executemany(
-                "INSERT INTO inbound VALUES (?, ?) ON CONFLICT(session) DO UPDATE"
-                " SET delivered_seq = excluded.delivered_seq", list(delivered.items()))
-            self.db.executemany("INSERT OR IGNORE INTO sent VALUES (?, ?)", sent)
-            self.db.executemany(
-                "INSERT OR REPLACE INTO orders VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(o.order_id, o.cl_ord_id, o.account_id, o.symbol, str(o.side), str(o.quantity),
-                  o.market_maker, o.session, o.routed_at_ms,
-                  str(o.reference_price) if o.reference_price is not None else None,
-                  str(o.cum_qty), o.awaiting_since_ms, o.stuck_stage, int(o.terminal),
-                  o.replaced_cl_ord_id)
-                 for o in orders])
-            self.db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?)",
-                                [(mm, stats_to_json(s)) for mm, s in stats.items()])
+            if exec_ids:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO forwarded VALUES (?, ?, ?)",
+                    [(e, None, now_ms) if isinstance(e, str) else (e[0], e[1], now_ms)
+                     for e in exec_ids])
+            if delivered:
+                self.db.executemany(
+                    "INSERT INTO inbound VALUES (?, ?) ON CONFLICT(session) DO UPDATE"
+                    " SET delivered_seq = excluded.delivered_seq", list(delivered.items()))
+            if sent:
+                self.db.executemany(
+                    "INSERT OR IGNORE INTO sent VALUES (?, ?, ?)",
+                    [(s[0], s[1], s[2] if len(s) > 2 else order_id_of_cl_ord_id(s[0]))  # type: ignore[misc]
+                     for s in sent])
+            if orders:
+                self.db.executemany(
+                    f"INSERT OR REPLACE INTO orders ({_ORDER_COLUMNS})"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(o.order_id, o.cl_ord_id, o.account_id, o.symbol, str(o.side),
+                      str(o.quantity), o.market_maker, o.session, o.routed_at_ms,
+                      str(o.reference_price) if o.reference_price is not None else None,
+                      str(o.cum_qty), o.awaiting_since_ms, o.stuck_stage, int(o.terminal),
+                      o.replaced_cl_ord_id, o.closed_at_ms)
+                     for o in orders])
+            if stats:
+                self.db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?)",
+                                    [(mm, stats_to_json(s)) for mm, s in stats.items()])
+
+    def prune(self, cutoff_ms: int, now_ms: int) -> Pruned:
+        """Forget orders closed before `cutoff_ms` with their ClOrdIDs and ExecIDs, and
+        ExecIDs of orders this store never held that were forwarded before it. Rows from
+        before these times were kept (closed or forwarded at 0/NULL) get `now_ms` first, so
+        an upgraded store starts its retention from now instead of dropping everything."""
+        with self.db:
+            self.db.execute("UPDATE orders SET closed_at_ms = ? WHERE terminal = 1"
+                            " AND closed_at_ms IS NULL", (now_ms,))
+            self.db.execute("UPDATE forwarded SET forwarded_at_ms = ?"
+                            " WHERE forwarded_at_ms = 0", (now_ms,))
+            self.db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned (order_id TEXT PRIMARY KEY)")
+            self.db.execute("DELETE FROM pruned")
+            self.db.execute("INSERT INTO pruned SELECT order_id FROM orders"
+                            " WHERE terminal = 1 AND closed_at_ms < ?", (cutoff_ms,))
+            order_ids = frozenset(row[0] for row in self.db.execute("SELECT * FROM pruned"))
+            stale_exec = (
+                "FROM forwarded WHERE order_id IN (SELECT order_id FROM pruned)"
+                " OR (forwarded_at_ms < ? AND (order_id IS NULL"
+                " OR order_id NOT IN (SELECT order_id FROM orders)))")
+            exec_ids = frozenset(row[0] for row in self.db.execute(
+                "SELECT exec_id " + stale_exec, (cutoff_ms,)))
+            self.db.execute("DELETE " + stale_exec, (cutoff_ms,))
+            stale_sent = "FROM sent WHERE order_id IN (SELECT order_id FROM pruned)"
+            cl_ord_ids = frozenset(row[0] for row in self.db.execute(
+                "SELECT cl_ord_id " + stale_sent))
+            self.db.execute("DELETE " + stale_sent)
+            self.db.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM pruned)")
+            self.db.execute("DELETE FROM pruned")
+        return Pruned(order_ids, cl_ord_ids, exec_ids)
 
 
 def stats_to_json(stats: ExecutionStats) -> str:

@@ -108,6 +108,7 @@ class OpenOrder:
     awaiting_since_ms: int | None = None
     stuck_stage: int = 0  # 0 fine, 1 status asked, 2 cancel sent, 3 alerted
     terminal: bool = False
+    closed_at_ms: int | None = None  # when it became terminal (the store prunes by it)
     # The ClOrdID of the last replace the market maker confirmed (None: never replaced).
     replaced_cl_ord_id: str | None = None
 

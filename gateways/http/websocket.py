@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 from gateways.http.auth import verify_token
 from gateways.http.context import Gateway, gateway_of
 from gateways.http.problems import Problem
+from state.exceptions import StoreError
 from state.messages import Alert, OrderEvent, Quote
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,11 @@ async def _handle(connection: Connection, gateway: Gateway, raw: str | bytes) ->
                           f"at most {SYMBOLS_PER_CONNECTION_MAX} symbols per connection")
         hub.subscribe(connection, symbols)
         connection.send_later(frame("subscribed", quotes=sorted(connection.symbols)))
-        for quote in (await gateway.quotes.get_many(symbols)).values():
+        try:
+            latest = await gateway.quotes.get_many(symbols)
+        except StoreError:
+            latest = {}  # no snapshot while the cache is down: the live quotes still come
+        for quote in latest.values():
             connection.offer_quote(quote)  # start from the latest known quote
     elif isinstance(op, UnsubscribeOp):
         hub.unsubscribe(connection, _valid_symbols(op.quotes))

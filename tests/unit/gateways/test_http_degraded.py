@@ -363,3 +363,19 @@ def test_healthz_reports_redis_degraded_not_down(monkeypatch: pytest.MonkeyPatch
 def test_openapi_says_where_symbol_validity_rests() -> None:
     description = openapi_document()["paths"]["/v1/orders"]["post"]["description"]
     assert "no_reference_price" in description and "market maker" in description
+
+
+def test_stream_subscribe_survives_a_quote_cache_that_is_down() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.gateway.quotes = DownQuotes()
+        token = bearer("alice")["Authorization"].removeprefix("Bearer ")
+        async with client.ws_connect("/v1/stream") as ws:
+            await ws.send_json({"op": "auth", "token": token})
+            assert (await ws.receive_json(timeout=2))["type"] == "authenticated"
+            await ws.send_json({"op": "subscribe", "quotes": ["AAPL"]})
+            subscribed = await ws.receive_json(timeout=2)
+            assert (subscribed["type"], subscribed["quotes"]) == ("subscribed", ["AAPL"])
+            await ws.send_json({"op": "ping"})
+            assert (await ws.receive_json(timeout=2))["type"] == "pong"
+
+    run(scenario)
