@@ -40,6 +40,10 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # queued thousands of small FIX messages on one socket: the peer's receive queue was
     # pruned, TCP fell into retransmission back-off and the link stalled for seconds.
     max_in_flight_per_session: int = 256
+    # The store forgets orders closed longer ago than this, with their ClOrdIDs and ExecIDs,
+    # and the gateway refuses route records older than it (so a replay of a forgotten order
+    # is never sent again). Keep it above the retention of `orders.route`.
+    closed_order_retention_days: int = 7
 
     def __post_init__(self) -> None:
         if not self.market_makers:
@@ -47,6 +51,8 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
         names = [mm.name for mm in self.market_makers]
         if len(set(names)) != len(names):
             raise ValueError(f"market maker names must be unique: {names}")
+        if self.closed_order_retention_days < 1:
+            raise ValueError("closed_order_retention_days must be at least 1")
         if self.max_in_flight_per_session < 1:
             raise ValueError("max_in_flight_per_session must be at least 1")
         if self.routing_policy not in ROUTING_POLICIES:

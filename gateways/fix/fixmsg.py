@@ -63,6 +63,8 @@ REF_SEQ_NUM = 45
 REF_MSG_TYPE = 372
 BUSINESS_REJECT_REF_ID = 379
 BUSINESS_REJECT_REASON = 380
+REF_TAG_ID = 371
+SESSION_REJECT_REASON = 373
 
 MSG_NEW_ORDER_SINGLE = "D"
 MSG_ORDER_CANCEL_REQUEST = "F"
@@ -189,6 +191,16 @@ def order_status_request(request: RouteStatusRequest) -> fix.Message:
     message.setField(SYMBOL, request.symbol)
     message.setField(SIDE, SIDE_TO_FIX[request.side])
     return message
+
+
+def business_message_reject(refused: fix.Message, reason: str, text: str) -> fix.Message:
+    """BusinessMessageReject (35=j) of an inbound application message."""
+    reject = new_message(MSG_BUSINESS_MESSAGE_REJECT)
+    reject.setField(REF_SEQ_NUM, str(seq_num(refused)))
+    reject.setField(REF_MSG_TYPE, msg_type(refused))
+    reject.setField(BUSINESS_REJECT_REASON, reason)
+    reject.setField(TEXT, text[:200])
+    return reject
 
 
 def msg_type(message: fix.Message) -> str:

@@ -16,6 +16,7 @@ the account topology must also treat exec_id as idempotent (it does, by contract
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -71,6 +72,10 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.002  # how long the main loop waits for route records before its housekeeping
 HOUSEKEEPING_S = 0.1
+PRUNE_EVERY_S = 3600.0
+DAY_MS = 86_400_000
+# BusinessRejectReason (380) 3: unsupported message type.
+UNSUPPORTED_MESSAGE_TYPE = "3"
 
 
 def run(config: FixGatewayConfig) -> None:
@@ -116,7 +121,10 @@ class GatewayApplication(fix.Application):  # type: ignore[misc]
         self.gateway.on_logout(session_key(session_id))
 
     def toAdmin(self, message: fix.Message, session_id: fix.SessionID) -> None:  # noqa: N802
-        pass
+        if fixmsg.msg_type(message) == fixmsg.MSG_REJECT:
+            # The engine refused an inbound message (malformed, invalid field, bad
+            # sequence...): say which and why in our log, not only in the FIX event log.
+            self.gateway.guarded(self.gateway.on_own_session_reject, message, session_id)
 
     def fromAdmin(self, message: fix.Message, session_id: fix.SessionID) -> None:  # noqa: N802
         if fixmsg.msg_type(message) == fixmsg.MSG_REJECT:
@@ -141,8 +149,10 @@ class FixGateway:
         self.routed_orders = {order_id_of_cl_ord_id(c) for c in self.sent}
         self.orders = self.store.open_orders()
         self.stats = self.store.stats()
+        self.retention_ms = config.closed_order_retention_days * DAY_MS
         delivered = self.store.delivered_seqs()
-        self._dirty_exec_ids: list[str] = []
+        self._persisted_delivered: dict[str, int] = {}
+        self._dirty_exec_ids: list[tuple[str, str]] = []
         self._dirty_sent: list[tuple[str, str]] = []
         self._dirty_orders: dict[str, OpenOrder] = {}
         self._dirty_stats = False
@@ -211,6 +221,8 @@ class FixGateway:
         self.initiator = fix.SocketInitiator(self.app, self.store_factory, settings,
                                              self.log_factory)
         self._resume_from_delivered(delivered)
+        self.prune(now_ms())
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
     def _resume_from_delivered(self, delivered: dict[str, int]) -> None:
         """Expect the first inbound message not yet on the topic, so the market maker
@@ -337,6 +349,15 @@ class FixGateway:
             log.info("order %s already sent; replayed route record ignored", order.cl_ord_id)
             return
         now = now_ms()
+        routed_ms = int(order.routed_at.timestamp() * 1000)
+        if now - routed_ms > self.retention_ms:
+            # Older than what the store remembers: it may have been sent and forgotten, and
+            # sending it again could execute it twice. An operator decides.
+            self._alert(order.account_id, "stale_route", order.order_id, None,
+                        f"route record of {order.order_id} from {order.routed_at.isoformat()} "
+                        f"is older than the {self.config.closed_order_retention_days}-day "
+                        f"retention; not sent", event_id=f"alert:stale_route:{order.order_id}")
+            return
         with self.lock:
             open_breakers = {mm for mm, b in self.breakers.items() if b.is_open(now)}
             # A session with a full window counts as busy: others take the order if they can.
@@ -447,6 +468,13 @@ class FixGateway:
                 for stale in list(self._outbound)[:50_000]:
                     del self._outbound[stale]
 
+    def on_own_session_reject(self, message: fix.Message, session_id: fix.SessionID) -> None:
+        log.warning("inbound message seq %s on %s rejected by the session: %s (tag %s, "
+                    "SessionRejectReason %s)", fixmsg.optional_field(message, fixmsg.REF_SEQ_NUM),
+                    session_key(session_id), fixmsg.optional_field(message, fixmsg.TEXT),
+                    fixmsg.optional_field(message, fixmsg.REF_TAG_ID),
+                    fixmsg.optional_field(message, fixmsg.SESSION_REJECT_REASON))
+
     def on_session_reject(self, message: fix.Message, session_id: fix.SessionID) -> None:
         key = session_key(session_id)
         ref_seq = fixmsg.optional_field(message, fixmsg.REF_SEQ_NUM)
@@ -481,7 +509,11 @@ class FixGateway:
                 self._request_rejected(message, key, ref, ref_type, seq)
             return
         if kind not in (fixmsg.MSG_EXECUTION_REPORT, fixmsg.MSG_ORDER_CANCEL_REJECT):
-            log.warning("unexpected %s message on %s ignored", kind, key)
+            log.warning("unexpected %s message on %s rejected (BusinessMessageReject): %s",
+                        kind, key, message.toString().replace("\x01", "|"))
+            fix.Session.sendToTarget(fixmsg.business_message_reject(
+                message, UNSUPPORTED_MESSAGE_TYPE, f"unsupported message type {kind}"),
+                self.session_ids[key])
             return
         cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID) or ""
         known = self._known(order_id_of_cl_ord_id(cl_ord_id))
@@ -573,6 +605,7 @@ class FixGateway:
             del stats.fill_ms[:-1000]
         if filled or report.exec_type in TERMINAL_EXEC_TYPES:
             order.terminal = True
+            order.closed_at_ms = now
             del self.orders[report.order_id]
         self._dirty_orders[order.order_id] = order
         self._dirty_stats = True
@@ -587,7 +620,7 @@ class FixGateway:
                 self.fatal = f"executions record {report.exec_id} not delivered: {error}"
                 return
             with self.lock:
-                self._dirty_exec_ids.append(report.exec_id)
+                self._dirty_exec_ids.append((report.exec_id, report.order_id))
                 if origin is not None:
                     self._awaiting_delivery.discard(origin)
                     self.trackers[origin[0]].complete(origin[1])
@@ -597,11 +630,18 @@ class FixGateway:
 
     def _alert_unusable(self, message: fix.Message, key: str, reason: str,
                         seq: int | None) -> None:
+        """A report we cannot turn into an `executions` record: an alert, never a crash.
+        One for an order never routed here says so (unknown_order)."""
         account = fixmsg.optional_field(message, fixmsg.ACCOUNT) or "unknown"
         cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID)
-        self._alert(account, "unusable_report", order_id_of_cl_ord_id(cl_ord_id)
-                    if cl_ord_id else None, None,
-                    f"{key} seq {seq}: {reason}: {message.toString().replace(chr(1), '|')}")
+        order_id = order_id_of_cl_ord_id(cl_ord_id) if cl_ord_id else None
+        code = ("unknown_order" if order_id is not None and order_id not in self.routed_orders
+                else "unusable_report")
+        exec_id = fixmsg.optional_field(message, fixmsg.EXEC_ID)
+        mm = self.mm_of_session[key]
+        self._alert(account, code, order_id, f"{mm}:{exec_id}" if exec_id else None,
+                    f"{key} seq {seq}: {reason}: {message.toString().replace(chr(1), '|')}",
+                    event_id=f"alert:{code}:{key}:{seq}" if seq else None)
 
     def _alert(self, account_id: str, code: str, order_id: str | None, exec_id: str | None,
                detail: str, event_id: str | None = None) -> None:
@@ -621,7 +661,10 @@ class FixGateway:
         for key in logons:
             self._reconcile(key)
         self._check_stuck()
-        self._persist()
+        self._persist(with_stats=True)
+        if time.monotonic() >= self._next_prune:
+            self.prune(now_ms())
+            self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
     def _reconcile(self, key: str) -> None:
         """A session back on: ask the status of every order still open on it."""
@@ -682,17 +725,42 @@ class FixGateway:
             self.forwarded.add(report.exec_id)
         self._forward(report, None)
 
-    def _persist(self) -> None:
+    def _persist(self, with_stats: bool = False) -> None:
+        """One store transaction with what changed. Best-execution figures only go with
+        the housekeeping (every HOUSEKEEPING_S): encoding them on every call was a fifth of
+        the main thread's time, and a kill -9 loses at most that much of them."""
         with self.lock:
             exec_ids, self._dirty_exec_ids = self._dirty_exec_ids, []
             sent, self._dirty_sent = self._dirty_sent, []
             orders = list(self._dirty_orders.values())
             self._dirty_orders = {}
-            stats = dict(self.stats) if self._dirty_stats else {}
-            self._dirty_stats = False
+            stats: dict[str, ExecutionStats] = {}
+            if with_stats and self._dirty_stats:
+                stats = {mm: copy_stats(s) for mm, s in self.stats.items()}
+                self._dirty_stats = False
             delivered = {key: tracker.delivered for key, tracker in self.trackers.items()}
+        if delivered == self._persisted_delivered:
+            delivered = {}
+        else:
+            self._persisted_delivered = delivered
+        if not (exec_ids or delivered or sent or orders or stats):
+            return
         self.store.record(exec_ids=exec_ids, delivered=delivered, sent=sent, orders=orders,
-                          stats=stats)
+                          stats=stats, now_ms=now_ms())
+
+    def prune(self, now: int) -> None:
+        """Forget orders closed more than the retention ago, in the store and here."""
+        self._persist()
+        pruned = self.store.prune(now - self.retention_ms, now)
+        if not (pruned.order_ids or pruned.exec_ids or pruned.cl_ord_ids):
+            return
+        with self.lock:
+            self.forwarded -= pruned.exec_ids
+            self.sent -= pruned.cl_ord_ids
+            self.routed_orders -= pruned.order_ids
+        log.info("pruned %d closed orders, %d ClOrdIDs, %d ExecIDs older than %d days",
+                 len(pruned.order_ids), len(pruned.cl_ord_ids), len(pruned.exec_ids),
+                 self.config.closed_order_retention_days)
 
     def best_execution(self) -> dict[str, ExecutionStats]:
         with self.lock:
@@ -711,6 +779,11 @@ def pending_cancel_report(order: OpenOrder, cancel: RouteCancel,
         leaves_qty=max(order.quantity - order.cum_qty, Decimal(0)), transact_time=now,
         market_maker=order.market_maker, orig_cl_ord_id=cancel.orig_cl_ord_id,
         text=f"no answer from {order.market_maker}; cancel requested")
+
+
+def copy_stats(stats: ExecutionStats) -> ExecutionStats:
+    """A snapshot the store can encode outside the lock."""
+    return dataclasses.replace(stats, fill_ms=list(stats.fill_ms))
 
 
 def replace_exec_type(report: ExecutionReport, exec_type: ExecType) -> ExecutionReport:
