@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -72,6 +73,12 @@ def wait_fills(reader: TopicReader, count: int, timeout_s: float,
         for report in reader.executions(until=10_000, timeout_s=0.05):
             if report.exec_type is ExecType.TRADE and report.leaves_qty == 0:
                 seen_at.setdefault(report.order_id, time.time())
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_profilers(out_dir: Path | None, gateway_pid: int,
@@ -133,9 +140,16 @@ def main() -> None:
         burst = orders("burst", args.burst, accounts)
         fills: dict[str, float] = {}
         profilers = start_profilers(args.py_spy, gateway.popen.pid, simulator.popen.pid)
+        cpu_before = {"gateway": cpu_s(gateway.popen.pid),
+                      "simulator": cpu_s(simulator.popen.pid)}
         started = time.time()
         produce(bootstrap, prefix + Topic.ORDERS_ROUTE, burst)
         wait_fills(reader, args.burst, 120, fills)
+        # CPU per round trip is what the code costs; orders/s also depends on what else
+        # the machine's two cores are running.
+        cpu_ms = {name: round((cpu_s(proc.popen.pid) - cpu_before[name]) * 1000
+                              / max(len(fills), 1), 3)
+                  for name, proc in (("gateway", gateway), ("simulator", simulator))}
         stop_profilers(profilers)
         elapsed = max(fills.values()) - started if fills else float("nan")
 
@@ -173,7 +187,8 @@ def main() -> None:
         "machine": machine(),
         "burst": {"orders": args.burst, "filled": len(fills),
                   "seconds": round(elapsed, 3),
-                  "round_trips_per_s": round(len(fills) / elapsed, 1) if fills else 0},
+                  "round_trips_per_s": round(len(fills) / elapsed, 1) if fills else 0,
+                  "cpu_ms_per_round_trip": cpu_ms},
         "paced": {"orders": args.paced, "rate_per_s": args.rate, "filled": len(latencies),
                   "route_to_fill_record_ms": {
                       "p50": percentile(latencies, 0.5), "p99": percentile(latencies, 0.99),

@@ -96,6 +96,16 @@ def _testcontainer_services() -> Iterator[Services]:
 
 
 @pytest.fixture
+def server_dir() -> Iterator[Path]:
+    """A directory for server data outside pytest's basetemp: PostgreSQL runs as a system user
+    of its own, and a pytest session starting elsewhere on the machine resets the basetemp's
+    permissions under a running server."""
+    path = Path(tempfile.mkdtemp(prefix="brokerage-srv-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def topic_prefix() -> str:
     """A fresh topic namespace per test, so tests sharing one broker never see each other."""
     return f"t{uuid.uuid4().hex[:8]}."

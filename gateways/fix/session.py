@@ -55,9 +55,11 @@ def _common(store_dir: Path, heartbeat_s: int, validate: bool, fix_version: str)
         "ResetOnLogout=N",
         "ResetOnDisconnect=N",
         "PersistMessages=Y",
-        "UseDataDictionary=Y",
-        f"DataDictionary={data_dictionary_path(fix_version)}",
-        f"ValidateIncomingMessage={'Y' if validate else 'N'}",
+        # Validation is the data dictionary's: QuickFIX 1.16 still validated with
+        # ValidateIncomingMessage=N, so "no validation" means no dictionary (our messages
+        # carry no repeating groups that would need one to parse).
+        *(["UseDataDictionary=Y", f"DataDictionary={data_dictionary_path(fix_version)}"]
+          if validate else ["UseDataDictionary=N"]),
         "ValidateUserDefinedFields=N",
         "AllowUnknownMsgFields=Y",
         "CheckLatency=N",

@@ -301,10 +301,20 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
             session.disconnect()
 
 
+_SESSION_IDS: dict[str, fix.SessionID] = {}
+
+
 def copy_session_id(session_id: fix.SessionID) -> fix.SessionID:
-    return fix.SessionID(session_id.getBeginString().getValue(),
-                         session_id.getSenderCompID().getValue(),
-                         session_id.getTargetCompID().getValue())
+    """Our own SessionID equal to the engine's (one per session, kept: building it took
+    three calls into the engine per request)."""
+    text = session_id.toString()
+    copy = _SESSION_IDS.get(text)
+    if copy is None:
+        copy = fix.SessionID(session_id.getBeginString().getValue(),
+                             session_id.getSenderCompID().getValue(),
+                             session_id.getTargetCompID().getValue())
+        _SESSION_IDS[text] = copy
+    return copy
 
 
 def _fills_reversed(reports: list[Report]) -> list[Report]:

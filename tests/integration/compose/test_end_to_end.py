@@ -29,8 +29,8 @@ def _login(base: str, user_id: str) -> str:
     return body["token"]
 
 
-def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
-    stack = start_stack(tmp_path / "data")
+def test_market_buy_from_http_to_postgres(server_dir: Path) -> None:
+    stack = start_stack(server_dir / "data")
     try:
         banner = stack.read_until("healthy")
         assert "http" in banner and "shard1" in banner
@@ -87,7 +87,7 @@ def test_market_buy_from_http_to_postgres(tmp_path: Path) -> None:
         leftovers = [p for p in stack.descendants() if p.is_running()]
     assert code == 0, "".join(stack.output)
     assert not leftovers, leftovers
-    _second_up_reuses_the_shards(tmp_path / "data", account_id)
+    _second_up_reuses_the_shards(server_dir / "data", account_id)
 
 
 def _check_best_execution(stack, base: str) -> None:  # noqa: ANN001
@@ -216,8 +216,8 @@ def _check_shard_rows(shard_dsns: list[str], account_id: str, cost: Decimal) -> 
     assert len(owning) == 1, f"account rows on {len(owning)} shards"
 
 
-def test_up_check_starts_verifies_and_stops(tmp_path: Path) -> None:
-    stack = start_stack(tmp_path / "data", "--check")
+def test_up_check_starts_verifies_and_stops(server_dir: Path) -> None:
+    stack = start_stack(server_dir / "data", "--check")
     try:
         stack.read_until("check passed")
         code = stack.popen.wait(60)

@@ -22,11 +22,11 @@ from tests.integration.compose.stack_process import eventually, write_stack_file
 pytestmark = pytest.mark.integration
 
 
-def test_a_child_that_dies_is_reported_and_restarted(tmp_path: Path) -> None:
+def test_a_child_that_dies_is_reported_and_restarted(server_dir: Path) -> None:
     spec = ServiceSpec("sleeper", "compose.stack:RedisSection",
                        "tests.integration.compose.sleeper:run", {})
     reports: list[str] = []
-    supervisor = Supervisor([spec], tmp_path / "run", tmp_path / "logs", reports.append)
+    supervisor = Supervisor([spec], server_dir / "run", server_dir / "logs", reports.append)
     supervisor.start_all()
     try:
         child = supervisor.child("sleeper")
@@ -47,15 +47,15 @@ def test_a_child_that_dies_is_reported_and_restarted(tmp_path: Path) -> None:
     assert not child.alive()
 
 
-def _up(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _up(server_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "compose.cli", "up", *args],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, **env}, stdin=subprocess.DEVNULL)
 
 
-def _stack_env(tmp_path: Path, http_port: int) -> dict[str, str]:
-    stack_file = write_stack_file(tmp_path / "stack.toml", free_port())
-    return {"BROKERAGE_DATA_DIR": str(tmp_path / "data"), "BROKERAGE_HTTP_PORT": str(http_port),
+def _stack_env(server_dir: Path, http_port: int) -> dict[str, str]:
+    stack_file = write_stack_file(server_dir / "stack.toml", free_port())
+    return {"BROKERAGE_DATA_DIR": str(server_dir / "data"), "BROKERAGE_HTTP_PORT": str(http_port),
             "BROKERAGE_STACK": str(stack_file)}
 
 
@@ -68,57 +68,57 @@ def _our_servers(data_dir: Path) -> list[psutil.Process]:
     return found
 
 
-def test_a_port_in_use_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+def test_a_port_in_use_is_one_line_and_nothing_starts(server_dir: Path) -> None:
     with socket.socket() as busy:
         busy.bind((LOOPBACK, 0))
         busy.listen()
-        result = _up(tmp_path, _stack_env(tmp_path, busy.getsockname()[1]), "--check")
+        result = _up(server_dir, _stack_env(server_dir, busy.getsockname()[1]), "--check")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "port" in lines[0] and "already in use" in lines[0], result.stderr
-    assert not _our_servers(tmp_path / "data")
+    assert not _our_servers(server_dir / "data")
 
 
-def test_a_data_dir_held_by_another_stack_is_refused(tmp_path: Path) -> None:
-    with data_dir_lock(tmp_path / "data"):
-        result = _up(tmp_path, _stack_env(tmp_path, free_port()), "--check")
+def test_a_data_dir_held_by_another_stack_is_refused(server_dir: Path) -> None:
+    with data_dir_lock(server_dir / "data"):
+        result = _up(server_dir, _stack_env(server_dir, free_port()), "--check")
         with pytest.raises(DataDirBusy):
-            with data_dir_lock(tmp_path / "data"):
+            with data_dir_lock(server_dir / "data"):
                 pass
     assert result.returncode == 1
     assert "held by another stack" in result.stderr and len(result.stderr.splitlines()) == 1
     time.sleep(0.2)
-    assert not _our_servers(tmp_path / "data")
+    assert not _our_servers(server_dir / "data")
 
 
-def test_a_bad_stack_file_names_the_field(tmp_path: Path) -> None:
-    stack_file = tmp_path / "bad.toml"
+def test_a_bad_stack_file_names_the_field(server_dir: Path) -> None:
+    stack_file = server_dir / "bad.toml"
     stack_file.write_text("[stack]\nshards = 2\nshard_count = 3\n")
-    result = _up(tmp_path, {"BROKERAGE_STACK": str(stack_file),
-                            "BROKERAGE_DATA_DIR": str(tmp_path / "data")})
+    result = _up(server_dir, {"BROKERAGE_STACK": str(stack_file),
+                            "BROKERAGE_DATA_DIR": str(server_dir / "data")})
     assert result.returncode == 1
     assert "shard_count" in result.stderr and str(stack_file) in result.stderr
 
 
-def test_a_broker_that_does_not_come_up_is_one_line_and_nothing_stays(tmp_path: Path) -> None:
-    env = {**_stack_env(tmp_path, free_port()), "CALF_TANSU_BIN": "/bin/false"}
-    result = _up(tmp_path, env, "--check")
+def test_a_broker_that_does_not_come_up_is_one_line_and_nothing_stays(server_dir: Path) -> None:
+    env = {**_stack_env(server_dir, free_port()), "CALF_TANSU_BIN": "/bin/false"}
+    result = _up(server_dir, env, "--check")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("brokerage: broker: exited with code 1"), \
         result.stderr
-    assert not _our_servers(tmp_path / "data")
+    assert not _our_servers(server_dir / "data")
 
 
-def test_a_failure_midway_stops_what_already_started(tmp_path: Path) -> None:
+def test_a_failure_midway_stops_what_already_started(server_dir: Path) -> None:
     """Shard 1's data dir is in use by a server of its own: the broker, Redis and shard 0 that
     `up` started before finding out are stopped again."""
     from compose.embedded import start_postgres
 
-    data_dir = tmp_path / "data"
-    squatter = start_postgres("squatter", data_dir / "shard1", free_port(), tmp_path / "logs")
+    data_dir = server_dir / "data"
+    squatter = start_postgres("squatter", data_dir / "shard1", free_port(), server_dir / "logs")
     try:
-        result = _up(tmp_path, _stack_env(tmp_path, free_port()), "--check")
+        result = _up(server_dir, _stack_env(server_dir, free_port()), "--check")
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "shard1" in lines[0] and "in use" in lines[0], result.stderr
