@@ -12,7 +12,7 @@ from state.topics import TopicSpec
 
 def create_topics(bootstrap_servers: str, specs: list[TopicSpec], timeout_s: float = 30.0) -> None:
     """Create every missing topic with its explicit configs; existing topics are left alone."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3})
     deadline = time.monotonic() + timeout_s
     while True:
         try:

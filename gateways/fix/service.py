@@ -265,19 +265,21 @@ class FixGateway:
         next_housekeeping = 0.0
         while not stop.is_set():
             room = self._window_room()
+            records: list[KafkaMessage] = []
             if room:
                 records = self.consumer.consume(num_messages=min(200, room), timeout=TICK_S)
-                if records:
-                    self._handle_route_batch(records)
+                self._handle_route_batch(records)
             else:
                 time.sleep(TICK_S)  # every window full: the backlog waits in Kafka
             self.producer.poll(0)
+            # One store transaction per pass: what was sent (before its offsets are stored)
+            # and the ExecIDs the broker acknowledged since the last pass (durable as soon as
+            # the broker has them, which keeps the window for a re-forward after a crash to
+            # one pass). It was two commits per pass, a fifth of the gateway's time.
+            self._persist()
+            self._store_offsets(records)
             if self.fatal:
                 raise GatewayError(self.fatal)
-            if self._dirty_exec_ids:
-                # Forwarded ExecIDs become durable as soon as the broker has them, which
-                # keeps the window for a re-forward after a crash to a commit's length.
-                self._persist()
             if time.monotonic() >= next_housekeeping:
                 self._housekeeping()
                 next_housekeeping = time.monotonic() + HOUSEKEEPING_S
@@ -320,8 +322,9 @@ class FixGateway:
                 self._dead_letter(record, str(decode_error))
             else:
                 self._route(request)
-        # The durable record of what was sent goes first, then the offsets.
-        self._persist()
+
+    def _store_offsets(self, records: list[KafkaMessage]) -> None:
+        """After `_persist`: the durable record of what was sent goes first."""
         for record in records:
             if record.error() is None:
                 self.consumer.store_offsets(message=record)
