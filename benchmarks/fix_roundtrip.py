@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=2000)
     parser.add_argument("--paced", type=int, default=500)
     parser.add_argument("--rate", type=int, default=200, help="paced orders per second")
+    parser.add_argument("--window", type=int, default=None,
+                        help="the gateway's max_in_flight_per_session (default: its own)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="profile both processes during the burst into DIR")
     args = parser.parse_args()
@@ -122,7 +124,8 @@ def main() -> None:
     gateway = launch("gateways.fix", FixGatewayConfig(
         bootstrap_servers=bootstrap, topic_prefix=prefix, store_dir=str(work / "gw"),
         market_makers=(MarketMakerConfig(name="sim", host="127.0.0.1", port=port,
-                                         sender_comp_id="BROKER", target_comp_id="MM1"),)),
+                                         sender_comp_id="BROKER", target_comp_id="MM1"),),
+        **({"max_in_flight_per_session": args.window} if args.window else {})),
         work / "gw.log")
     reader = TopicReader(bootstrap, prefix + Topic.EXECUTIONS)
     accounts = [account_id_for(f"bench{i}", i % SHARDS, SHARDS, PARTITIONS_PER_SHARD)
