@@ -34,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -136,41 +137,47 @@ async def _load(base: str, requests: int, concurrency: int, seconds: float) -> d
                 auth = {"Authorization": f"Bearer {(await response.json())['token']}"}
             async with session.post(f"{base}/v1/accounts", json={}, headers=auth) as response:
                 users.append((auth, (await response.json())["account_id"]))
-        latencies: list[float] = []
-        statuses: Counter[int] = Counter()
-        run_id = uuid.uuid4().hex[:8]
-        counter = iter(range(requests))
-        deadline = time.monotonic() + seconds
+        return await _post_orders(session, base, users, lambda account_id: {
+            "account_id": account_id, "symbol": "AAPL", "side": "buy",
+            "order_type": "limit", "quantity": "1", "limit_price": "209.50"},
+            requests, concurrency, seconds)
 
-        async def client() -> None:
-            for index in counter:
-                if time.monotonic() > deadline:
-                    return
-                auth, account_id = users[index % len(users)]
-                body = {"account_id": account_id, "symbol": "AAPL", "side": "buy",
-                        "order_type": "limit", "quantity": "1", "limit_price": "209.50"}
-                headers = {**auth, "Idempotency-Key": f"{run_id}-{index}"}
-                started = time.perf_counter()
-                async with session.post(f"{base}/v1/orders", json=body,
-                                        headers=headers) as response:
-                    await response.read()
-                    statuses[response.status] += 1
-                latencies.append(time.perf_counter() - started)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ordered = sorted(latencies)
+async def _post_orders(session: aiohttp.ClientSession, base: str,
+                       users: list[tuple[dict[str, str], str]],
+                       body_for: Callable[[str], dict[str, str]], requests: int,
+                       concurrency: int, seconds: float) -> dict[str, Any]:
+    """POST /v1/orders from `concurrency` clients, round robin over the users, until
+    `requests` were sent or `seconds` passed; each request timed to its answer."""
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    run_id = uuid.uuid4().hex[:8]
+    counter = iter(range(requests))
+    deadline = time.monotonic() + seconds
 
-    def pct(p: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000, 2)
+    async def client() -> None:
+        for index in counter:
+            if time.monotonic() > deadline:
+                return
+            auth, account_id = users[index % len(users)]
+            headers = {**auth, "Idempotency-Key": f"{run_id}-{index}"}
+            started = time.perf_counter()
+            async with session.post(f"{base}/v1/orders", json=body_for(account_id),
+                                    headers=headers) as response:
+                await response.read()
+                statuses[response.status] += 1
+            latencies.append(time.perf_counter() - started)
 
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
             "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
+            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "max_ms": round(max(latencies) * 1000, 2),
             "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
             "statuses": {str(k): v for k, v in sorted(statuses.items())}}
-
 
 
 # ---- --stack: the whole system --------------------------------------------------------------
@@ -247,40 +254,12 @@ async def _stack_setup(base: str, users: int, concurrency: int
 
 async def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
                       requests: int, concurrency: int, seconds: float) -> dict[str, Any]:
-    latencies: list[float] = []
-    statuses: Counter[int] = Counter()
-    run_id = uuid.uuid4().hex[:8]
-    counter = iter(range(requests))
-    deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def client() -> None:
-            for index in counter:
-                if time.monotonic() > deadline:
-                    return
-                auth, account_id = users[index % len(users)]
-                body = {"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
-                        "order_type": "limit", "quantity": "1", "limit_price": limit_price,
-                        "time_in_force": "day"}
-                headers = {**auth, "Idempotency-Key": f"{run_id}-{index}"}
-                started = time.perf_counter()
-                async with session.post(f"{base}/v1/orders", json=body,
-                                        headers=headers) as response:
-                    await response.read()
-                    statuses[response.status] += 1
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
-            "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            "max_ms": round(max(latencies) * 1000, 2),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+        return await _post_orders(session, base, users, lambda account_id: {
+            "account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
+            "order_type": "limit", "quantity": "1", "limit_price": limit_price,
+            "time_in_force": "day"}, requests, concurrency, seconds)
 
 
 def _process_cpu_s(stack: Any) -> dict[str, float]:
