@@ -134,20 +134,26 @@ def new_message(msg_type: str) -> fix.Message:
     return message
 
 
+def _set_order_terms(message: fix.Message, terms: RouteNewOrder | RouteReplace,
+                     now: dt.datetime) -> None:
+    """The fields a new order and a cancel/replace both carry: the order's full terms."""
+    message.setField(CL_ORD_ID, terms.cl_ord_id)
+    message.setField(ACCOUNT, terms.account_id)
+    message.setField(SYMBOL, terms.symbol)
+    message.setField(SIDE, SIDE_TO_FIX[terms.side])
+    message.setField(TRANSACT_TIME, fix_time(now))
+    message.setField(ORDER_QTY, fix_decimal(terms.quantity))
+    message.setField(ORD_TYPE, ORD_TYPE_TO_FIX[terms.order_type])
+    if terms.limit_price is not None:
+        message.setField(PRICE, fix_decimal(terms.limit_price))
+    if terms.stop_price is not None:
+        message.setField(STOP_PX, fix_decimal(terms.stop_price))
+    message.setField(TIME_IN_FORCE, TIF_TO_FIX[terms.time_in_force])
+
+
 def new_order_single(order: RouteNewOrder, now: dt.datetime) -> fix.Message:
     message = new_message(MSG_NEW_ORDER_SINGLE)
-    message.setField(CL_ORD_ID, order.cl_ord_id)
-    message.setField(ACCOUNT, order.account_id)
-    message.setField(SYMBOL, order.symbol)
-    message.setField(SIDE, SIDE_TO_FIX[order.side])
-    message.setField(TRANSACT_TIME, fix_time(now))
-    message.setField(ORDER_QTY, fix_decimal(order.quantity))
-    message.setField(ORD_TYPE, ORD_TYPE_TO_FIX[order.order_type])
-    if order.limit_price is not None:
-        message.setField(PRICE, fix_decimal(order.limit_price))
-    if order.stop_price is not None:
-        message.setField(STOP_PX, fix_decimal(order.stop_price))
-    message.setField(TIME_IN_FORCE, TIF_TO_FIX[order.time_in_force])
+    _set_order_terms(message, order, now)
     return message
 
 
@@ -169,18 +175,7 @@ def order_cancel_replace_request(replace: RouteReplace, orig_cl_ord_id: str,
     ClOrdID the market maker knows the order by now (the gateway's, after earlier replaces)."""
     message = new_message(MSG_ORDER_CANCEL_REPLACE_REQUEST)
     message.setField(ORIG_CL_ORD_ID, orig_cl_ord_id)
-    message.setField(CL_ORD_ID, replace.cl_ord_id)
-    message.setField(ACCOUNT, replace.account_id)
-    message.setField(SYMBOL, replace.symbol)
-    message.setField(SIDE, SIDE_TO_FIX[replace.side])
-    message.setField(TRANSACT_TIME, fix_time(now))
-    message.setField(ORDER_QTY, fix_decimal(replace.quantity))
-    message.setField(ORD_TYPE, ORD_TYPE_TO_FIX[replace.order_type])
-    if replace.limit_price is not None:
-        message.setField(PRICE, fix_decimal(replace.limit_price))
-    if replace.stop_price is not None:
-        message.setField(STOP_PX, fix_decimal(replace.stop_price))
-    message.setField(TIME_IN_FORCE, TIF_TO_FIX[replace.time_in_force])
+    _set_order_terms(message, replace, now)
     return message
 
 
