@@ -117,7 +117,7 @@ DEPOSITS_MAX = 1000
 DAY_TRADES_RETENTION = dt.timedelta(days=14)  # covers any 5-business-day window
 ORPHAN_EXECS_MAX = 1000
 EXEC_IDS_PER_ORDER_MAX = 10_000
-_RATE_WINDOW = dt.timedelta(seconds=1)  # the per-account order rate is counted over this
+RATE_WINDOW = dt.timedelta(seconds=1)  # the per-account order rate is counted over this
 
 
 class CommandRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -477,7 +477,7 @@ def _figures(state: AccountState, order: PlaceOrder, now: dt.datetime,
         sellable_shares=state.balance(la.SHARES, symbol)
         + state.balance(la.SHARES_UNSETTLED, symbol),
         restricted=is_restricted(state),
-        orders_last_second=sum(1 for t in state.order_times if now - t < _RATE_WINDOW),
+        orders_last_second=sum(1 for t in state.order_times if now - t < RATE_WINDOW),
         day_trades_in_window=sum(1 for trade in state.day_trades if trade.day >= window_start),
         is_day_trade=order.side is Side.SELL and state.bought_on.get(symbol) == today,
         equity=equity(state),
@@ -967,8 +967,8 @@ def _latest(current: dt.datetime | None, times: Iterable[dt.datetime | None]
 
 
 def _prune(state: AccountState, now: dt.datetime) -> None:
-    if state.order_times and now - min(state.order_times) >= _RATE_WINDOW:
-        state.order_times[:] = [t for t in state.order_times if now - t < _RATE_WINDOW]
+    if state.order_times and now - min(state.order_times) >= RATE_WINDOW:
+        state.order_times[:] = [t for t in state.order_times if now - t < RATE_WINDOW]
     orders = _drop_oldest(state.closed_orders,
                           lambda o: now - (o.closed_at or o.placed_at) > ORDER_RETENTION,
                           CLOSED_ORDERS_MAX)

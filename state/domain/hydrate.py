@@ -41,10 +41,13 @@ from state.domain.account import (
     IDEMPOTENCY_RETENTION,
     ORDER_RETENTION,
     ORPHAN_EXECS_MAX,
+    RATE_WINDOW,
     AccountState,
     CommandRecord,
     DayTrade,
     DepositRecord,
+    _latest,
+    _utc,
     check_invariants,
 )
 from state.domain.lots import SettlementLot, bought_by_symbol, lot_key
@@ -65,7 +68,6 @@ __all__ = [
 
 # The digest of a key whose body is not known: it matches no body, so a reuse is refused.
 UNKNOWN_DIGEST = "unknown"
-RATE_WINDOW = dt.timedelta(seconds=1)  # as account._RATE_WINDOW: recent place_orders counted
 
 
 class SnapshotOrder(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -199,18 +201,6 @@ def _positions(balances: dict[str, dict[str, Decimal]]) -> dict[str, Decimal]:
         for symbol, amount in balances.get(bucket, {}).items():
             positions[symbol] = positions.get(symbol, ZERO) + amount
     return {symbol: amount for symbol, amount in positions.items() if amount}
-
-
-def _latest(current: dt.datetime | None, times: Iterable[dt.datetime | None]
-            ) -> dt.datetime | None:
-    for time in times:
-        if time is not None and (current is None or time > current):
-            current = time
-    return current
-
-
-def _utc(time: dt.datetime) -> dt.datetime:
-    return time if time.tzinfo is dt.UTC else time.astimezone(dt.UTC)
 
 
 def _restore_orders(state: AccountState, orders: Iterable[SnapshotOrder], now: dt.datetime
