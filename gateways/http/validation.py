@@ -78,8 +78,8 @@ def parse_amount(text: str) -> Decimal:
     return amount
 
 
-_NEEDS_LIMIT = {OrderType.LIMIT, OrderType.STOP_LIMIT}
-_NEEDS_STOP = {OrderType.STOP, OrderType.STOP_LIMIT}
+_NEEDS_LIMIT = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
+_NEEDS_STOP = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
 
 
 class ValidOrder:
@@ -129,23 +129,21 @@ def check_replace_fits(order_type: OrderType, filled_quantity: Decimal,
                        f"must exceed the {filled_quantity} already filled")
 
 
+def _typed_price(order_type: OrderType, needs: frozenset[OrderType], field: str,
+                 raw: str | None) -> Decimal | None:
+    """A price the order type requires (missing: refused), or must not carry (given: refused)."""
+    if order_type in needs:
+        if raw is None:
+            raise _invalid("missing_field", field, f"required for {order_type} orders")
+        return parse_price(field, raw)
+    if raw is not None:
+        raise _invalid("unexpected_field", field, f"not allowed for {order_type} orders")
+    return None
+
+
 def validate_order(request: OrderRequest) -> ValidOrder:
     quantity = parse_quantity(request.quantity)
-    limit_price = stop_price = None
-    if request.order_type in _NEEDS_LIMIT:
-        if request.limit_price is None:
-            raise _invalid("missing_field", "limit_price",
-                           f"required for {request.order_type} orders")
-        limit_price = parse_price("limit_price", request.limit_price)
-    elif request.limit_price is not None:
-        raise _invalid("unexpected_field", "limit_price",
-                       f"not allowed for {request.order_type} orders")
-    if request.order_type in _NEEDS_STOP:
-        if request.stop_price is None:
-            raise _invalid("missing_field", "stop_price",
-                           f"required for {request.order_type} orders")
-        stop_price = parse_price("stop_price", request.stop_price)
-    elif request.stop_price is not None:
-        raise _invalid("unexpected_field", "stop_price",
-                       f"not allowed for {request.order_type} orders")
+    limit_price = _typed_price(request.order_type, _NEEDS_LIMIT, "limit_price",
+                               request.limit_price)
+    stop_price = _typed_price(request.order_type, _NEEDS_STOP, "stop_price", request.stop_price)
     return ValidOrder(quantity, limit_price, stop_price)
