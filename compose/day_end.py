@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 
-from compose.per_account import account_ids, produce_per_account
+from compose.per_account import produce_per_account
 from state.messages import ExpireOrders
 
-__all__ = ["account_ids", "expire_day_orders"]
+__all__ = ["expire_day_orders"]
 
 
 def expire_day_orders(bootstrap: str, prefix: str, shard_dsns: Sequence[str],
