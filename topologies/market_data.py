@@ -406,7 +406,7 @@ def consumer_settings(config: MarketDataConfig) -> dict[str, Any]:
             "group.id": kafka.topic_prefix + config.consumer_group,
             "enable.auto.commit": False, "auto.offset.reset": config.auto_offset_reset,
             "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(session_ms // 3, 100),
-            "fetch.wait.max.ms": config.fetch_wait_ms_max, **kafka.extra}
+            "fetch.wait.max.ms": kafka.fetch_wait_ms_max, **kafka.extra}
 
 
 def producer_settings(config: MarketDataConfig) -> dict[str, Any]:
