@@ -9,9 +9,11 @@ Delivery: an inbound sequence number counts as delivered once the record it prod
 acknowledged by the broker; on restart the session expects the first undelivered one, so the
 market maker resends it (ResendRequest) and nothing received-but-unproduced is lost. ExecIDs
 already forwarded are kept durable and dropped when they come again (PossDup resends,
-duplicate reports). One window remains: a crash after the broker acknowledged a record and
-before the ExecID was committed here re-forwards that report once with the same exec_id, so
-the account topology must also treat exec_id as idempotent (it does, by contract).
+duplicate reports). A crash after the broker acknowledged a record and before its ExecID was
+committed here is covered at the next start: the gateway reads `executions` from the offsets
+the store committed to the end before logging on (gateways.fix.recovery). The account topology
+still treats exec_id as idempotent (by contract), a second line for a record a crash left
+in flight and the broker appended after that read.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from confluent_kafka import Message as KafkaMessage
 from gateways.exceptions import GatewayError
 from gateways.fix import fixmsg
 from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
+from gateways.fix.recovery import read_tail
 from gateways.fix.runtime import stop_on_signals
 from gateways.fix.session import (
     SessionSpec,
@@ -156,6 +159,7 @@ class FixGateway:
         self._dirty_sent: list[tuple[str, str]] = []
         self._dirty_orders: dict[str, OpenOrder] = {}
         self._dirty_stats = False
+        self._dirty_tail: dict[int, int] = {}  # executions partition -> next offset acked
         self.fatal: str | None = None
         # Sessions.
         self.specs: dict[str, SessionSpec] = {}
@@ -249,8 +253,22 @@ class FixGateway:
             raise GatewayError(f"topic {self.route_topic} does not exist")
         self.consumer.assign([TopicPartition(self.route_topic, partition, OFFSET_STORED)
                               for partition in sorted(partitions)])
+        self._recover_forwarded()
         self.initiator.start()
         log.info("FIX gateway started: %s", ", ".join(self.specs))
+
+    def _recover_forwarded(self) -> None:
+        """Count as forwarded what reached `executions` after the store's last commit (a
+        kill -9 between the broker's ack and that commit), before any session resends it."""
+        tail = read_tail(self.config.bootstrap_servers, self.executions_topic,
+                         self.store.executions_tail())
+        unknown = sorted(tail.exec_ids - self.forwarded)
+        if unknown:
+            log.warning("%d ExecIDs found on %s beyond the store's record: kept as forwarded",
+                        len(unknown), self.executions_topic)
+        self.forwarded |= tail.exec_ids
+        self.store.record(exec_ids=unknown, delivered={}, sent=[], orders=[], stats={},
+                          tail=tail.next_offsets, now_ms=now_ms())
 
     def close(self) -> None:
         self.initiator.stop()
@@ -624,6 +642,9 @@ class FixGateway:
                 return
             with self.lock:
                 self._dirty_exec_ids.append((report.exec_id, report.order_id))
+                partition, next_offset = record.partition(), record.offset() + 1
+                if next_offset > self._dirty_tail.get(partition, 0):
+                    self._dirty_tail[partition] = next_offset
                 if origin is not None:
                     self._awaiting_delivery.discard(origin)
                     self.trackers[origin[0]].complete(origin[1])
@@ -735,6 +756,7 @@ class FixGateway:
         with self.lock:
             exec_ids, self._dirty_exec_ids = self._dirty_exec_ids, []
             sent, self._dirty_sent = self._dirty_sent, []
+            tail, self._dirty_tail = self._dirty_tail, {}
             orders = list(self._dirty_orders.values())
             self._dirty_orders = {}
             stats: dict[str, ExecutionStats] = {}
@@ -746,10 +768,10 @@ class FixGateway:
             delivered = {}
         else:
             self._persisted_delivered = delivered
-        if not (exec_ids or delivered or sent or orders or stats):
+        if not (exec_ids or delivered or sent or orders or stats or tail):
             return
         self.store.record(exec_ids=exec_ids, delivered=delivered, sent=sent, orders=orders,
-                          stats=stats, now_ms=now_ms())
+                          stats=stats, tail=tail, now_ms=now_ms())
 
     def prune(self, now: int) -> None:
         """Forget orders closed more than the retention ago, in the store and here."""

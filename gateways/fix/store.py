@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS orders (
     stuck_stage INTEGER NOT NULL, terminal INTEGER NOT NULL, replaced_cl_ord_id TEXT,
     closed_at_ms INTEGER);
 CREATE TABLE IF NOT EXISTS stats (market_maker TEXT PRIMARY KEY, figures TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS executions_tail (partition INTEGER PRIMARY KEY,
+    next_offset INTEGER NOT NULL);
 """
 # Indexes the pruning needs; created after the columns exist (older stores gain them).
 _INDEXES = """
@@ -117,6 +119,11 @@ class GatewayStore:
                 replaced_cl_ord_id=row[14])
         return orders
 
+    def executions_tail(self) -> dict[int, int]:
+        """Per `executions` partition, the offset after the last record whose ExecID is
+        committed here: a restart reads the topic from there (gateways.fix.recovery)."""
+        return dict(self.db.execute("SELECT partition, next_offset FROM executions_tail"))
+
     def stats(self) -> dict[str, ExecutionStats]:
         return {mm: stats_from_json(figures)
                 for mm, figures in self.db.execute("SELECT market_maker, figures FROM stats")}
@@ -126,7 +133,7 @@ class GatewayStore:
     def record(self, *, exec_ids: Sequence[str | tuple[str, str]], delivered: dict[str, int],
                sent: Sequence[tuple[str, str] | tuple[str, str, str]],
                orders: Sequence[OpenOrder], stats: dict[str, ExecutionStats],
-               now_ms: int = 0) -> None:
+               tail: dict[int, int] | None = None, now_ms: int = 0) -> None:
         """One transaction with everything that changed since the last call. `exec_ids` are
         (exec_id, order_id) or bare ExecIDs; `sent` are (cl_ord_id, kind[, order_id])."""
         with self.db:
@@ -154,6 +161,11 @@ class GatewayStore:
                       str(o.cum_qty), o.awaiting_since_ms, o.stuck_stage, int(o.terminal),
                       o.replaced_cl_ord_id, o.closed_at_ms)
                      for o in orders])
+            if tail:
+                self.db.executemany(
+                    "INSERT INTO executions_tail VALUES (?, ?) ON CONFLICT(partition) DO UPDATE"
+                    " SET next_offset = max(next_offset, excluded.next_offset)",
+                    list(tail.items()))
             if stats:
                 self.db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?)",
                                     [(mm, stats_to_json(s)) for mm, s in stats.items()])

@@ -243,6 +243,38 @@ def test_restart_resends_what_was_not_delivered(services, topics, tmp_path: Path
         link.stop()
 
 
+def test_restart_counts_what_reached_the_topic_after_the_last_commit(
+        services, topics, tmp_path: Path) -> None:
+    """The other crash window: the broker acknowledged reports whose ExecIDs the store had not
+    committed yet (and its executions offsets lag behind them). On restart the market maker
+    resends them; the gateway has read them back from the topic first, so none goes twice."""
+    link = Link(services, topics, tmp_path, {"sim1": {}})
+    quote_aapl(link)
+    link.start()
+    try:
+        orders = orders_for("c", 6, services)
+        link.send(orders)
+        link.collect(all_filled(orders))
+        assert link.gateway is not None and link.gateway.stop() == 0
+        db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
+        with db:
+            db.execute("UPDATE inbound SET delivered_seq = 1")
+            forgotten = db.execute("DELETE FROM forwarded").rowcount
+            db.execute("UPDATE executions_tail SET next_offset = 0")
+        db.close()
+        assert forgotten > 0
+        link.start_gateway()
+        later = orders_for("d", 3, services)  # after the resend, in sequence order
+        link.send(later)
+        link.collect(all_filled(orders + later), timeout_s=20)
+        twice = [e for e, n in Counter(r.exec_id for r in link.reports).items() if n > 1]
+        assert not twice, link.logs()
+        assert f"{forgotten} ExecIDs found on" in link.gateway.log_tail(500), link.logs()
+        assert "resuming inbound at 2" in link.gateway.log_tail(500)
+    finally:
+        link.stop()
+
+
 def test_resting_order_survives_a_simulator_kill9(services, topics, tmp_path: Path) -> None:
     """A limit order rests at the simulator, which is killed and restarted: the gateway asks
     the order's status on logon, and the next quote that crosses fills it."""
