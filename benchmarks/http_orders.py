@@ -13,7 +13,12 @@ feed, HTTP gateway) on free loopback ports. It logs in --users users, gives each
 a deposit, waits for quotes, then times POST /v1/orders to its accept answer: limit buys far
 below the market (they rest at the simulator, so each is one funds hold and no fill). The
 per-user (gateway) and per-account (topology) limits of 10 orders/s are respected by spreading
-the load over enough users, each with one account: no limit is raised.
+the load over enough users, each with one account: no limit is raised. The load comes from
+--client-processes processes (bodies encoded once, keep-alive). The output adds, per service
+of the stack and for the load generator, CPU seconds (utime + stime from /proc/<pid>/stat) per
+order during the load and per second while idle just before it, and each request's latency
+split at its command's broker timestamp (intake: HTTP, auth, Redis, produce call; answer:
+the rest: broker, account topology, commit, events tail, reply).
 
 Usage: python benchmarks/http_orders.py [--stack] [--requests N] [--concurrency C] [--seconds S]
 """
@@ -252,62 +257,281 @@ async def _stack_setup(base: str, users: int, concurrency: int
     return list(made), str(limit_price)
 
 
-async def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
-                      requests: int, concurrency: int, seconds: float) -> dict[str, Any]:
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        return await _post_orders(session, base, users, lambda account_id: {
-            "account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
-            "order_type": "limit", "quantity": "1", "limit_price": limit_price,
-            "time_in_force": "day"}, requests, concurrency, seconds)
+def _order_body(account_id: str, limit_price: str) -> bytes:
+    return json.dumps({"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
+                       "order_type": "limit", "quantity": "1", "limit_price": limit_price,
+                       "time_in_force": "day"}).encode()
 
 
-def _process_cpu_s(stack: Any) -> dict[str, float]:
-    """CPU seconds per service of the stack so far (user + system), by command line, and this
-    process's (the load generator)."""
+def _client_worker(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
+                   run_id: str, indexes: range, concurrency: int, start_at: float,
+                   deadline: float) -> dict[str, Any]:
+    """One load-generator process: `concurrency` clients on one keep-alive connection pool,
+    bodies encoded once per account, each request's wall-clock send and answer times kept
+    (to split its latency into stages against the records' broker timestamps)."""
+    import asyncio as aio
+
+    bodies = [_order_body(account_id, limit_price) for _auth, account_id in users]
+    headers = [{**auth, "Content-Type": "application/json"} for auth, _account in users]
+    sent: list[tuple[str, float, float, int]] = []
+    statuses: Counter[int] = Counter()
+
+    async def load() -> None:
+        connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            counter = iter(indexes)
+            url = f"{base}/v1/orders"
+
+            async def client() -> None:
+                for index in counter:
+                    if time.time() > deadline:
+                        return
+                    user = index % len(users)
+                    key = f"{run_id}-{index}"
+                    started = time.time()
+                    async with session.post(url, data=bodies[user], headers={
+                            **headers[user], "Idempotency-Key": key}) as response:
+                        await response.read()
+                        status = response.status
+                    sent.append((key, started, time.time(), status))
+                    statuses[status] += 1
+
+            await aio.sleep(max(0.0, start_at - time.time()))
+            await aio.gather(*(client() for _ in range(concurrency)))
+
+    cpu_before = time.process_time()
+    aio.run(load())
+    return {"sent": sent, "statuses": dict(statuses),
+            "cpu_s": time.process_time() - cpu_before}
+
+
+def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
+                requests: int, concurrency: int, seconds: float,
+                processes: int) -> dict[str, Any]:
+    """POST /v1/orders from `processes` load-generator processes with `concurrency` clients
+    in all, round robin over the users, until `requests` were sent or `seconds` passed."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    run_id = uuid.uuid4().hex[:8]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        start_at = time.time() + 1.0 + 0.3 * processes  # after every worker has started
+        futures = [pool.submit(_client_worker, base, users, limit_price, run_id,
+                               range(worker, requests, processes),
+                               concurrency // processes + (worker < concurrency % processes),
+                               start_at, start_at + seconds)
+                   for worker in range(processes)]
+        parts = [future.result() for future in futures]
+    sent = [record for part in parts for record in part["sent"]]
+    latencies = [answered - started for _key, started, answered, _status in sent]
+    statuses: Counter[int] = Counter()
+    for part in parts:
+        statuses.update(part["statuses"])
+    elapsed = max(answered for _k, _s, answered, _st in sent) - start_at
+    return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
+            "requests_per_s": round(len(latencies) / elapsed, 1),
+            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+            "max_ms": round(max(latencies) * 1000, 2),
+            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "_sent": sent, "_load_generator_cpu_s": sum(part["cpu_s"] for part in parts)}
+
+
+def _stages(stack: Any, sent: list[tuple[str, float, float, int]],
+            timeout_s: float = 20.0) -> dict[str, Any]:
+    """Each request's latency split at the broker timestamps of its PlaceOrder (CreateTime:
+    when the gateway produced it) and of its answering event (when the account topology
+    produced it): intake (HTTP, auth, Redis, produce call), topology (broker hop + risk
+    checks), answer (commit/linger, broker hop, gateway tail, HTTP reply). Same clock: one
+    machine."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from state import topics as t
+    from state.messages import OrderEvent, PlaceOrder
+
+    endpoints = stack.endpoints()
+    prefix = endpoints.get("topic_prefix", "")
+    wanted = {key for key, *_ in sent}
+    commands_ms: dict[str, int] = {}
+    events_ms: dict[str, int] = {}
+    consumer = Consumer({"bootstrap.servers": endpoints["bootstrap_servers"],
+                         "group.id": f"bench-stages-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})
+    try:
+        assignment = []
+        for family in (t.Topic.ORDERS_COMMANDS, t.Topic.ORDERS_EVENTS):
+            name = prefix + family
+            partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+            assignment += [TopicPartition(name, p, 0) for p in partitions]
+        consumer.assign(assignment)
+        families = {prefix + t.Topic.ORDERS_COMMANDS: t.Topic.ORDERS_COMMANDS,
+                    prefix + t.Topic.ORDERS_EVENTS: t.Topic.ORDERS_EVENTS}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and (len(commands_ms) < len(wanted)
+                                               or len(events_ms) < len(wanted)):
+            for record in consumer.consume(5000, timeout=0.5):
+                if record.error() or b'"idempotency_key"' not in (record.value() or b""):
+                    continue
+                message = t.decode(families[record.topic()], record.value())
+                key = getattr(message, "idempotency_key", None)
+                if key not in wanted:
+                    continue
+                if isinstance(message, PlaceOrder):
+                    commands_ms.setdefault(key, record.timestamp()[1])
+                elif isinstance(message, OrderEvent):
+                    events_ms.setdefault(key, record.timestamp()[1])
+    finally:
+        consumer.close()
+    stages: dict[str, list[float]] = {"intake": [], "topology": [], "answer": []}
+    for key, started, answered, _status in sent:
+        if key in commands_ms and key in events_ms:
+            stages["intake"].append(commands_ms[key] / 1000 - started)
+            stages["topology"].append((events_ms[key] - commands_ms[key]) / 1000)
+            stages["answer"].append(answered - events_ms[key] / 1000)
+    return {"matched": len(stages["intake"]), "ms": {
+        name: {"p50": round(percentile(values, 0.5) * 1000, 1),
+               "p99": round(percentile(values, 0.99) * 1000, 1),
+               "mean": round(statistics.fmean(values) * 1000, 1) if values else None}
+        for name, values in stages.items()}}
+
+
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of a process (all its threads) from /proc/<pid>/stat; None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
+
+
+def _stack_services(stack: Any) -> dict[int, str]:
+    """pid -> service, for the stack's root and every descendant: a process is named by its
+    own command line when it tells (compose.child NAME, tansu, postgres, redis-server), else
+    by its nearest named ancestor (e.g. the spawned workers of a service)."""
     import psutil
 
-    totals: Counter[str] = Counter()
-    own = psutil.Process().cpu_times()
-    totals["load-generator"] = own.user + own.system
-    for process in [psutil.Process(stack.popen.pid), *stack.descendants()]:
+    names: dict[int, str] = {}
+    try:
+        root = psutil.Process(stack.popen.pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return names
+    for process in processes:  # parents come before their children
         try:
-            cmdline = process.cmdline()
-            times = process.cpu_times()
+            name = _service_name(process.cmdline())
+            parent = process.ppid()
         except psutil.Error:
             continue
-        name = _service_name(cmdline)
-        totals[name] += times.user + times.system
-    return {name: round(value, 2) for name, value in sorted(totals.items())}
+        if name.startswith("?") and parent in names:
+            name = names[parent]
+        names[process.pid] = name
+    return names
 
 
-def _profile(stack: Any, output: str | None, seconds: float) -> Any:
-    """py-spy on the HTTP gateway's process during the load (collapsed stacks), if asked."""
+class CpuMeter:
+    """CPU seconds per service between `start` and `stop`, from /proc, for the stack's
+    processes and this one (the load generator; its worker processes report their own).
+    A process that ends in between loses its share since `start` (postgres backends of
+    closed connections: small)."""
+
+    def __init__(self, stack: Any) -> None:
+        self._stack = stack
+        self._before: dict[int, tuple[str, float]] = {}
+        self._started = 0.0
+
+    def _snapshot(self) -> dict[int, tuple[str, float]]:
+        services = {**_stack_services(self._stack), os.getpid(): "load-generator"}
+        snapshot = {}
+        for pid, name in services.items():
+            cpu_s = _proc_cpu_s(pid)
+            if cpu_s is not None:
+                snapshot[pid] = (name, cpu_s)
+        return snapshot
+
+    def start(self) -> None:
+        self._before = self._snapshot()
+        self._started = time.monotonic()
+
+    def stop(self, extra: dict[str, float] | None = None) -> tuple[dict[str, float], float]:
+        """CPU seconds per service since `start` (plus `extra`), and the seconds elapsed."""
+        elapsed_s = time.monotonic() - self._started
+        totals: dict[str, float] = {}
+        for pid, (name, cpu_s) in self._snapshot().items():
+            before = self._before.get(pid)
+            spent = cpu_s - (before[1] if before and before[0] == name else 0.0)
+            totals[name] = totals.get(name, 0.0) + spent
+        for name, cpu_s in (extra or {}).items():
+            totals[name] = totals.get(name, 0.0) + cpu_s
+        return totals, elapsed_s
+
+
+def _cpu_report(load: dict[str, float], load_s: float, idle: dict[str, float], idle_s: float,
+                orders: int) -> dict[str, Any]:
+    """Per service: CPU seconds during the load, CPU ms per order, the idle rate (CPU s per s
+    with no load: pollers, heartbeats, the quote feed) and the ms per order above that idle
+    rate, sorted by cost per order."""
+    rows = {}
+    for name in sorted(set(load) | set(idle), key=lambda n: -load.get(n, 0.0)):
+        cpu_s = load.get(name, 0.0)
+        idle_rate = idle.get(name, 0.0) / idle_s if idle_s else 0.0
+        rows[name] = {
+            "cpu_s": round(cpu_s, 2),
+            "ms_per_order": round(cpu_s * 1000 / orders, 3) if orders else None,
+            "idle_cpu_s_per_s": round(idle_rate, 3),
+            "ms_per_order_above_idle": (round((cpu_s - idle_rate * load_s) * 1000 / orders, 3)
+                                        if orders else None),
+        }
+    total = sum(load.values())
+    idle_total = sum(idle.values()) / idle_s if idle_s else 0.0
+    return {
+        "load_s": round(load_s, 2), "idle_s": round(idle_s, 2), "orders": orders,
+        "total_cpu_s": round(total, 2),
+        "total_ms_per_order": round(total * 1000 / orders, 3) if orders else None,
+        "cores_busy_during_load": round(total / load_s, 2) if load_s else None,
+        "total_idle_cpu_s_per_s": round(idle_total, 3),
+        "total_ms_per_order_above_idle": (round((total - idle_total * load_s) * 1000 / orders,
+                                                3) if orders else None),
+        "per_service": rows,
+    }
+
+
+def _profile(stack: Any, services: dict[str, str], seconds: float) -> list[Any]:
+    """py-spy (collapsed stacks, idle frames dropped) on each named service's process during
+    the load: {service: output path}."""
     import subprocess
 
-    if not output:
-        return None
-    for process in stack.descendants():
-        try:
-            if _service_name(process.cmdline()) == "http":
-                return subprocess.Popen(
-                    [shutil.which("py-spy") or "py-spy", "record", "--pid", str(process.pid),
-                     "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
-                     "--nonblocking", "--output", output],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except Exception:  # noqa: BLE001 - a process that ended is not one to profile
-            continue
-    raise RuntimeError("no http service among the stack's processes")
+    profilers = []
+    for pid, name in _stack_services(stack).items():
+        if name in services and name not in ("postgres", "tansu", "redis-server"):
+            profilers.append(subprocess.Popen(
+                [shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid),
+                 "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
+                 "--nonblocking", "--output", f"{services[name]}.{pid}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    missing = set(services) - set(_stack_services(stack).values())
+    if missing:
+        raise RuntimeError(f"no {sorted(missing)} among the stack's processes")
+    return profilers
 
 
 def _service_name(cmdline: list[str]) -> str:
     text = " ".join(cmdline)
     if "compose.child" in text and len(cmdline) > cmdline.index("compose.child") + 1:
         return cmdline[cmdline.index("compose.child") + 1]
+    # The program's own name only: a service's command line may carry a DSN ("postgresql://")
+    # or a broker address, which made the sink workers count as postgres.
+    program = Path(cmdline[0]).name if cmdline else ""
     for marker in ("tansu", "postgres", "redis-server"):
-        if marker in text:
+        if marker in program:
             return marker
-    return "brokerage-up" if "compose.cli" in text else (cmdline[0] if cmdline else "?")
+    if "compose.cli" in text:
+        return "brokerage-up"
+    return f"?{cmdline[0] if cmdline else ''}"
 
 
 def _start_stack(root: Path, guarantee: str, commit_interval_s: float) -> Any:
@@ -343,16 +567,26 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
         setup_started = time.monotonic()
         users, limit_price = asyncio.run(_stack_setup(base, users_count, args.concurrency))
         setup_s = time.monotonic() - setup_started
-        asyncio.run(_stack_load(base, users, limit_price, args.warmup, args.concurrency, 30))
-        cpu_before = _process_cpu_s(stack)
-        profiler = _profile(stack, args.profile_gateway, args.seconds)
-        result = asyncio.run(_stack_load(base, users, limit_price, args.requests,
-                                         args.concurrency, args.seconds))
-        cpu_after = _process_cpu_s(stack)
-        if profiler is not None:
+        _stack_load(base, users, limit_price, args.warmup, args.concurrency, 30,
+                    args.client_processes)
+        meter = CpuMeter(stack)
+        meter.start()  # the stack's fixed cost: pollers, heartbeats, the quote feed
+        time.sleep(args.idle_seconds)
+        idle_cpu, idle_s = meter.stop()
+        load_average_before = os.getloadavg()
+        meter.start()
+        profiles = dict(item.split("=", 1) for item in args.profile or [])
+        if args.profile_gateway:
+            profiles["http"] = args.profile_gateway
+        profilers = _profile(stack, profiles, args.seconds)
+        result = _stack_load(base, users, limit_price, args.requests, args.concurrency,
+                             args.seconds, args.client_processes)
+        load_cpu, load_s = meter.stop({"load-generator": result.pop("_load_generator_cpu_s")})
+        load_average_after = os.getloadavg()
+        sent = result.pop("_sent")
+        for profiler in profilers:
             profiler.wait(args.seconds + 30)
-        cpu = {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2)
-               for name in cpu_after}
+        stages = _stages(stack, sent)
         return {
             "benchmark": "http_orders", "mode": "stack", "machine": machine(),
             "setup": {
@@ -370,11 +604,15 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
                 "limits": "defaults, none raised: 10 orders/s per user (gateway) and per "
                           "account (topology); the load is spread round-robin over the users",
                 "users_setup_s": round(setup_s, 1),
-                "load_generator": "this process, aiohttp, one event loop",
+                "load_generator": f"{args.client_processes} processes, aiohttp with "
+                                  "keep-alive, bodies encoded once per account",
                 "note": "the machine is shared with other engineers' benchmarks: see "
                         "machine.load_average_1m"},
             "post_orders": result,
-            "cpu_s_during_load": cpu,
+            "load_average_1m_5m_15m": {"before_load": load_average_before,
+                                       "after_load": load_average_after},
+            "latency_stages": stages,
+            "cpu": _cpu_report(load_cpu, load_s, idle_cpu, idle_s, result["requests"]),
         }
     finally:
         code = stack.stop()
@@ -401,9 +639,16 @@ def main() -> None:
                         help="--stack: the account topology's, set in the stack file")
     parser.add_argument("--commit-interval-s", type=float, default=0.05,
                         help="--stack: the account topology's, set in the stack file")
+    parser.add_argument("--client-processes", type=int, default=2,
+                        help="--stack: load-generator processes (the clients split among them)")
+    parser.add_argument("--idle-seconds", type=float, default=5.0,
+                        help="--stack: CPU of the idle stack measured this long before the load")
     parser.add_argument("--profile-gateway", metavar="PATH",
                         help="--stack: py-spy the HTTP gateway during the load (collapsed "
-                             "stacks to PATH)")
+                             "stacks to PATH.<pid>)")
+    parser.add_argument("--profile", metavar="SERVICE=PATH", action="append",
+                        help="--stack: py-spy SERVICE's processes during the load (collapsed "
+                             "stacks to PATH.<pid>); repeatable")
     args = parser.parse_args()
     if args.stack:
         print(json.dumps(run_stack(args), indent=2))

@@ -70,8 +70,14 @@ def quote_age_ms(quote: Quote, now: dt.datetime) -> float:
     return (epoch_us(now) - epoch_us(quote.venue_time)) / 1000
 
 
+def quotes_key(key_prefix: str) -> str:
+    """The hash of latest quotes (symbol -> the quote as on `quotes`), for a caller that reads
+    it inside its own Redis script."""
+    return f"{key_prefix}quotes"
+
+
 def _keys(key_prefix: str) -> tuple[str, str]:
-    return f"{key_prefix}quotes", f"{key_prefix}quote-times"
+    return quotes_key(key_prefix), f"{key_prefix}quote-times"
 
 
 def candles_key(key_prefix: str, symbol: str, interval: str) -> str:

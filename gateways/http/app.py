@@ -18,7 +18,12 @@ from redis.backoff import NoBackoff
 from gateways.http.bus import CommandProducer, TopicTail
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY, Gateway
-from gateways.http.limits import IdempotencyRecords, RateLimiter, RedisBreaker
+from gateways.http.limits import (
+    IdempotencyRecords,
+    OrderAdmission,
+    RateLimiter,
+    RedisBreaker,
+)
 from gateways.http.openapi import openapi_document
 from gateways.http.problems import Handler, problem_middleware
 from gateways.http.routes import ROUTES, json_response
@@ -99,6 +104,9 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
         gateway.limiter = RateLimiter(gateway.redis, config.redis_key_prefix, breaker, fallbacks)
         gateway.idempotency = IdempotencyRecords(gateway.redis, config.redis_key_prefix,
                                                  config.idempotency_ttl_s, breaker, fallbacks)
+        gateway.admission = OrderAdmission(gateway.redis, config.redis_key_prefix,
+                                           config.idempotency_ttl_s, gateway.limiter, breaker,
+                                           fallbacks)
         quote_cache = AsyncQuoteCache(config.redis_url, config.redis_key_prefix,
                                       socket_timeout_s=redis_timeout_s)
         closers.append(quote_cache.close)
@@ -108,7 +116,8 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
         await reader.open()
         gateway.reader = reader
         closers.append(reader.close)
-        producer = CommandProducer(config.bootstrap_servers, config.delivery_timeout_ms)
+        producer = CommandProducer(config.bootstrap_servers, config.delivery_timeout_ms,
+                                   config.produce_linger_ms)
         gateway.producer = producer
         closers.append(lambda: loop.run_in_executor(None, producer.close))
         gateway.hub = StreamHub()

@@ -31,17 +31,23 @@ class BrokerUnavailable(GatewayError):
 
 
 class CommandProducer:
-    """Produces account-keyed commands and awaits the broker's acknowledgement."""
+    """Produces account-keyed commands and awaits the broker's acknowledgement.
 
-    def __init__(self, bootstrap_servers: str, delivery_timeout_ms: int) -> None:
+    Acknowledgements are settled on the event loop in batches: the poll thread collects the
+    delivery reports of one poll and hands them over with one loop wake-up, not one each."""
+
+    def __init__(self, bootstrap_servers: str, delivery_timeout_ms: int,
+                 linger_ms: int = 1) -> None:
         self._producer = Producer({
             "bootstrap.servers": bootstrap_servers,
             "partitioner": "murmur2_random",  # accounts stay in their shard's partitions
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 1,
+            "linger.ms": linger_ms,
             "delivery.timeout.ms": delivery_timeout_ms,
         })
+        self._settled: list[tuple[asyncio.Future[None], KafkaError | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._running = True
         self._thread = threading.Thread(target=self._poll, name="http-producer", daemon=True)
         self._thread.start()
@@ -49,14 +55,20 @@ class CommandProducer:
     def _poll(self) -> None:
         while self._running:
             self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        settled, self._settled = self._settled, []
+        if settled and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(_settle_all, settled)
 
     async def produce(self, topic: str, key: str, message: Message) -> None:
         """Return once the broker has the record; BrokerUnavailable otherwise."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
         def on_delivery(error: KafkaError | None, _record: Any) -> None:
-            loop.call_soon_threadsafe(_settle, done, error)
+            self._settled.append((done, error))  # on the poll thread, inside poll()
 
         try:
             self._producer.produce(topic, key=key.encode(), value=t.encode(message),
@@ -76,6 +88,12 @@ class CommandProducer:
         self._producer.flush(timeout_s)
         self._running = False
         self._thread.join(timeout_s)
+        self._hand_over()
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
+    for done, error in settled:
+        _settle(done, error)
 
 
 def _settle(done: asyncio.Future[None], error: KafkaError | None) -> None:

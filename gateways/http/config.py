@@ -32,6 +32,9 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # How long the record of an idempotency key -> request body hash lives.
     idempotency_ttl_s: int = 24 * 3600
     delivery_timeout_ms: int = 5000
+    # How long the command producer lets records gather into one produce request: each
+    # request costs the broker CPU whatever it carries; this much is added to an order's wait.
+    produce_linger_ms: int = 1
     ws_heartbeat_s: float = 15.0
     # The FIX gateway's store: /metrics adds its best-execution figures when set.
     fix_store_dir: str | None = None

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from gateways.http.auth import TokenVerifier
 from gateways.http.config import HttpConfig
 from gateways.http.metrics import Metrics
 from gateways.http.replies import ReplyBook
@@ -39,13 +40,20 @@ class Gateway:
     producer: Any = None  # a Producer
     limiter: Any = None  # RateLimiter
     idempotency: Any = None  # IdempotencyRecords
+    # limits.OrderAdmission: an order's budget, key claim and quote in one Redis round trip;
+    # None: one call each through limiter, idempotency and quotes.
+    admission: Any = None
     breaker: Any = None  # limits.RedisBreaker: whether Redis is being skipped (degraded)
     hub: Any = None  # gateways.http.websocket.StreamHub
     replies: ReplyBook = field(default_factory=ReplyBook)
     metrics: Metrics = field(default_factory=Metrics)
     clock: Callable[[], dt.datetime] = utc_now
+    tokens: TokenVerifier = field(init=False)
     # account_id -> user_id: ownership never changes, so it is safe to remember.
     owners: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tokens = TokenVerifier(self.config.token_secret)
 
     def topic(self, name: str) -> str:
         return self.config.topic_prefix + name

@@ -14,12 +14,16 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateways.http.metrics import Counter
 from gateways.http.problems import Problem
+from state.messages import Quote
+from state.quote_cache import quotes_key
 
 # INCR the window's counter and give it a lifetime on first use, in one round trip.
 _HIT = """
@@ -113,10 +117,13 @@ class RateLimiter:
         if count > limit_per_s:
             raise _too_many(bucket, limit_per_s, now_ms)
 
+    def window_key(self, user_id: str, bucket: str, now_ms: int) -> str:
+        return f"{self._prefix}{bucket}:{user_id}:{now_ms // 1000}"
+
     async def _count_in_redis(self, user_id: str, bucket: str, now_ms: int) -> int | None:
         if not self._breaker.available():
             return None
-        key = f"{self._prefix}{bucket}:{user_id}:{now_ms // 1000}"
+        key = self.window_key(user_id, bucket, now_ms)
         try:
             count = int(await self._hit(keys=[key], args=[2000]))
         except (RedisError, OSError) as error:
@@ -194,3 +201,98 @@ class IdempotencyRecords:
                 await self._client.delete(key)
         except (RedisError, OSError) as error:
             self._breaker.failed(error)  # the record expires on its own
+
+
+# An order's Redis work in one round trip: spend the user's budget; within it, claim the
+# idempotency key (or read whose it is) and read the symbol's latest quote. Over the budget
+# nothing is claimed, as when the two were separate calls.
+_ADMIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if count > tonumber(ARGV[2]) then return {count} end
+local claimed = redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4])
+local held = false
+if not claimed then held = redis.call('GET', KEYS[2]) end
+return {count, claimed and 1 or 0, held, redis.call('HGET', KEYS[3], ARGV[5])}
+"""
+_QUOTE_DECODER = msgspec.json.Decoder(Quote)
+
+
+class Admission(NamedTuple):
+    """What Redis said about an order: `claimed` as IdempotencyRecords.claim answers (None:
+    Redis could not tell), and the symbol's latest quote (None: none, or Redis could not
+    tell)."""
+
+    claimed: bool | None
+    quote: Quote | None
+
+
+class OrderAdmission:
+    """The rate limit, the idempotency claim and the reference quote of one order in one Redis
+    round trip (a Lua script), with the same answers and the same fallbacks as
+    `RateLimiter.hit`, `IdempotencyRecords.claim` and the quote cache one by one: while Redis
+    is skipped or fails, the budget is counted in this process, the claim is None (the
+    topology's idempotency decides) and there is no reference quote."""
+
+    def __init__(self, client: aioredis.Redis, key_prefix: str, ttl_s: int,
+                 limiter: RateLimiter, breaker: RedisBreaker, fallbacks: Counter) -> None:
+        self._admit = client.register_script(_ADMIT)
+        self._limiter = limiter
+        self._idempotency_prefix = f"{key_prefix}idempotency:"
+        self._quotes_key = quotes_key(key_prefix)
+        self._ttl_s = ttl_s
+        self._breaker = breaker
+        self._fallbacks = fallbacks
+
+    async def admit(self, user_id: str, limit_per_s: int, now_ms: int, scope: str,
+                    idempotency_key: str, fingerprint: str, symbol: str) -> Admission:
+        """Spend one request of the user's `orders` budget (Problem 429 past it), claim the
+        key for `fingerprint` (Problem 409 when another request holds it) and read the quote."""
+        reply = await self._call(user_id, limit_per_s, now_ms, scope, idempotency_key,
+                                 fingerprint, symbol)
+        if reply is None:
+            self._fallbacks.inc(feature=RATE_LIMIT)
+            if self._limiter.local.count(user_id, "orders", now_ms) > limit_per_s:
+                raise _too_many("orders", limit_per_s, now_ms)
+            self._fallbacks.inc(feature=IDEMPOTENCY)
+            self._fallbacks.inc(feature=QUOTES)
+            return Admission(None, None)
+        if int(reply[0]) > limit_per_s:
+            raise _too_many("orders", limit_per_s, now_ms)
+        _count, claimed, held, raw_quote = (list(reply) + [None, None, None])[:4]
+        first: bool | None = True
+        if not claimed:
+            if held is None:  # cannot happen in one script; if it did: cannot tell
+                first = None
+            elif _text(held) != fingerprint:
+                raise Problem(409, "idempotency_key_reused",
+                              "this Idempotency-Key was already used with a different request")
+            else:
+                first = False
+        return Admission(first, _quote(raw_quote))
+
+    async def _call(self, user_id: str, limit_per_s: int, now_ms: int, scope: str,
+                    idempotency_key: str, fingerprint: str, symbol: str) -> list[Any] | None:
+        if not self._breaker.available():
+            return None
+        keys = [self._limiter.window_key(user_id, "orders", now_ms),
+                f"{self._idempotency_prefix}{scope}:{idempotency_key}", self._quotes_key]
+        try:
+            reply = await self._admit(keys=keys, args=[2000, limit_per_s, fingerprint,
+                                                       self._ttl_s, symbol])
+        except (RedisError, OSError) as error:
+            self._breaker.failed(error)
+            return None
+        self._breaker.succeeded()
+        return list(reply)
+
+
+def _quote(raw: bytes | None) -> Quote | None:
+    """The cached quote; a record that does not decode is no reference price (the order goes
+    on and the topology decides, as when there is no quote)."""
+    if raw is None:
+        return None
+    try:
+        return _QUOTE_DECODER.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None

@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from gateways.fix.best_execution import best_execution_report, prometheus_text
 from gateways.http import schemas as s
-from gateways.http.auth import bearer_token, issue_token, verify_token
+from gateways.http.auth import bearer_token, issue_token
 from gateways.http.bus import BrokerUnavailable
 from gateways.http.context import Gateway, gateway_of
 from gateways.http.limits import QUOTES
@@ -94,15 +94,29 @@ async def decode_body(request: web.Request, kind: type[T]) -> tuple[T, bytes]:
 
 async def authenticate(request: web.Request, bucket: str) -> str:
     """The caller's user id; spends one request of their `bucket` budget."""
+    user_id, now = verified_user(request)
+    await spend(gateway_of(request), user_id, bucket, now)
+    return user_id
+
+
+def verified_user(request: web.Request) -> tuple[str, dt.datetime]:
+    """The caller's user id (Problem 401 otherwise) and the time it was checked at; no budget
+    spent yet (`spend`)."""
     gateway = gateway_of(request)
     now = gateway.clock()
-    user_id = verify_token(gateway.config.token_secret,
-                           bearer_token(request.headers.get("Authorization")),
-                           int(now.timestamp()))
-    limit = (gateway.config.orders_per_s_max if bucket == "orders"
-             else gateway.config.reads_per_s_max)
-    await gateway.limiter.hit(user_id, bucket, limit, int(now.timestamp() * 1000))
-    return user_id
+    user_id = gateway.tokens.verify(bearer_token(request.headers.get("Authorization")),
+                                    int(now.timestamp()))
+    return user_id, now
+
+
+def _budget(gateway: Gateway, bucket: str) -> int:
+    return (gateway.config.orders_per_s_max if bucket == "orders"
+            else gateway.config.reads_per_s_max)
+
+
+async def spend(gateway: Gateway, user_id: str, bucket: str, now: dt.datetime) -> None:
+    await gateway.limiter.hit(user_id, bucket, _budget(gateway, bucket),
+                              int(now.timestamp() * 1000))
 
 
 def idempotency_key(request: web.Request) -> str:
@@ -309,20 +323,26 @@ def _rejected(order_id: str, account_id: str, reason: str, detail: str | None) -
 
 async def place_order(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
-    user_id = await authenticate(request, "orders")
-    key = idempotency_key(request)
-    body, _ = await decode_body(request, s.OrderRequest)
-    valid = validate_order(body)
-    account_id = await owned_account(gateway, user_id, body.account_id)
+    user_id, now = verified_user(request)
+    try:
+        key = idempotency_key(request)
+        body, _ = await decode_body(request, s.OrderRequest)
+        valid = validate_order(body)
+        account_id = await owned_account(gateway, user_id, body.account_id)
+    except (Problem, StoreError):
+        # A refused request spends its budget too, and past the budget the answer is 429,
+        # as when the budget is spent first: only an admitted order's Redis work is batched.
+        await spend(gateway, user_id, "orders", now)
+        raise
     order_id = order_id_for(account_id, key)
     scope = f"order:{account_id}"
     fingerprint = _ENCODER.encode(body).decode()
     # None: Redis cannot tell whether the key was used; the topology's idempotency decides.
-    claimed = await gateway.idempotency.claim(scope, key, fingerprint)
+    claimed, quote = await _admit_order(gateway, user_id, now, scope, key, fingerprint,
+                                        body.symbol)
     if claimed is False:
         return await _replayed_order(gateway, account_id, order_id, key)
     try:
-        quote = await _reference_quote(gateway, body.symbol)
         command = PlaceOrder(
             account_id=account_id, idempotency_key=key, symbol=body.symbol, side=body.side,
             order_type=body.order_type, quantity=valid.quantity,
@@ -348,6 +368,23 @@ async def place_order(request: web.Request) -> web.Response:
         return json_response(order_from_event(answer), 201, location)
     return json_response({"order_id": order_id, "account_id": account_id, "status": "pending",
                           "idempotency_key": key}, 202, location)
+
+
+async def _admit_order(gateway: Gateway, user_id: str, now: dt.datetime, scope: str, key: str,
+                       fingerprint: str, symbol: str) -> tuple[bool | None, Quote | None]:
+    """Spend the order's budget, claim its key and read its reference quote: in one Redis
+    round trip when the gateway has `admission`, else one call each (the quote only for a
+    request that is not a replay)."""
+    if gateway.admission is not None:
+        admitted = await gateway.admission.admit(
+            user_id, _budget(gateway, "orders"), int(now.timestamp() * 1000), scope, key,
+            fingerprint, symbol)
+        return admitted.claimed, admitted.quote
+    await spend(gateway, user_id, "orders", now)
+    claimed = await gateway.idempotency.claim(scope, key, fingerprint)
+    if claimed is False:
+        return claimed, None
+    return claimed, await _reference_quote(gateway, symbol)
 
 
 async def _reference_quote(gateway: Gateway, symbol: str) -> Quote | None:

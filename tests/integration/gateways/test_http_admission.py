@@ -1,0 +1,116 @@
+"""The order's one Redis round trip (limits.OrderAdmission) against the embedded Redis: the
+same answers as the rate limiter, the idempotency records and the quote cache one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateways.http.limits import (
+    IdempotencyRecords,
+    OrderAdmission,
+    RateLimiter,
+    RedisBreaker,
+)
+from gateways.http.metrics import Metrics
+from gateways.http.problems import Problem
+from state.messages import Quote
+from state.quote_cache import QuoteCache
+
+NOW_MS = 1_700_000_000_000
+
+
+def _quote() -> Quote:
+    return Quote(symbol="AAPL", bid=Decimal("209.40"), ask=Decimal("209.45"),
+                 bid_size=Decimal(100), ask_size=Decimal(100),
+                 venue_time=dt.datetime(2024, 1, 2, 15, tzinfo=dt.UTC))
+
+
+async def _scenario(redis_url: str, prefix: str) -> dict[str, Any]:
+    client = aioredis.Redis.from_url(redis_url)
+    metrics = Metrics()
+    breaker = RedisBreaker(1.0)
+    limiter = RateLimiter(client, prefix, breaker, metrics.redis_fallbacks)
+    records = IdempotencyRecords(client, prefix, 60, breaker, metrics.redis_fallbacks)
+    admission = OrderAdmission(client, prefix, 60, limiter, breaker, metrics.redis_fallbacks)
+    seen: dict[str, Any] = {}
+    try:
+        first = await admission.admit("u1", 3, NOW_MS, "order:a1", "k1", "body-1", "AAPL")
+        seen["first"] = first
+        seen["replay"] = await admission.admit("u1", 3, NOW_MS, "order:a1", "k1", "body-1",
+                                               "AAPL")
+        with pytest.raises(Problem) as reused:
+            await admission.admit("u1", 3, NOW_MS, "order:a1", "k1", "body-2", "AAPL")
+        seen["reused"] = reused.value.status
+        with pytest.raises(Problem) as limited:  # the 4th request of u1 in this second
+            await admission.admit("u1", 3, NOW_MS, "order:a1", "k2", "body-3", "AAPL")
+        seen["limited"] = (limited.value.status, limited.value.headers)
+        # Past the budget nothing was claimed: the key is still free for its retry.
+        seen["claim_after_limit"] = await records.claim("order:a1", "k2", "body-3")
+        # The budget is the limiter's: a plain hit in the same second is over it too.
+        with pytest.raises(Problem):
+            await limiter.hit("u1", "orders", 3, NOW_MS)
+        seen["next_second"] = await admission.admit("u1", 3, NOW_MS + 1000, "order:a1", "k3",
+                                                    "body-4", "TSLA")
+        # A key claimed one call at a time is seen the same way by the script.
+        await records.claim("order:a1", "k4", "body-5")
+        seen["mixed"] = await admission.admit("u2", 3, NOW_MS, "order:a1", "k4", "body-5",
+                                              "AAPL")
+    finally:
+        await client.aclose()
+    return seen
+
+
+def test_admission_spends_claims_and_reads_the_quote_in_one_call(services: Any) -> None:
+    prefix = f"adm{uuid.uuid4().hex[:6]}."
+    QuoteCache(services.redis_url, prefix).put(_quote())
+    seen = asyncio.run(_scenario(services.redis_url, prefix))
+    assert seen["first"].claimed is True
+    assert seen["first"].quote == _quote()
+    assert seen["replay"].claimed is False
+    assert seen["reused"] == 409
+    assert seen["limited"][0] == 429 and "Retry-After" in seen["limited"][1]
+    assert seen["claim_after_limit"] is True
+    assert seen["next_second"].claimed is True and seen["next_second"].quote is None
+    assert seen["mixed"].claimed is False
+
+
+class _DownRedis:
+    """A client whose every call fails, as a stopped Redis does."""
+
+    calls = 0
+
+    def register_script(self, _script: str) -> Any:
+        async def call(**_: Any) -> Any:
+            _DownRedis.calls += 1
+            raise ConnectionError("Redis is down")
+        return call
+
+
+def test_without_redis_admission_counts_locally_and_cannot_tell() -> None:
+    metrics = Metrics()
+    breaker = RedisBreaker(60.0)
+    client: Any = _DownRedis()
+    limiter = RateLimiter(client, "", breaker, metrics.redis_fallbacks)
+    admission = OrderAdmission(client, "", 60, limiter, breaker, metrics.redis_fallbacks)
+
+    async def scenario() -> list[Any]:
+        answers = [await admission.admit("u1", 2, NOW_MS, "order:a1", f"k{i}", "b", "AAPL")
+                   for i in range(2)]
+        with pytest.raises(Problem) as limited:
+            await admission.admit("u1", 2, NOW_MS, "order:a1", "k9", "b", "AAPL")
+        return [*answers, limited.value.status]
+
+    first, second, third = asyncio.run(scenario())
+    assert first.claimed is None and first.quote is None and second.claimed is None
+    assert third == 429
+    assert _DownRedis.calls == 1  # the first failure opened the breaker: Redis skipped since
+    text = metrics.render()
+    for feature in ("rate_limit", "idempotency", "quotes"):
+        assert f'gateway_redis_fallbacks_total{{feature="{feature}"}}' in text
