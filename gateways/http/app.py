@@ -120,7 +120,7 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
                                    config.produce_linger_ms)
         gateway.producer = producer
         closers.append(lambda: loop.run_in_executor(None, producer.close))
-        gateway.hub = StreamHub()
+        gateway.hub = StreamHub(metrics=gateway.metrics)
         closers.append(gateway.hub.close)
         events_tail = TopicTail(
             config.bootstrap_servers, config.topic_prefix + Topic.ORDERS_EVENTS,

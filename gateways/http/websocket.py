@@ -1,13 +1,21 @@
 """WebSocket `/v1/stream`: live quotes for subscribed symbols and the user's own order updates.
 
 One `quotes` tail per process feeds `StreamHub.publish_quotes`, which fans out in memory through
-a subscription map (symbol -> connections). Conflation happens twice: the hub keeps the latest
-quote per symbol and hands it to the watchers at most every QUOTE_FLUSH_INTERVAL_S (so the work
-per watcher is bounded by that rate, not by the feed's), and each connection holds at most the
-latest quote per symbol until its sender task can write, so a slow client gets fresh quotes,
-never a growing queue. A quote's frame is encoded once, however many watch it. Order updates
-are not conflated (each fill matters); a client too slow to take them is disconnected rather
-than allowed to grow memory without bound.
+a subscription map (symbol -> connections). Conflation happens twice: the hub keeps only the
+newest quote per symbol and writes a connection at most once per round, a round at most every
+QUOTE_FLUSH_INTERVAL_S (so the work per watcher is bounded by that rate, not by the feed's);
+and a connection is written the newest frame of each of its symbols it has not been sent, when
+its turn comes, so a slow client gets fresh quotes, never a growing queue.
+
+The fan-out is rounds over the connections, not a task per connection woken per quote: a
+quote's WebSocket frame (header and JSON) is encoded once, however many watch it, and a round
+writes each connection's due frames to its transport in one write (one system call), skipping
+a connection whose transport still holds unsent bytes (its quotes stay due, conflated, for a
+later round). Server frames are unmasked, so the same bytes are valid on every connection;
+aiohttp writes its own frames (pings, close, the sender task's frames) whole and synchronously,
+so frames never interleave. Order updates are not conflated (each fill matters) and go through
+a per-connection sender task, before any quote; a client too slow to take them is disconnected
+rather than allowed to grow memory without bound.
 """
 
 from __future__ import annotations
@@ -16,13 +24,14 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import WSMsgType, web
 
 from gateways.http.auth import verify_token
 from gateways.http.context import Gateway, gateway_of
+from gateways.http.metrics import Metrics
 from gateways.http.problems import Problem
 from state.exceptions import StoreError
 from state.messages import Alert, OrderEvent, Quote
@@ -35,9 +44,30 @@ AUTH_TIMEOUT_S = 10.0
 _CLOSE_TOO_SLOW = 4008
 _CLOSE_AUTH_TIMEOUT = 4001
 # At 20,000 quotes/s over 100 symbols a symbol changes every 5 ms; handing each change to its
-# watchers would cost (changes x watchers) per second. At most one hand-over per symbol per
-# interval bounds that, for at most this much added delay.
+# watchers would cost (changes x watchers) per second. At most one round per interval bounds
+# that: a watcher gets at most one write per interval, with the newest quote of each symbol.
 QUOTE_FLUSH_INTERVAL_S = 0.05
+# Rounds also start no sooner than this many times the last round's duration after it began:
+# writing 5,000 connections costs tens of ms of CPU (a system call each), and a busy machine
+# stretches that; the fan-out then backs off and leaves the loop (HTTP, the tails) and the
+# machine at least half of the time, instead of running rounds back to back.
+QUOTE_ROUND_DUTY_FACTOR = 2.0
+# Connections written per loop callback (a few µs each): other callbacks wait at most that.
+QUOTE_ROUND_CHUNK = 200
+# A transport holding more unsent bytes than this has a client (or a network) slower than the
+# feed: its quotes wait, conflated, rather than queue in the process.
+QUOTE_WRITE_BACKLOG_BYTES_MAX = 1024
+_OPCODE_TEXT = 0x81  # FIN + text
+
+
+class Transport(Protocol):
+    """What the fan-out needs of an asyncio transport."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
 
 
 class ClientOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
@@ -68,35 +98,67 @@ def frame(kind: str, **body: Any) -> str:
     return _ENCODER.encode({"type": kind, **body}).decode()
 
 
-class QuoteFrame:
-    """A quote and its frame text, encoded on first use and shared by every watcher."""
+class _QuoteMessage(msgspec.Struct, frozen=True):
+    """The quote frame's JSON, field for field what `frame("quote", quote=...)` gives."""
 
-    __slots__ = ("quote", "_text")
+    type: str
+    quote: Quote
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2): what a server sends."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((_OPCODE_TEXT, length))
+    elif length < 65536:
+        header = bytes((_OPCODE_TEXT, 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((_OPCODE_TEXT, 127)) + length.to_bytes(8, "big")
+    return header + payload
+
+
+class QuoteFrame:
+    """A quote and its frame, encoded on first use and shared by every watcher."""
+
+    __slots__ = ("quote", "_wire")
 
     def __init__(self, quote: Quote) -> None:
         self.quote = quote
-        self._text: str | None = None
+        self._wire: bytes | None = None
+
+    @property
+    def wire(self) -> bytes:
+        """The whole WebSocket frame, header included, ready for any connection's transport."""
+        if self._wire is None:
+            self._wire = text_frame(_ENCODER.encode(_QuoteMessage("quote", self.quote)))
+        return self._wire
 
     @property
     def text(self) -> str:
-        if self._text is None:
-            self._text = frame("quote", quote=self.quote)
-        return self._text
+        wire = self.wire
+        return wire[2 if wire[1] < 126 else 4 if wire[1] == 126 else 10:].decode()
 
 
 class Connection:
-    """One client: its subscriptions, its pending (conflated) quotes, its order updates."""
+    """One client: its subscriptions, the quote frame it was last sent per symbol, its order
+    updates."""
 
-    __slots__ = ("ws", "user_id", "token_verified", "accounts", "symbols", "pending_quotes",
-                 "updates", "wake", "too_slow", "heartbeat_due", "last_sent_at", "heartbeat_timer")
+    __slots__ = ("ws", "transport", "user_id", "token_verified", "accounts", "symbols",
+                 "latest", "sent", "pending_quotes", "updates", "wake", "too_slow",
+                 "heartbeat_due", "last_sent_at", "heartbeat_timer")
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: Transport | None = None) -> None:
         self.ws = ws
+        # Quotes are written straight to it by the hub's rounds; without one (a test double)
+        # the sender task sends them through `ws`.
+        self.transport = transport
         self.user_id: str | None = None
         self.token_verified = False  # a valid auth op arrived (its account lookup may lag)
         self.accounts: set[str] = set()
         self.symbols: set[str] = set()
-        self.pending_quotes: dict[str, QuoteFrame] = {}
+        self.latest: dict[str, QuoteFrame] = {}  # the hub's newest frame per symbol (shared)
+        self.sent: dict[str, QuoteFrame] = {}  # per subscribed symbol, the frame last written
+        self.pending_quotes: dict[str, QuoteFrame] = {}  # offered directly (the snapshot)
         self.updates: deque[str] = deque()
         self.wake = asyncio.Event()
         self.too_slow = False
@@ -105,6 +167,8 @@ class Connection:
         self.heartbeat_timer: asyncio.TimerHandle | None = None
 
     def offer_quote(self, quote: Quote | QuoteFrame) -> None:
+        """A quote from elsewhere than the feed (the cache's snapshot on subscribing): sent
+        unless the feed has spoken about its symbol since this connection subscribed."""
         update = quote if isinstance(quote, QuoteFrame) else QuoteFrame(quote)
         self.pending_quotes[update.quote.symbol] = update  # replaces an unsent older quote
         self.wake.set()
@@ -122,54 +186,150 @@ class Connection:
             self.updates.append(payload)
         self.wake.set()
 
+    def due_quotes(self) -> list[QuoteFrame]:
+        """The newest frame of each subscribed symbol this connection has not been sent, now
+        counted as sent: however many quotes came meanwhile, only the latest is due."""
+        due: list[QuoteFrame] = []
+        sent = self.sent
+        latest = self.latest
+        symbols = self.symbols
+        if self.pending_quotes:
+            offered, self.pending_quotes = self.pending_quotes, {}
+            for symbol, update in offered.items():
+                if symbol in symbols and symbol not in latest:  # else the feed's is newer
+                    sent[symbol] = update
+                    due.append(update)
+        for symbol in symbols:
+            newest = latest.get(symbol)
+            if newest is not None and sent.get(symbol) is not newest:
+                sent[symbol] = newest
+                due.append(newest)
+        return due
+
+    def write_quotes(self, now: float) -> int:
+        """Write the due quotes in one transport write; how many were written, or -1 if the
+        transport is backlogged (they stay due, conflated). The sender task writes them
+        instead while order updates wait (updates first, in order) and without a transport."""
+        transport = self.transport
+        if transport is None or self.updates:
+            self.wake.set()
+            return 0
+        if self.ws.closed or transport.is_closing():
+            return 0
+        if transport.get_write_buffer_size() > QUOTE_WRITE_BACKLOG_BYTES_MAX:
+            return -1
+        due = self.due_quotes()
+        if not due:
+            return 0
+        transport.write(due[0].wire if len(due) == 1 else b"".join([u.wire for u in due]))
+        self.last_sent_at = now
+        return len(due)
+
 
 class StreamHub:
-    """The subscription map and the fan-out."""
+    """The subscription map and the fan-out.
 
-    def __init__(self, flush_interval_s: float = QUOTE_FLUSH_INTERVAL_S) -> None:
+    Quotes from the tail replace each symbol's frame in `latest` and mark the symbol changed.
+    A round, at most every flush interval, takes the connections watching a changed symbol and
+    writes each its due quotes, a chunk of connections per loop callback: the tail's batches
+    and HTTP requests are served between chunks, and a connection late in a long round gets
+    the quotes that are newest when its turn comes, not those of when the round began."""
+
+    def __init__(self, flush_interval_s: float = QUOTE_FLUSH_INTERVAL_S,
+                 metrics: Metrics | None = None) -> None:
         self.subscribers: dict[str, set[Connection]] = defaultdict(set)
         self.connections: set[Connection] = set()
         self.quotes_received = 0
+        self.latest: dict[str, QuoteFrame] = {}  # per symbol seen, its newest frame
+        self.metrics = metrics  # counts the quote frames the rounds write
         self._flush_interval_s = flush_interval_s
-        self._latest: dict[str, Quote] = {}  # changed since the last hand-over
-        self._flush: asyncio.TimerHandle | None = None
-        self._flushed_at = float("-inf")
+        self._changed: set[str] = set()  # symbols with a new frame since the round began
+        self._backlogged: set[Connection] = set()  # due quotes wait for the transport
+        self._round: list[Connection] = []  # connections this round still has to write
+        self._round_timer: asyncio.TimerHandle | None = None
+        self._round_step: asyncio.Handle | None = None
+        self._round_started_at = float("-inf")
+        self._next_round_at = float("-inf")
 
     def publish_quotes(self, quotes: list[Quote]) -> None:
-        """Called on the loop by the quotes tail with a batch: keep each symbol's latest and
-        hand them over now, or when the flush interval since the last hand-over is up."""
+        """Called on the loop by the quotes tail with a batch: the newest frame per symbol;
+        the watchers get it in the next round."""
         self.quotes_received += len(quotes)
-        latest = self._latest
+        latest = self.latest
+        changed = self._changed
         for quote in quotes:
-            latest[quote.symbol] = quote
-        if self._flush is None and latest:
-            loop = asyncio.get_running_loop()
-            delay_s = max(0.0, self._flushed_at + self._flush_interval_s - loop.time())
-            self._flush = loop.call_later(delay_s, self.flush_quotes)
+            latest[quote.symbol] = QuoteFrame(quote)  # encoded only if someone is sent it
+            changed.add(quote.symbol)
+        self._schedule_round()
 
-    def flush_quotes(self) -> None:
-        """Hand each changed symbol's latest quote to its watchers."""
-        self._flush = None
-        self._flushed_at = asyncio.get_running_loop().time()
-        latest, self._latest = self._latest, {}
+    def _schedule_round(self) -> None:
+        """Unless a round runs (it schedules the next when done) or is due already."""
+        if self._round or self._round_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay_s = max(0.0, self._next_round_at - loop.time())
+        self._round_timer = loop.call_later(delay_s, self._start_round)
+
+    def _start_round(self) -> None:
+        self._round_timer = None
+        changed, self._changed = self._changed, set()
+        dirty, self._backlogged = self._backlogged, set()
         subscribers = self.subscribers
-        for symbol, quote in latest.items():
+        for symbol in changed:
             watchers = subscribers.get(symbol)
-            if not watchers:
-                continue
-            update = QuoteFrame(quote)
-            for connection in watchers:
-                pending = connection.pending_quotes
-                if not pending:  # non-empty: already woken, its sender will take this too
-                    connection.wake.set()
-                pending[symbol] = update
+            if watchers:
+                dirty |= watchers
+        if dirty:
+            self._round_started_at = asyncio.get_running_loop().time()
+            self._round = list(dirty)
+            self._continue_round()
+
+    def _continue_round(self) -> None:
+        """Write one chunk of the round; the rest after whatever else the loop has to do."""
+        self._round_step = None
+        loop = asyncio.get_running_loop()
+        chunk = self._round[-QUOTE_ROUND_CHUNK:]
+        del self._round[-QUOTE_ROUND_CHUNK:]
+        now = loop.time()
+        sent = 0
+        try:
+            for connection in chunk:
+                written = connection.write_quotes(now)
+                if written < 0:
+                    self._backlogged.add(connection)
+                else:
+                    sent += written
+        finally:  # whatever a write raised, the fan-out goes on (the loop logs the error)
+            self._chunk_done(loop, sent)
+
+    def _chunk_done(self, loop: asyncio.AbstractEventLoop, sent: int) -> None:
+        if sent and self.metrics is not None:
+            self.metrics.ws_messages.inc(sent, kind="quote")
+        if self._round:
+            self._round_step = loop.call_soon(self._continue_round)
+            return
+        took_s = loop.time() - self._round_started_at
+        self._next_round_at = self._round_started_at + max(
+            self._flush_interval_s, QUOTE_ROUND_DUTY_FACTOR * took_s)
+        if self._changed or self._backlogged:
+            self._schedule_round()
+
+    def backlogged(self, connection: Connection) -> None:
+        """Its quotes could not be written now: a later round writes them."""
+        self._backlogged.add(connection)
+        self._schedule_round()
 
     def close(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
+        for handle in (self._round_timer, self._round_step):
+            if handle is not None:
+                handle.cancel()
+        self._round_timer = self._round_step = None
+        self._round = []
 
     def subscribe(self, connection: Connection, symbols: list[str]) -> None:
+        """The connection's next write (the sender's, after the `subscribed` frame, or a
+        round's) carries the newest frame known of each new symbol."""
+        connection.latest = self.latest
         for symbol in symbols:
             connection.symbols.add(symbol)
             self.subscribers[symbol].add(connection)
@@ -177,6 +337,7 @@ class StreamHub:
     def unsubscribe(self, connection: Connection, symbols: list[str]) -> None:
         for symbol in symbols:
             connection.symbols.discard(symbol)
+            connection.sent.pop(symbol, None)
             connection.pending_quotes.pop(symbol, None)
             watchers = self.subscribers.get(symbol)
             if watchers is not None:
@@ -193,6 +354,7 @@ class StreamHub:
 
     def drop(self, connection: Connection, gateway: Gateway) -> None:
         self.unsubscribe(connection, list(connection.symbols))
+        self._backlogged.discard(connection)
         for account_id in connection.accounts:
             gateway.replies.unlisten(account_id, connection.offer_event)
         self.connections.discard(connection)
@@ -219,12 +381,20 @@ async def _sender(connection: Connection, gateway: Gateway, heartbeat_s: float) 
                 await ws.send_str(connection.updates.popleft())
                 gateway.metrics.ws_messages.inc(kind="update")
                 sent = True
-            if connection.pending_quotes:
-                quotes, connection.pending_quotes = connection.pending_quotes, {}
-                for update in quotes.values():
+            if connection.transport is not None:
+                written = connection.write_quotes(loop.time())
+                if written > 0:
+                    gateway.metrics.ws_messages.inc(written, kind="quote")
+                    sent = True
+                elif written < 0:
+                    gateway.hub.backlogged(connection)
+            else:
+                due = connection.due_quotes()
+                for update in due:
                     await ws.send_str(update.text)
-                gateway.metrics.ws_messages.inc(len(quotes), kind="quote")
-                sent = True
+                if due:
+                    gateway.metrics.ws_messages.inc(len(due), kind="quote")
+                    sent = True
             if connection.heartbeat_due and not sent:
                 await ws.send_str(frame("heartbeat", at=gateway.clock()))
                 sent = True
@@ -312,7 +482,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_s,
                                max_msg_size=config.body_bytes_max, compress=False)
     await ws.prepare(request)
-    connection = Connection(ws)
+    connection = Connection(ws, request.transport)
     hub: StreamHub = gateway.hub
     hub.connections.add(connection)
     sender = asyncio.create_task(_sender(connection, gateway, config.ws_heartbeat_s))
