@@ -8,11 +8,16 @@
    group join are excluded, the steady state is not).
 2. Direct: the same transactions through `write_batch` from this process, no broker (the
    database side of the sink alone).
-3. Denominator, in the same run: the same entry rows COPYed as fast as psycopg can into a
-   table of the same shape and indexes as `ledger_entries` (no triggers, no staging, no
-   balances), one shard at a time, before and after the sink (the machine is shared: the
-   denominator is the mean of the two); and once more with every shard's COPY at the same
-   time, one process each, as the sink runs.
+3. Denominator, in the same run: the same entry rows COPYed as fast as psycopg can (binary
+   format, psycopg's C dumpers; the sink writes the same way) into a table of the same shape
+   and indexes as `ledger_entries` (no triggers, no staging, no balances), one shard at a
+   time, before and after the sink (the machine is shared: the denominator is the mean of the
+   two); and once more with every shard's COPY at the same time, one process each, as the
+   sink runs.
+4. CPU, because the machine is shared and wall-clock rates move with everyone's load: CPU
+   seconds per entry (user + system, from /proc/<pid>/stat) of the sink's worker process and
+   of its PostgreSQL backend over the same window as the rate, and of the raw COPY's client
+   process and backend. `sink_vs_raw_copy_cpu` is the ratio of entries per CPU-second.
 
 Usage: python benchmarks/shard_sink.py [--transactions N] [--accounts A]
 Starts its own broker and one PostgreSQL per shard on loopback ports (compose.embedded).
@@ -97,6 +102,65 @@ def _count(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
+
+
+def _backend_pids(conn: psycopg.Connection) -> list[int]:
+    """The other client backends of this database (the sink's connections)."""
+    return [row[0] for row in conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")]
+
+
+def _worker_pids(supervisor: int, shards: int) -> dict[int, int]:
+    """shard -> pid of the sink's worker processes (children of the supervisor)."""
+    workers: dict[int, int] = {}
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return workers
+    for child in map(int, children):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            shard = msgspec.json.decode(argv[-2] or argv[-1]).get("shard")
+        except (OSError, IndexError, msgspec.DecodeError, AttributeError):
+            continue
+        if isinstance(shard, int) and 0 <= shard < shards:
+            workers[shard] = child
+    return workers
+
+
+class _CpuMeter:
+    """CPU seconds of a changing set of processes between two marks: a process seen late
+    counts from its first sighting, one gone early up to its last."""
+
+    def __init__(self) -> None:
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+
+    def sample(self, pids: list[int]) -> None:
+        for pid in pids:
+            cpu = _cpu_s(pid)
+            if cpu is not None:
+                self._first.setdefault(pid, cpu)
+                self._last[pid] = cpu
+
+    def snapshot(self) -> dict[int, float]:
+        return dict(self._last)
+
+    def between(self, start: dict[int, float], end: dict[int, float]) -> float:
+        return sum(cpu - start.get(pid, self._first[pid]) for pid, cpu in end.items())
+
+
 def _through_sink(bootstrap: str, prefix: str, dsns: list[str], expected: list[int],
                   timeout_s: float) -> list[dict[str, Any]]:
     config = SinkConfig(bootstrap_servers=bootstrap, topic_prefix=prefix, shard_dsns=tuple(dsns),
@@ -104,17 +168,30 @@ def _through_sink(bootstrap: str, prefix: str, dsns: list[str], expected: list[i
     popen = subprocess.Popen([sys.executable, "-m", "sinks.service",
                               msgspec.json.encode(config).decode()],
                              cwd=Path(__file__).resolve().parents[1], stdin=subprocess.DEVNULL)
-    samples: list[list[tuple[float, int]]] = [[] for _ in dsns]
+    # (time, entries landed, worker CPU so far, backend CPU by pid) per shard
+    samples: list[list[tuple[float, int, dict[int, float], dict[int, float]]]] = [
+        [] for _ in dsns]
+    workers = [_CpuMeter() for _ in dsns]
+    backends = [_CpuMeter() for _ in dsns]
+    counters = [psycopg.connect(dsn, autocommit=True) for dsn in dsns]
     started = time.monotonic()
     try:
         while time.monotonic() - started < timeout_s:
-            for shard, dsn in enumerate(dsns):
+            worker_pids = _worker_pids(popen.pid, len(dsns))
+            for shard, conn in enumerate(counters):
                 if not samples[shard] or samples[shard][-1][1] < expected[shard]:
-                    samples[shard].append((time.monotonic(), _count(dsn)))
+                    row = conn.execute("SELECT count(*) FROM ledger_entries").fetchone()
+                    workers[shard].sample([worker_pids[shard]] if shard in worker_pids else [])
+                    backends[shard].sample(_backend_pids(conn))
+                    samples[shard].append((time.monotonic(), int(row[0]) if row else 0,
+                                           workers[shard].snapshot(),
+                                           backends[shard].snapshot()))
             if all(s and s[-1][1] >= e for s, e in zip(samples, expected, strict=True)):
                 break
             time.sleep(0.05)
     finally:
+        for conn in counters:
+            conn.close()
         popen.send_signal(signal.SIGTERM)
         popen.wait(30)
     results = []
@@ -123,9 +200,16 @@ def _through_sink(bootstrap: str, prefix: str, dsns: list[str], expected: list[i
         assert done[1] >= expected[shard], f"shard {shard}: {done[1]} of {expected[shard]}"
         first = next(p for p in points if p[1] >= expected[shard] * 0.1)
         elapsed = max(done[0] - first[0], 1e-6)
+        landed = max(done[1] - first[1], 1)
+        worker_s = workers[shard].between(first[2], done[2])
+        backend_s = backends[shard].between(first[3], done[3])
         results.append({"entries": expected[shard],
                         "entries_per_s": round((done[1] - first[1]) / elapsed),
-                        "seconds_from_start": round(done[0] - started, 2)})
+                        "seconds_from_start": round(done[0] - started, 2),
+                        "cpu_us_per_entry": {"worker": round(worker_s / landed * 1e6, 2),
+                                             "backend": round(backend_s / landed * 1e6, 2),
+                                             "total": round((worker_s + backend_s) / landed
+                                                            * 1e6, 2)}})
     return results
 
 
@@ -137,26 +221,37 @@ def _direct(dsn: str, postings: list[LedgerTransaction], batch: int) -> float:
     return time.perf_counter() - started
 
 
+class _Timed(msgspec.Struct, frozen=True):
+    seconds: float
+    client_cpu_s: float
+    backend_cpu_s: float
+
+
 def _raw_copy(dsn: str, postings: list[LedgerTransaction], table: str = "raw_entries"
-              ) -> float:
+              ) -> _Timed:
     with psycopg.connect(dsn) as conn:
         conn.execute(f"CREATE TABLE {table} (LIKE ledger_entries INCLUDING ALL)")
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         conn.commit()
-        started = time.perf_counter()
+        started, client_before = time.perf_counter(), time.process_time()
+        backend_before = _cpu_s(backend) or 0.0
         with conn.cursor() as cur, cur.copy(
                 f"COPY {table} (txn_id, leg, ledger_account, asset, amount, account_id, "
-                "occurred_at) FROM STDIN") as copy:
+                "occurred_at) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "int2", "text", "text", "numeric", "text", "timestamptz"])
             for posting in postings:
                 for leg, entry in enumerate(posting.entries):
                     copy.write_row((posting.txn_id, leg, entry.ledger_account, entry.asset,
                                     entry.amount, posting.account_id, posting.occurred_at))
         conn.commit()
-        return time.perf_counter() - started
+        return _Timed(time.perf_counter() - started, time.process_time() - client_before,
+                      (_cpu_s(backend) or 0.0) - backend_before)
 
 
 def _raw_copy_of_shard(dsn: str, shard: int, transactions: int, accounts: int) -> float:
     """In a process of its own (the same data, regenerated), for the concurrent raw COPY."""
-    return _raw_copy(dsn, _transactions(shard, transactions, accounts), "raw_concurrent")
+    return _raw_copy(dsn, _transactions(shard, transactions, accounts),
+                     "raw_concurrent").seconds
 
 
 def _raw_copy_concurrent(dsns: list[str], transactions: int, accounts: int) -> list[float]:
@@ -206,15 +301,23 @@ def main() -> None:
                 migrate(dsn)
             # The machine is shared: raw COPY is measured before and after the sink, and the
             # denominator is their mean.
-            raw_before_s = [_raw_copy(raw_dsns[shard], data[shard], "raw_before")
-                            for shard in range(SHARDS)]
+            raw_before_all = [_raw_copy(raw_dsns[shard], data[shard], "raw_before")
+                          for shard in range(SHARDS)]
             sink = _through_sink(servers.bootstrap_servers, prefix, sink_dsns, entries,
                                  args.timeout)
             rows: list[dict[str, Any]] = []
             for shard in range(SHARDS):
                 direct_s = _direct(direct_dsns[shard], data[shard], args.batch)
-                raw_after_s = _raw_copy(raw_dsns[shard], data[shard], "raw_after")
-                raw_rate = entries[shard] * 2 / (raw_before_s[shard] + raw_after_s)
+                raw_after = _raw_copy(raw_dsns[shard], data[shard], "raw_after")
+                raw_before = raw_before_all[shard]
+                raw_rate = entries[shard] * 2 / (raw_before.seconds + raw_after.seconds)
+                raw_cpu = {
+                    "client": (raw_before.client_cpu_s + raw_after.client_cpu_s)
+                    / (2 * entries[shard]) * 1e6,
+                    "backend": (raw_before.backend_cpu_s + raw_after.backend_cpu_s)
+                    / (2 * entries[shard]) * 1e6}
+                raw_cpu["total"] = raw_cpu["client"] + raw_cpu["backend"]
+                sink_cpu = sink[shard]["cpu_us_per_entry"]
                 rows.append({
                     "shard": shard,
                     "sink_entries_per_s": sink[shard]["entries_per_s"],
@@ -222,10 +325,14 @@ def main() -> None:
                     "direct_write_batch_entries_per_s": round(entries[shard] / direct_s),
                     "raw_copy_entries_per_s": round(raw_rate),
                     "raw_copy_before_after_entries_per_s": [
-                        round(entries[shard] / raw_before_s[shard]),
-                        round(entries[shard] / raw_after_s)],
+                        round(entries[shard] / raw_before.seconds),
+                        round(entries[shard] / raw_after.seconds)],
                     "sink_vs_raw_copy": round(sink[shard]["entries_per_s"] / raw_rate, 3),
                     "direct_vs_raw_copy": round(entries[shard] / direct_s / raw_rate, 3),
+                    "sink_cpu_us_per_entry": sink_cpu,
+                    "raw_copy_cpu_us_per_entry": {k: round(v, 2) for k, v in raw_cpu.items()},
+                    "sink_vs_raw_copy_cpu": round(raw_cpu["total"] / sink_cpu["total"], 3)
+                    if sink_cpu["total"] else None,
                 })
             concurrent_s = _raw_copy_concurrent(raw_dsns, args.transactions, args.accounts)
             for row, seconds, count in zip(rows, concurrent_s, entries, strict=True):
@@ -245,7 +352,11 @@ def main() -> None:
                 "servers; the sink runs both shards at once; raw_copy_entries_per_s (the "
                 "denominator of sink_vs_raw_copy) is one shard at a time, the mean of a run "
                 "before and one after the sink; raw_copy_all_shards_at_once runs every "
-                "shard's COPY at the same time, as the sink does",
+                "shard's COPY at the same time, as the sink does. Wall-clock rates move with "
+                "the machine's load; the *_cpu_us_per_entry figures (worker process + its "
+                "PostgreSQL backend; raw COPY client + backend) do much less, and "
+                "sink_vs_raw_copy_cpu is their ratio (entries per CPU-second). The broker's "
+                "CPU is in neither.",
         "results": rows}, indent=2))
 
 

@@ -6,8 +6,9 @@ the consumer and seeks back to the last committed offsets, and the same records 
 again once the shard answers. Writes are idempotent by txn_id / event_id, so nothing is lost
 and nothing is written twice.
 
-Writes overlap reading: every `batch_size_max` records, the records added so far are decoded
-and handed to one writer thread, which lands them while Quix goes on reading (the database
+Writes overlap reading: each record is decoded as it is added (straight into this shard's
+batch: no per-record SinkItem is kept), and every `batch_size_max` records the batch is handed
+to one writer thread, which lands them while Quix goes on reading (the database
 works while this process decodes, and the other way round). `flush`, at each checkpoint,
 hands off the rest and waits for every write to finish before Quix commits the offsets, so
 no offset is committed for a record that has not landed. One thread writes, in hand-off
@@ -81,7 +82,9 @@ class ShardSink(BatchingSink):
         self._clock = clock
         self._conn: psycopg.Connection | None = None
         self._partitions = frozenset(router.partitions_of_shard(shard))
-        self._added = 0  # records in self._batches
+        self._pending = ShardBatch()  # decoded, not yet handed to the writer
+        self._added = 0  # records in self._pending (dead letters included)
+        self._families: dict[str, t.Topic] = {}
         self._writer = ThreadPoolExecutor(max_workers=1,
                                           thread_name_prefix=f"shard{shard}-writer")
         self._writes: list[Future[None]] = []
@@ -101,7 +104,7 @@ class ShardSink(BatchingSink):
             partition: int, offset: int) -> None:
         if partition not in self._partitions:
             return  # not assigned to this worker (see OwnPartitionsApplication): never here
-        super().add(value, key, timestamp, headers, topic, partition, offset)
+        self._add(topic, partition, offset, key, value, self._pending)
         self._added += 1
         if self._added >= self._batch_size_max:
             self._hand_off()
@@ -122,23 +125,24 @@ class ShardSink(BatchingSink):
             self._hand_off()
             self._wait_for_writes()
         finally:
-            self._batches.clear()
-            self._added = 0
+            self._drop_pending()
         self._flush_dead_letters()
 
     def on_paused(self) -> None:
         super().on_paused()
-        self._added = 0
+        self._drop_pending()
         with contextlib.suppress(Exception):  # already reported by flush
             self._wait_for_writes()
 
     def _hand_off(self) -> None:
-        batches = list(self._batches.values())
-        self._batches.clear()
-        self._added = 0
-        decoded = self._decode(batches)
+        decoded = self._pending
+        self._drop_pending()
         if decoded.size():
             self._writes.append(self._writer.submit(self._write_unless_failed, decoded))
+
+    def _drop_pending(self) -> None:
+        self._pending = ShardBatch()
+        self._added = 0
 
     def _wait_for_writes(self) -> None:
         writes, self._writes = self._writes, []
@@ -157,17 +161,22 @@ class ShardSink(BatchingSink):
     def _decode(self, batches: list[SinkBatch]) -> ShardBatch:
         decoded = ShardBatch()
         for batch in batches:
-            topic, partition = batch.topic, batch.partition
-            family = t.Topic(topic.removeprefix(self._prefix))
             for item in batch:
-                self.stats.records += 1
-                message = decode_for_shard(family, item.value, self._router, self._shard)
-                if isinstance(message, Refused):
-                    self._dead_letter(topic, partition, item.offset, item.key, item.value,
-                                      message.reason)
-                else:
-                    decoded.add(message, Source(topic, partition, item.offset))
+                self._add(batch.topic, batch.partition, item.offset, item.key, item.value,
+                          decoded)
         return decoded
+
+    def _add(self, topic: str, partition: int, offset: int, key: Any, value: Any,
+             decoded: ShardBatch) -> None:
+        family = self._families.get(topic)
+        if family is None:
+            family = self._families[topic] = t.Topic(topic.removeprefix(self._prefix))
+        self.stats.records += 1
+        message = decode_for_shard(family, value, self._router, self._shard)
+        if isinstance(message, Refused):
+            self._dead_letter(topic, partition, offset, key, value, message.reason)
+        else:
+            decoded.add(message, Source(topic, partition, offset))
 
     # -- writing -----------------------------------------------------------------------------
 

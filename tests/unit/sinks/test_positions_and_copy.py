@@ -1,4 +1,4 @@
-"""Pure parts of the shard store: average-cost positions and the COPY text format."""
+"""Pure parts of the shard store: average-cost positions and the rows COPYed into the ledger."""
 
 from __future__ import annotations
 
@@ -8,12 +8,16 @@ from decimal import Decimal
 from state import ledger_accounts as la
 from state.messages import LedgerEntry, LedgerTransaction
 from state.shard_store import (
+    ENTRY_COPY_COLUMNS,
+    ENTRY_COPY_TYPES,
+    TRANSACTION_COPY_COLUMNS,
+    TRANSACTION_COPY_TYPES,
     PositionMove,
     Source,
     apply_move,
-    entry_copy_lines,
+    entry_copy_rows,
     position_moves,
-    transaction_copy_lines,
+    transaction_copy_rows,
 )
 
 T0 = dt.datetime(2026, 3, 2, 14, 30, tzinfo=dt.UTC)
@@ -52,13 +56,16 @@ def test_average_cost() -> None:
     assert apply_move(quantity, basis, PositionMove("a", "X", Decimal(-3), Decimal(1))) == (0, 0)
 
 
-def test_copy_lines_escape_what_copy_text_format_needs() -> None:
+def test_copy_rows_carry_every_column_in_order_with_a_type_each() -> None:
     posting = LedgerTransaction(
         txn_id="t\\1", account_id="a\tb", kind="k\nx", cause_id="c", occurred_at=T0,
         entries=(LedgerEntry("bank:ach", "USD", Decimal("-1E+3")),
                  LedgerEntry("user:a\tb:cash", "USD", Decimal("1000"))))
-    assert transaction_copy_lines([posting], {"t\\1": Source("p", 2, 7)}) == (
-        "t\\\\1\ta\\tb\tk\\nx\tc\t\\N\t2026-03-02T14:30:00+00:00\tp\t2\t7\n")
-    lines = entry_copy_lines([posting]).splitlines()
-    assert lines[0] == "t\\\\1\t0\tbank:ach\tUSD\t-1E+3\ta\\tb\t2026-03-02T14:30:00+00:00"
-    assert lines[1].split("\t")[2] == "user:a\\tb:cash"
+    assert len(TRANSACTION_COPY_COLUMNS) == len(TRANSACTION_COPY_TYPES)
+    assert len(ENTRY_COPY_COLUMNS) == len(ENTRY_COPY_TYPES)
+    assert list(transaction_copy_rows([posting], {"t\\1": Source("p", 2, 7)})) == [
+        ("t\\1", "a\tb", "k\nx", "c", None, T0, "p", 2, 7)]
+    assert list(transaction_copy_rows([posting], {}))[0][-3:] == (None, None, None)
+    assert list(entry_copy_rows([posting])) == [
+        ("t\\1", 0, "bank:ach", "USD", Decimal("-1E+3"), "a\tb", T0),
+        ("t\\1", 1, "user:a\tb:cash", "USD", Decimal("1000"), "a\tb", T0)]
