@@ -38,7 +38,7 @@ class CommandProducer:
 
     def __init__(self, bootstrap_servers: str, delivery_timeout_ms: int,
                  linger_ms: int = 1) -> None:
-        self._producer = Producer({
+        self._producer: Producer | None = Producer({
             "bootstrap.servers": bootstrap_servers,
             "partitioner": "murmur2_random",  # accounts stay in their shard's partitions
             "acks": "all",
@@ -53,9 +53,15 @@ class CommandProducer:
         self._thread.start()
 
     def _poll(self) -> None:
+        producer = self._live()
         while self._running:
-            self._producer.poll(0.05)
+            producer.poll(0.05)
             self._hand_over()
+
+    def _live(self) -> Producer:
+        if self._producer is None:
+            raise BrokerUnavailable("the command producer is closed")
+        return self._producer
 
     def _hand_over(self) -> None:
         settled, self._settled = self._settled, []
@@ -71,24 +77,29 @@ class CommandProducer:
             self._settled.append((done, error))  # on the poll thread, inside poll()
 
         try:
-            self._producer.produce(topic, key=key.encode(), value=t.encode(message),
-                                   on_delivery=on_delivery)
+            self._live().produce(topic, key=key.encode(), value=t.encode(message),
+                                 on_delivery=on_delivery)
         except (BufferError, KafkaException) as error:
             raise BrokerUnavailable(f"broker refused the record: {error}") from error
         await done
 
     def broker_reachable(self, timeout_s: float) -> bool:
         try:
-            self._producer.list_topics(timeout=timeout_s)
-        except KafkaException:
+            self._live().list_topics(timeout=timeout_s)
+        except (KafkaException, BrokerUnavailable):
             return False
         return True
 
     def close(self, timeout_s: float = 5.0) -> None:
+        if self._producer is None:
+            return
         self._producer.flush(timeout_s)
         self._running = False
         self._thread.join(timeout_s)
         self._hand_over()
+        # Dropping the handle destroys it (and its broker threads): the object itself may
+        # outlive the app (aiohttp caches handlers per app object).
+        self._producer = None
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[None], KafkaError | None]]) -> None:
