@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -218,9 +219,11 @@ _STATE_DECODER = msgspec.msgpack.Decoder(AccountState)
 
 # Closed orders are most of an account's stored bytes and hardly ever change (frozen, kept for
 # days): each is encoded once and its bytes reused while the same object is kept. Keyed by
-# identity; the entry holds the order, so its id cannot be reused while the entry lives.
+# identity; the entry holds the order, so its id cannot be reused while the entry lives. The
+# oldest entry goes first, from an OrderedDict: popping the front of a full plain dict scans
+# the slots freed before it, tens of µs per closed order once the cache had filled.
 _ENCODED_ORDERS_MAX = 50_000  # a few hundred bytes each, beside orders kept anyway
-_encoded_orders: dict[int, tuple[Order, msgspec.Raw]] = {}
+_encoded_orders: OrderedDict[int, tuple[Order, msgspec.Raw]] = OrderedDict()
 
 
 def _encoded(order: Order) -> msgspec.Raw:
@@ -229,7 +232,7 @@ def _encoded(order: Order) -> msgspec.Raw:
         return entry[1]
     raw = msgspec.Raw(_STATE_ENCODER.encode(order))
     if len(_encoded_orders) >= _ENCODED_ORDERS_MAX:
-        del _encoded_orders[next(iter(_encoded_orders))]
+        _encoded_orders.popitem(last=False)
     _encoded_orders[id(order)] = (order, raw)
     return raw
 
