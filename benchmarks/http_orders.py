@@ -176,8 +176,14 @@ async def _post_orders(session: aiohttp.ClientSession, base: str,
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
-            "requests_per_s": round(len(latencies) / elapsed, 1),
+    return _summary(latencies, elapsed, statuses)
+
+
+def _summary(latencies: list[float], elapsed_s: float, statuses: Counter[int]
+             ) -> dict[str, Any]:
+    """Requests/s and latency percentiles of one load run."""
+    return {"requests": len(latencies), "elapsed_s": round(elapsed_s, 3),
+            "requests_per_s": round(len(latencies) / elapsed_s, 1),
             "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
             "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
             "max_ms": round(max(latencies) * 1000, 2),
@@ -328,13 +334,7 @@ def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price:
     for part in parts:
         statuses.update(part["statuses"])
     elapsed = max(answered for _k, _s, answered, _st in sent) - start_at
-    return {"requests": len(latencies), "elapsed_s": round(elapsed, 3),
-            "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 0.50) * 1000, 2),
-            "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
-            "max_ms": round(max(latencies) * 1000, 2),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 2),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    return {**_summary(latencies, elapsed, statuses),
             "_sent": sent, "_load_generator_cpu_s": sum(part["cpu_s"] for part in parts)}
 
 

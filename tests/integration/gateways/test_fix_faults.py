@@ -213,19 +213,25 @@ def test_silent_market_maker_trips_the_breaker(services, topics, tmp_path: Path)
         link.stop()
 
 
+def fill_then_stop_gateway(link: Link, tag: str, services) -> list[RouteNewOrder]:  # noqa: ANN001
+    """Six orders filled, then a clean stop of the gateway (its stores kept for a restart)."""
+    quote_aapl(link)
+    link.start()
+    orders = orders_for(tag, 6, services)
+    link.send(orders)
+    link.collect(all_filled(orders))
+    assert link.gateway is not None and link.gateway.stop() == 0
+    return orders
+
+
 def test_restart_resends_what_was_not_delivered(services, topics, tmp_path: Path) -> None:
     """The crash window made explicit: the gateway's record says fewer inbound messages were
     delivered than its FIX store received, and some ExecIDs were never forwarded. On restart
     the session asks for a resend: the missing reports arrive (poss_dup), the others are
     dropped as duplicates."""
     link = Link(services, topics, tmp_path, {"sim1": {}})
-    quote_aapl(link)
-    link.start()
     try:
-        orders = orders_for("r", 6, services)
-        link.send(orders)
-        link.collect(all_filled(orders))
-        assert link.gateway is not None and link.gateway.stop() == 0
+        fill_then_stop_gateway(link, "r", services)
         before = list(link.reports)
         db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
         with db:
@@ -249,13 +255,8 @@ def test_restart_counts_what_reached_the_topic_after_the_last_commit(
     committed yet (and its executions offsets lag behind them). On restart the market maker
     resends them; the gateway has read them back from the topic first, so none goes twice."""
     link = Link(services, topics, tmp_path, {"sim1": {}})
-    quote_aapl(link)
-    link.start()
     try:
-        orders = orders_for("c", 6, services)
-        link.send(orders)
-        link.collect(all_filled(orders))
-        assert link.gateway is not None and link.gateway.stop() == 0
+        orders = fill_then_stop_gateway(link, "c", services)
         db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
         with db:
             db.execute("UPDATE inbound SET delivered_seq = 1")
