@@ -1,8 +1,8 @@
 """After a restart: the ExecIDs that reached `executions` after the store last committed.
 
-The gateway commits forwarded ExecIDs to its store once the broker acknowledges them, one main
-loop pass later. A kill -9 inside that pass left records on the topic whose ExecIDs the store
-does not know, and the market maker's resend would forward them a second time. So before the
+The gateway commits forwarded ExecIDs to its store some milliseconds after the broker
+acknowledges them. A kill -9 in between left records on the topic whose ExecIDs the store does
+not know, and the market maker's resend would forward them a second time. So before the
 sessions log on, the gateway reads `executions` from the offsets its store committed (kept per
 partition beside the ExecIDs) to the end, and counts every ExecID there as forwarded.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
 from gateways.exceptions import GatewayError
 from state.topics import Topic, decode
@@ -28,12 +28,19 @@ BATCH_RECORDS = 1000
 class Tail:
     exec_ids: frozenset[str]
     next_offsets: dict[int, int]  # per partition, where the next read starts
+    reset: frozenset[int]  # partitions found recreated since the store's offsets (read from 0)
 
 
-def read_tail(bootstrap_servers: str, topic: str, starts: Mapping[int, int], *,
-              idle_s: float = IDLE_S, timeout_s: float = TIMEOUT_S) -> Tail:
+def read_tail(bootstrap_servers: str, topic: str, starts: Mapping[int, int],
+              known: Container[str], *, idle_s: float = IDLE_S,
+              timeout_s: float = TIMEOUT_S) -> Tail:
     """ExecIDs on `topic` from `starts` (per partition) to the end. A partition with no start
-    (a new store) starts at its end: nothing before it can be this store's."""
+    (a new store) starts at its end: nothing before it can be this store's.
+
+    Each start is checked first: the record just before it must be one whose ExecID the store
+    knows (`known`). When it is not there, the topic was recreated (the embedded broker forgets
+    every topic on a restart; the store outlives it) and the partition is read from its
+    beginning: offsets count from 0 again."""
     consumer = Consumer({
         "bootstrap.servers": bootstrap_servers,
         "group.id": f"fix-gateway-recovery-{uuid.uuid4()}",
@@ -42,18 +49,30 @@ def read_tail(bootstrap_servers: str, topic: str, starts: Mapping[int, int], *,
     })
     try:
         partitions = _partitions(consumer, topic)
-        assigned = [TopicPartition(topic, p, starts.get(p, OFFSET_END)) for p in partitions]
         # Tansu may report a watermark below the real end (PLATFORM.md): it is a lower bound,
         # and the idle wait takes whatever lies beyond it.
         ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                 for p in partitions}
-        consumer.assign(assigned)
+        anchors = {p: starts[p] - 1 for p in partitions if starts.get(p, 0) > 0}
+        consumer.assign([TopicPartition(topic, p, anchors.get(p, starts.get(p, OFFSET_END)))
+                         for p in partitions])
         # Only partitions read from a stored offset have an end to reach; one started at its
         # end has nothing of ours before it (the idle wait takes what came after).
         pending = {p: ends[p] for p in partitions if p in starts and starts[p] < ends[p]}
-        exec_ids, read_to = _read(consumer, topic, pending, idle_s, timeout_s)
-        next_offsets = {p: max(read_to.get(p, 0), starts.get(p, ends[p])) for p in partitions}
-        return Tail(frozenset(exec_ids), next_offsets)
+        read = _read(consumer, topic, pending, idle_s, timeout_s)
+        reset = frozenset(p for p, anchor in anchors.items()
+                          if read.firsts.get(p, (None, None))[0] != anchor
+                          or read.firsts[p][1] not in known)
+        exec_ids, read_to = set(read.exec_ids), dict(read.read_to)
+        if reset:
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in reset])
+            again = _read(consumer, topic, {p: ends[p] for p in reset if ends[p] > 0},
+                          idle_s, timeout_s)
+            exec_ids |= again.exec_ids
+            read_to.update({p: again.read_to.get(p, 0) for p in reset})
+        next_offsets = {p: read_to.get(p, 0) if p in reset
+                        else max(read_to.get(p, 0), starts.get(p, ends[p])) for p in partitions}
+        return Tail(frozenset(exec_ids), next_offsets, reset)
     except KafkaException as error:
         raise GatewayError(f"cannot read {topic} to recover forwarded ExecIDs: {error}") \
             from error
@@ -68,11 +87,17 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(metadata.partitions)
 
 
+@dataclass
+class _Read:
+    exec_ids: set[str] = field(default_factory=set)
+    read_to: dict[int, int] = field(default_factory=dict)  # offset after the last record
+    firsts: dict[int, tuple[int, str | None]] = field(default_factory=dict)  # offset, ExecID
+
+
 def _read(consumer: Consumer, topic: str, pending: dict[int, int], idle_s: float,
-          timeout_s: float) -> tuple[set[str], dict[int, int]]:
-    """ExecIDs read, and per partition the offset after the last record read."""
-    exec_ids: set[str] = set()
-    read_to: dict[int, int] = {}
+          timeout_s: float) -> _Read:
+    """Read until every pending partition is at its end and nothing came for `idle_s`."""
+    read = _Read()
     deadline = time.monotonic() + timeout_s
     last_record_at = time.monotonic()
     while pending or time.monotonic() - last_record_at < idle_s:
@@ -82,16 +107,17 @@ def _read(consumer: Consumer, topic: str, pending: dict[int, int], idle_s: float
             if message.error():
                 continue
             last_record_at = time.monotonic()
-            read_to[message.partition()] = message.offset() + 1
-            exec_id = _exec_id(message.value())
+            partition, exec_id = message.partition(), _exec_id(message.value())
+            read.firsts.setdefault(partition, (message.offset(), exec_id))
+            read.read_to[partition] = message.offset() + 1
             if exec_id is not None:
-                exec_ids.add(exec_id)
+                read.exec_ids.add(exec_id)
         # The position, not only the last record: transaction markers take offsets too.
         for tp in consumer.position([TopicPartition(topic, p) for p in pending]):
-            reached = max(tp.offset, read_to.get(tp.partition, -1))
+            reached = max(tp.offset, read.read_to.get(tp.partition, -1))
             if reached >= pending[tp.partition]:
                 del pending[tp.partition]
-    return exec_ids, read_to
+    return read
 
 
 def _exec_id(raw: bytes | None) -> str | None:

@@ -262,14 +262,17 @@ class FixGateway:
         """Count as forwarded what reached `executions` after the store's last commit (a
         kill -9 between the broker's ack and that commit), before any session resends it."""
         tail = read_tail(self.config.bootstrap_servers, self.executions_topic,
-                         self.store.executions_tail())
+                         self.store.executions_tail(), self.forwarded)
+        if tail.reset:
+            log.warning("%s partitions %s were recreated since the store's offsets (a broker "
+                        "that forgot its topics): read from their beginning",
+                        self.executions_topic, sorted(tail.reset))
         unknown = sorted(tail.exec_ids - self.forwarded)
         if unknown:
             log.warning("%d ExecIDs found on %s beyond the store's record: kept as forwarded",
                         len(unknown), self.executions_topic)
         self.forwarded |= tail.exec_ids
-        self.store.record(exec_ids=unknown, delivered={}, sent=[], orders=[], stats={},
-                          tail=tail.next_offsets, now_ms=now_ms())
+        self.store.restart_tail(tail.next_offsets, unknown, now_ms())
 
     def close(self) -> None:
         self.initiator.stop()

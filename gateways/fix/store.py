@@ -170,6 +170,16 @@ class GatewayStore:
                 self.db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?)",
                                     [(mm, stats_to_json(s)) for mm, s in stats.items()])
 
+    def restart_tail(self, next_offsets: dict[int, int], exec_ids: Sequence[str],
+                     now_ms: int) -> None:
+        """After reading `executions` at start: where the next read starts (replacing the
+        stored offsets, which a recreated topic put out of range) and the ExecIDs found."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO executions_tail VALUES (?, ?)",
+                                list(next_offsets.items()))
+            self.db.executemany("INSERT OR IGNORE INTO forwarded VALUES (?, NULL, ?)",
+                                [(exec_id, now_ms) for exec_id in exec_ids])
+
     def prune(self, cutoff_ms: int, now_ms: int) -> Pruned:
         """Forget orders closed before `cutoff_ms` with their ClOrdIDs and ExecIDs, and
         ExecIDs of orders this store never held that were forwarded before it. Rows from

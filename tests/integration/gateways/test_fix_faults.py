@@ -20,6 +20,7 @@ from state.ids import account_id_for
 from state.messages import Alert, ExecType, ExecutionReport, OrderType, RouteNewOrder, Side
 from state.topics import Topic, decode
 from tests.integration.gateways.test_fix_roundtrip import new_order
+from tests.integration.kafka_io import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -233,10 +234,16 @@ def test_restart_resends_what_was_not_delivered(services, topics, tmp_path: Path
     try:
         fill_then_stop_gateway(link, "r", services)
         before = list(link.reports)
+        # The last record of each partition is where the store's offsets point: its ExecID is
+        # always committed with them (the restart checks it is still there).
+        records = read_topic(services.bootstrap_servers, topics + Topic.EXECUTIONS,
+                             until=lambda found: len(found) >= len(before))
+        last = {r.partition: r.offset for r in sorted(records, key=lambda r: r.offset)}
+        lost = sorted(decode(Topic.EXECUTIONS, r.value).exec_id for r in records
+                      if r.offset != last[r.partition])[::2]
         db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
         with db:
             db.execute("UPDATE inbound SET delivered_seq = 1")
-            lost = sorted(row[0] for row in db.execute("SELECT exec_id FROM forwarded"))[::2]
             db.executemany("DELETE FROM forwarded WHERE exec_id = ?", [(e,) for e in lost])
         db.close()
         link.start_gateway()
@@ -274,6 +281,35 @@ def test_restart_counts_what_reached_the_topic_after_the_last_commit(
         assert "resuming inbound at 2" in link.gateway.log_tail(500)
     finally:
         link.stop()
+
+
+def test_restart_after_the_broker_forgot_its_topics(services, topics, tmp_path: Path) -> None:
+    """The embedded broker keeps topics in memory: after its restart `executions` counts from 0
+    again while the gateway's store still holds the old offsets. The gateway notices (the
+    record before its offset is not one it forwarded) and reads the partition from 0, so a
+    resend still forwards nothing twice and the store's offsets come back into range."""
+    link = Link(services, topics, tmp_path, {"sim1": {}})
+    try:
+        orders = fill_then_stop_gateway(link, "f", services)
+        db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
+        with db:
+            db.execute("UPDATE inbound SET delivered_seq = 1")
+            db.execute("DELETE FROM forwarded")
+            db.execute("UPDATE executions_tail SET next_offset = next_offset + 1000")
+        db.close()
+        link.start_gateway()
+        later = orders_for("g", 3, services)
+        link.send(later)
+        link.collect(all_filled(orders + later), timeout_s=20)
+        twice = [e for e, n in Counter(r.exec_id for r in link.reports).items() if n > 1]
+        assert not twice, link.logs()
+        assert "were recreated since the store's offsets" in link.gateway.log_tail(500)
+    finally:
+        link.stop()
+    db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
+    stored = sum(row[0] for row in db.execute("SELECT next_offset FROM executions_tail"))
+    db.close()
+    assert stored == len(link.reports)  # one record per report: the offsets are real again
 
 
 def test_resting_order_survives_a_simulator_kill9(services, topics, tmp_path: Path) -> None:
