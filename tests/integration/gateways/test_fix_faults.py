@@ -225,6 +225,29 @@ def fill_then_stop_gateway(link: Link, tag: str, services) -> list[RouteNewOrder
     return orders
 
 
+def restart_with_store_rolled_back(link: Link, tmp_path: Path, next_offset_sql: str) -> int:
+    """The gateway restarted on a store that says nothing was delivered after inbound seq 1
+    and no ExecID was forwarded, with its `executions` offsets set to `next_offset_sql`; how
+    many ExecIDs it forgot."""
+    db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
+    with db:
+        db.execute("UPDATE inbound SET delivered_seq = 1")
+        forgotten = db.execute("DELETE FROM forwarded").rowcount
+        db.execute(f"UPDATE executions_tail SET next_offset = {next_offset_sql}")
+    db.close()
+    link.start_gateway()
+    return forgotten
+
+
+def assert_resend_forwards_nothing_twice(link: Link, orders: list[RouteNewOrder], tag: str,
+                                         services) -> None:  # noqa: ANN001
+    later = orders_for(tag, 3, services)  # filled after the resend: sequence order
+    link.send(later)
+    link.collect(all_filled(orders + later), timeout_s=20)
+    twice = [e for e, n in Counter(r.exec_id for r in link.reports).items() if n > 1]
+    assert not twice, link.logs()
+
+
 def test_restart_resends_what_was_not_delivered(services, topics, tmp_path: Path) -> None:
     """The crash window made explicit: the gateway's record says fewer inbound messages were
     delivered than its FIX store received, and some ExecIDs were never forwarded. On restart
@@ -251,6 +274,7 @@ def test_restart_resends_what_was_not_delivered(services, topics, tmp_path: Path
         again = link.reports[len(before):]
         assert sorted(r.exec_id for r in again) == lost, link.logs()
         assert all(r.poss_dup for r in again)
+        assert link.gateway is not None
         assert "resuming inbound at 2" in link.gateway.log_tail(200)
     finally:
         link.stop()
@@ -264,19 +288,10 @@ def test_restart_counts_what_reached_the_topic_after_the_last_commit(
     link = Link(services, topics, tmp_path, {"sim1": {}})
     try:
         orders = fill_then_stop_gateway(link, "c", services)
-        db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
-        with db:
-            db.execute("UPDATE inbound SET delivered_seq = 1")
-            forgotten = db.execute("DELETE FROM forwarded").rowcount
-            db.execute("UPDATE executions_tail SET next_offset = 0")
-        db.close()
+        forgotten = restart_with_store_rolled_back(link, tmp_path, "0")
         assert forgotten > 0
-        link.start_gateway()
-        later = orders_for("d", 3, services)  # after the resend, in sequence order
-        link.send(later)
-        link.collect(all_filled(orders + later), timeout_s=20)
-        twice = [e for e, n in Counter(r.exec_id for r in link.reports).items() if n > 1]
-        assert not twice, link.logs()
+        assert_resend_forwards_nothing_twice(link, orders, "d", services)
+        assert link.gateway is not None
         assert f"{forgotten} ExecIDs found on" in link.gateway.log_tail(500), link.logs()
         assert "resuming inbound at 2" in link.gateway.log_tail(500)
     finally:
@@ -291,18 +306,9 @@ def test_restart_after_the_broker_forgot_its_topics(services, topics, tmp_path: 
     link = Link(services, topics, tmp_path, {"sim1": {}})
     try:
         orders = fill_then_stop_gateway(link, "f", services)
-        db = sqlite3.connect(tmp_path / "gw" / "gateway.sqlite")
-        with db:
-            db.execute("UPDATE inbound SET delivered_seq = 1")
-            db.execute("DELETE FROM forwarded")
-            db.execute("UPDATE executions_tail SET next_offset = next_offset + 1000")
-        db.close()
-        link.start_gateway()
-        later = orders_for("g", 3, services)
-        link.send(later)
-        link.collect(all_filled(orders + later), timeout_s=20)
-        twice = [e for e, n in Counter(r.exec_id for r in link.reports).items() if n > 1]
-        assert not twice, link.logs()
+        restart_with_store_rolled_back(link, tmp_path, "next_offset + 1000")
+        assert_resend_forwards_nothing_twice(link, orders, "g", services)
+        assert link.gateway is not None
         assert "were recreated since the store's offsets" in link.gateway.log_tail(500)
     finally:
         link.stop()
