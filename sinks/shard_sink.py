@@ -110,8 +110,11 @@ class ShardSink(BatchingSink):
             self._hand_off()
 
     def write(self, batch: SinkBatch) -> None:
-        """One topic partition's batch (Quix's unit); `flush` lands all of them at once."""
-        decoded = self._decode([batch])
+        """One topic partition's batch, landed now: BatchingSink's interface. Quix does not
+        call it here (`add` decodes each record into the pending batch, `flush` lands it)."""
+        decoded = ShardBatch()
+        for item in batch:
+            self._add(batch.topic, batch.partition, item.offset, item.key, item.value, decoded)
         if decoded.size():
             self._write(decoded)
         self._flush_dead_letters()
@@ -157,14 +160,6 @@ class ShardSink(BatchingSink):
             raise failure
 
     # -- routing and decoding ----------------------------------------------------------------
-
-    def _decode(self, batches: list[SinkBatch]) -> ShardBatch:
-        decoded = ShardBatch()
-        for batch in batches:
-            for item in batch:
-                self._add(batch.topic, batch.partition, item.offset, item.key, item.value,
-                          decoded)
-        return decoded
 
     def _add(self, topic: str, partition: int, offset: int, key: Any, value: Any,
              decoded: ShardBatch) -> None:
