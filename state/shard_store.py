@@ -401,21 +401,13 @@ def decode_for_shard(family: t.Topic, raw: bytes | None, router: ShardRouter, sh
     rather than dropped)."""
     try:
         message = t.decode(family, raw)
-        owner = _shard_of_account(router.shards, router.partitions_per_shard,
-                                  message.account_id)
+        owner = router.shard_of_account(message.account_id)
     except (DecodeError, ValueError) as error:
         return Refused(str(error))
     if owner != shard:
         return Refused(f"account {message.account_id} belongs to shard {owner}, not to shard "
                        f"{shard} whose partition holds the record: not partitioned by account")
     return message  # type: ignore[no-any-return]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _shard_of_account(shards: int, partitions_per_shard: int, account_id: str) -> int:
-    """Cached: murmur2 in Python costs more per record than decoding it, and a shard's
-    records come from far fewer accounts than records."""
-    return ShardRouter(shards, partitions_per_shard).shard_of_account(account_id)
 
 
 @dataclass
