@@ -17,6 +17,8 @@ System accounts (contra sides):
 
 from __future__ import annotations
 
+import functools
+
 USD = "USD"
 BANK_ACH = "bank:ach"
 BANK_WITHDRAWALS = "bank:withdrawals"
@@ -40,8 +42,10 @@ def clearing(market_maker: str) -> str:
     return f"clearing:{market_maker or 'street'}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_user(ledger_account: str) -> tuple[str, str] | None:
-    """(account_id, bucket) of a user ledger account, or None for a system account."""
+    """(account_id, bucket) of a user ledger account, or None for a system account. Cached:
+    the sinks parse every entry's account, and entries name far fewer accounts than they are."""
     parts = ledger_account.split(":")
     if len(parts) == 3 and parts[0] == "user" and parts[2] in USER_BUCKETS:
         return parts[1], parts[2]

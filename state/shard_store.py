@@ -8,7 +8,6 @@ replaying any part of a topic changes nothing.
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -494,7 +493,7 @@ def position_moves(posting: LedgerTransaction) -> list[PositionMove]:
     shares: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     cash: dict[str, Decimal] = defaultdict(Decimal)
     for entry in posting.entries:
-        owner = _parse_user(entry.ledger_account)
+        owner = la.parse_user(entry.ledger_account)
         if owner is None:
             continue
         account_id, bucket = owner
@@ -505,11 +504,6 @@ def position_moves(posting: LedgerTransaction) -> list[PositionMove]:
             shares[(account_id, entry.asset)] += entry.amount
     return [PositionMove(account_id, symbol, delta, cash[account_id])
             for (account_id, symbol), delta in sorted(shares.items()) if delta != 0]
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _parse_user(ledger_account: str) -> tuple[str, str] | None:
-    return la.parse_user(ledger_account)
 
 
 def apply_move(quantity: Decimal, cost_basis: Decimal, move: PositionMove
