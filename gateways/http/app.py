@@ -105,7 +105,7 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
         gateway.idempotency = IdempotencyRecords(gateway.redis, config.redis_key_prefix,
                                                  config.idempotency_ttl_s, breaker, fallbacks)
         gateway.admission = OrderAdmission(gateway.redis, config.redis_key_prefix,
-                                           config.idempotency_ttl_s, gateway.limiter, breaker,
+                                           gateway.limiter, gateway.idempotency, breaker,
                                            fallbacks)
         quote_cache = AsyncQuoteCache(config.redis_url, config.redis_key_prefix,
                                       socket_timeout_s=redis_timeout_s)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -24,6 +24,8 @@ from gateways.http.metrics import Counter
 from gateways.http.problems import Problem
 from state.messages import Quote
 from state.quote_cache import quotes_key
+
+_T = TypeVar("_T")
 
 # INCR the window's counter and give it a lifetime on first use, in one round trip.
 _HIT = """
@@ -60,6 +62,19 @@ class RedisBreaker:
     def succeeded(self) -> None:
         self._open_until = 0.0
         self.last_error = None
+
+    async def call(self, request: Callable[[], Awaitable[_T]]) -> _T | None:
+        """`request`'s answer; None while Redis is skipped, or when it fails (which opens
+        the breaker)."""
+        if not self.available():
+            return None
+        try:
+            answer = await request()
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            return None
+        self.succeeded()
+        return answer
 
     @property
     def degraded(self) -> bool:
@@ -110,27 +125,21 @@ class RateLimiter:
         self.local = LocalRateLimiter()
 
     async def hit(self, user_id: str, bucket: str, limit_per_s: int, now_ms: int) -> None:
-        count = await self._count_in_redis(user_id, bucket, now_ms)
+        count = await self._breaker.call(
+            lambda: self._hit(keys=[self.window_key(user_id, bucket, now_ms)], args=[2000]))
         if count is None:
-            self._fallbacks.inc(feature=RATE_LIMIT)
-            count = self.local.count(user_id, bucket, now_ms)
-        if count > limit_per_s:
+            self.spend_locally(user_id, bucket, limit_per_s, now_ms)
+        elif int(count) > limit_per_s:
+            raise _too_many(bucket, limit_per_s, now_ms)
+
+    def spend_locally(self, user_id: str, bucket: str, limit_per_s: int, now_ms: int) -> None:
+        """Redis cannot count: this process counts (Problem 429 past the budget)."""
+        self._fallbacks.inc(feature=RATE_LIMIT)
+        if self.local.count(user_id, bucket, now_ms) > limit_per_s:
             raise _too_many(bucket, limit_per_s, now_ms)
 
     def window_key(self, user_id: str, bucket: str, now_ms: int) -> str:
         return f"{self._prefix}{bucket}:{user_id}:{now_ms // 1000}"
-
-    async def _count_in_redis(self, user_id: str, bucket: str, now_ms: int) -> int | None:
-        if not self._breaker.available():
-            return None
-        key = self.window_key(user_id, bucket, now_ms)
-        try:
-            count = int(await self._hit(keys=[key], args=[2000]))
-        except (RedisError, OSError) as error:
-            self._breaker.failed(error)
-            return None
-        self._breaker.succeeded()
-        return count
 
 
 def _text(value: bytes | str) -> str:
@@ -154,53 +163,56 @@ class IdempotencyRecords:
                  breaker: RedisBreaker, fallbacks: Counter) -> None:
         self._client = client
         self._prefix = f"{key_prefix}idempotency:"
-        self._ttl_s = ttl_s
+        self.ttl_s = ttl_s
         self._breaker = breaker
         self._fallbacks = fallbacks
 
-    def _key(self, scope: str, idempotency_key: str) -> str:
+    def key(self, scope: str, idempotency_key: str) -> str:
+        """The Redis key of an idempotency record."""
         return f"{self._prefix}{scope}:{idempotency_key}"
 
     async def claim(self, scope: str, idempotency_key: str, fingerprint: str) -> bool | None:
         """True when this is the key's first use; False for a replay of the same request;
         Problem 409 when the key was used for another request; None when Redis cannot tell
         (down or slow): the command goes on and the topology's idempotency decides."""
-        if not self._breaker.available():
+        key = self.key(scope, idempotency_key)
+
+        async def claim_or_read() -> tuple[bool, bytes | str | None]:
+            if await self._client.set(key, fingerprint, nx=True, ex=self.ttl_s):
+                return True, fingerprint
+            return False, await self._client.get(key)
+
+        answer = await self._breaker.call(claim_or_read)
+        if answer is None:
             self._fallbacks.inc(feature=IDEMPOTENCY)
             return None
-        key = self._key(scope, idempotency_key)
-        try:
-            if await self._client.set(key, fingerprint, nx=True, ex=self._ttl_s):
-                held: bytes | str | None = fingerprint
-                first = True
-            else:
-                held = await self._client.get(key)
-                first = False
-        except (RedisError, OSError) as error:
-            self._breaker.failed(error)
-            self._fallbacks.inc(feature=IDEMPOTENCY)
-            return None
-        self._breaker.succeeded()
+        first, held = answer
         if first:
             return True
         if held is None:  # expired between the two calls: claim again
             return await self.claim(scope, idempotency_key, fingerprint)
-        if _text(held) != fingerprint:
-            raise Problem(409, "idempotency_key_reused",
-                          "this Idempotency-Key was already used with a different request")
-        return False
+        return replayed(held, fingerprint)
 
     async def release(self, scope: str, idempotency_key: str, fingerprint: str) -> None:
         """Forget a claim whose command never reached the broker, so a retry can proceed."""
         if not self._breaker.available():
             return  # the record expires on its own
-        key = self._key(scope, idempotency_key)
+        key = self.key(scope, idempotency_key)
         try:
             held = await self._client.get(key)
             if held is not None and _text(held) == fingerprint:
                 await self._client.delete(key)
         except (RedisError, OSError) as error:
             self._breaker.failed(error)  # the record expires on its own
+
+
+def replayed(held: bytes | str, fingerprint: str) -> bool:
+    """False: the key's record is this request's (a replay); Problem 409 when it is another
+    request's."""
+    if _text(held) != fingerprint:
+        raise Problem(409, "idempotency_key_reused",
+                      "this Idempotency-Key was already used with a different request")
+    return False
 
 
 # An order's Redis work in one round trip: spend the user's budget; within it, claim the
@@ -234,13 +246,12 @@ class OrderAdmission:
     is skipped or fails, the budget is counted in this process, the claim is None (the
     topology's idempotency decides) and there is no reference quote."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str, ttl_s: int,
-                 limiter: RateLimiter, breaker: RedisBreaker, fallbacks: Counter) -> None:
+    def __init__(self, client: aioredis.Redis, key_prefix: str, limiter: RateLimiter,
+                 records: IdempotencyRecords, breaker: RedisBreaker, fallbacks: Counter) -> None:
         self._admit = client.register_script(_ADMIT)
         self._limiter = limiter
-        self._idempotency_prefix = f"{key_prefix}idempotency:"
+        self._records = records
         self._quotes_key = quotes_key(key_prefix)
-        self._ttl_s = ttl_s
         self._breaker = breaker
         self._fallbacks = fallbacks
 
@@ -248,12 +259,12 @@ class OrderAdmission:
                     idempotency_key: str, fingerprint: str, symbol: str) -> Admission:
         """Spend one request of the user's `orders` budget (Problem 429 past it), claim the
         key for `fingerprint` (Problem 409 when another request holds it) and read the quote."""
-        reply = await self._call(user_id, limit_per_s, now_ms, scope, idempotency_key,
-                                 fingerprint, symbol)
+        keys = [self._limiter.window_key(user_id, "orders", now_ms),
+                self._records.key(scope, idempotency_key), self._quotes_key]
+        args: list[str | int] = [2000, limit_per_s, fingerprint, self._records.ttl_s, symbol]
+        reply = await self._breaker.call(lambda: self._admit(keys=keys, args=args))
         if reply is None:
-            self._fallbacks.inc(feature=RATE_LIMIT)
-            if self._limiter.local.count(user_id, "orders", now_ms) > limit_per_s:
-                raise _too_many("orders", limit_per_s, now_ms)
+            self._limiter.spend_locally(user_id, "orders", limit_per_s, now_ms)
             self._fallbacks.inc(feature=IDEMPOTENCY)
             self._fallbacks.inc(feature=QUOTES)
             return Admission(None, None)
@@ -262,29 +273,9 @@ class OrderAdmission:
         _count, claimed, held, raw_quote = (list(reply) + [None, None, None])[:4]
         first: bool | None = True
         if not claimed:
-            if held is None:  # cannot happen in one script; if it did: cannot tell
-                first = None
-            elif _text(held) != fingerprint:
-                raise Problem(409, "idempotency_key_reused",
-                              "this Idempotency-Key was already used with a different request")
-            else:
-                first = False
+            # None: cannot happen in one script; if it did, this process cannot tell.
+            first = None if held is None else replayed(held, fingerprint)
         return Admission(first, _quote(raw_quote))
-
-    async def _call(self, user_id: str, limit_per_s: int, now_ms: int, scope: str,
-                    idempotency_key: str, fingerprint: str, symbol: str) -> list[Any] | None:
-        if not self._breaker.available():
-            return None
-        keys = [self._limiter.window_key(user_id, "orders", now_ms),
-                f"{self._idempotency_prefix}{scope}:{idempotency_key}", self._quotes_key]
-        try:
-            reply = await self._admit(keys=keys, args=[2000, limit_per_s, fingerprint,
-                                                       self._ttl_s, symbol])
-        except (RedisError, OSError) as error:
-            self._breaker.failed(error)
-            return None
-        self._breaker.succeeded()
-        return list(reply)
 
 
 def _quote(raw: bytes | None) -> Quote | None:

@@ -38,7 +38,8 @@ async def _scenario(redis_url: str, prefix: str) -> dict[str, Any]:
     breaker = RedisBreaker(1.0)
     limiter = RateLimiter(client, prefix, breaker, metrics.redis_fallbacks)
     records = IdempotencyRecords(client, prefix, 60, breaker, metrics.redis_fallbacks)
-    admission = OrderAdmission(client, prefix, 60, limiter, breaker, metrics.redis_fallbacks)
+    admission = OrderAdmission(client, prefix, limiter, records, breaker,
+                               metrics.redis_fallbacks)
     seen: dict[str, Any] = {}
     try:
         first = await admission.admit("u1", 3, NOW_MS, "order:a1", "k1", "body-1", "AAPL")
@@ -98,7 +99,8 @@ def test_without_redis_admission_counts_locally_and_cannot_tell() -> None:
     breaker = RedisBreaker(60.0)
     client: Any = _DownRedis()
     limiter = RateLimiter(client, "", breaker, metrics.redis_fallbacks)
-    admission = OrderAdmission(client, "", 60, limiter, breaker, metrics.redis_fallbacks)
+    records = IdempotencyRecords(client, "", 60, breaker, metrics.redis_fallbacks)
+    admission = OrderAdmission(client, "", limiter, records, breaker, metrics.redis_fallbacks)
 
     async def scenario() -> list[Any]:
         answers = [await admission.admit("u1", 2, NOW_MS, "order:a1", f"k{i}", "b", "AAPL")
