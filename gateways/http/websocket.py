@@ -120,23 +120,30 @@ def text_frame(payload: bytes) -> bytes:
 class QuoteFrame:
     """A quote and its frame, encoded on first use and shared by every watcher."""
 
-    __slots__ = ("quote", "_wire")
+    __slots__ = ("quote", "_payload", "_wire")
 
     def __init__(self, quote: Quote) -> None:
         self.quote = quote
+        self._payload: bytes | None = None
         self._wire: bytes | None = None
+
+    @property
+    def payload(self) -> bytes:
+        """The frame's JSON."""
+        if self._payload is None:
+            self._payload = _ENCODER.encode(_QuoteMessage("quote", self.quote))
+        return self._payload
 
     @property
     def wire(self) -> bytes:
         """The whole WebSocket frame, header included, ready for any connection's transport."""
         if self._wire is None:
-            self._wire = text_frame(_ENCODER.encode(_QuoteMessage("quote", self.quote)))
+            self._wire = text_frame(self.payload)
         return self._wire
 
     @property
     def text(self) -> str:
-        wire = self.wire
-        return wire[2 if wire[1] < 126 else 4 if wire[1] == 126 else 10:].decode()
+        return self.payload.decode()
 
 
 class Connection:
