@@ -137,11 +137,7 @@ class GatewayStore:
         """One transaction with everything that changed since the last call. `exec_ids` are
         (exec_id, order_id) or bare ExecIDs; `sent` are (cl_ord_id, kind[, order_id])."""
         with self.db:
-            if exec_ids:
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO forwarded VALUES (?, ?, ?)",
-                    [(e, None, now_ms) if isinstance(e, str) else (e[0], e[1], now_ms)
-                     for e in exec_ids])
+            self._add_forwarded(exec_ids, now_ms)
             if delivered:
                 self.db.executemany(
                     "INSERT INTO inbound VALUES (?, ?) ON CONFLICT(session) DO UPDATE"
@@ -177,8 +173,15 @@ class GatewayStore:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO executions_tail VALUES (?, ?)",
                                 list(next_offsets.items()))
-            self.db.executemany("INSERT OR IGNORE INTO forwarded VALUES (?, NULL, ?)",
-                                [(exec_id, now_ms) for exec_id in exec_ids])
+            self._add_forwarded(exec_ids, now_ms)
+
+    def _add_forwarded(self, exec_ids: Sequence[str | tuple[str, str]], now_ms: int) -> None:
+        """(exec_id, order_id) or bare ExecIDs, inside the caller's transaction."""
+        if exec_ids:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO forwarded VALUES (?, ?, ?)",
+                [(e, None, now_ms) if isinstance(e, str) else (e[0], e[1], now_ms)
+                 for e in exec_ids])
 
     def prune(self, cutoff_ms: int, now_ms: int) -> Pruned:
         """Forget orders closed before `cutoff_ms` with their ClOrdIDs and ExecIDs, and
