@@ -37,7 +37,6 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
-import os
 import sys
 import tempfile
 import threading
@@ -52,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
-from benchmarks.common import machine, percentile  # noqa: E402
+from benchmarks.common import machine, percentile, process_cpu_s  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from state.ids import cl_ord_id_for, order_id_for  # noqa: E402
 from state.messages import (  # noqa: E402
@@ -85,14 +84,8 @@ class Arrival(NamedTuple):
 
 
 def _cpu_s(pid: int | None) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process (all its threads); 0 without one."""
+    return (process_cpu_s(pid) if pid is not None else None) or 0.0
 
 
 def _arrivals(bootstrap: str, topic: str, counted: Any, expected: int, timeout_s: float,

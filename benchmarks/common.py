@@ -21,6 +21,20 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
 
 
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, all its threads (from /proc/<pid>/stat);
+    None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """The value at `fraction` (0..1) of the sorted values (nearest rank)."""
     if not values:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, process_cpu_s  # noqa: E402
 from compose.embedded import free_port, start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from gateways.fix.config import FixGatewayConfig, MarketMakerConfig  # noqa: E402
@@ -76,9 +75,10 @@ def wait_fills(reader: TopicReader, count: int, timeout_s: float,
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a running process so far."""
+    seconds = process_cpu_s(pid)
+    assert seconds is not None, f"process {pid} is gone"
+    return seconds
 
 
 def start_profilers(out_dir: Path | None, gateway_pid: int,

@@ -49,7 +49,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 import aiohttp  # noqa: E402
 
-from benchmarks.common import machine, percentile  # noqa: E402
+from benchmarks.common import machine, percentile, process_cpu_s  # noqa: E402
 from compose.embedded import free_port, start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from gateways.http.config import HttpConfig  # noqa: E402
@@ -396,19 +396,6 @@ def _stages(stack: Any, sent: list[tuple[str, float, float, int]],
         for name, values in stages.items()}}
 
 
-_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _proc_cpu_s(pid: int) -> float | None:
-    """utime + stime of a process (all its threads) from /proc/<pid>/stat; None once gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is fields[0]
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
-
-
 def _stack_services(stack: Any) -> dict[int, str]:
     """pid -> service, for the stack's root and every descendant: a process is named by its
     own command line when it tells (compose.child NAME, tansu, postgres, redis-server), else
@@ -448,7 +435,7 @@ class CpuMeter:
         services = {**_stack_services(self._stack), os.getpid(): "load-generator"}
         snapshot = {}
         for pid, name in services.items():
-            cpu_s = _proc_cpu_s(pid)
+            cpu_s = process_cpu_s(pid)
             if cpu_s is not None:
                 snapshot[pid] = (name, cpu_s)
         return snapshot

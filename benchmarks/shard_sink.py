@@ -47,7 +47,7 @@ import msgspec  # noqa: E402
 import psycopg  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, process_cpu_s  # noqa: E402
 from compose.embedded import start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from sinks.config import SinkConfig  # noqa: E402
@@ -102,18 +102,6 @@ def _count(dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
-
-
 def _backend_pids(conn: psycopg.Connection) -> list[int]:
     """The other client backends of this database (the sink's connections)."""
     return [row[0] for row in conn.execute(
@@ -149,7 +137,7 @@ class _CpuMeter:
 
     def sample(self, pids: list[int]) -> None:
         for pid in pids:
-            cpu = _cpu_s(pid)
+            cpu = process_cpu_s(pid)
             if cpu is not None:
                 self._first.setdefault(pid, cpu)
                 self._last[pid] = cpu
@@ -234,7 +222,7 @@ def _raw_copy(dsn: str, postings: list[LedgerTransaction], table: str = "raw_ent
         backend = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         conn.commit()
         started, client_before = time.perf_counter(), time.process_time()
-        backend_before = _cpu_s(backend) or 0.0
+        backend_before = process_cpu_s(backend) or 0.0
         with conn.cursor() as cur, cur.copy(
                 f"COPY {table} (txn_id, leg, ledger_account, asset, amount, account_id, "
                 "occurred_at) FROM STDIN (FORMAT BINARY)") as copy:
@@ -245,7 +233,7 @@ def _raw_copy(dsn: str, postings: list[LedgerTransaction], table: str = "raw_ent
                                     entry.amount, posting.account_id, posting.occurred_at))
         conn.commit()
         return _Timed(time.perf_counter() - started, time.process_time() - client_before,
-                      (_cpu_s(backend) or 0.0) - backend_before)
+                      (process_cpu_s(backend) or 0.0) - backend_before)
 
 
 def _raw_copy_of_shard(dsn: str, shard: int, transactions: int, accounts: int) -> float:
