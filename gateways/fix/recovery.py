@@ -61,7 +61,7 @@ def read_tail(bootstrap_servers: str, topic: str, starts: Mapping[int, int],
         pending = {p: ends[p] for p in partitions if p in starts and starts[p] < ends[p]}
         read = _read(consumer, topic, pending, idle_s, timeout_s)
         reset = frozenset(p for p, anchor in anchors.items()
-                          if read.firsts.get(p, (None, None))[0] != anchor
+                          if read.firsts.get(p) is None or read.firsts[p][0] != anchor
                           or read.firsts[p][1] not in known)
         exec_ids, read_to = set(read.exec_ids), dict(read.read_to)
         if reset:
