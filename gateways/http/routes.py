@@ -467,9 +467,7 @@ async def cancel_order(request: web.Request) -> web.Response:
            else f"cancel:{order_id}")
     order = await _find_order(gateway, user_id, order_id, request.query.get("account_id"))
     account_id = str(order["account_id"])
-    if order.get("state") in TERMINAL_ORDER_STATES:
-        raise Problem(409, "order_not_open", f"order is {order.get('state')}",
-                      order_id=order_id)
+    _require_open(order, order_id)
     command = CancelOrder(account_id=account_id, idempotency_key=key, order_id=order_id,
                           submitted_at=gateway.clock(), user_id=user_id)
     answer = await request_reply(gateway, command, account_id, key, answers_cancel)
@@ -484,6 +482,13 @@ async def cancel_order(request: web.Request) -> web.Response:
                           "status": "cancel_requested", "idempotency_key": key}, 202)
 
 
+def _require_open(order: dict[str, Any], order_id: str) -> None:
+    """Problem 409 for an order that is already filled, cancelled, rejected or expired."""
+    if order.get("state") in TERMINAL_ORDER_STATES:
+        raise Problem(409, "order_not_open", f"order is {order.get('state')}",
+                      order_id=order_id)
+
+
 async def replace_order(request: web.Request) -> web.Response:
     """New quantity and/or prices for an open order (a FIX cancel/replace downstream)."""
     gateway = gateway_of(request)
@@ -494,9 +499,7 @@ async def replace_order(request: web.Request) -> web.Response:
     order_id = request.match_info["order_id"]
     order = await _find_order(gateway, user_id, order_id, body.account_id)
     account_id = str(order["account_id"])
-    if order.get("state") in TERMINAL_ORDER_STATES:
-        raise Problem(409, "order_not_open", f"order is {order.get('state')}",
-                      order_id=order_id)
+    _require_open(order, order_id)
     check_replace_fits(OrderType(str(order["order_type"])),
                        Decimal(str(order.get("filled_quantity") or 0)), valid)
     scope = f"replace:{account_id}"
