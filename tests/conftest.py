@@ -10,7 +10,6 @@ on loopback ports for the session and stopped at its end. Instead:
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import tempfile
@@ -80,10 +79,6 @@ def services() -> Iterator[Services]:
         yield Services(servers.bootstrap_servers, tuple(servers.shard_dsns), servers.redis_url,
                        embedded=servers)
     finally:
-        # Kafka clients left in reference cycles by tests (apps, gateways) are destroyed
-        # while the broker is still up, not after it: their threads would otherwise retry
-        # it until the interpreter exits, filling the log with "Connection refused".
-        gc.collect()
         servers.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
