@@ -193,15 +193,15 @@ def cmd_schemas(stack: StackConfig, args: argparse.Namespace) -> int:
 
 def cmd_init(stack: StackConfig, args: argparse.Namespace) -> int:
     """Create topics and migrate shards on external servers (a deployment's one-shot job)."""
-    from compose.kafka import create_topics
+    from compose.kafka import prepare_topics
     from state.shard_store import migrate
     from state.topics import topic_specs
 
     endpoints = _running_endpoints(stack)
-    create_topics(endpoints["bootstrap_servers"],
-                  topic_specs(stack.stack.topic_prefix, stack.account_partitions,
-                              stack.stack.symbol_partitions))
-    _print("topics created")
+    epoch = prepare_topics(endpoints["bootstrap_servers"], stack.stack.topic_prefix,
+                           topic_specs(stack.stack.topic_prefix, stack.account_partitions,
+                                       stack.stack.symbol_partitions))
+    _print(f"topics created (broker epoch {epoch})")
     for shard, dsn in enumerate(endpoints["shard_dsns"]):
         migrate(dsn)
         _print(f"shard {shard}: migrated")

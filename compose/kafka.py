@@ -7,7 +7,20 @@ import time
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from compose.exceptions import ServiceStartError
+from state.epoch import ensure_epoch
+from state.exceptions import EpochUnavailable
 from state.topics import TopicSpec
+
+
+def prepare_topics(bootstrap_servers: str, topic_prefix: str, specs: list[TopicSpec],
+                   timeout_s: float = 30.0) -> str:
+    """Every topic created, and the broker's epoch (written when the broker has none: a new
+    cluster, or a broker that forgot its data). Returns the epoch id."""
+    create_topics(bootstrap_servers, specs, timeout_s)
+    try:
+        return ensure_epoch(bootstrap_servers, topic_prefix, timeout_s=timeout_s)
+    except EpochUnavailable as error:
+        raise ServiceStartError(str(error)) from error
 
 
 def create_topics(bootstrap_servers: str, specs: list[TopicSpec], timeout_s: float = 30.0) -> None:

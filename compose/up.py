@@ -22,7 +22,7 @@ from compose.embedded import (
     wait_until,
 )
 from compose.exceptions import ServiceStartError
-from compose.kafka import create_topics
+from compose.kafka import prepare_topics
 from compose.services import Endpoints, service_specs
 from compose.stack import StackConfig
 from compose.supervisor import Supervisor
@@ -60,9 +60,9 @@ def _endpoints(stack: StackConfig, embedded: EmbeddedServers) -> Endpoints:
 def _prepare(stack: StackConfig, endpoints: Endpoints) -> None:
     from state.shard_store import migrate
 
-    create_topics(endpoints.bootstrap_servers,
-                  topic_specs(stack.stack.topic_prefix, stack.account_partitions,
-                              stack.stack.symbol_partitions))
+    prepare_topics(endpoints.bootstrap_servers, stack.stack.topic_prefix,
+                   topic_specs(stack.stack.topic_prefix, stack.account_partitions,
+                               stack.stack.symbol_partitions))
     for dsn in endpoints.shard_dsns:
         migrate(dsn)
 

@@ -19,3 +19,7 @@ class StoreError(StateError):
 
 class ShardUnavailable(StoreError):
     """The shard that owns an account cannot be reached right now."""
+
+
+class EpochUnavailable(StateError):
+    """The broker did not answer, or its epoch record could not be read or written in time."""

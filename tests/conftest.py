@@ -114,11 +114,11 @@ def topic_prefix() -> str:
 @pytest.fixture
 def topics(services: Services, topic_prefix: str) -> str:
     """Create every topic under a fresh prefix and return the prefix."""
-    from compose.kafka import create_topics
+    from compose.kafka import prepare_topics
     from state.topics import topic_specs
 
-    create_topics(services.bootstrap_servers,
-                  topic_specs(topic_prefix, services.account_partitions, 2))
+    prepare_topics(services.bootstrap_servers, topic_prefix,
+                   topic_specs(topic_prefix, services.account_partitions, 2))
     return topic_prefix
 
 
