@@ -41,7 +41,7 @@ from state.domain.account import (
 from state.domain.hydrate import AccountSnapshot, state_or_hydrated
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
 from state.messages import CommandRejected, ExecutionReport, MarketStatus
-from state.router import ShardRouter
+from state.router import ShardRouter, account_partition
 from state.shard_store import load_account_snapshot
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
@@ -173,8 +173,10 @@ class AccountStep:
 
     def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits,
                  cached_accounts_max: int = 2048,
-                 snapshot_loader: SnapshotLoader | None = None) -> None:
+                 snapshot_loader: SnapshotLoader | None = None,
+                 account_partitions: int | None = None) -> None:
         self._prefix = prefix
+        self._account_partitions = account_partitions
         self._market = market
         self._limits = limits
         self._snapshot_loader = snapshot_loader
@@ -191,6 +193,7 @@ class AccountStep:
             message = t.decode(kind, raw)
             if message.account_id != key:
                 raise DecodeError(f"key {key!r} is not the payload's account_id")
+            self._require_account_partition(message.account_id, context.partition)
         except DecodeError as error:
             letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
                                    str(error), now)
@@ -208,6 +211,20 @@ class AccountStep:
         state.set(_STATE_KEY, stored)
         self._cache.put(message.account_id, stored, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
+
+    def _require_account_partition(self, account_id: str, partition: int) -> None:
+        """An account's records live on one partition, or two states of one account would
+        each decide against half of its money: a record elsewhere (a producer that kept
+        another partitioner) is never decided."""
+        partitions = self._account_partitions
+        if partitions is None:
+            return
+        expected = account_partition(account_id, partitions)
+        if partition != expected:
+            raise DecodeError(
+                f"record on partition {partition}, but account {account_id!r} lives on "
+                f"partition {expected} of {partitions}: partition by murmur2 of the key "
+                "(librdkafka partitioner=murmur2_random, the Java client's default)")
 
     def _load(self, account_id: str, state: State, now: dt.datetime) -> AccountState:
         stored = state.get(_STATE_KEY)
@@ -313,8 +330,10 @@ def run(config: AccountTopologyConfig) -> None:
         topics = declare_topics(app, config.kafka.topic_prefix, config.account_partitions)
         loader = (shard_snapshot_loader(config.shard_dsns, config.partitions_per_shard)
                   if config.shard_dsns else None)
-        build_accounts(app, topics, AccountStep(config.kafka.topic_prefix, market,
-                                                risk_limits(config), snapshot_loader=loader))
+        step = AccountStep(config.kafka.topic_prefix, market, risk_limits(config),
+                           snapshot_loader=loader,
+                           account_partitions=config.account_partitions)
+        build_accounts(app, topics, step)
         app.run()
     finally:
         market.stop()

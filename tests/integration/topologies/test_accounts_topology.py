@@ -27,7 +27,7 @@ from state.messages import (
     PlaceOrder,
     Side,
 )
-from state.topics import Topic, decode
+from state.topics import Topic, decode, encode
 from tests.integration.kafka_io import produce, produce_raw, read_topic
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
@@ -186,6 +186,38 @@ def test_malformed_commands_go_to_the_dead_letter_topic(services, topics, topolo
     assert {decode_letter(r.value)["offset"] for r in letters} == {0, 1}
     postings = _postings(services, topics, until=lambda rs: len(rs) >= 1)
     assert any(p.kind == "deposit" for p in postings.values())
+
+
+def test_a_record_off_its_accounts_partition_is_dead_lettered_never_decided(
+        services, topics, topology) -> None:
+    """A producer that keeps librdkafka's default partitioner (crc32) puts an account's records
+    on a partition of another account: decided there, they would meet a second, empty state
+    of the same account. They go to the DLQ with the partition named."""
+    from confluent_kafka import Producer
+
+    from state.router import account_partition
+
+    commands = topics + Topic.ORDERS_COMMANDS
+    partitions = services.account_partitions
+    home = account_partition(ACCOUNT, partitions)
+    wrong = (home + 1) % partitions
+    deposit = Deposit(account_id=ACCOUNT, idempotency_key="dep-wrong-partition",
+                      amount=Decimal("1000.00"), submitted_at=T0)
+    sender = Producer({"bootstrap.servers": services.bootstrap_servers})  # default partitioner
+    sender.produce(commands, key=ACCOUNT.encode(), value=encode(deposit), partition=wrong)
+    assert sender.flush(15) == 0
+    produce(services.bootstrap_servers, commands, [
+        Deposit(account_id=ACCOUNT, idempotency_key="dep-home", amount=Decimal("5.00"),
+                submitted_at=T0)])
+    letters = read_topic(services.bootstrap_servers, topics + "dlq." + Topic.ORDERS_COMMANDS,
+                         until=lambda rs: len(rs) >= 1)
+    letter = decode_letter(letters[0].value)
+    assert letter["partition"] == wrong
+    assert f"lives on partition {home} of {partitions}" in letter["error"]
+    postings = _postings(services, topics, until=lambda rs: len(rs) >= 1)
+    deposits = [p for p in postings.values() if p.kind == "deposit"]
+    assert len(deposits) == 1, deposits
+    assert {abs(e.amount) for e in deposits[0].entries} == {Decimal("5.00")}
 
 
 def decode_letter(raw: bytes) -> dict:
