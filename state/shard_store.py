@@ -762,6 +762,13 @@ SELECT ledger_account, asset, sum(amount) FROM ledger_entries
 """
 
 
+def account_is_open(dsn: str, account_id: str) -> bool:
+    """Whether the account was opened (`POST /v1/accounts` wrote its row in its shard)."""
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT 1 FROM accounts WHERE account_id = %s", (account_id,))
+        return row.fetchone() is not None
+
+
 def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
     """What the account's shard records of it, for the account topology to rebuild the state
     it lost (`state.domain.hydrate`); None when the shard has nothing of the account (a new

@@ -43,6 +43,8 @@ class Reason(StrEnum):
     UNKNOWN_DEPOSIT = "unknown_deposit"
     DEPOSIT_ALREADY_RETURNED = "deposit_already_returned"
     MARKET_MAKER_REJECTED = "market_maker_rejected"
+    UNKNOWN_ACCOUNT = "unknown_account"  # never opened: takes no money and no orders
+    ACCOUNT_UNAVAILABLE = "account_unavailable"  # its shard cannot be read right now
 
 
 @dataclass(frozen=True)

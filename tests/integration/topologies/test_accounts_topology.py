@@ -370,3 +370,42 @@ def test_a_new_account_whose_shard_is_down_is_refused_and_the_rest_goes_on(
                               idle_s=1)
     finally:
         running.stop()
+
+
+def test_an_account_never_opened_takes_no_money_until_it_is_opened(
+        services, topics, tmp_path, fresh_databases) -> None:
+    """A deposit for an account that was never opened is refused with a stable reason and
+    nothing is stored; once the account is opened, the next one is booked."""
+    import psycopg
+
+    from state.ids import account_id_for
+    from state.shard_store import migrate
+
+    pps = services.partitions_per_shard
+    for dsn in fresh_databases:
+        migrate(dsn)
+    account = account_id_for("never-opened", 1, services.shards, pps)
+    config = msgspec.structs.replace(
+        _config(services, topics, tmp_path / "state-open", topics + "accounts-open"),
+        shard_dsns=fresh_databases, partitions_per_shard=pps)
+    running = Topology(config)
+    try:
+        commands = topics + Topic.ORDERS_COMMANDS
+        produce(services.bootstrap_servers, commands, [
+            Deposit(account_id=account, idempotency_key="dep-early", amount=Decimal("9.00"),
+                    submitted_at=T0)])
+        records = read_topic(services.bootstrap_servers, topics + Topic.ORDERS_EVENTS,
+                             until=lambda rs: len(rs) >= 1, timeout_s=60)
+        refused = decode(Topic.ORDERS_EVENTS, records[0].value)
+        assert refused.reason == "unknown_account", refused
+        with psycopg.connect(fresh_databases[1], autocommit=True) as conn:
+            conn.execute("INSERT INTO accounts (account_id, user_id, shard) VALUES (%s, %s, 1)",
+                         (account, "user-1"))
+        produce(services.bootstrap_servers, commands, [
+            Deposit(account_id=account, idempotency_key="dep-opened", amount=Decimal("7.00"),
+                    submitted_at=T0 + dt.timedelta(seconds=1))])
+        postings = _postings(services, topics, until=lambda rs: len(rs) >= 1, timeout_s=60)
+        assert [abs(e.amount) for p in postings.values() for e in p.entries] == [
+            Decimal("7.00"), Decimal("7.00")]
+    finally:
+        running.stop()
