@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -35,8 +34,9 @@ def _print(line: str) -> None:
 def _say(line: str, file: Any = None) -> None:
     """`up`'s output: after SIGHUP the terminal may be gone, and a line that cannot be written
     must not stand in the way of the clean stop."""
-    with contextlib.suppress(OSError):
-        print(line, file=file or sys.stdout, flush=True)
+    from compose.supervisor import write_line
+
+    write_line(line, file or sys.stdout)
 
 
 def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:

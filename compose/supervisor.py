@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import msgspec
 
@@ -29,11 +31,21 @@ RESTART_DELAY_S_MAX = 30.0
 STABLE_AFTER_S = 60.0
 
 
+def write_line(line: str, stream: TextIO) -> None:
+    """One line to the terminal. After SIGHUP the terminal may be gone and writing fails (EIO):
+    that must not break the supervision or the clean stop. Standard output and error then go
+    to /dev/null, so that what is still buffered does not fail Python's own flush at exit."""
+    try:
+        print(line, file=stream, flush=True)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+
 def report_to_stderr(line: str) -> None:
-    # After SIGHUP the terminal may be gone: a report that cannot be written is dropped, it
-    # must not break the supervision or the stop.
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr, flush=True)
+    write_line(line, sys.stderr)
 
 
 @dataclass

@@ -32,8 +32,9 @@ from state.topics import topic_specs
 HEALTH_TIMEOUT_S = 60.0
 # Each of these stops the stack cleanly: Ctrl-C, a service manager, the terminal closed.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# Services stopped because the broker died are restarted anyway: they get less time to go.
-BROKER_LOST_STOP_TIMEOUT_S = 10.0
+# Services stopped because the broker died are restarted anyway and everything durable
+# survives SIGKILL: they get little time to go (one blocked on the dead broker uses it all).
+BROKER_LOST_STOP_TIMEOUT_S = 5.0
 
 
 def _token_secret(stack: StackConfig) -> str:
