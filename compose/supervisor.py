@@ -20,7 +20,7 @@ from typing import TextIO
 import msgspec
 
 from compose.embedded import EmbeddedServers, _die_with_parent
-from compose.exceptions import ServiceStartError
+from compose.exceptions import ComposeError
 from compose.services import ServiceSpec
 
 log = logging.getLogger("brokerage.supervisor")
@@ -154,7 +154,7 @@ class ServerWatch:
     line and started again on its port and data dir, with a growing delay while it keeps
     dying. `on_died(name)` runs when the death is seen, before the restart (the stack stops
     what must not meet the new server); `on_started(name)` runs once it listens again (the
-    stack prepares it); a ServiceStartError from `on_started` counts as one more death."""
+    stack prepares it); a ComposeError from `on_started` counts as one more death."""
 
     def __init__(self, servers: EmbeddedServers,
                  on_died: Callable[[str], None] = lambda name: None,
@@ -192,7 +192,7 @@ class ServerWatch:
     def _restart(self, watched: WatchedServer) -> None:
         try:
             self.servers.restart(watched.name)
-        except ServiceStartError as error:
+        except ComposeError as error:
             self._report(f"server {watched.name} did not start again: {error}; retrying in "
                          f"{watched.delay_s:.1f} s")
             watched.restart_at = time.monotonic() + watched.delay_s
@@ -203,7 +203,7 @@ class ServerWatch:
         watched.restart_at = 0.0
         try:
             self._on_started(watched.name)
-        except ServiceStartError as error:
+        except ComposeError as error:
             # Not usable: stopped, and treated as one more death (the delay keeps growing).
             self.servers.child(watched.name).kill()
             self._died(watched, f"restarted but not usable: {error}", time.monotonic())

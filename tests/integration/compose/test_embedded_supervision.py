@@ -248,6 +248,53 @@ def test_a_killed_broker_is_a_new_epoch_and_orders_are_decided(stack: StackProce
           f"SIGKILL")
 
 
+# ---- the watch alone -----------------------------------------------------------------------
+
+
+def test_a_server_that_cannot_start_again_is_retried_with_a_growing_delay(
+        server_dir: Path) -> None:
+    """Redis killed while something else took its port: each failed start is one line and the
+    next try waits longer; once the port is free, Redis is back on it."""
+    import socket
+
+    from compose.embedded import LOOPBACK, port_open, start_embedded_servers
+    from compose.supervisor import ServerWatch
+
+    servers = start_embedded_servers(server_dir, 0, broker=False, redis=True)
+    reports: list[str] = []
+    started: list[str] = []
+    watch = ServerWatch(servers, on_started=started.append, report=reports.append)
+    squatter = socket.socket()
+    try:
+        redis = servers.child("redis")
+        redis.popen.kill()
+        redis.popen.wait(5)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((LOOPBACK, servers.redis_port))
+        squatter.listen()
+
+        def failed_twice() -> bool:
+            watch.poll()
+            return sum("did not start again" in line for line in reports) >= 2
+
+        eventually(failed_twice, timeout_s=30, interval_s=0.05)
+        assert "server redis exited with code -9; restarting in 0.5 s" in reports[0], reports
+        assert "already in use; retrying in 1.0 s" in reports[1], reports
+        assert "retrying in 2.0 s" in reports[2], reports
+        squatter.close()
+
+        def back() -> bool:
+            watch.poll()
+            return servers.child("redis").alive() and port_open(servers.redis_port)
+
+        eventually(back, timeout_s=30, interval_s=0.05)
+        assert started == ["redis"] and watch.watched["redis"].restarts == 1
+        assert reports[-1].startswith("server redis is back after"), reports
+    finally:
+        squatter.close()
+        servers.stop()
+
+
 # ---- SIGHUP --------------------------------------------------------------------------------
 
 
