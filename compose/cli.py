@@ -31,28 +31,42 @@ def _print(line: str) -> None:
 # ---- up ------------------------------------------------------------------------------------
 
 
-def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
-    from compose.up import running_stack, serve_until_signalled, wait_healthy
+def _say(line: str, file: Any = None) -> None:
+    """`up`'s output: after SIGHUP the terminal may be gone, and a line that cannot be written
+    must not stand in the way of the clean stop."""
+    from compose.supervisor import write_line
 
+    write_line(line, file or sys.stdout)
+
+
+def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.up import (
+        interrupt_on_stop_signals,
+        running_stack,
+        serve_until_signalled,
+        wait_healthy,
+    )
+
+    interrupt_on_stop_signals()
     started = dt.datetime.now(dt.UTC)
-    _print(f"starting the stack in {stack.data_dir} ...")
+    _say(f"starting the stack in {stack.data_dir} ...")
     with running_stack(stack) as running:
         problems = wait_healthy(running, args.health_timeout_s)
         elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
         for name, url in running.urls().items():
-            _print(f"  {name:<14} {url}")
+            _say(f"  {name:<14} {url}")
         if problems:
             for problem in problems:
-                print(f"brokerage up: unhealthy: {problem}", file=sys.stderr)
+                _say(f"brokerage up: unhealthy: {problem}", sys.stderr)
             return 1
-        _print(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
+        _say(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
         if args.check:
-            _print("check passed; stopping")
+            _say("check passed; stopping")
             return 0
-        _print("press Ctrl-C to stop")
+        _say("press Ctrl-C to stop")
         serve_until_signalled(running)
-        _print("stopping ...")
-    _print("stopped")
+        _say("stopping ...")
+    _say("stopped")
     return 0
 
 
