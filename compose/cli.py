@@ -108,27 +108,30 @@ def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
 
 def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
     """Per shard: balances recomputed from entries against the materialised ones, every
-    transaction summing to zero, positions against entries; then the materialised balances
-    against those the stream implies (ledger.postings of the shard's partitions, up to what
-    the sink has landed)."""
-    from compose.shard_rebuild import stream_balances
+    transaction summing to zero, positions against entries; then against the stream
+    (ledger.postings of the shard's partitions, up to what the sink has landed), as far as
+    what the shard landed is of the broker's current log (epoch): what was landed under an
+    earlier epoch cannot be compared with the stream, and the output says so."""
+    from compose.shard_rebuild import current_epoch, describe_current, reconcile_shard_with_stream
     from state.router import ShardRouter
-    from state.shard_store import reconcile, reconcile_with_stream, sink_offsets
-    from state.topics import Topic
+    from state.shard_store import reconcile
 
     endpoints = _running_endpoints(stack)
     router = ShardRouter(stack.stack.shards, stack.stack.partitions_per_shard)
-    postings = stack.stack.topic_prefix + Topic.LEDGER_POSTINGS
+    current = current_epoch(endpoints["bootstrap_servers"], stack.stack.topic_prefix)
+    _print(f"broker: {describe_current(current)}")
     differences = 0
     for shard, dsn in enumerate(endpoints["shard_dsns"]):
-        landed = {partition: offset for (topic, partition), offset in sink_offsets(dsn).items()
-                  if topic == postings}
-        streamed = stream_balances(endpoints["bootstrap_servers"], stack.stack.topic_prefix,
-                                   router.partitions_of_shard(shard), offsets_max=landed)
-        found = reconcile(dsn) + reconcile_with_stream(dsn, streamed)
+        found = reconcile(dsn)
+        streamed = reconcile_shard_with_stream(
+            endpoints["bootstrap_servers"], stack.stack.topic_prefix, dsn,
+            router.partitions_of_shard(shard), current)
+        found += streamed.differences
         _print(f"shard {shard}: {'clean' if not found else f'{len(found)} differences'}")
         for line in found:
             _print(f"  {line}")
+        for note in streamed.notes:
+            _print(f"  note: {note}")
         differences += len(found)
     return 1 if differences else 0
 
