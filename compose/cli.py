@@ -28,6 +28,28 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _date_arg(text: str) -> dt.date:
+    """An argparse type: the error names the expected form (argparse names the flag)."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date as YYYY-MM-DD (e.g. 2026-12-04), got {text!r}") from None
+
+
+def _time_arg(text: str) -> dt.datetime:
+    """An RFC 3339 time with its UTC offset (a time without one names no instant)."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time with its offset (e.g. 2026-12-04T14:30:00Z), "
+            f"got {text!r}")
+    return when
+
+
 # ---- up ------------------------------------------------------------------------------------
 
 
@@ -79,6 +101,8 @@ def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
     running: dict[str, Any] = {}
     if state_file.exists():
         running = json.loads(state_file.read_text())
+        if not _alive(running.get("pid")):
+            running = {}  # left behind by a stack that was killed: its servers are gone
     endpoints = {
         "bootstrap_servers": stack.kafka.bootstrap_servers or running.get("bootstrap_servers"),
         "shard_dsns": list(stack.postgres.shard_dsns) or running.get("shard_dsns"),
@@ -89,6 +113,18 @@ def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
         raise ComposeError(f"no running stack in {stack.data_dir} and the stack file names no "
                            f"{', '.join(missing)}: start `brokerage up` first")
     return endpoints
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # written before the pid was recorded: take it at its word
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
@@ -295,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--to", required=True, help="destination topic")
     start = replay.add_mutually_exclusive_group()
     start.add_argument("--from-offset", type=int, default=None)
-    start.add_argument("--from-time", type=dt.datetime.fromisoformat, default=None,
+    start.add_argument("--from-time", type=_time_arg, default=None,
                        help="RFC 3339 time; records at or after it")
     topics.set_defaults(handler=cmd_topics)
 
@@ -318,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     expire = commands.add_parser(
         "expire", help="day end: expire every account's open day orders and release holds")
-    expire.add_argument("--date", type=dt.date.fromisoformat,
+    expire.add_argument("--date", type=_date_arg,
                         default=dt.datetime.now(dt.UTC).date(),
                         help="trading day (YYYY-MM-DD); default today (UTC)")
     expire.set_defaults(handler=cmd_expire)
@@ -326,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     settle = commands.add_parser(
         "settle", help="T+1 settlement: settle every account's trades of the business day "
         "before --date and print the netting per market maker and symbol")
-    settle.add_argument("--date", type=dt.date.fromisoformat,
+    settle.add_argument("--date", type=_date_arg,
                         default=dt.datetime.now(dt.UTC).date(),
                         help="settlement date (YYYY-MM-DD, a business day); default today "
                         "(UTC); holidays are not modelled")
@@ -367,6 +403,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - a server that is down: one line, not a trace
+        line = _unreachable(error)
+        if line is None:
+            raise
+        print(f"brokerage: {line}", file=sys.stderr)
+        return 1
+
+
+def _unreachable(error: Exception) -> str | None:
+    """One line for an error that means a server of the stack cannot be reached."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    from state.exceptions import EpochUnavailable, StoreError
+
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, psycopg.OperationalError):
+        return f"a shard database cannot be reached: {first_line}"
+    if isinstance(error, KafkaException | EpochUnavailable):
+        return f"the broker cannot be reached: {first_line}"
+    if isinstance(error, StoreError):
+        return f"a store cannot be reached: {first_line}"
+    return None
 
 
 if __name__ == "__main__":
