@@ -34,7 +34,7 @@ import psycopg
 
 from state import topics as t
 from state.ids import order_id_for
-from state.messages import Message, PlaceOrder
+from state.messages import Command, PlaceOrder
 
 # Outcome events occur at the topology's clock, after the gateway's `submitted_at`; the slack
 # covers clocks of different hosts and bounds the index range each check reads.
@@ -134,16 +134,14 @@ class JournalEntry:
     submitted_at: dt.datetime
 
     @classmethod
-    def of(cls, message: Message) -> JournalEntry:
-        account_id: str = message.account_id  # type: ignore[union-attr]
-        key: str = message.idempotency_key  # type: ignore[union-attr]
-        tag = type(message).__struct_config__.tag
+    def of(cls, command: Command) -> JournalEntry:
+        account_id, key = command.account_id, command.idempotency_key
+        tag = type(command).__struct_config__.tag
         assert isinstance(tag, str)
         return cls(account_id=account_id, idempotency_key=key, command_type=tag,
-                   order_id=order_id_for(account_id, key) if isinstance(message, PlaceOrder)
+                   order_id=order_id_for(account_id, key) if isinstance(command, PlaceOrder)
                    else None,
-                   payload=t.encode(message),
-                   submitted_at=message.submitted_at)  # type: ignore[union-attr]
+                   payload=t.encode(command), submitted_at=command.submitted_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,7 @@ from state.topics import Topic
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+COMMANDS = (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw)  # what the gateway sends
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
@@ -182,6 +183,7 @@ async def _journal(gateway: Gateway, message: Message) -> str | None:
     if gateway.journal is None:
         return None
     claim = new_claim()
+    assert isinstance(message, COMMANDS), f"{type(message).__name__} is not a command"
     try:
         await gateway.journal.write(JournalEntry.of(message), claim)
     except StoreError as error:
@@ -193,7 +195,8 @@ async def _journal(gateway: Gateway, message: Message) -> str | None:
 
 
 async def _withdraw(gateway: Gateway, account_id: str, message: Message, claim: str) -> None:
-    key: str = message.idempotency_key  # type: ignore[union-attr]
+    assert isinstance(message, COMMANDS)
+    key = message.idempotency_key
     try:
         await gateway.journal.withdraw(account_id, key, claim)
     except StoreError as error:

@@ -15,7 +15,7 @@ from state.domain.account import IDEMPOTENCY_RETENTION, AccountState
 from state.domain.hydrate import AccountSnapshot, SnapshotJournaled, hydrate
 from state.ids import order_id_for
 from state.intake_journal import JournalEntry
-from state.messages import CommandAccepted, CommandRejected, OrderEvent, OrderState
+from state.messages import Command, CommandAccepted, CommandRejected, OrderEvent, OrderState
 from state.topics import Topic
 
 from .builders import ACCOUNT, Driver, cancel, deposit, of_type
@@ -23,13 +23,13 @@ from .test_hydrate import THURSDAY, WEDNESDAY, limit, on, run, snapshot_of, stor
 
 RESTARTED_AT = on(THURSDAY, 8)
 # Acknowledged on Wednesday morning, lost with the broker; business after them landed.
-LOST = [deposit("j-dep", "300.00", on(WEDNESDAY, 11)),
+LOST: list[Command] = [deposit("j-dep", "300.00", on(WEDNESDAY, 11)),
         limit("j-buy", "buy", "2", "50", on(WEDNESDAY, 11, 1)),
         cancel("j-cancel", "j-buy", on(WEDNESDAY, 11, 2))]
 
 
-def journaled(*messages: object) -> tuple[SnapshotJournaled, ...]:
-    entries = [JournalEntry.of(m) for m in messages]  # type: ignore[arg-type]
+def journaled(*messages: Command) -> tuple[SnapshotJournaled, ...]:
+    entries = [JournalEntry.of(m) for m in messages]
     return tuple(SnapshotJournaled(idempotency_key=e.idempotency_key,
                                    command_type=e.command_type, submitted_at=e.submitted_at)
                  for e in entries)
