@@ -58,7 +58,7 @@ class ShardJournal:
 
     async def open(self) -> None:
         self._pools = [
-            AsyncConnectionPool(dsn, min_size=1, max_size=4, open=False, timeout=POOL_TIMEOUT_S,
+            AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=POOL_TIMEOUT_S,
                                 kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
                                 name=f"journal{shard}")
             for shard, dsn in enumerate(self._dsns)]
