@@ -126,6 +126,7 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "redis_key_prefix": stack.stack.topic_prefix,
               "token_secret": endpoints.token_secret,
               "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms,
+              "journal_replay_after_s": stack.http.journal_replay_after_s,
               "fix_store_dir": str(data_dir / "fix" / "gateway")}
     return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
                        config)

@@ -69,6 +69,9 @@ class HttpSection(_Section, frozen=True, kw_only=True):
     token_secret: str = ""
     token_ttl_s: int = 900
     reply_wait_ms: int = 2000
+    # Durable intake: an acknowledged command without an outcome in its shard is re-published
+    # at once after a broker epoch change, else once it is this old (gateways.http.journal).
+    journal_replay_after_s: float = 5.0
 
 
 class MarketMakerSection(_Section, frozen=True, kw_only=True):

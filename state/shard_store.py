@@ -22,8 +22,9 @@ from psycopg import sql
 from state import ledger_accounts as la
 from state import topics as t
 from state.domain import shard_snapshot as snap
-from state.domain.hydrate import AccountSnapshot
+from state.domain.hydrate import AccountSnapshot, SnapshotJournaled
 from state.exceptions import DecodeError, StoreError
+from state.intake_journal import undecided_of_account
 from state.messages import (
     AccountEvent,
     Alert,
@@ -927,7 +928,13 @@ def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
             clearing: dict[str, dict[str, Decimal]] = defaultdict(dict)
             for name, asset, amount in conn.execute(_SNAPSHOT_CLEARING_SQL, params):
                 clearing[name][asset] = amount
-    return snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
+            journaled = tuple(
+                SnapshotJournaled(idempotency_key=key, command_type=kind, submitted_at=at)
+                for key, kind, at in undecided_of_account(conn, account_id))
+    snapshot = snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
+    if snapshot is None or not journaled:
+        return snapshot
+    return msgspec.structs.replace(snapshot, journaled=journaled)
 
 
 _EVENT_DECODER = msgspec.json.Decoder(AccountEvent)

@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from gateways.http.bus import CommandProducer, TopicTail
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY, Gateway
+from gateways.http.journal import REPLAYER, JournalReplayer, ShardJournal, run_replayer
 from gateways.http.limits import (
     IdempotencyRecords,
     OrderAdmission,
@@ -116,10 +117,19 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
         await reader.open()
         gateway.reader = reader
         closers.append(reader.close)
+        journal = ShardJournal(config.shard_dsns, config.partitions_per_shard)
+        await journal.open()
+        closers.append(journal.close)
         producer = CommandProducer(config.bootstrap_servers, config.delivery_timeout_ms,
                                    config.produce_linger_ms)
         gateway.producer = producer
         closers.append(lambda: loop.run_in_executor(None, producer.close))
+        replayer = app[REPLAYER]
+        # New entries carry the epoch they are produced under: read it before serving
+        # (None, broker down: the first replay pass re-publishes them, harmlessly).
+        journal.epoch = await replayer.read_epoch()
+        replayer.journal, replayer.producer = journal, producer
+        gateway.journal = journal
         gateway.hub = StreamHub(metrics=gateway.metrics)
         closers.append(gateway.hub.close)
         events_tail = TopicTail(
@@ -213,5 +223,7 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/", web_page)
     app.router.add_static("/static/", STATIC_DIR)
+    app[REPLAYER] = JournalReplayer(config)
     app.cleanup_ctx.append(backends or open_backends)
+    app.cleanup_ctx.append(run_replayer)
     return app

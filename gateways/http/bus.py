@@ -70,6 +70,10 @@ class CommandProducer:
 
     async def produce(self, topic: str, key: str, message: Message) -> None:
         """Return once the broker has the record; BrokerUnavailable otherwise."""
+        await self.produce_raw(topic, key, t.encode(message))
+
+    async def produce_raw(self, topic: str, key: str, value: bytes) -> None:
+        """`produce` of an encoded message (the journal replays the bytes it stored)."""
         loop = self._loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -77,7 +81,7 @@ class CommandProducer:
             self._settled.append((done, error))  # on the poll thread, inside poll()
 
         try:
-            self._live().produce(topic, key=key.encode(), value=t.encode(message),
+            self._live().produce(topic, key=key.encode(), value=value,
                                  on_delivery=on_delivery)
         except (BufferError, KafkaException) as error:
             raise BrokerUnavailable(f"broker refused the record: {error}") from error

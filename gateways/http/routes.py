@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from gateways.http.validation import (
 from state.domain.risk import Reason
 from state.exceptions import StoreError
 from state.ids import order_id_for
+from state.intake_journal import JournalEntry, new_claim
 from state.messages import (
     TERMINAL_ORDER_STATES,
     CancelOrder,
@@ -58,6 +60,8 @@ from state.messages import (
 from state.topics import Topic
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+COMMANDS = (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw)  # what the gateway sends
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
@@ -159,13 +163,62 @@ def query_account(request: web.Request) -> str:
 
 
 async def send_command(gateway: Gateway, message: Message, account_id: str) -> None:
+    """Journal the command in the account's shard, then produce it: what the broker took is
+    durable before any answer says so (gateways.http.journal replays it after a reset). A
+    shard that cannot be written is a 503 with nothing sent; a command the broker did not take
+    is taken out of the journal again (when no retry of the same key claimed it since)."""
+    claim = await _journal(gateway, message)
     try:
         await gateway.producer.produce(gateway.topic(Topic.ORDERS_COMMANDS), account_id, message)
     except BrokerUnavailable as error:
         gateway.metrics.commands.inc(outcome="broker_unavailable")
+        if claim is not None:
+            await _withdraw(gateway, account_id, message, claim)
         raise Problem(503, "broker_unavailable", f"the command was not taken: {error}",
                       headers={"Retry-After": "1"}) from error
     gateway.metrics.commands.inc(outcome="produced", type=type(message).__name__)
+
+
+async def _journal(gateway: Gateway, message: Message) -> str | None:
+    if gateway.journal is None:
+        return None
+    claim = new_claim()
+    assert isinstance(message, COMMANDS), f"{type(message).__name__} is not a command"
+    try:
+        await gateway.journal.write(JournalEntry.of(message), claim)
+    except StoreError as error:
+        gateway.metrics.commands.inc(outcome="journal_unavailable")
+        raise Problem(503, "store_unavailable",
+                      f"the command could not be journaled; nothing was sent: {error}",
+                      headers={"Retry-After": "1"}) from error
+    return claim
+
+
+async def _withdraw(gateway: Gateway, account_id: str, message: Message, claim: str) -> None:
+    assert isinstance(message, COMMANDS)
+    key = message.idempotency_key
+    try:
+        await gateway.journal.withdraw(account_id, key, claim)
+    except StoreError as error:
+        # Left in the journal, the command is published when the broker is back: a retry
+        # with the same key finds it decided.
+        log.warning("journal entry %s/%s not withdrawn: %s", account_id, key, error)
+
+
+def _refusal(answer: Any) -> bool:
+    """The topology refused the command itself (not as another body's key)."""
+    if isinstance(answer, CommandRejected):
+        return answer.reason != Reason.DUPLICATE_IDEMPOTENCY_KEY
+    return isinstance(answer, OrderEvent) and answer.state == OrderState.REJECTED
+
+
+async def _note_refusal(gateway: Gateway, account_id: str, key: str) -> None:
+    """A refusal the client is told about is final: the journal must not replay the command
+    after a reset that lost the refusal (a second decision could accept it)."""
+    try:
+        await gateway.journal.mark_decided(account_id, key)
+    except StoreError as error:
+        log.warning("journal entry %s/%s not marked decided: %s", account_id, key, error)
 
 
 async def request_reply(gateway: Gateway, message: Message, account_id: str, key: str,
@@ -178,6 +231,8 @@ async def request_reply(gateway: Gateway, message: Message, account_id: str, key
         answer = await gateway.replies.wait(future, gateway.config.reply_wait_ms / 1000)
     finally:
         gateway.replies.forget(account_id, key, future)
+    if gateway.journal is not None and _refusal(answer):
+        await _note_refusal(gateway, account_id, key)
     gateway.metrics.replies.inc(outcome="timeout" if answer is None else "answered")
     return answer
 

@@ -14,7 +14,12 @@ cannot tell is taken on the safe side, so that nothing is applied twice:
 - `commands_forgotten_until` and `executions_forgotten_until` are set to `as_of`: a command with
   a key the snapshot does not hold, submitted at or before the snapshot, is refused
   (`command_too_old`); an execution for an order the snapshot does not hold, from at or before
-  it, is alerted and not booked.
+  it, is alerted and not booked. Except for commands the HTTP gateway acknowledged that have no
+  outcome on record (`journaled`, from the intake journal): the journal re-publishes them after
+  a broker reset, and other commands landed after them must not make them too old. The command
+  cut-off then lies just before the first of them (never before the records the snapshot reads,
+  `IDEMPOTENCY_RETENTION`): a key unknown to the snapshot and submitted after that has no trace
+  on record, so it was never applied and deciding it now applies it once.
 - an idempotency key whose body the shard does not record gets the digest `UNKNOWN_DIGEST` (or
   a best guess): any reuse of that key is refused as a different body, never applied again.
 - the settled/unsettled split of a sell's reserve is the ledger's, capped by the shares bought on
@@ -53,6 +58,7 @@ from state.domain.account import (
 from state.domain.lots import SettlementLot, bought_by_symbol, lot_key
 from state.domain.money import ZERO
 from state.domain.orders import Order, PendingReplace
+from state.ids import order_id_for
 from state.messages import TERMINAL_ORDER_STATES, OrderState, OrderType, Side, TimeInForce
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "SnapshotCommand",
     "SnapshotDeposit",
     "SnapshotFill",
+    "SnapshotJournaled",
     "SnapshotOrder",
     "hydrate",
     "state_or_hydrated",
@@ -136,6 +143,14 @@ class SnapshotFill(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     booked_at: dt.datetime
 
 
+class SnapshotJournaled(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A command the HTTP gateway acknowledged (its intake journal) with no outcome on record."""
+
+    idempotency_key: str
+    command_type: str
+    submitted_at: dt.datetime
+
+
 class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     account_id: str
     as_of: dt.datetime  # the newest ledger transaction or event of the account
@@ -148,6 +163,7 @@ class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # The account's share of each clearing account (clearing account -> asset -> amount): its
     # fills less what settlement moved out, i.e. what its unsettled lots must add up to.
     clearing_outstanding: dict[str, dict[str, Decimal]] = msgspec.field(default_factory=dict)
+    journaled: tuple[SnapshotJournaled, ...] = ()  # by submission
 
 
 # ---- the shell's entry ----------------------------------------------------------------------
@@ -187,11 +203,31 @@ def hydrate(snapshot: AccountSnapshot, now: dt.datetime) -> AccountState:
     _restore_commands(state, snapshot.commands, now)
     _restore_deposits(state, snapshot.deposits, now)
     _restore_fills(state, snapshot, now)
-    state.commands_forgotten_until = _latest(state.commands_forgotten_until, [snapshot.as_of])
+    state.commands_forgotten_until = _latest(state.commands_forgotten_until,
+                                             [_unrecorded_until(state, snapshot)])
     state.executions_forgotten_until = _latest(state.executions_forgotten_until,
                                                [snapshot.as_of])
     check_invariants(state)
     return state
+
+
+def _unrecorded_until(state: AccountState, snapshot: AccountSnapshot) -> dt.datetime:
+    """Unknown keys submitted at or before this are refused as too old: the snapshot's time,
+    or just before the first journaled command without an outcome (not before the records'
+    window; see the module docstring)."""
+    as_of = _utc(snapshot.as_of)
+    pending = [_utc(c.submitted_at) for c in snapshot.journaled
+               if not _key_known(state, c.idempotency_key)]
+    if not pending or min(pending) > as_of:
+        return as_of
+    return max(min(pending) - _JUST_BEFORE, as_of - IDEMPOTENCY_RETENTION)
+
+
+_JUST_BEFORE = dt.timedelta(microseconds=1)
+
+
+def _key_known(state: AccountState, key: str) -> bool:
+    return key in state.commands or state.order(order_id_for(state.account_id, key)) is not None
 
 
 def _positions(balances: dict[str, dict[str, Decimal]]) -> dict[str, Decimal]:
