@@ -176,7 +176,9 @@ class JournalReplayer:
             return []
         topic = self.config.topic_prefix + Topic.ORDERS_COMMANDS
         results = await asyncio.gather(
-            *(self.producer.produce_raw(topic, e.account_id, e.payload) for e in entries),
+            *(self.producer.produce_raw(topic, e.account_id, e.payload,
+                                        int(e.journaled_at.timestamp() * 1000))
+              for e in entries),
             return_exceptions=True)
         taken = []
         for entry, result in zip(entries, results, strict=True):
