@@ -174,12 +174,17 @@ def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
 
 def cmd_market_status(stack: StackConfig, args: argparse.Namespace) -> int:
     from compose import topics_cli
+    from state.messages import normalise_symbol
 
     status = {"halt": "halted", "restrict": "restricted", "resume": "open"}[args.command]
+    try:
+        symbol = normalise_symbol(args.symbol)
+    except ValueError as error:
+        raise ComposeError(str(error)) from None
     bootstrap = _running_endpoints(stack)["bootstrap_servers"]
-    topics_cli.publish_market_status(bootstrap, stack.stack.topic_prefix, args.symbol.upper(),
-                                     status, args.reason)
-    _print(f"{args.symbol.upper()}: {status}")
+    topics_cli.publish_market_status(bootstrap, stack.stack.topic_prefix, symbol, status,
+                                     args.reason)
+    _print(f"{symbol}: {status}")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import typing
 from decimal import Decimal
 from enum import StrEnum
@@ -22,6 +23,19 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 # lookahead refuses it and keeps the pattern valid JSON Schema (ECMA-262) as well.
 SYMBOL_PATTERN = r"^[A-Z][A-Z0-9.\-]{0,9}(?!\n)$"
 Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
+SYMBOL_RULE = ("1 to 10 characters: a letter, then letters, digits, '.' or '-' "
+               "(e.g. AAPL, BRK.B)")
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
+
+
+def normalise_symbol(text: str) -> str:
+    """The one symbol rule of every edge that reads a person's text (HTTP, the CLI): letters
+    are read as upper case; anything else outside the rule is refused (ValueError) with the
+    rule in words. Topics carry upper case only (the JSON Schema's pattern)."""
+    symbol = text.upper()
+    if _SYMBOL_RE.search(symbol) is None:
+        raise ValueError(f"{text[:20]!r} is not a symbol: {SYMBOL_RULE}")
+    return symbol
 # The schema versions this code reads: a payload of another version is refused (DLQ), never
 # decided as if it were the one it knows.
 Version1 = typing.Literal[1]

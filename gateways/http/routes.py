@@ -56,6 +56,7 @@ from state.messages import (
     ReplaceOrder,
     Side,
     Withdraw,
+    normalise_symbol,
 )
 from state.topics import Topic
 
@@ -65,7 +66,6 @@ COMMANDS = (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw)  # what th
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
-_SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 _ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 CANDLE_INTERVALS = ("1m", "5m", "1h", "1d")
@@ -393,13 +393,14 @@ async def place_order(request: web.Request) -> web.Response:
     scope = f"order:{account_id}"
     fingerprint = _ENCODER.encode(body).decode()
     # None: Redis cannot tell whether the key was used; the topology's idempotency decides.
+    symbol = normalise_symbol(body.symbol)  # the body's pattern admits only symbols
     claimed, quote = await _admit_order(gateway, user_id, now, scope, key, fingerprint,
-                                        body.symbol)
+                                        symbol)
     if claimed is False:
         return await _replayed_order(gateway, account_id, order_id, key)
     try:
         command = PlaceOrder(
-            account_id=account_id, idempotency_key=key, symbol=body.symbol, side=body.side,
+            account_id=account_id, idempotency_key=key, symbol=symbol, side=body.side,
             order_type=body.order_type, quantity=valid.quantity,
             time_in_force=body.time_in_force, limit_price=valid.limit_price,
             stop_price=valid.stop_price, submitted_at=gateway.clock(), user_id=user_id,
@@ -614,17 +615,17 @@ async def activities(request: web.Request) -> web.Response:
 
 
 def _symbols(text: str) -> list[str]:
-    symbols = [part.strip().upper() for part in text.split(",") if part.strip()]
+    symbols = [part.strip() for part in text.split(",") if part.strip()]
     if not symbols:
         raise Problem(400, "missing_parameter", "symbols query parameter required",
                       field="symbols")
     if len(symbols) > QUOTE_SYMBOLS_MAX:
         raise Problem(400, "too_many_symbols", f"at most {QUOTE_SYMBOLS_MAX} symbols",
                       field="symbols")
-    for symbol in symbols:
-        if not _SYMBOL_RE.match(symbol):
-            raise Problem(400, "invalid_symbol", f"{symbol[:20]!r} is not a symbol",
-                          field="symbols")
+    try:
+        symbols = [normalise_symbol(symbol) for symbol in symbols]
+    except ValueError as error:
+        raise Problem(400, "invalid_symbol", str(error), field="symbols") from None
     return list(dict.fromkeys(symbols))
 
 
@@ -640,9 +641,10 @@ async def quotes(request: web.Request) -> web.Response:
 async def candles(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     await authenticate(request, "reads")
-    symbol = request.match_info["symbol"].upper()
-    if not _SYMBOL_RE.match(symbol):
-        raise Problem(400, "invalid_symbol", f"{symbol[:20]!r} is not a symbol", field="symbol")
+    try:
+        symbol = normalise_symbol(request.match_info["symbol"])
+    except ValueError as error:
+        raise Problem(400, "invalid_symbol", str(error), field="symbol") from None
     interval = request.query.get("interval", "1m")
     if interval not in CANDLE_INTERVALS:
         raise Problem(400, "invalid_parameter",

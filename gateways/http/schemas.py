@@ -9,13 +9,14 @@ from typing import Annotated, Any
 import msgspec
 
 from gateways.http.auth import USER_ID_PATTERN
-from state.messages import OrderState, OrderType, Side, TimeInForce
+from state.messages import SYMBOL_RULE, OrderState, OrderType, Side, TimeInForce
 
 DecimalString = Annotated[str, msgspec.Meta(
     min_length=1, max_length=40, description="a decimal number as a string, e.g. \"209.50\"")]
 AccountIdField = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SymbolField = Annotated[str, msgspec.Meta(
-    pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$", description="upper-case ticker, e.g. AAPL")]
+    pattern=r"^[A-Za-z][A-Za-z0-9.\-]{0,9}(?!\n)$",
+    description="ticker, e.g. AAPL (" + SYMBOL_RULE + "; lower case is read as upper case)")]
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -252,7 +252,8 @@ BAD_ORDERS = [
     ({"order_type": "iceberg"}, 422, "invalid_field"),
     ({"side": "short"}, 422, "invalid_field"),
     ({"time_in_force": "fok"}, 422, "invalid_field"),
-    ({"symbol": "aapl"}, 422, "invalid_field"),
+    ({"symbol": "AAPL\n"}, 422, "invalid_field"),
+    ({"symbol": "AA PL"}, 422, "invalid_field"),
     ({"extra": 1}, 422, "invalid_field"),
     ({"account_id": "acc_someone_else"}, 404, "account_not_found"),
 ]
@@ -295,6 +296,23 @@ def test_malformed_oversized_and_keyless_orders() -> None:
                                        headers={**headers, "Content-Type": "text/plain"})
         assert wrong_type.status == 415
         assert fakes.producer.produced == []
+
+    run(scenario)
+
+
+def test_a_lower_case_symbol_is_read_as_upper_case_as_everywhere() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.quotes.quotes["AAPL"] = quote("AAPL", "209.40", "209.45")
+        fakes.producer.respond = accept_everything
+        account_id = await new_account(client)
+        response = await place(client, account_id, "k1", symbol="aapl")
+        assert response.status == 201, await response.text()
+        assert fakes.producer.produced[0][2].symbol == "AAPL"
+        quotes = await client.get("/v1/quotes?symbols=aapl", headers=bearer("alice"))
+        assert quotes.status == 200 and (await quotes.json())["quotes"][0]["symbol"] == "AAPL"
+        refused = await client.get("/v1/quotes?symbols=AA%3BPL", headers=bearer("alice"))
+        assert refused.status == 400
+        assert "a letter, then letters, digits" in (await refused.json())["detail"]
 
     run(scenario)
 
