@@ -140,9 +140,10 @@ class RunningStack:
         for shard, dsn in enumerate(self.endpoints.shard_dsns):
             urls[f"shard{shard}"] = dsn
         if "http" in self.stack.stack.services:
-            urls["http"] = self.http_url + "/v1"
+            urls["web page"] = self.http_url + "/"
+            urls["http api"] = self.http_url + "/v1"
+            urls["openapi"] = self.http_url + "/v1/openapi.json"
             urls["websocket"] = self.http_url.replace("http", "ws", 1) + "/v1/stream"
-            urls["openapi"] = self.http_url + "/openapi.json"
         for mm in self.stack.market_makers:
             urls[f"fix {mm.name}"] = f"{mm.host}:{mm.port} ({mm.sender_comp_id}->" \
                                      f"{mm.target_comp_id})"

@@ -206,6 +206,15 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
 
+async def api_index(request: web.Request) -> web.Response:
+    """The API base answers with where things are (a newcomer's first request)."""
+    return json_response({
+        "api": "/v1", "openapi": "/v1/openapi.json", "web_page": "/",
+        "stream": "/v1/stream", "health": "/healthz", "metrics": "/metrics",
+        "paths": sorted({route.path for route in ROUTES}),
+    })
+
+
 async def web_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
 
@@ -220,6 +229,9 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/v1", api_index)
+    app.router.add_get("/v1/", api_index)
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/", web_page)
     app.router.add_static("/static/", STATIC_DIR)

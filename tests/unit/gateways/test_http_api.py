@@ -423,6 +423,9 @@ def test_quotes_candles_and_operations() -> None:
         metrics = await client.get("/metrics")
         text = await metrics.text()
         assert "http_requests_total{" in text and "# TYPE http_request_duration_seconds" in text
+        assert (await client.get("/v1/openapi.json")).status == 200
+        index = await (await client.get("/v1")).json()
+        assert index["openapi"] == "/v1/openapi.json" and "/v1/orders" in index["paths"]
         spec = await (await client.get("/openapi.json")).json()
         assert spec["openapi"].startswith("3.1")
         assert "post" in spec["paths"]["/v1/orders"]
