@@ -169,7 +169,28 @@ def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
         for note in streamed.notes:
             _print(f"  note: {note}")
         differences += len(found)
+        differences += _report_undecided(dsn, args.undecided_max_s)
     return 1 if differences else 0
+
+
+def _report_undecided(dsn: str, stuck_s: float) -> int:
+    """Work accepted but not decided yet (the intake journal): reported; a command older than
+    `stuck_s` still undecided is a stalled pipeline, counted as a difference."""
+    from state.intake_journal import undecided_summary
+    from state.shard_store import connect
+
+    with connect(dsn) as conn:
+        pending = undecided_summary(conn, stuck_s)
+    if not pending.count:
+        _print("  accepted, not yet decided: none")
+        return 0
+    assert pending.oldest is not None
+    age_s = (dt.datetime.now(dt.UTC) - pending.oldest).total_seconds()
+    _print(f"  accepted, not yet decided: {pending.count} (oldest {age_s:.0f} s ago)")
+    if pending.stuck:
+        _print(f"  {pending.stuck} commands accepted more than {stuck_s:.0f} s ago are not "
+               "decided: the write path is stalled (see /healthz)")
+    return pending.stuck
 
 
 def cmd_market_status(stack: StackConfig, args: argparse.Namespace) -> int:
@@ -341,7 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     topics.set_defaults(handler=cmd_topics)
 
     reconcile = commands.add_parser(
-        "reconcile", help="recompute balances from ledger entries per shard and compare")
+        "reconcile", help="recompute balances from ledger entries per shard and compare; "
+        "report commands accepted but not yet decided")
+    reconcile.add_argument(
+        "--undecided-max-s", type=float, default=120.0,
+        help="a command accepted longer ago than this and still undecided counts as a "
+        "difference (default 120)")
     reconcile.set_defaults(handler=cmd_reconcile)
 
     for name, help_text in (("halt", "halt trading in a symbol"),

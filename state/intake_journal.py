@@ -226,3 +226,27 @@ def undecided_of_account(conn: psycopg.Connection[Any], account_id: str
     of, by submission: for the snapshot the account topology hydrates from."""
     return [(r[0], r[1], r[2]) for r in conn.execute(
         _UNDECIDED_OF_ACCOUNT_SQL, {"a": account_id, "slack": CLOCK_SLACK})]
+
+
+_UNDECIDED_SUMMARY_SQL = f"""
+SELECT count(*), min(j.journaled_at),
+       count(*) FILTER (WHERE j.journaled_at <= now() - make_interval(secs => %(stuck_s)s))
+  FROM intake_journal j
+ WHERE j.decided_at IS NULL AND NOT {DECIDED_SQL}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Undecided:
+    """Commands acknowledged to a client (201/202) whose outcome the shard does not show yet."""
+
+    count: int
+    oldest: dt.datetime | None
+    stuck: int  # of them, journaled longer ago than the stuck threshold
+
+
+def undecided_summary(conn: psycopg.Connection[Any], stuck_s: float) -> Undecided:
+    row = conn.execute(_UNDECIDED_SUMMARY_SQL,
+                       {"slack": CLOCK_SLACK, "stuck_s": stuck_s}).fetchone()
+    assert row is not None
+    return Undecided(count=row[0], oldest=row[1], stuck=row[2])
