@@ -224,6 +224,9 @@ class FixGateway:
                 self.in_flight[open_order.session].add(open_order.order_id)
         self.logged_on: set[str] = set()
         self._logons: list[str] = []
+        # Per session, since when it is down: orders sent after that wait in QuickFIX's store
+        # and go out at logon, so only older ones are asked about then.
+        self._down_since_ms = dict.fromkeys(self.specs, now_ms())
         self._outbound: dict[tuple[str, int], tuple[str, str]] = {}
         self._cancel_attempts: dict[str, int] = {}
         # Inbound (session, seq) whose executions record the broker has not acknowledged.
@@ -587,6 +590,7 @@ class FixGateway:
         log.info("logout %s", key)
         with self.lock:
             self.logged_on.discard(key)
+            self._down_since_ms[key] = now_ms()
 
     def on_outbound(self, message: fix.Message, session_id: fix.SessionID) -> None:
         """Remember which ClOrdID each outbound sequence number carried, so a session-level
@@ -853,8 +857,12 @@ class FixGateway:
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
     def _reconcile(self, key: str) -> None:
-        """A session back on: ask the status of every order still open on it."""
-        for order in [o for o in list(self.orders.values()) if o.session == key]:
+        """A session back on: ask the status of every order still open on it that was sent
+        before it went down (or before this process started)."""
+        with self.lock:
+            down_since = self._down_since_ms.get(key, now_ms())
+        for order in [o for o in list(self.orders.values())
+                      if o.session == key and o.routed_at_ms < down_since]:
             self._ask_status(order)
 
     def _ask_status(self, order: OpenOrder) -> None:
