@@ -85,7 +85,9 @@ def _fix_gateway(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Se
     config = {"bootstrap_servers": endpoints.bootstrap_servers,
               "topic_prefix": stack.stack.topic_prefix, "market_makers": makers,
               "store_dir": str(data_dir / "fix" / "gateway"),
-              "session_timeout_ms": stack.kafka.session_timeout_ms}
+              "session_timeout_ms": stack.kafka.session_timeout_ms,
+              "shard_dsns": list(endpoints.shard_dsns),
+              "partitions_per_shard": stack.stack.partitions_per_shard}
     return ServiceSpec("fix-gateway", "gateways.fix.config:FixGatewayConfig",
                        "gateways.fix.service:run", config)
 
