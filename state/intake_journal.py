@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,10 +170,19 @@ def _keys(entries: list[DueEntry]) -> dict[str, Any]:
 async def journal(conn: psycopg.AsyncConnection[Any], entry: JournalEntry, claim: str,
                   epoch: str | None) -> None:
     """Write the entry (a key already journaled keeps its row; `claim` becomes its claim)."""
-    await conn.execute(_JOURNAL_SQL, {
-        "a": entry.account_id, "k": entry.idempotency_key, "type": entry.command_type,
-        "order_id": entry.order_id, "payload": entry.payload,
-        "submitted_at": entry.submitted_at, "claim": claim, "epoch": epoch})
+    await journal_many(conn, [(entry, claim)], epoch)
+
+
+async def journal_many(conn: psycopg.AsyncConnection[Any],
+                       entries: Sequence[tuple[JournalEntry, str]], epoch: str | None) -> None:
+    """`journal` of several (entry, claim) pairs in one database transaction: one commit (and
+    one WAL flush) for all of them, the statements pipelined."""
+    async with conn.transaction(), conn.cursor() as cursor:
+        await cursor.executemany(_JOURNAL_SQL, [{
+            "a": entry.account_id, "k": entry.idempotency_key, "type": entry.command_type,
+            "order_id": entry.order_id, "payload": entry.payload,
+            "submitted_at": entry.submitted_at, "claim": claim, "epoch": epoch}
+            for entry, claim in entries])
 
 
 async def withdraw(conn: psycopg.AsyncConnection[Any], account_id: str, key: str,
