@@ -327,6 +327,12 @@ async def _money(request: web.Request, kind: str) -> web.Response:
     command_class = Deposit if kind == "deposit" else Withdraw
     command = command_class(account_id=account_id, idempotency_key=key, amount=amount,
                             submitted_at=gateway.clock(), user_id=user_id)
+    reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
+             "amount": str(amount)}
+    if first is False:  # a retry: the first request's outcome, when the shard has it
+        recorded = await _recorded_outcome(gateway, account_id, key)
+        if recorded is not None:
+            return _money_reply(reply, recorded, retry=True)
     try:
         # A replay is sent again: the topology books a key once, so a duplicate is harmless
         # and its answer is the one the first request got. (`first` is None when Redis could
@@ -336,16 +342,56 @@ async def _money(request: web.Request, kind: str) -> web.Response:
         if first:
             await gateway.idempotency.release(f"{kind}:{account_id}", key, fingerprint)
         raise
-    reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
-             "amount": str(amount)}
     await refuse_reused_key(gateway, answer, first, f"{kind}:{account_id}", key, fingerprint)
-    if isinstance(answer, CommandRejected):
-        raise Problem(422, answer.reason, answer.detail or f"{kind} rejected: {answer.reason}",
-                      reason=answer.reason, account_id=account_id, idempotency_key=key)
-    if isinstance(answer, CommandAccepted):
-        return json_response({**reply, "status": "accepted", "txn_id": answer.txn_id},
-                             200 if first is False else 201)
+    if isinstance(answer, CommandRejected | CommandAccepted):
+        return _money_reply(reply, msgspec.to_builtins(answer), retry=first is False)
+    # No answer in time: a duplicate the topology already decided answers nothing, and the
+    # shard may know the outcome; else it is still on its way.
+    recorded = await _recorded_outcome(gateway, account_id, key)
+    if recorded is not None:
+        return _money_reply(reply, recorded, retry=True)
     return json_response({**reply, "status": "pending"}, 202)
+
+
+async def _recorded_outcome(gateway: Gateway, account_id: str, key: str) -> dict | None:
+    """The decided outcome of a command as its shard records it (None: not decided there
+    yet, or the shard cannot be read right now: the request goes on without it)."""
+    try:
+        recorded = await gateway.reader.command_outcome(account_id, key)
+    except StoreError:
+        return None
+    return recorded if recorded is not None and recorded["status"] != "pending" else None
+
+
+def _money_reply(reply: dict[str, Any], outcome: dict[str, Any], retry: bool) -> web.Response:
+    """A money command's answer from its outcome (an event, or the shard's record of it): the
+    same answer for the first request and every retry with its key."""
+    if outcome["type"] == "command_rejected":
+        reason = outcome["reason"]
+        raise Problem(422, reason, outcome.get("detail") or f"{reply['kind']} rejected: {reason}",
+                      reason=reason, account_id=reply["account_id"],
+                      idempotency_key=reply["idempotency_key"])
+    return json_response({**reply, "status": "accepted", "txn_id": outcome.get("txn_id")},
+                         200 if retry else 201)
+
+
+async def command_outcome(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{account_id}/commands/{idempotency_key}: what became of a command."""
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    account_id = await owned_account(gateway, user_id, request.match_info["account_id"])
+    key = request.match_info["idempotency_key"]
+    if not _IDEMPOTENCY_KEY_RE.match(key):
+        raise Problem(400, "invalid_idempotency_key", "1 to 64 printable ASCII characters",
+                      field="idempotency_key")
+    outcome = await gateway.reader.command_outcome(account_id, key)
+    if outcome is None:
+        raise Problem(404, "command_not_found", f"no command with key {key!r} on this account")
+    return json_response({
+        "account_id": account_id, "idempotency_key": key, "status": outcome["status"],
+        "command_type": outcome.get("command_type"), "txn_id": outcome.get("txn_id"),
+        "amount": outcome.get("amount"), "reason": outcome.get("reason"),
+        "detail": outcome.get("detail"), "occurred_at": outcome.get("occurred_at")})
 
 
 async def deposit(request: web.Request) -> web.Response:
@@ -777,6 +823,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/accounts/{account_id}/withdrawals", withdraw, "Withdraw cash",
           s.MoneyRequest, ((201, s.MoneyReply), (202, s.MoneyReply)), idempotency_key=True,
           tag="money"),
+    Route("GET", "/v1/accounts/{account_id}/commands/{idempotency_key}", command_outcome,
+          "What became of a command (deposit, withdrawal, order, cancel) by its "
+          "Idempotency-Key: accepted, rejected with its reason, or pending",
+          responses=((200, s.CommandOutcome),), tag="accounts"),
     Route("POST", "/v1/orders", place_order, "Place an order", s.OrderRequest,
           ((201, s.Order), (200, s.Order), (202, s.OrderAccepted)), idempotency_key=True,
           tag="orders", description=PLACE_ORDER_DESCRIPTION),

@@ -62,6 +62,22 @@ class MoneyReply(Body, frozen=True):
     reason: str | None = None
 
 
+class CommandOutcome(Body, frozen=True):
+    """What became of a command, read by its Idempotency-Key (a retry with the same key gets
+    the same answer as the first request)."""
+
+    account_id: str
+    idempotency_key: str
+    status: Annotated[str, msgspec.Meta(
+        description="accepted | rejected | pending (acknowledged, not decided yet)")]
+    command_type: str | None = None
+    txn_id: str | None = None
+    amount: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    occurred_at: str | None = None
+
+
 class OrderRequest(Body, frozen=True):
     account_id: AccountIdField
     symbol: SymbolField

@@ -44,6 +44,7 @@ class FakeReader:
         self.accounts: dict[str, dict[str, Any]] = {}
         self.orders_by_id: dict[tuple[str, str], dict[str, Any]] = {}
         self.portfolios: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def create_account(self, user_id: str, account_id: str, shard: int) -> dict[str, Any]:
         account = self.accounts.setdefault(account_id, {
@@ -66,6 +67,9 @@ class FakeReader:
 
     async def order(self, account_id: str, order_id: str) -> dict[str, Any] | None:
         return self.orders_by_id.get((account_id, order_id))
+
+    async def command_outcome(self, account_id: str, key: str) -> dict[str, Any] | None:
+        return self.outcomes.get((account_id, key))
 
     async def activities(self, account_id: str, as_of: Any) -> list[dict[str, Any]]:
         return []
