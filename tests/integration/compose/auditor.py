@@ -16,7 +16,8 @@ Checks (each failure names its order or account):
 3. no fill booked twice (execution ids unique across the ledger);
 4. every ledger transaction balances per asset;
 5. each account's cash and shares equal its deposits, withdrawals and the market maker's fills;
-6. no funds held for an order the market maker does not have open;
+6. no funds held for an order the market maker does not have open, and every order open at the
+   market maker is open in the shard;
 7. every acknowledged money command was decided (booked or refused) by the account's shard;
 8. `brokerage reconcile` exits 0.
 
@@ -347,6 +348,7 @@ def audit(journal: Journal, sources: Sources) -> AuditReport:
         f"{sum(len(f) for f in shards.fills.values())} fills")
 
     report.checks.append(_acknowledged_orders(journal, shards, mm_by_order, sources))
+    report.checks.append(_market_maker_orders_known(shards, mm_by_order, our_accounts))
     report.checks.append(_fills_match(shards, mm_by_order, our_accounts))
     report.checks.append(_exec_ids_unique(shards))
     report.checks.append(_balanced(shards))
@@ -395,6 +397,23 @@ def _acknowledged_orders(journal: Journal, shards: ShardRows,
             mm_states = [m.ord_status for m in mm_by_order.get(order_id, [])]
             check.fail(f"{order_id} ({row.get('order_type')}) is {state} in the shard but the "
                        f"market maker has it {'nowhere' if not mm_states else mm_states}")
+    return check
+
+
+def _market_maker_orders_known(shards: ShardRows, mm_by_order: dict[str, list[MMOrder]],
+                               accounts: set[str]) -> Check:
+    check = Check("orders open at the market maker are open in the shard")
+    for order_id, mm_orders in sorted(mm_by_order.items()):
+        working = [m for m in mm_orders if m.open and m.account_id in accounts]
+        if not working:
+            continue
+        check.checked += 1
+        row = shards.orders.get(order_id)
+        if row is None or str(row["state"]) in TERMINAL_STATES:
+            first = working[0]
+            check.fail(f"{order_id} ({first.side} {first.quantity} {first.symbol}) works at the "
+                       f"market maker as {first.cl_ord_id} but is "
+                       f"{'unknown to the shard' if row is None else row['state'] + ' there'}")
     return check
 
 

@@ -181,6 +181,12 @@ def kill_whole_stack(stack: StackProcess, timeout_s: float = 30.0) -> int:
                 pass
     killed = freeze_and_kill(list(frozen.values()), timeout_s)
     stack.popen.wait(timeout_s)
+    # The orphans' zombies are reaped by init, not at once: until then their pids still answer
+    # kill(pid, 0), and `brokerage up` would take a zombie postmaster for a live one. A
+    # machine that crashed has no such zombies; wait (bounded) until they are gone.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in frozen):
+        time.sleep(0.05)
     return killed
 
 
