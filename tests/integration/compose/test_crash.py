@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 import urllib.error
@@ -377,20 +379,28 @@ def _seed() -> int:
     return int(text) if text else random.SystemRandom().randrange(1 << 31)
 
 
-def _keep(client: Client, report: AuditReport | None, tmp_path: Path, seed: int) -> Path:
-    path = tmp_path / f"crash-journal-{seed}.json"
-    client.journal.save(path)
+def _keep(client: Client, report: AuditReport | None, stack: StackProcess, seed: int,
+          name: str) -> Path:
+    """The journal, the whole audit and the stack's logs, outside pytest's basetemp (which
+    other sessions prune) and outside the server dir (removed after the test), for replaying
+    and reading a failure."""
+    keep = Path(tempfile.gettempdir()) / f"brokerage-crash-{name}-{seed}"
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    client.journal.save(keep / "journal.json")
     if report is not None:
-        (tmp_path / f"crash-audit-{seed}.txt").write_text(report.text(failures_shown=1000))
-    return path
+        (keep / "audit.txt").write_text(report.text(failures_shown=100_000))
+    (keep / "brokerage-up.txt").write_text("".join(stack.output))
+    if (stack.data_dir / "logs").is_dir():
+        shutil.copytree(stack.data_dir / "logs", keep / "logs", dirs_exist_ok=True)
+    return keep
 
 
 # ---- the tests -----------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(300 + 90 * ROUNDS)
-def test_whole_stack_sigkill_rounds_lose_nothing_acknowledged(server_dir: Path,
-                                                              tmp_path: Path) -> None:
+def test_whole_stack_sigkill_rounds_lose_nothing_acknowledged(server_dir: Path) -> None:
     seed = _seed()
     rounds = ROUNDS
     print(f"\nBROKERAGE_CRASH_SEED={seed} BROKERAGE_CRASH_ROUNDS={rounds}")
@@ -431,15 +441,16 @@ def test_whole_stack_sigkill_rounds_lose_nothing_acknowledged(server_dir: Path,
         report = _audit(client, stack)
     finally:
         code = stop_everything(stack)
-        journal_path = _keep(client, report, tmp_path, seed)
+        kept = _keep(client, report, stack, seed, "whole")
         print("\n".join(timeline))
-        print(f"journal: {journal_path}")
+        print(f"journal, audit and logs: {kept}")
         if report is not None:
             print(report.text())
         print(f"BROKERAGE_CRASH_SEED={seed}: {time.monotonic() - started:.0f} s in all")
     assert report is not None
     assert report.ok, f"BROKERAGE_CRASH_SEED={seed}\n{report.text()}"
     assert code == 0, "".join(stack.output)[-3000:]
+    shutil.rmtree(kept, ignore_errors=True)  # kept only for a failure
 
 
 def _broker_process(stack: StackProcess) -> psutil.Process | None:
@@ -469,8 +480,7 @@ def _broker_back(stack: StackProcess, killed_pid: int, timeout_s: float) -> bool
     return False
 
 
-def test_broker_sigkill_alone_loses_nothing_acknowledged(server_dir: Path,
-                                                         tmp_path: Path) -> None:
+def test_broker_sigkill_alone_loses_nothing_acknowledged(server_dir: Path) -> None:
     seed = _seed()
     print(f"\nBROKERAGE_CRASH_SEED={seed}")
     rng = random.Random(seed)
@@ -508,9 +518,9 @@ def test_broker_sigkill_alone_loses_nothing_acknowledged(server_dir: Path,
         report = _audit(client, stack, reconcile_timeout_s=60.0 if restarted else 30.0)
     finally:
         code = stop_everything(stack)
-        journal_path = _keep(client, report, tmp_path, seed)
+        kept = _keep(client, report, stack, seed, "broker")
         print("\n".join(timeline))
-        print(f"journal: {journal_path}")
+        print(f"journal, audit and logs: {kept}")
         if report is not None:
             print(report.text())
         print(f"BROKERAGE_CRASH_SEED={seed}: {time.monotonic() - started:.0f} s in all")
@@ -518,3 +528,4 @@ def test_broker_sigkill_alone_loses_nothing_acknowledged(server_dir: Path,
     assert report is not None
     assert report.ok, f"BROKERAGE_CRASH_SEED={seed}\n{report.text()}"
     assert code == 0, "".join(stack.output)[-3000:]
+    shutil.rmtree(kept, ignore_errors=True)  # kept only for a failure
