@@ -31,28 +31,42 @@ def _print(line: str) -> None:
 # ---- up ------------------------------------------------------------------------------------
 
 
-def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
-    from compose.up import running_stack, serve_until_signalled, wait_healthy
+def _say(line: str, file: Any = None) -> None:
+    """`up`'s output: after SIGHUP the terminal may be gone, and a line that cannot be written
+    must not stand in the way of the clean stop."""
+    from compose.supervisor import write_line
 
+    write_line(line, file or sys.stdout)
+
+
+def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.up import (
+        interrupt_on_stop_signals,
+        running_stack,
+        serve_until_signalled,
+        wait_healthy,
+    )
+
+    interrupt_on_stop_signals()
     started = dt.datetime.now(dt.UTC)
-    _print(f"starting the stack in {stack.data_dir} ...")
+    _say(f"starting the stack in {stack.data_dir} ...")
     with running_stack(stack) as running:
         problems = wait_healthy(running, args.health_timeout_s)
         elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
         for name, url in running.urls().items():
-            _print(f"  {name:<14} {url}")
+            _say(f"  {name:<14} {url}")
         if problems:
             for problem in problems:
-                print(f"brokerage up: unhealthy: {problem}", file=sys.stderr)
+                _say(f"brokerage up: unhealthy: {problem}", sys.stderr)
             return 1
-        _print(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
+        _say(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
         if args.check:
-            _print("check passed; stopping")
+            _say("check passed; stopping")
             return 0
-        _print("press Ctrl-C to stop")
+        _say("press Ctrl-C to stop")
         serve_until_signalled(running)
-        _print("stopping ...")
-    _print("stopped")
+        _say("stopping ...")
+    _say("stopped")
     return 0
 
 
@@ -94,27 +108,30 @@ def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
 
 def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
     """Per shard: balances recomputed from entries against the materialised ones, every
-    transaction summing to zero, positions against entries; then the materialised balances
-    against those the stream implies (ledger.postings of the shard's partitions, up to what
-    the sink has landed)."""
-    from compose.shard_rebuild import stream_balances
+    transaction summing to zero, positions against entries; then against the stream
+    (ledger.postings of the shard's partitions, up to what the sink has landed), as far as
+    what the shard landed is of the broker's current log (epoch): what was landed under an
+    earlier epoch cannot be compared with the stream, and the output says so."""
+    from compose.shard_rebuild import current_epoch, describe_current, reconcile_shard_with_stream
     from state.router import ShardRouter
-    from state.shard_store import reconcile, reconcile_with_stream, sink_offsets
-    from state.topics import Topic
+    from state.shard_store import reconcile
 
     endpoints = _running_endpoints(stack)
     router = ShardRouter(stack.stack.shards, stack.stack.partitions_per_shard)
-    postings = stack.stack.topic_prefix + Topic.LEDGER_POSTINGS
+    current = current_epoch(endpoints["bootstrap_servers"], stack.stack.topic_prefix)
+    _print(f"broker: {describe_current(current)}")
     differences = 0
     for shard, dsn in enumerate(endpoints["shard_dsns"]):
-        landed = {partition: offset for (topic, partition), offset in sink_offsets(dsn).items()
-                  if topic == postings}
-        streamed = stream_balances(endpoints["bootstrap_servers"], stack.stack.topic_prefix,
-                                   router.partitions_of_shard(shard), offsets_max=landed)
-        found = reconcile(dsn) + reconcile_with_stream(dsn, streamed)
+        found = reconcile(dsn)
+        streamed = reconcile_shard_with_stream(
+            endpoints["bootstrap_servers"], stack.stack.topic_prefix, dsn,
+            router.partitions_of_shard(shard), current)
+        found += streamed.differences
         _print(f"shard {shard}: {'clean' if not found else f'{len(found)} differences'}")
         for line in found:
             _print(f"  {line}")
+        for note in streamed.notes:
+            _print(f"  note: {note}")
         differences += len(found)
     return 1 if differences else 0
 

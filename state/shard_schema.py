@@ -334,10 +334,29 @@ ALTER TABLE orders SET (fillfactor = 70);
 ALTER TABLE sink_offsets SET (fillfactor = 50);
 """
 
+# Broker epochs (state/epoch.py): an offset means something only within the broker log that
+# produced it. `sink_offsets` says which log its offset counts in, and `broker_epochs` lists every
+# log the shard has landed records from. A shard that landed records before epochs were recorded
+# holds records of a log nobody can name any more: the epoch '' stands for it, so that nothing
+# compares them with the broker's current log.
+_V4_BROKER_EPOCHS = """
+ALTER TABLE sink_offsets ADD COLUMN epoch text NOT NULL DEFAULT '';
+CREATE TABLE broker_epochs (
+    epoch          text PRIMARY KEY,
+    first_seen_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO broker_epochs (epoch, first_seen_at)
+SELECT '', min(landed_at)
+  FROM (SELECT min(recorded_at) AS landed_at FROM ledger_transactions
+        UNION ALL SELECT min(recorded_at) FROM order_events) landed
+HAVING min(landed_at) IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, orders, audit, balances, positions", _V1_TABLES + _V1_TRIGGERS),
     Migration(2, "balance checks over the inserted rows only", _V2_CHEAPER_CHECKS),
     Migration(3, "room on the pages of updated tables for HOT updates", _V3_ROOM_FOR_UPDATES),
+    Migration(4, "broker epochs: which log each stored offset counts in", _V4_BROKER_EPOCHS),
 )
 
 # One advisory lock key for migrations, so that concurrent `migrate` calls serialise.
