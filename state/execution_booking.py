@@ -43,6 +43,7 @@ class ExecutionRef:
     order_id: str
     exec_id: str
     market_maker: str
+    is_fill: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,18 @@ class ShardOrder:
 def exec_cause_id(market_maker: str, exec_id: str) -> str:
     """The ledger cause of a report (state.domain.account._exec_cause)."""
     return f"exec:{market_maker}:{exec_id}"
+
+
+def _booked(ref: ExecutionRef, with_event: set[str], with_txn: set[str]) -> bool:
+    """A fill is booked when both halves of its step landed: its ledger transaction and its
+    order event. The sink lands the two topics apart, so a broker reset can keep one and lose
+    the other; forwarded again, the report completes what is missing (the account topology
+    re-books a fill its shard lacks and completes an order its fills have filled)."""
+    if ref.is_fill:
+        cause = exec_cause_id(ref.market_maker, ref.exec_id)
+        return ref.exec_id in with_event and txn_id_for(cause, "fill") in with_txn
+    return ref.exec_id in with_event or any(
+        txn_id in with_txn for txn_id in exec_txn_ids(ref.market_maker, ref.exec_id))
 
 
 def exec_txn_ids(market_maker: str, exec_id: str) -> list[str]:
@@ -120,7 +133,9 @@ class BookingReader:
                     (sorted(txn_of),)).fetchall()
         except psycopg.OperationalError as error:
             raise ShardUnavailable(f"shard {shard} unavailable: {error}") from error
-        return {row[0] for row in events} | {txn_of[row[0]] for row in txns}
+        with_event = {row[0] for row in events}
+        with_txn = {row[0] for row in txns}
+        return {ref.exec_id for ref in refs if _booked(ref, with_event, with_txn)}
 
     def orders(self, shard: int, order_ids: Sequence[str]) -> dict[str, ShardOrder]:
         """The shard's record of these orders (those it has)."""

@@ -1088,7 +1088,8 @@ def look_up(reader: BookingReader | None, entries: list[StoredExecution], open_o
     if reader is None:
         return Findings([], booked, orders, None, epoch)
     by_account = {e.exec_id: e for e in entries}
-    refs = [ExecutionRef(e.account_id, e.order_id, e.exec_id, e.market_maker) for e in entries]
+    refs = [ExecutionRef(e.account_id, e.order_id, e.exec_id, e.market_maker,
+                         is_fill=e.exec_type is ExecType.TRADE) for e in entries]
     for shard, shard_refs in reader.by_shard(refs).items():
         try:
             booked |= reader.booked(shard, shard_refs)

@@ -703,6 +703,7 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
         _on_unknown_order(step, report, order_id)
         return
     if report.exec_id in order.exec_ids:
+        _complete_if_filled(step, order, report)
         return  # a duplicate: already booked
     exec_ids = (order.exec_ids + (report.exec_id,))[-EXEC_IDS_PER_ORDER_MAX:]
     transact_time = _utc(report.transact_time)
@@ -710,6 +711,17 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
     order = msgspec.structs.replace(order, exec_ids=exec_ids, last_transact_time=last)
     step.store(order)
     _EXEC_HANDLERS[report.exec_type](step, order, report)
+
+
+def _complete_if_filled(step: _Step, order: Order, report: ExecutionReport) -> None:
+    """An open order whose booked fills reach its quantity is complete. `_on_fill` completes
+    it in the same step, so this happens only to an account rebuilt from a shard that landed
+    the fill's transaction and lost the rest of its step with the broker: the fill's report,
+    forwarded again, completes it (the remaining hold goes back) instead of being ignored."""
+    if not order.is_open or order.filled_quantity < order.quantity:
+        return
+    order = _release(step, order, _exec_cause(report))
+    _advance(step, order, OrderState.FILLED, report.exec_id)
 
 
 def _on_ack(step: _Step, order: Order, report: ExecutionReport) -> None:

@@ -341,6 +341,35 @@ def test_a_release_that_did_not_land_keeps_the_order_holding() -> None:
     assert order.state is OrderState.ROUTED and order.reserve == D("500.00")
 
 
+def test_a_fill_whose_step_landed_only_in_the_ledger_completes_when_forwarded_again() -> None:
+    """The sink landed the fill's transaction but the broker lost its order event (and the
+    release of what the fill left): the rebuilt order has all its fills yet is open. The
+    report, forwarded again, completes it and gives back the rest of its hold."""
+    last_fill = fill("b", "x1", "5", "99.50", "5", on(MONDAY, 10, 1))
+    driver = run([deposit("d1", "1000.00", on(MONDAY, 9)),
+                  limit("b", "buy", "5", "100", on(MONDAY, 10)), last_fill])
+    fill_step = [o for o in driver.outputs
+                 if isinstance(o, OrderEvent) and o.state is OrderState.FILLED
+                 or isinstance(o, LedgerTransaction) and o.kind == "release"]
+    assert len(fill_step) == 2
+    snapshot = snapshot_of(ACCOUNT, [o for o in driver.outputs if o not in fill_step])
+    assert snapshot is not None
+    state = hydrate(snapshot, on(MONDAY, 11))
+    [order] = state.open_orders.values()
+    assert order.filled_quantity == order.quantity and order.reserve == D("2.50")
+    state, out = decide(state, last_fill, on(MONDAY, 11), Driver().market, Driver().limits)
+    check_invariants(state)
+    assert not state.open_orders and state.balance(la.CASH_HELD) == 0
+    assert state.balance(la.CASH) == D("1000.00") - D("497.50")
+    [event] = [o for o in out if isinstance(o, OrderEvent)]
+    assert (event.state, event.cause_id) == (OrderState.FILLED, "x1")
+    [release] = [o for o in out if isinstance(o, LedgerTransaction)]
+    assert release.txn_id == next(o.txn_id for o in fill_step
+                                  if isinstance(o, LedgerTransaction))  # the same id
+    again, more = decide(state, last_fill, on(MONDAY, 12), Driver().market, Driver().limits)
+    assert more == []  # a duplicate of a completed order changes nothing
+
+
 def test_unsettled_lots_are_the_latest_trade_dates_that_add_up() -> None:
     def bought(day: dt.date, qty: str, cash: str) -> SnapshotFill:
         return SnapshotFill(exec_cause=f"exec:mm1:{day}", order_id=None, symbol="AAPL",
