@@ -97,6 +97,7 @@ class Inputs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     connector_us_per_quote: float
     market_data_us_per_quote: float
     broker_us_per_quote: float
+    broker_us_per_record_read: float
     redis_us_per_quote: float
     # memory
     ws_kb_per_connection: float
@@ -305,9 +306,11 @@ class Work:
     rate_per_s: float
     cpu_s_per_unit: float
     figures: tuple[str, ...] = ()  # the inputs the CPU per unit comes from
+    per_process: bool = False  # every process does all of it (reads the whole topic)
 
     @property
     def busy(self) -> float:
+        """Cores it keeps busy (per process when `per_process`)."""
         return busy_cores(self.rate_per_s, self.cpu_s_per_unit)
 
 
@@ -317,19 +320,26 @@ class Service:
     work: tuple[Work, ...]
     processes: int
     cores: float  # provisioned: processes x cores each (servers: their machines' cores)
-    fixed_cores_per_process: float = 0.0
     notes: tuple[str, ...] = ()
-    fits_as_built: bool = True
-    fixed_figures: tuple[str, ...] = ()  # the inputs the fixed cores per process come from
+    blockers: tuple[str, ...] = ()  # where the code as built cannot do what it is sized for
+
+    @property
+    def fits_as_built(self) -> bool:
+        return not self.blockers
+
+    @property
+    def fixed_cores_per_process(self) -> float:
+        return sum(work.busy for work in self.work if work.per_process)
 
     @property
     def busy(self) -> float:
-        return sum(work.busy for work in self.work)
+        """Busy cores over all its processes, each process's own fixed work included."""
+        shared = sum(work.busy for work in self.work if not work.per_process)
+        return shared + self.processes * self.fixed_cores_per_process
 
     @property
     def figures(self) -> tuple[str, ...]:
-        names = [name for work in self.work for name in work.figures] + list(self.fixed_figures)
-        return tuple(dict.fromkeys(names))
+        return tuple(dict.fromkeys(name for work in self.work for name in work.figures))
 
 
 @dataclass(frozen=True)
@@ -348,6 +358,7 @@ class Gateway:
     connections_by_memory: float  # what the memory budget alone allows per process
     events_tail_cores_as_built: float  # every process reads all of orders.events
     as_built_orders_per_s_max: float  # the order rate at which that tail takes the budget
+    quote_readers: int  # processes that read every quote from the brokers
 
 
 @dataclass(frozen=True)
@@ -401,51 +412,62 @@ def shards_for(orders_per_s: float, i: Inputs) -> int:
 def gateway_plan(i: Inputs, load: Load) -> tuple[Service, Gateway]:
     """The HTTP/WebSocket gateway. Every process reads every `quotes` partition (any client
     may watch any symbol) and, as built, every `orders.events` partition (replies and order
-    updates for whichever user it serves). The events tail is sized here as if each process
-    read only its own users' partitions; the as-built limit is reported beside it."""
-    quote_tail = busy_cores(load.quotes_per_s, i.http_us_per_quote_read * US)
+    updates for whichever user it serves). The events tail is sized as if each process read
+    only its own users' partitions, the as-built limit reported beside it; and when reading
+    every quote alone is more than a process's budget, as if one relay read them."""
+    full = process_budget(i.target_utilisation)
+    quote_read = busy_cores(load.quotes_per_s, i.http_us_per_quote_read * US)
+    quotes_fit = quote_read < full
     events = load.records_per_s["orders.events"]
     events_tail_all = busy_cores(events, i.http_us_per_event_read * US)
+    per_order_events = i.event_records_per_order * i.http_us_per_event_read * US
+    as_built_max = max(0.0, full - quote_read) / per_order_events if per_order_events else math.inf
+    quote_work = Work("quotes", load.quotes_per_s, i.http_us_per_quote_read * US,
+                      ("http_us_per_quote_read",), per_process=quotes_fit)
     work = (Work("orders", load.orders_per_s, i.http_ms_per_order * MS, ("http_ms_per_order",)),
             Work("WebSocket updates", load.ws_updates_per_s, i.ws_us_per_update * US,
                  ("ws_us_per_update",)),
             Work("own users' events", events, i.http_us_per_event_read * US,
-                 ("http_us_per_event_read",)))
-    by_cpu = processes_for(sum(w.busy for w in work), i.target_utilisation, quote_tail)
+                 ("http_us_per_event_read",)),
+            quote_work)
+    fixed = quote_work.busy if quote_work.per_process else 0.0
+    shared = sum(w.busy for w in work if not w.per_process)
+    by_cpu = processes_for(shared, i.target_utilisation, fixed)
     by_memory = i.gateway_memory_mb_per_process * 1024 / i.ws_kb_per_connection
     processes = max(by_cpu, math.ceil(load.ws_connections / by_memory - 1e-9))
     per_process = load.ws_connections / processes
-    budget = process_budget(i.target_utilisation, quote_tail)
-    per_event = i.event_records_per_order * i.http_us_per_event_read * US
-    as_built_max = budget / per_event if per_event else math.inf
-    fits = events_tail_all <= budget
-    notes = [f"every process reads all quotes: {quote_tail:.2f} core each "
-             "(http_us_per_quote_read)"]
-    if not fits:
-        notes.append(f"as built every process reads all of orders.events ({events_tail_all:.1f} "
-                     f"cores each): stops scaling at {as_built_max:,.0f} orders/s; sized as if "
-                     "each read only its own users' partitions")
+    notes: list[str] = []
+    blockers: list[str] = []
+    if quotes_fit:
+        notes.append(f"every process reads every quote: {quote_read:.2f} of its {full:.2f} core")
+    else:
+        blockers.append(f"as built every process reads every quote ({quote_read:.2f} cores each, "
+                        f"above its {full:.2f}); sized as if one relay read them")
+    if events_tail_all > full - quote_read:
+        blockers.append(f"as built every process reads all of orders.events ({events_tail_all:.1f} "
+                        f"cores each): stops at {as_built_max:,.0f} orders/s; sized as if each "
+                        "read only its own users' partitions")
     service = Service("HTTP/WebSocket gateway", work, processes, processes * PROCESS_CORES,
-                      fixed_cores_per_process=quote_tail, notes=tuple(notes), fits_as_built=fits,
-                      fixed_figures=("http_us_per_quote_read",))
+                      notes=tuple(notes), blockers=tuple(blockers))
     gateway = Gateway(connections_per_process=per_process,
                       memory_mb_per_process=per_process * i.ws_kb_per_connection / 1024,
                       connections_by_memory=by_memory, events_tail_cores_as_built=events_tail_all,
-                      as_built_orders_per_s_max=as_built_max)
+                      as_built_orders_per_s_max=as_built_max,
+                      quote_readers=processes if quotes_fit else 1)
     return service, gateway
 
 
-def python_service(name: str, work: tuple[Work, ...], i: Inputs, fixed: float = 0.0,
+def python_service(name: str, work: tuple[Work, ...], i: Inputs,
                    notes: tuple[str, ...] = (), singleton: bool = False) -> Service:
     """A service of Python processes in one consumer group. `singleton`: one process as built;
     sized as if it could be split, and marked when one process is not enough."""
-    processes = processes_for(sum(w.busy for w in work), i.target_utilisation, fixed)
-    fits = not singleton or processes == 1
-    if not fits:
-        notes = (*notes, f"as built one process owns the whole topic: stops at "
-                 f"{process_budget(i.target_utilisation, fixed) / work[0].cpu_s_per_unit:,.0f} "
-                 f"{work[0].unit}/s; sized as if split by partition")
-    return Service(name, work, processes, processes * PROCESS_CORES, fixed, notes, fits)
+    processes = processes_for(sum(w.busy for w in work), i.target_utilisation)
+    blockers: tuple[str, ...] = ()
+    if singleton and processes > 1:
+        blockers = (f"as built one process owns the whole topic: stops at "
+                    f"{process_budget(i.target_utilisation) / work[0].cpu_s_per_unit:,.0f} "
+                    f"{work[0].unit}/s; sized as if split by partition",)
+    return Service(name, work, processes, processes * PROCESS_CORES, notes, blockers)
 
 
 def plan(i: Inputs) -> Plan:
@@ -480,14 +502,15 @@ def plan(i: Inputs) -> Plan:
         "quotes", load.quotes_per_s, i.connector_us_per_quote * US, ("connector_us_per_quote",)),),
         i)
     market_rest = processes_for(busy_cores(rest_quotes, i.market_data_us_per_quote * US), util)
-    hot_note = ("one process of its own for the hot symbol's partition" if hot.fits else
-                f"the hot symbol's {hot.quotes_per_s:,.0f} quotes/s on one partition take "
-                f"{hot.partition_share:.0%} of a partition and {hot.process_share:.0%} of one "
-                "process: conflate them before the topic")
+    hot_blockers = () if hot.fits else (
+        f"the hot symbol's {hot.quotes_per_s:,.0f} quotes/s on one partition take "
+        f"{hot.partition_share:.0%} of a partition and {hot.process_share:.0%} of one "
+        "process: conflate them before the topic",)
     market_data = Service("market-data topology", (Work(
         "quotes", load.quotes_per_s, i.market_data_us_per_quote * US,
         ("market_data_us_per_quote",)),), market_rest + 1, (market_rest + 1) * PROCESS_CORES,
-        notes=(hot_note,), fits_as_built=hot.fits)
+        notes=("one process of its own for the hot symbol's partition",),
+        blockers=hot_blockers)
     redis_work = (Work("orders", orders, i.redis_us_per_order * US, ("redis_us_per_order",)),
                   Work("quotes", load.quotes_per_s, i.redis_us_per_quote * US,
                        ("redis_us_per_quote",)))
@@ -511,10 +534,13 @@ def plan(i: Inputs) -> Plan:
     replicas = sum(partitions.values()) * int(i.replication_factor)
 
     replica_factor = 1 + (i.replication_factor - 1) * i.broker_replica_cost_share
+    # every gateway process reads every quote: the leaders serve each quote that many times
     broker_work = (Work("orders", orders, i.broker_ms_per_order * MS * replica_factor,
                         ("broker_ms_per_order", "broker_replica_cost_share")),
                    Work("quotes", load.quotes_per_s, i.broker_us_per_quote * US * replica_factor,
-                        ("broker_us_per_quote", "broker_replica_cost_share")))
+                        ("broker_us_per_quote", "broker_replica_cost_share")),
+                   Work("quote reads by gateways", load.quotes_per_s * gateway.quote_readers,
+                        i.broker_us_per_record_read * US, ("broker_us_per_record_read",)))
     brokers = brokers_for(sum(w.busy for w in broker_work), i.broker_cores, util, replicas,
                           i.partition_replicas_per_broker_max, int(i.brokers_min))
     broker = Service("Kafka brokers", broker_work, brokers, brokers * i.broker_cores,
@@ -524,7 +550,7 @@ def plan(i: Inputs) -> Plan:
 
     services = (gateway_service, accounts, fix_gateway, sinks, postgres, broker, connectors,
                 market_data, redis)
-    blockers = [f"{s.name}: {s.notes[-1]}" for s in services if not s.fits_as_built]
+    blockers = [f"{s.name}: {blocker}" for s in services for blocker in s.blockers]
     return Plan(load=load, services=services, partitions=partitions, shards=shards,
                 partitions_per_shard=per_shard, brokers=brokers, partition_replicas=replicas,
                 hot_symbol=hot, gateway=gateway, blockers=tuple(blockers))
@@ -554,11 +580,13 @@ def plan_json(p: Plan, i: Inputs, figures: Mapping[str, Figure]) -> dict[str, An
             "cores": _round(s.cores, 1),
             "fixed_cores_per_process": _round(s.fixed_cores_per_process),
             "fits_as_built": s.fits_as_built, "notes": list(s.notes),
+            "as_built_limits": list(s.blockers),
             "figures": {name: figures[name].status if name in figures else "default"
                         for name in s.figures},
             "work": [{"unit": w.unit, "rate_per_s": round(w.rate_per_s),
                       "cpu_us_per_unit": _round(w.cpu_s_per_unit / US, 2),
-                      "busy_cores": _round(w.busy, 1)} for w in s.work],
+                      "busy_cores": _round(w.busy * (s.processes if w.per_process else 1), 1),
+                      "per_process": w.per_process} for w in s.work],
         } for s in p.services],
         "totals": {"cores": _round(p.cores, 1), "busy_cores": _round(
             sum(s.busy for s in p.services), 1)},
@@ -594,7 +622,8 @@ def _work_text(service: Service) -> str:
     parts = []
     for w in service.work:
         cost = w.cpu_s_per_unit / US
-        parts.append(f"{w.rate_per_s:,.0f} {w.unit}/s x "
+        parts.append(("each process: " if w.per_process else "")
+                     + f"{w.rate_per_s:,.0f} {w.unit}/s x "
                      + (f"{cost / 1000:.2f} ms" if cost >= 100 else f"{cost:.1f} µs"))
     return "; ".join(parts)
 

@@ -81,7 +81,11 @@ def test_brokers_by_cpu_by_replicas_and_at_least_the_layout() -> None:
 
 
 def test_doubling_the_load_doubles_the_cores(inputs: c.Inputs) -> None:
-    single, double = c.plan(inputs), c.plan(scaled(inputs, 2))
+    # without the work every gateway process does whatever its share (reading every quote,
+    # which the brokers serve to each of them: the next test), everything is linear
+    linear = msgspec.structs.replace(inputs, http_us_per_quote_read=0,
+                                     broker_us_per_record_read=0)
+    single, double = c.plan(linear), c.plan(scaled(linear, 2))
     one, two = by_name(single), by_name(double)
     assert single.load.orders_per_s * 2 == pytest.approx(double.load.orders_per_s)
     for name, service in one.items():
@@ -90,19 +94,38 @@ def test_doubling_the_load_doubles_the_cores(inputs: c.Inputs) -> None:
     for name in ("account topology", "FIX gateway"):
         assert 2 * one[name].processes - 1 <= two[name].processes <= 2 * one[name].processes
     assert double.shards in (2 * single.shards - 1, 2 * single.shards)
+    gateway = "HTTP/WebSocket gateway"
+    assert two[gateway].cores / one[gateway].cores == pytest.approx(2, rel=0.01)
 
 
 def test_gateway_cores_grow_faster_than_the_quotes_it_reads(inputs: c.Inputs) -> None:
     # every gateway process reads every quote: twice the users with the same quotes is twice
     # the processes, but twice the quotes too leaves each process less room for its users
     gateway = "HTTP/WebSocket gateway"
-    one = by_name(c.plan(inputs))[gateway]
+    cheap = msgspec.structs.replace(inputs, http_us_per_quote_read=1.0)
+    one = by_name(c.plan(cheap))[gateway]
     users = by_name(c.plan(msgspec.structs.replace(
-        scaled(inputs, 2), peak_quotes_per_s=inputs.peak_quotes_per_s)))[gateway]
-    everything = by_name(c.plan(scaled(inputs, 2)))[gateway]
+        scaled(cheap, 2), peak_quotes_per_s=inputs.peak_quotes_per_s)))[gateway]
+    everything = by_name(c.plan(scaled(cheap, 2)))[gateway]
     assert users.cores / one.cores == pytest.approx(2, rel=0.01)
     assert everything.fixed_cores_per_process == pytest.approx(2 * one.fixed_cores_per_process)
     assert everything.cores > users.cores
+    # and the brokers serve every quote to every one of them
+    brokers = by_name(c.plan(cheap))["Kafka brokers"]
+    reads = next(w for w in brokers.work if w.unit == "quote reads by gateways")
+    assert reads.rate_per_s == pytest.approx(c.plan(cheap).load.quotes_per_s * one.processes)
+
+
+def test_a_quote_tail_above_a_process_budget_is_an_as_built_limit(inputs: c.Inputs) -> None:
+    # reading every quote takes a whole process: no process is left for users
+    flooded = msgspec.structs.replace(inputs, peak_quotes_per_s=1e6)
+    result = c.plan(flooded)
+    gateway = by_name(result)["HTTP/WebSocket gateway"]
+    assert not gateway.fits_as_built
+    assert any("every quote" in blocker for blocker in gateway.blockers)
+    assert gateway.fixed_cores_per_process == 0  # sized as if one relay read them
+    assert result.gateway.quote_readers == 1
+    assert result.gateway.as_built_orders_per_s_max == 0
 
 
 def test_more_headroom_means_more_processes(inputs: c.Inputs) -> None:
@@ -169,6 +192,9 @@ def test_the_gateways_as_built_events_tail_is_per_process(inputs: c.Inputs) -> N
     gateway = by_name(result)["HTTP/WebSocket gateway"]
     assert not gateway.fits_as_built  # the seed's peak is far past one process's tail
     limit = result.gateway.as_built_orders_per_s_max
+    budget = c.process_budget(inputs.target_utilisation, gateway.fixed_cores_per_process)
+    assert limit == pytest.approx(
+        budget / (inputs.event_records_per_order * inputs.http_us_per_event_read * 1e-6))
     small = c.plan(msgspec.structs.replace(
         inputs, peak_requests_per_s=0.5 * limit, hot_symbol_order_share=0))
     assert by_name(small)["HTTP/WebSocket gateway"].fits_as_built
