@@ -470,6 +470,12 @@ def python_service(name: str, work: tuple[Work, ...], i: Inputs,
     return Service(name, work, processes, processes * PROCESS_CORES, notes, blockers)
 
 
+def _replica_factor(i: Inputs) -> float:
+    """The brokers' work per record over what the (unreplicated) measurement saw: the leader
+    plus each follower replica at `broker_replica_cost_share` of it."""
+    return 1 + (i.replication_factor - 1) * i.broker_replica_cost_share
+
+
 def plan(i: Inputs) -> Plan:
     load = peak_load(i)
     hot = hot_symbol_plan(i, load)
@@ -533,7 +539,7 @@ def plan(i: Inputs) -> Plan:
         partitions[f"dlq.{topic}"] = 1
     replicas = sum(partitions.values()) * int(i.replication_factor)
 
-    replica_factor = 1 + (i.replication_factor - 1) * i.broker_replica_cost_share
+    replica_factor = _replica_factor(i)
     # every gateway process reads every quote: the leaders serve each quote that many times
     broker_work = (Work("orders", orders, i.broker_ms_per_order * MS * replica_factor,
                         ("broker_ms_per_order", "broker_replica_cost_share")),
@@ -640,6 +646,7 @@ def plan_table(p: Plan, i: Inputs, figures: Mapping[str, Figure]) -> str:
     rows.append(f"| **total** | | | {sum(s.busy for s in p.services):,.0f} | | "
                 f"**{p.cores:,.0f}** |")
     account = p.partitions["orders.commands"]
+    gateway = next(s for s in p.services if s.name == "HTTP/WebSocket gateway")
     lines = [
         f"Peak with the {i.spike_factor:g}x spike: {load.orders_per_s:,.0f} orders/s, "
         f"{load.quotes_per_s:,.0f} quotes/s, {load.ws_connections:,.0f} WebSocket connections "
@@ -648,8 +655,10 @@ def plan_table(p: Plan, i: Inputs, figures: Mapping[str, Figure]) -> str:
         "",
         *rows,
         "",
-        f"- Kafka: {p.brokers} brokers, replication factor {i.replication_factor:g}, "
-        f"{p.partition_replicas:,} partition replicas.",
+        f"- Kafka: {p.brokers} brokers of {i.broker_cores:g} cores, replication factor "
+        f"{i.replication_factor:g}, {p.partition_replicas:,} partition replicas; the CPU per "
+        f"order and per quote is the measured figure x{_replica_factor(i):g}, each follower "
+        f"replica charged {i.broker_replica_cost_share:.0%} of the leader's.",
         f"- Partitions: {account:,} for each account-keyed topic ({p.shards} shards x "
         f"{p.partitions_per_shard}), {p.partitions['quotes']:,} for quotes, candles and "
         "market.status (one of them the hot symbol's own), 1 per dead-letter topic.",
@@ -657,11 +666,15 @@ def plan_table(p: Plan, i: Inputs, figures: Mapping[str, Figure]) -> str:
         f"{load.ledger_entries_per_s / p.shards:,.0f} ledger entries/s each.",
         f"- WebSocket: {p.gateway.connections_per_process:,.0f} connections per gateway process "
         f"({p.gateway.memory_mb_per_process:,.0f} MB at {i.ws_kb_per_connection:g} KB each; "
-        f"memory alone would allow {p.gateway.connections_by_memory:,.0f}).",
+        f"memory alone would allow {p.gateway.connections_by_memory:,.0f}); reading every "
+        f"quote takes {gateway.fixed_cores_per_process:.2f} of each process's "
+        f"{process_budget(i.target_utilisation):.2f} core.",
         f"- Hot symbol: {p.hot_symbol.quotes_per_s:,.0f} quotes/s on its own partition "
         f"({p.hot_symbol.partition_share:.0%} of one) and market-data process "
         f"({p.hot_symbol.process_share:.0%} of its budget); "
         f"{p.hot_symbol.orders_per_s:,.0f} orders/s spread over the account partitions.",
+        f"- Not sized: the market makers (the simulator took {i.simulator_ms_per_order:g} ms "
+        "per order).",
     ]
     for blocker in p.blockers:
         lines.append(f"- * {blocker}.")
