@@ -4,7 +4,8 @@ needs, from the CPU each service was measured to spend per unit of work.
 The inputs are a JSON file of figures (default `benchmarks/capacity_inputs.json`), each one
 `measured` (with the command that printed it and the date), `assumed` (with the reason for its
 value) or `given` (the seed's peak or the compose file's layout). `--set NAME=VALUE` overrides
-one figure for this run (the output marks it `overridden`); an unknown name is refused.
+one figure for this run (the output lists it as assumed, "overridden on the command line");
+an unknown name is refused, as is an unknown or missing figure in the file.
 
 The model, in one paragraph. The peak is 750,000 requests/s, 100,000 quotes/s and 25 million
 WebSocket connections, with a meme spike on top: one symbol's orders and quotes times 7. Each
@@ -12,8 +13,9 @@ service's busy cores are the sum over its units of work of rate x measured CPU p
 Python process uses at most one core (the GIL), and is given `target_utilisation` of it (the
 headroom), so its processes are busy cores / (target_utilisation - what every process must do
 whatever its share, e.g. a gateway reading every quote). Kafka brokers are sized by CPU (each
-replica charged `broker_replica_cost_share` of the leader's measured work), by partition
-replicas per broker, and at least the compose file's 3. Account-keyed topics share one
+follower replica charged `broker_replica_cost_share` of the leader's measured work, and every
+gateway process's read of every quote), by partition replicas per broker, and at least the
+compose file's 3. Account-keyed topics share one
 partition count, shards x partitions per shard, at least the largest consumer group that reads
 them and their records/s over `partition_records_per_s`. The shard count follows the ledger
 write rate: each shard lands what its sink workers can at the target utilisation. The hot
@@ -35,12 +37,15 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # --measure-order reads this checkout's state/, run from anywhere
+    sys.path.insert(0, str(ROOT))
 DEFAULT_INPUTS = Path(__file__).resolve().with_name("capacity_inputs.json")
 PROCESS_CORES = 1.0  # a Python process: one core at most (the GIL)
 MS, US = 1e-3, 1e-6
@@ -372,7 +377,7 @@ class Plan:
     partition_replicas: int
     hot_symbol: HotSymbol
     gateway: Gateway
-    blockers: tuple[str, ...] = field(default=())
+    blockers: tuple[str, ...] = ()
 
     @property
     def cores(self) -> float:
@@ -640,7 +645,7 @@ def plan_table(p: Plan, i: Inputs, figures: Mapping[str, Figure]) -> str:
     rows = ["| service | work at peak x CPU per unit | CPU figures | busy cores | processes "
             "| cores |", "|---|---|---|---:|---:|---:|"]
     for s in p.services:
-        mark = "" if s.fits_as_built else " *"
+        mark = "" if s.fits_as_built else " (*)"
         rows.append(f"| {s.name}{mark} | {_work_text(s)} | {basis(s, figures)} | {s.busy:,.0f} "
                     f"| {s.processes:,} | {s.cores:,.0f} |")
     rows.append(f"| **total** | | | {sum(s.busy for s in p.services):,.0f} | | "
@@ -677,7 +682,7 @@ def plan_table(p: Plan, i: Inputs, figures: Mapping[str, Figure]) -> str:
         "per order).",
     ]
     for blocker in p.blockers:
-        lines.append(f"- * {blocker}.")
+        lines.append(f"- (*) {blocker}.")
     return "\n".join(lines)
 
 

@@ -337,3 +337,12 @@ def test_the_script_prints_json_and_the_table(capsys: pytest.CaptureFixture[str]
 def test_the_script_refuses_an_unknown_override(capsys: pytest.CaptureFixture[str]) -> None:
     assert c.main(["--set", "turbo=1"]) == 2
     assert "unknown figure" in capsys.readouterr().err
+
+
+def test_the_readme_shows_the_table_of_the_shipped_inputs(
+        shipped: tuple[c.Inputs, dict[str, c.Figure]]) -> None:
+    inputs, figures = shipped
+    table = c.plan_table(c.plan(inputs), inputs, figures)
+    readme = (ROOT / "README.md").read_text()
+    assert table in readme, "README's capacity table is stale: paste `python " \
+        "benchmarks/capacity.py --format table` into its 'Capacity past one machine' section"
