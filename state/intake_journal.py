@@ -53,11 +53,14 @@ DECIDED_SQL = f"""(
                  AND e.idempotency_key = j.idempotency_key
                  AND e.reason IS DISTINCT FROM '{_ANOTHER_BODY}')
                 OR (e.event_type = 'order_event' AND e.cause_id = j.idempotency_key)))
-    OR EXISTS (
+    OR (j.order_id IS NULL AND EXISTS (
         SELECT 1 FROM ledger_transactions x
          WHERE x.account_id = j.account_id AND x.occurred_at >= j.submitted_at - %(slack)s
-           AND x.cause_id = 'cmd:' || j.account_id || ':' || j.idempotency_key)
+           AND x.cause_id = 'cmd:' || j.account_id || ':' || j.idempotency_key))
 )"""
+# A place order is decided once its order is on record: its hold alone (the ledger landed,
+# its events were lost with the broker) leaves an order nobody can see, so it is re-published
+# (and announced again, see state.domain.hydrate).
 
 # One statement: the row, or (a retry of the same key) the claim of this request on it. The
 # body stays the first request's: which body a key means is the topology's to decide.
@@ -117,7 +120,7 @@ DELETE FROM intake_journal WHERE (account_id, idempotency_key) IN (
 """
 
 _UNDECIDED_OF_ACCOUNT_SQL = f"""
-SELECT j.idempotency_key, j.command_type, j.submitted_at FROM intake_journal j
+SELECT j.idempotency_key, j.command_type, j.submitted_at, j.payload FROM intake_journal j
  WHERE j.account_id = %(a)s AND j.decided_at IS NULL AND NOT {DECIDED_SQL}
  ORDER BY j.submitted_at, j.idempotency_key
 """
@@ -231,10 +234,10 @@ async def prune(conn: psycopg.AsyncConnection[Any], keep_s: float, limit: int) -
 
 
 def undecided_of_account(conn: psycopg.Connection[Any], account_id: str
-                         ) -> list[tuple[str, str, dt.datetime]]:
-    """(key, command type, submitted_at) of the account's entries the shard shows no outcome
-    of, by submission: for the snapshot the account topology hydrates from."""
-    return [(r[0], r[1], r[2]) for r in conn.execute(
+                         ) -> list[tuple[str, str, dt.datetime, bytes]]:
+    """(key, command type, submitted_at, payload) of the account's entries the shard shows no
+    outcome of, by submission: for the snapshot the account topology hydrates from."""
+    return [(r[0], r[1], r[2], r[3]) for r in conn.execute(
         _UNDECIDED_OF_ACCOUNT_SQL, {"a": account_id, "slack": CLOCK_SLACK})]
 
 

@@ -929,8 +929,9 @@ def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
             for name, asset, amount in conn.execute(_SNAPSHOT_CLEARING_SQL, params):
                 clearing[name][asset] = amount
             journaled = tuple(
-                SnapshotJournaled(idempotency_key=key, command_type=kind, submitted_at=at)
-                for key, kind, at in undecided_of_account(conn, account_id))
+                SnapshotJournaled(idempotency_key=key, command_type=kind, submitted_at=at,
+                                  payload=bytes(payload) if kind == "place_order" else None)
+                for key, kind, at, payload in undecided_of_account(conn, account_id))
     snapshot = snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
     if snapshot is None or not journaled:
         return snapshot

@@ -53,13 +53,21 @@ from state.domain.account import (
     DepositRecord,
     _latest,
     _utc,
+    body_digest,
     check_invariants,
 )
 from state.domain.lots import SettlementLot, bought_by_symbol, lot_key
 from state.domain.money import ZERO
 from state.domain.orders import Order, PendingReplace
 from state.ids import order_id_for
-from state.messages import TERMINAL_ORDER_STATES, OrderState, OrderType, Side, TimeInForce
+from state.messages import (
+    TERMINAL_ORDER_STATES,
+    OrderState,
+    OrderType,
+    PlaceOrder,
+    Side,
+    TimeInForce,
+)
 
 __all__ = [
     "UNKNOWN_DIGEST",
@@ -111,6 +119,7 @@ class SnapshotOrder(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     confirmed_cl_ord_id: str | None = None
     pending_replace: PendingReplace | None = None
     state_before_cancel: OrderState | None = None
+    unannounced: bool = False
 
 
 class SnapshotCommand(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -149,6 +158,7 @@ class SnapshotJournaled(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     idempotency_key: str
     command_type: str
     submitted_at: dt.datetime
+    payload: bytes | None = None  # the command as journaled (place orders: their terms)
 
 
 class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -198,9 +208,10 @@ def hydrate(snapshot: AccountSnapshot, now: dt.datetime) -> AccountState:
     state.filled_net = _positions(state.balances)
     lots = unsettled_lots(snapshot.fills, snapshot.clearing_outstanding)
     state.unsettled_lots = {lot.key: lot for lot in lots}
-    _restore_orders(state, snapshot.orders, now)
+    _restore_orders(state, _with_journaled_terms(snapshot), now)
     _cap_held_unsettled(state, bought_by_symbol(lots))
     _restore_commands(state, snapshot.commands, now)
+    _know_unannounced_bodies(state)
     _restore_deposits(state, snapshot.deposits, now)
     _restore_fills(state, snapshot, now)
     state.commands_forgotten_until = _latest(state.commands_forgotten_until,
@@ -209,6 +220,38 @@ def hydrate(snapshot: AccountSnapshot, now: dt.datetime) -> AccountState:
                                                [snapshot.as_of])
     check_invariants(state)
     return state
+
+
+def _with_journaled_terms(snapshot: AccountSnapshot) -> list[SnapshotOrder]:
+    """Orders the ledger holds funds for but no event of which landed take their terms from
+    their place_order in the intake journal (the shard knows its exact body), and are marked
+    unannounced: the journal re-publishes the command, which announces and routes it again."""
+    placed: dict[str, PlaceOrder] = {}
+    for entry in snapshot.journaled:
+        if entry.command_type == "place_order" and entry.payload is not None:
+            command = _PLACE_DECODER.decode(entry.payload)
+            placed[order_id_for(snapshot.account_id, command.idempotency_key)] = command
+    orders = []
+    for row in snapshot.orders:
+        body = placed.get(row.order_id)
+        if body is not None and row.digest == UNKNOWN_DIGEST:
+            row = msgspec.structs.replace(
+                row, idempotency_key=body.idempotency_key, symbol=body.symbol,
+                side=body.side, order_type=body.order_type, time_in_force=body.time_in_force,
+                quantity=body.quantity, limit_price=body.limit_price,
+                stop_price=body.stop_price, digest=body_digest(body), unannounced=True)
+        orders.append(row)
+    return orders
+
+
+def _know_unannounced_bodies(state: AccountState) -> None:
+    """An unannounced order's key names the journaled body: its re-publication is the same
+    command (not another body under a reused key)."""
+    for order in state.open_orders.values():
+        record = state.commands.get(order.idempotency_key)
+        if order.unannounced and record is not None and record.digest == UNKNOWN_DIGEST:
+            state.commands[order.idempotency_key] = msgspec.structs.replace(
+                record, digest=order.digest)
 
 
 def _unrecorded_until(state: AccountState, snapshot: AccountSnapshot) -> dt.datetime:
@@ -224,6 +267,7 @@ def _unrecorded_until(state: AccountState, snapshot: AccountSnapshot) -> dt.date
 
 
 _JUST_BEFORE = dt.timedelta(microseconds=1)
+_PLACE_DECODER = msgspec.json.Decoder(PlaceOrder)
 
 
 def _key_known(state: AccountState, key: str) -> bool:
@@ -275,6 +319,7 @@ def _order(row: SnapshotOrder) -> Order:
         last_transact_time=_utc(row.last_transact_time) if row.last_transact_time else None,
         closed_at=_utc(row.closed_at) if row.closed_at else None, requests=row.requests,
         confirmed_cl_ord_id=row.confirmed_cl_ord_id, pending_replace=row.pending_replace,
+        unannounced=row.unannounced,
     )
 
 

@@ -328,6 +328,41 @@ def test_a_hold_whose_order_events_did_not_land_stays_held_until_day_end() -> No
     assert state.balance(la.CASH) == D("1000.00") and not state.open_orders
 
 
+def test_a_held_order_with_no_events_is_announced_and_routed_again_by_its_journal() -> None:
+    """Only the hold landed (the broker lost the order's events and its route request): the
+    journal's place_order gives the order its terms back, and its re-publication announces
+    the order and routes it again under the same ClOrdID; a further copy changes nothing."""
+    import msgspec
+
+    from state.domain.hydrate import SnapshotJournaled
+    from state.messages import RouteNewOrder
+    from state.topics import encode
+
+    command = limit("b", "buy", "5", "100", on(MONDAY, 10))
+    driver = run([deposit("d1", "1000.00", on(MONDAY, 9)), command])
+    without_events = [o for o in driver.outputs
+                      if not (isinstance(o, OrderEvent) and o.idempotency_key == "b")]
+    snapshot = snapshot_of(ACCOUNT, without_events)
+    assert snapshot is not None
+    snapshot = msgspec.structs.replace(snapshot, journaled=(SnapshotJournaled(
+        idempotency_key="b", command_type="place_order", submitted_at=command.submitted_at,
+        payload=encode(command)),))
+    state = hydrate(snapshot, on(MONDAY, 11))
+    [order] = state.open_orders.values()
+    assert order.unannounced and (order.symbol, order.quantity, order.limit_price) == (
+        "AAPL", D("5"), D("100"))
+    state, out = decide(state, command, on(MONDAY, 11), Driver().market, Driver().limits)
+    check_invariants(state)
+    [route] = of_type(out, RouteNewOrder)
+    assert route.cl_ord_id.startswith(order.order_id) or route.order_id == order.order_id
+    [event] = of_type(out, OrderEvent)
+    assert (event.state, event.reason, event.seq) == (OrderState.ROUTED, "announced_again",
+                                                      order.seq + 1)
+    assert not of_type(out, LedgerTransaction)  # the hold stands as it was
+    state, again = decide(state, command, on(MONDAY, 12), Driver().market, Driver().limits)
+    assert again == []
+
+
 def test_a_release_that_did_not_land_keeps_the_order_holding() -> None:
     driver = run([deposit("d1", "1000.00", on(MONDAY, 9)),
                   limit("b", "buy", "5", "100", on(MONDAY, 10)),
