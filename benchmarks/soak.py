@@ -57,7 +57,11 @@ def _process_name(process: psutil.Process) -> str:
         return "postgres"
     if "compose.cli" in text:
         return "up"
-    return process.name()
+    try:  # a worker process (multiprocessing) is named after its parent
+        parent = process.parent()
+    except psutil.Error:
+        parent = None
+    return f"{_process_name(parent)}/worker" if parent is not None else process.name()
 
 
 class ProcessMeter:
@@ -131,8 +135,8 @@ class Soak:
             due_s = started + n / self.orders_per_s
             if self.stop.wait(max(due_s - time.monotonic(), 0)):
                 return
-            side = "buy" if n % 2 == 0 else "sell"
-            body = {"account_id": account_id, "symbol": SYMBOLS[n % len(SYMBOLS)], "side": side,
+            # Buys only: a sell may overtake the buy it would close and be refused.
+            body = {"account_id": account_id, "symbol": SYMBOLS[n % len(SYMBOLS)], "side": "buy",
                     "order_type": "market", "quantity": "1", "time_in_force": "day"}
             n += 1
             sent = time.monotonic()
@@ -143,7 +147,8 @@ class Soak:
                 self.post_ms.append((posted - sent) * 1000)
             if code not in (200, 201, 202) or not answer or "order_id" not in answer:
                 with self.lock:
-                    self.outcomes[f"http_{code}"] += 1
+                    reason = (answer or {}).get("code") or (answer or {}).get("detail")
+                    self.outcomes[f"http_{code}:{reason}"] += 1
                 continue
             threading.Thread(target=self._await_decision, daemon=True,
                              args=(account_id, answer["order_id"], sent)).start()
