@@ -600,6 +600,7 @@ class Watchdog:
         self._loop_stall_s = loop_stall_s
         self._beat_s = time.monotonic()
         self._unassigned_since_s: float | None = None
+        self._checked_s: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="market-data-watchdog",
                                         daemon=True)
@@ -623,6 +624,13 @@ class Watchdog:
                 log.warning("watchdog: cannot sample: %s", error)
 
     def check(self, now_s: float) -> None:
+        if self._checked_s is not None and now_s - self._checked_s > 3 * WATCH_INTERVAL_S:
+            # The whole process stood still (SIGSTOP, a paused VM, swap): what was seen before
+            # says nothing about the loop or the consumer; judge afresh from now.
+            self._tracker.history.clear()
+            self._beat_s = max(self._beat_s, now_s)
+            self._unassigned_since_s = None
+        self._checked_s = now_s
         if now_s - self._beat_s > self._loop_stall_s:
             log.critical("market data: the loop has not come back for %.0f s; exiting",
                          now_s - self._beat_s)
