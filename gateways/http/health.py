@@ -53,6 +53,11 @@ class StageWatch:
     def statuses(self) -> list[GroupStatus]:
         return self.tracker.statuses()
 
+    def close(self) -> None:
+        """Drop the broker client (librdkafka destroys it with the last reference), so that
+        it does not go on reconnecting to a broker that is gone."""
+        self._sampler = None
+
     async def run(self, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -135,3 +140,4 @@ async def open_stage_watch(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        watch.close()
