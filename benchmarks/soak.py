@@ -33,12 +33,19 @@ import psutil
 
 from benchmarks.common import machine, percentile
 from state.liveness import GroupSampler, Sample, Tracker
-from tests.integration.compose.stack_process import StackProcess, http, start_stack
+from tests.integration.compose.stack_process import (
+    StackProcess,
+    eventually,
+    http,
+    start_stack,
+)
 
 SYMBOLS = ("AAPL", "MSFT", "TSLA", "GME", "SPY")
 QUOTE_SAMPLE_INTERVAL_S = 1.0
 GROUP_SAMPLE_INTERVAL_S = 10.0
 DECISION_TIMEOUT_S = 15.0
+DEPOSIT_AMOUNT = "500000.00"
+DEPOSIT_EVERY_ORDERS = 500
 
 
 def _process_name(process: psutil.Process) -> str:
@@ -135,6 +142,9 @@ class Soak:
             due_s = started + n / self.orders_per_s
             if self.stop.wait(max(due_s - time.monotonic(), 0)):
                 return
+            if n % DEPOSIT_EVERY_ORDERS == 0:  # keep the cash ahead of the buys
+                http("POST", f"{self.base}/v1/accounts/{account_id}/deposits",
+                     {"amount": DEPOSIT_AMOUNT}, self.token, {"Idempotency-Key": f"soak-dep-{n}"})
             # Buys only: a sell may overtake the buy it would close and be refused.
             body = {"account_id": account_id, "symbol": SYMBOLS[n % len(SYMBOLS)], "side": "buy",
                     "order_type": "market", "quantity": "1", "time_in_force": "day"}
@@ -147,7 +157,7 @@ class Soak:
                 self.post_ms.append((posted - sent) * 1000)
             if code not in (200, 201, 202) or not answer or "order_id" not in answer:
                 with self.lock:
-                    reason = (answer or {}).get("code") or (answer or {}).get("detail")
+                    reason = (answer or {}).get("reason") or (answer or {}).get("code")
                     self.outcomes[f"http_{code}:{reason}"] += 1
                 continue
             threading.Thread(target=self._await_decision, daemon=True,
@@ -261,13 +271,17 @@ def run(stack: StackProcess, args: argparse.Namespace) -> None:
     code, body = http("POST", f"{soak.base}/v1/auth/token", {"user_id": "soak"})
     assert code in (200, 201), body
     soak.token = body["token"]
+    def quoted() -> bool:  # orders before the first quotes are refused no_reference_price
+        code, body = http("GET", f"{soak.base}/v1/quotes?symbols={','.join(SYMBOLS)}",
+                          token=soak.token)
+        return code == 200 and len(body["quotes"]) == len(SYMBOLS)
+
+    eventually(quoted, timeout_s=60)
     threads = [threading.Thread(target=soak.quotes_loop, daemon=True),
                threading.Thread(target=soak.groups_loop, daemon=True)]
     if args.orders_per_s > 0:
         code, account = http("POST", f"{soak.base}/v1/accounts", {}, soak.token)
         assert code in (200, 201), account
-        http("POST", f"{soak.base}/v1/accounts/{account['account_id']}/deposits",
-             {"amount": "100000000.00"}, soak.token, {"Idempotency-Key": "soak-deposit"})
         threads.append(threading.Thread(target=soak.orders_loop, daemon=True,
                                         args=(account["account_id"],)))
     if args.grow_per_s > 0:
