@@ -265,7 +265,8 @@ def main() -> None:
             print(json.dumps({"stack_exit_code": code}), flush=True)
 
 
-def run(stack: StackProcess, args: argparse.Namespace) -> None:
+def run(stack: StackProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Soak a started stack for `args.minutes`; prints and returns one row per minute."""
     stack.read_until("healthy")
     soak = Soak(stack, args.orders_per_s, args.grow_per_s)
     code, body = http("POST", f"{soak.base}/v1/auth/token", {"user_id": "soak"})
@@ -291,14 +292,17 @@ def run(stack: StackProcess, args: argparse.Namespace) -> None:
     for thread in threads:
         thread.start()
     started = time.monotonic()
+    rows: list[dict[str, Any]] = []
     try:
         for index in range(1, int(args.minutes) + 1):
             time.sleep(max(started + 60 * index - time.monotonic(), 0))
-            print(json.dumps(soak.minute(index, meter, committed_before)), flush=True)
+            rows.append(soak.minute(index, meter, committed_before))
+            print(json.dumps(rows[-1]), flush=True)
     finally:
         soak.stop.set()
         for thread in threads:
             thread.join(10)
+    return rows
 
 
 if __name__ == "__main__":
