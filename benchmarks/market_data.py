@@ -6,6 +6,9 @@
    over the time from the first produce until Redis holds every symbol's last quote.
    Denominator, measured in the same run: N pre-encoded records produced as fast as possible
    while a bare consumer (its own process) reads them, no decoding.
+   CPU per quote over the same window (user + system from /proc, all threads): the
+   connector (this process, from the first produce to the flush), the market-data topology,
+   and the embedded broker and Redis when this script started them (`cpu_us_per_quote`).
 2. Quote age: the feed at a fixed rate for a few seconds; a sampler polls Redis and records,
    for each newly visible quote, now - venue_time (venue_time = the instant the feed made it).
    The cache is conflated, so these are the quotes that became visible, not every quote.
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, process_cpu_s  # noqa: E402
 from connectors.runtime import SystemClock, drive  # noqa: E402
 from connectors.synthetic import SyntheticQuotes, SyntheticQuotesSettings  # noqa: E402
 from state.quote_cache import QuoteCache, epoch_us  # noqa: E402
@@ -163,8 +166,14 @@ def _wait_ready(cache: QuoteCache, bootstrap: str, prefix: str) -> None:
         raise SystemExit("the topology did not start writing to Redis within 60 s")
 
 
+def _cpu_marks(pids: dict[str, int]) -> dict[str, float]:
+    marks = {name: process_cpu_s(pid) for name, pid in pids.items()}
+    return {name: mark for name, mark in marks.items() if mark is not None}
+
+
 def ingest_rate(bootstrap: str, redis_url: str, prefix: str, count: int,
-                state_dir: str) -> dict[str, float]:
+                state_dir: str, server_pids: dict[str, int]) -> dict[str, Any]:
+    """`server_pids`: the embedded servers to meter ({"broker": pid, "redis": pid}), if any."""
     cache = QuoteCache(redis_url, prefix)
     topology = _start_topology(bootstrap, redis_url, prefix, state_dir)
     try:
@@ -172,11 +181,15 @@ def ingest_rate(bootstrap: str, redis_url: str, prefix: str, count: int,
         feed = SyntheticQuotes(SyntheticQuotesSettings(symbols=SYMBOLS, rate_per_s=0,
                                                        quotes_max=count))
         producer = _producer(bootstrap)
+        metered = {"market_data": topology.pid or 0, **server_pids}
+        cpu_before = _cpu_marks(metered)
+        connector_before = process_cpu_s(os.getpid()) or 0.0
         started = time.time()
         stats = drive(feed, SystemClock(), _produce_fn(producer), prefix + "quotes",
                       prefix + "dlq.quotes", lambda: True, "quotes", "bench")
         producer.flush(60)
         produced = time.time()
+        connector_cpu_s = (process_cpu_s(os.getpid()) or 0.0) - connector_before
         # The feed's last quote per symbol was made just before `produced`: wait until Redis
         # holds a quote of every symbol at least that recent.
         cutoff_us = epoch_us(dt.datetime.fromtimestamp(produced, dt.UTC)) - 50_000
@@ -188,8 +201,14 @@ def ingest_rate(bootstrap: str, redis_url: str, prefix: str, count: int,
                 break
             time.sleep(0.01)
         finished = time.time()
+        cpu_after = _cpu_marks(metered)
+        cpu_s = {"connector": connector_cpu_s,
+                 **{name: cpu_after[name] - cpu_before[name]
+                    for name in cpu_before if name in cpu_after}}
         return {"quotes": stats.published, "produce_per_s": count / (produced - started),
-                "ingest_to_redis_per_s": count / (finished - started)}
+                "ingest_to_redis_per_s": count / (finished - started),
+                "cpu_us_per_quote": {name: round(seconds * 1e6 / count, 2)
+                                     for name, seconds in cpu_s.items()}}
     finally:
         _stop(topology)
         cache.clear()
@@ -276,8 +295,10 @@ def main() -> None:
         for prefix in prefixes:
             create_topics(bootstrap, topic_specs(prefix, 4, SYMBOL_PARTITIONS))
         bare = bare_rate(bootstrap, prefixes[0], args.quotes)
+        server_pids = ({"broker": servers[0].popen.pid, "redis": servers[1].popen.pid}
+                       if servers else {})
         ingest = ingest_rate(bootstrap, redis_url, prefixes[0], args.quotes,
-                             str(work / "state-ingest"))
+                             str(work / "state-ingest"), server_pids)
         age = quote_age(bootstrap, redis_url, prefixes[1], args.rate, args.seconds,
                         str(work / "state-age"))
         print(json.dumps({

@@ -49,7 +49,7 @@ from confluent_kafka import Producer  # noqa: E402
 
 from benchmarks.common import machine, process_cpu_s  # noqa: E402
 from compose.embedded import start_embedded_servers  # noqa: E402
-from compose.kafka import create_topics  # noqa: E402
+from compose.kafka import prepare_topics  # noqa: E402
 from sinks.config import SinkConfig  # noqa: E402
 from state import ledger_accounts as la  # noqa: E402
 from state import topics as t  # noqa: E402
@@ -269,8 +269,9 @@ def main() -> None:
         servers = start_embedded_servers(Path(tmp), SHARDS)
         try:
             prefix = f"b{uuid.uuid4().hex[:6]}."
-            create_topics(servers.bootstrap_servers,
-                          t.topic_specs(prefix, SHARDS * PARTITIONS_PER_SHARD, 1))
+            # the sink waits for the broker's epoch record (state/epoch.py) before it reads
+            prepare_topics(servers.bootstrap_servers, prefix,
+                           t.topic_specs(prefix, SHARDS * PARTITIONS_PER_SHARD, 1))
             producer = Producer({"bootstrap.servers": servers.bootstrap_servers,
                                  "partitioner": "murmur2_random", "linger.ms": 20,
                                  "queue.buffering.max.messages": 1_000_000})

@@ -28,31 +28,67 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+def _date_arg(text: str) -> dt.date:
+    """An argparse type: the error names the expected form (argparse names the flag)."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a date as YYYY-MM-DD (e.g. 2026-12-04), got {text!r}") from None
+
+
+def _time_arg(text: str) -> dt.datetime:
+    """An RFC 3339 time with its UTC offset (a time without one names no instant)."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time with its offset (e.g. 2026-12-04T14:30:00Z), "
+            f"got {text!r}")
+    return when
+
+
 # ---- up ------------------------------------------------------------------------------------
 
 
-def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
-    from compose.up import running_stack, serve_until_signalled, wait_healthy
+def _say(line: str, file: Any = None) -> None:
+    """`up`'s output: after SIGHUP the terminal may be gone, and a line that cannot be written
+    must not stand in the way of the clean stop."""
+    from compose.supervisor import write_line
 
+    write_line(line, file or sys.stdout)
+
+
+def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.up import (
+        interrupt_on_stop_signals,
+        running_stack,
+        serve_until_signalled,
+        wait_healthy,
+    )
+
+    interrupt_on_stop_signals()
     started = dt.datetime.now(dt.UTC)
-    _print(f"starting the stack in {stack.data_dir} ...")
+    _say(f"starting the stack in {stack.data_dir} ...")
     with running_stack(stack) as running:
         problems = wait_healthy(running, args.health_timeout_s)
         elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
         for name, url in running.urls().items():
-            _print(f"  {name:<14} {url}")
+            _say(f"  {name:<14} {url}")
         if problems:
             for problem in problems:
-                print(f"brokerage up: unhealthy: {problem}", file=sys.stderr)
+                _say(f"brokerage up: unhealthy: {problem}", sys.stderr)
             return 1
-        _print(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
+        _say(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
         if args.check:
-            _print("check passed; stopping")
+            _say("check passed; stopping")
             return 0
-        _print("press Ctrl-C to stop")
+        _say("press Ctrl-C to stop")
         serve_until_signalled(running)
-        _print("stopping ...")
-    _print("stopped")
+        _say("stopping ...")
+    _say("stopped")
     return 0
 
 
@@ -65,6 +101,8 @@ def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
     running: dict[str, Any] = {}
     if state_file.exists():
         running = json.loads(state_file.read_text())
+        if not _alive(running.get("pid")):
+            running = {}  # left behind by a stack that was killed: its servers are gone
     endpoints = {
         "bootstrap_servers": stack.kafka.bootstrap_servers or running.get("bootstrap_servers"),
         "shard_dsns": list(stack.postgres.shard_dsns) or running.get("shard_dsns"),
@@ -75,6 +113,18 @@ def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
         raise ComposeError(f"no running stack in {stack.data_dir} and the stack file names no "
                            f"{', '.join(missing)}: start `brokerage up` first")
     return endpoints
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int):
+        return True  # written before the pid was recorded: take it at its word
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
@@ -94,39 +144,68 @@ def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
 
 def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
     """Per shard: balances recomputed from entries against the materialised ones, every
-    transaction summing to zero, positions against entries; then the materialised balances
-    against those the stream implies (ledger.postings of the shard's partitions, up to what
-    the sink has landed)."""
-    from compose.shard_rebuild import stream_balances
+    transaction summing to zero, positions against entries; then against the stream
+    (ledger.postings of the shard's partitions, up to what the sink has landed), as far as
+    what the shard landed is of the broker's current log (epoch): what was landed under an
+    earlier epoch cannot be compared with the stream, and the output says so."""
+    from compose.shard_rebuild import current_epoch, describe_current, reconcile_shard_with_stream
     from state.router import ShardRouter
-    from state.shard_store import reconcile, reconcile_with_stream, sink_offsets
-    from state.topics import Topic
+    from state.shard_store import reconcile
 
     endpoints = _running_endpoints(stack)
     router = ShardRouter(stack.stack.shards, stack.stack.partitions_per_shard)
-    postings = stack.stack.topic_prefix + Topic.LEDGER_POSTINGS
+    current = current_epoch(endpoints["bootstrap_servers"], stack.stack.topic_prefix)
+    _print(f"broker: {describe_current(current)}")
     differences = 0
     for shard, dsn in enumerate(endpoints["shard_dsns"]):
-        landed = {partition: offset for (topic, partition), offset in sink_offsets(dsn).items()
-                  if topic == postings}
-        streamed = stream_balances(endpoints["bootstrap_servers"], stack.stack.topic_prefix,
-                                   router.partitions_of_shard(shard), offsets_max=landed)
-        found = reconcile(dsn) + reconcile_with_stream(dsn, streamed)
+        found = reconcile(dsn)
+        streamed = reconcile_shard_with_stream(
+            endpoints["bootstrap_servers"], stack.stack.topic_prefix, dsn,
+            router.partitions_of_shard(shard), current)
+        found += streamed.differences
         _print(f"shard {shard}: {'clean' if not found else f'{len(found)} differences'}")
         for line in found:
             _print(f"  {line}")
+        for note in streamed.notes:
+            _print(f"  note: {note}")
         differences += len(found)
+        differences += _report_undecided(dsn, args.undecided_max_s)
     return 1 if differences else 0
+
+
+def _report_undecided(dsn: str, stuck_s: float) -> int:
+    """Work accepted but not decided yet (the intake journal): reported; a command older than
+    `stuck_s` still undecided is a stalled pipeline, counted as a difference."""
+    from state.intake_journal import undecided_summary
+    from state.shard_store import connect
+
+    with connect(dsn) as conn:
+        pending = undecided_summary(conn, stuck_s)
+    if not pending.count:
+        _print("  accepted, not yet decided: none")
+        return 0
+    assert pending.oldest is not None
+    age_s = (dt.datetime.now(dt.UTC) - pending.oldest).total_seconds()
+    _print(f"  accepted, not yet decided: {pending.count} (oldest {age_s:.0f} s ago)")
+    if pending.stuck:
+        _print(f"  {pending.stuck} commands accepted more than {stuck_s:.0f} s ago are not "
+               "decided: the write path is stalled (see /healthz)")
+    return pending.stuck
 
 
 def cmd_market_status(stack: StackConfig, args: argparse.Namespace) -> int:
     from compose import topics_cli
+    from state.messages import normalise_symbol
 
     status = {"halt": "halted", "restrict": "restricted", "resume": "open"}[args.command]
+    try:
+        symbol = normalise_symbol(args.symbol)
+    except ValueError as error:
+        raise ComposeError(str(error)) from None
     bootstrap = _running_endpoints(stack)["bootstrap_servers"]
-    topics_cli.publish_market_status(bootstrap, stack.stack.topic_prefix, args.symbol.upper(),
-                                     status, args.reason)
-    _print(f"{args.symbol.upper()}: {status}")
+    topics_cli.publish_market_status(bootstrap, stack.stack.topic_prefix, symbol, status,
+                                     args.reason)
+    _print(f"{symbol}: {status}")
     return 0
 
 
@@ -278,12 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--to", required=True, help="destination topic")
     start = replay.add_mutually_exclusive_group()
     start.add_argument("--from-offset", type=int, default=None)
-    start.add_argument("--from-time", type=dt.datetime.fromisoformat, default=None,
+    start.add_argument("--from-time", type=_time_arg, default=None,
                        help="RFC 3339 time; records at or after it")
     topics.set_defaults(handler=cmd_topics)
 
     reconcile = commands.add_parser(
-        "reconcile", help="recompute balances from ledger entries per shard and compare")
+        "reconcile", help="recompute balances from ledger entries per shard and compare; "
+        "report commands accepted but not yet decided")
+    reconcile.add_argument(
+        "--undecided-max-s", type=float, default=120.0,
+        help="a command accepted longer ago than this and still undecided counts as a "
+        "difference (default 120)")
     reconcile.set_defaults(handler=cmd_reconcile)
 
     for name, help_text in (("halt", "halt trading in a symbol"),
@@ -301,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     expire = commands.add_parser(
         "expire", help="day end: expire every account's open day orders and release holds")
-    expire.add_argument("--date", type=dt.date.fromisoformat,
+    expire.add_argument("--date", type=_date_arg,
                         default=dt.datetime.now(dt.UTC).date(),
                         help="trading day (YYYY-MM-DD); default today (UTC)")
     expire.set_defaults(handler=cmd_expire)
@@ -309,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     settle = commands.add_parser(
         "settle", help="T+1 settlement: settle every account's trades of the business day "
         "before --date and print the netting per market maker and symbol")
-    settle.add_argument("--date", type=dt.date.fromisoformat,
+    settle.add_argument("--date", type=_date_arg,
                         default=dt.datetime.now(dt.UTC).date(),
                         help="settlement date (YYYY-MM-DD, a business day); default today "
                         "(UTC); holidays are not modelled")
@@ -350,6 +434,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # noqa: BLE001 - a server that is down: one line, not a trace
+        line = _unreachable(error)
+        if line is None:
+            raise
+        print(f"brokerage: {line}", file=sys.stderr)
+        return 1
+
+
+def _unreachable(error: Exception) -> str | None:
+    """One line for an error that means a server of the stack cannot be reached."""
+    import psycopg
+    from confluent_kafka import KafkaException
+
+    from state.exceptions import EpochUnavailable, StoreError
+
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if isinstance(error, psycopg.OperationalError):
+        return f"a shard database cannot be reached: {first_line}"
+    if isinstance(error, KafkaException | EpochUnavailable):
+        return f"the broker cannot be reached: {first_line}"
+    if isinstance(error, StoreError):
+        return f"a store cannot be reached: {first_line}"
+    return None
 
 
 if __name__ == "__main__":

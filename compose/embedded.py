@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import os
 import shutil
 import signal
@@ -231,6 +232,56 @@ def _postmaster_running(pgdata: Path) -> int | None:
     return pid
 
 
+def _processes_in(directory: Path, executable: str) -> list[int]:
+    """Live processes of `executable` whose working directory is `directory` (zombies hold
+    nothing)."""
+    target = str(directory.resolve())
+    binary = str(Path(executable).resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "cwd") != target or os.readlink(entry / "exe") != binary:
+                continue
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ...: comm may hold spaces and parentheses
+        if stat[stat.rfind(")") + 2:].split()[:1] != ["Z"]:
+            found.append(int(entry.name))
+    return found
+
+
+def clear_dead_postmaster(pgdata: Path, port: int, dead_pid: int,
+                          timeout_s: float = 10.0) -> None:
+    """What a postmaster killed with SIGKILL leaves behind, cleared so that a new one starts.
+
+    Its backends and auxiliary processes notice the death and exit by themselves, but while
+    one is still attached to the old shared memory a new postmaster refuses to start. Each of
+    them is a session of its own, but all run in the data dir: those are asked to go with
+    SIGKILL and waited for. Then the lock files: PostgreSQL removes a stale `postmaster.pid`
+    itself only when the pid in it is gone, and the pid may have been reused. The WAL is
+    PostgreSQL's own business: it recovers at start."""
+    deadline = time.monotonic() + timeout_s
+    while leftovers := _processes_in(pgdata, _pg_bin("postgres")):
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise ServiceStartError(
+                f"postgres {pgdata}: processes {leftovers} of the dead server (pid {dead_pid}) "
+                f"did not exit in {timeout_s:.0f} s")
+        time.sleep(0.05)
+    for lock in (pgdata / "postmaster.pid", pgdata / "socket" / f".s.PGSQL.{port}.lock"):
+        try:
+            holder = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if holder == dead_pid:
+            lock.unlink(missing_ok=True)
+
+
 def pg_ready(port: int) -> bool:
     result = subprocess.run([_pg_bin("pg_isready"), "-h", LOOPBACK, "-p", str(port), "-q"],
                             capture_output=True)
@@ -295,6 +346,11 @@ def data_dir_lock(data_dir: Path) -> Iterator[None]:
 # ---- the whole embedded set --------------------------------------------------------------
 
 
+# A server's start: given the dead one it replaces (None at first start), start it on its
+# port and data dir.
+ServerStart = Callable[[ChildProcess | None], ChildProcess]
+
+
 @dataclass
 class EmbeddedServers:
     """The running embedded servers and where they listen."""
@@ -303,6 +359,7 @@ class EmbeddedServers:
     redis_port: int
     shard_ports: list[int]
     children: list[ChildProcess] = field(default_factory=list)
+    starts: dict[str, ServerStart] = field(default_factory=dict, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -319,9 +376,32 @@ class EmbeddedServers:
     def child(self, name: str) -> ChildProcess:
         return next(child for child in self.children if child.name == name)
 
+    def start(self, name: str, start: ServerStart) -> ChildProcess:
+        self.starts[name] = start
+        child = start(None)
+        self.children.append(child)
+        return child
+
+    def restart(self, name: str) -> ChildProcess:
+        """Start a server that died again, on the same port and data dir (raises
+        ServiceStartError when it does not come up; the dead one then stays in place)."""
+        dead = self.child(name)
+        assert not dead.alive(), f"{name} is running"
+        dead.popen.wait()  # reaped: a zombie's pid still "exists" for a lock file check
+        child = self.starts[name](dead)
+        self.children[self.children.index(dead)] = child
+        return child
+
     def stop(self) -> None:
         for child in reversed(self.children):
             child.stop()
+
+
+def _start_shard(name: str, pgdata: Path, port: int, log_dir: Path,
+                 dead: ChildProcess | None) -> ChildProcess:
+    if dead is not None:
+        clear_dead_postmaster(pgdata, port, dead.popen.pid)
+    return start_postgres(name, pgdata, port, log_dir)
 
 
 def start_embedded_servers(
@@ -337,12 +417,14 @@ def start_embedded_servers(
     )
     try:
         if broker:
-            servers.children.append(start_broker(servers.broker_port, log_dir))
+            servers.start("broker", lambda _: start_broker(servers.broker_port, log_dir))
         if redis:
-            servers.children.append(start_redis(servers.redis_port, data_dir / "redis", log_dir))
+            servers.start("redis", lambda _: start_redis(servers.redis_port, data_dir / "redis",
+                                                        log_dir))
         for shard, port in enumerate(servers.shard_ports):
-            servers.children.append(
-                start_postgres(f"shard{shard}", data_dir / f"shard{shard}", port, log_dir))
+            name = f"shard{shard}"
+            servers.start(name, functools.partial(_start_shard, name, data_dir / name, port,
+                                                  log_dir))
     except BaseException:
         servers.stop()
         raise

@@ -85,7 +85,9 @@ def _fix_gateway(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Se
     config = {"bootstrap_servers": endpoints.bootstrap_servers,
               "topic_prefix": stack.stack.topic_prefix, "market_makers": makers,
               "store_dir": str(data_dir / "fix" / "gateway"),
-              "session_timeout_ms": stack.kafka.session_timeout_ms}
+              "session_timeout_ms": stack.kafka.session_timeout_ms,
+              "shard_dsns": list(endpoints.shard_dsns),
+              "partitions_per_shard": stack.stack.partitions_per_shard}
     return ServiceSpec("fix-gateway", "gateways.fix.config:FixGatewayConfig",
                        "gateways.fix.service:run", config)
 
@@ -126,6 +128,7 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "redis_key_prefix": stack.stack.topic_prefix,
               "token_secret": endpoints.token_secret,
               "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms,
+              "journal_replay_after_s": stack.http.journal_replay_after_s,
               "fix_store_dir": str(data_dir / "fix" / "gateway")}
     return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
                        config)

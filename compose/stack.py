@@ -22,7 +22,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -30,6 +30,10 @@ from compose.exceptions import ConfigError
 
 SERVICE_NAMES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data", "connectors",
                  "http")
+
+
+PORT_MIN, PORT_MAX = 1, 65535
+Port = Annotated[int, msgspec.Meta(ge=PORT_MIN, le=PORT_MAX)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -61,16 +65,19 @@ class RedisSection(_Section, frozen=True, kw_only=True):
 
 class HttpSection(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: Port = 8080
     token_secret: str = ""
     token_ttl_s: int = 900
     reply_wait_ms: int = 2000
+    # Durable intake: an acknowledged command without an outcome in its shard is re-published
+    # at once after a broker epoch change, else once it is this old (gateways.http.journal).
+    journal_replay_after_s: float = 5.0
 
 
 class MarketMakerSection(_Section, frozen=True, kw_only=True):
     name: str
     host: str = "127.0.0.1"
-    port: int
+    port: Port
     sender_comp_id: str = "BROKER"
     target_comp_id: str
     fix_version: str = "FIX.4.4"
@@ -137,6 +144,16 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+def _port_from_environment(variable: str, value: str) -> int:
+    """A port given by an environment variable, checked here so the error names the variable
+    (the stack file is not to blame)."""
+    port = int(value) if value.strip().isdigit() else None
+    if port is None or not PORT_MIN <= port <= PORT_MAX:
+        raise ConfigError(f"{variable}={value!r}: expected a port number from {PORT_MIN} to "
+                          f"{PORT_MAX}")
+    return port
+
+
 def load_stack(path: str | Path | None = None,
                environ: Mapping[str, str] | None = None) -> StackConfig:
     """The stack file (if any) with the environment's overrides applied."""
@@ -158,7 +175,7 @@ def load_stack(path: str | Path | None = None,
         if field == "shard_dsns":
             parsed = [dsn.strip() for dsn in value.split(",") if dsn.strip()]
         elif field == "port":
-            parsed = int(value) if value.isdigit() else value
+            parsed = _port_from_environment(variable, value)
         data.setdefault(section, {})[field] = parsed
     try:
         return msgspec.convert(data, StackConfig)

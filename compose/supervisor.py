@@ -1,9 +1,13 @@
-"""Supervised child processes: started in order, restarted when they die, stopped in reverse."""
+"""Supervised child processes: started in order, restarted when they die, stopped in reverse.
+
+`Supervisor` runs the Python services; `ServerWatch` watches the embedded servers (broker, Redis,
+shard PostgreSQLs) that `brokerage up` started and starts one that died again on its port."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -11,16 +15,37 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import msgspec
 
-from compose.embedded import _die_with_parent
+from compose.embedded import EmbeddedServers, _die_with_parent
+from compose.exceptions import ComposeError
 from compose.services import ServiceSpec
 
 log = logging.getLogger("brokerage.supervisor")
 
 RESTART_DELAY_S_MIN = 0.5
 RESTART_DELAY_S_MAX = 30.0
+# Alive this long after a start: the next death is a new fault, restarted after the least delay.
+STABLE_AFTER_S = 60.0
+
+
+def write_line(line: str, stream: TextIO) -> None:
+    """One line to the terminal. After SIGHUP the terminal may be gone and writing fails (EIO):
+    that must not break the supervision or the clean stop. Standard output and error then go
+    to /dev/null, so that what is still buffered does not fail Python's own flush at exit."""
+    try:
+        print(line, file=stream, flush=True)
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+def report_to_stderr(line: str) -> None:
+    write_line(line, sys.stderr)
 
 
 @dataclass
@@ -47,7 +72,8 @@ class Supervisor:
                  report: Callable[[str], None] | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._report = report or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._report = report or report_to_stderr
+        self.running = False  # between stop_all and start_all nothing is restarted
         self.children: list[Supervised] = []
         for spec in specs:
             spec_path = run_dir / f"{spec.name}.json"
@@ -63,18 +89,24 @@ class Supervisor:
         child.started_at = time.monotonic()
 
     def start_all(self) -> None:
+        """Start every service (again, after stop_all), each with the least restart delay."""
         for child in self.children:
+            child.restart_at = 0.0
+            child.delay_s = RESTART_DELAY_S_MIN
             self._start(child)
+        self.running = True
 
     def child(self, name: str) -> Supervised:
         return next(child for child in self.children if child.name == name)
 
     def poll(self) -> None:
         """Report and restart children that died, with a growing delay while they keep dying."""
+        if not self.running:
+            return
         now = time.monotonic()
         for child in self.children:
             if child.popen is None or child.alive():
-                if child.alive() and now - child.started_at > 60:
+                if child.alive() and now - child.started_at > STABLE_AFTER_S:
                     child.delay_s = RESTART_DELAY_S_MIN
                 continue
             if child.restart_at == 0.0:
@@ -89,6 +121,7 @@ class Supervisor:
                 self._start(child)
 
     def stop_all(self, timeout_s: float = 15.0) -> None:
+        self.running = False
         for child in reversed(self.children):
             if child.alive():
                 assert child.popen is not None
@@ -104,3 +137,76 @@ class Supervisor:
                 self._report(f"service {child.name} did not stop in {timeout_s:.0f} s; killed")
                 child.popen.kill()
                 child.popen.wait(5)
+
+
+@dataclass
+class WatchedServer:
+    name: str
+    started_at: float
+    restart_at: float = 0.0  # 0: not scheduled
+    died_at: float = 0.0
+    delay_s: float = RESTART_DELAY_S_MIN
+    restarts: int = 0
+
+
+class ServerWatch:
+    """The embedded servers `brokerage up` started. One that died is reaped, reported in one
+    line and started again on its port and data dir, with a growing delay while it keeps
+    dying. `on_died(name)` runs when the death is seen, before the restart (the stack stops
+    what must not meet the new server); `on_started(name)` runs once it listens again (the
+    stack prepares it); a ComposeError from `on_started` counts as one more death."""
+
+    def __init__(self, servers: EmbeddedServers,
+                 on_died: Callable[[str], None] = lambda name: None,
+                 on_started: Callable[[str], None] = lambda name: None,
+                 report: Callable[[str], None] | None = None) -> None:
+        self.servers = servers
+        self._on_died = on_died
+        self._on_started = on_started
+        self._report = report or report_to_stderr
+        now = time.monotonic()
+        self.watched = {child.name: WatchedServer(child.name, now) for child in servers.children}
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        for name, watched in self.watched.items():
+            child = self.servers.child(name)
+            if child.alive():
+                if now - watched.started_at > STABLE_AFTER_S:
+                    watched.delay_s = RESTART_DELAY_S_MIN
+                continue
+            if watched.restart_at == 0.0:
+                self._died(watched, f"exited with code {child.popen.poll()}", now)
+            elif now >= watched.restart_at:
+                self._restart(watched)
+
+    def _died(self, watched: WatchedServer, why: str, now: float) -> None:
+        child = self.servers.child(watched.name)
+        self._report(f"server {watched.name} {why}; restarting in {watched.delay_s:.1f} s "
+                     f"(log {child.log_path})")
+        watched.died_at = now
+        self._on_died(watched.name)
+        watched.restart_at = time.monotonic() + watched.delay_s
+        watched.delay_s = min(watched.delay_s * 2, RESTART_DELAY_S_MAX)
+
+    def _restart(self, watched: WatchedServer) -> None:
+        try:
+            self.servers.restart(watched.name)
+        except ComposeError as error:
+            self._report(f"server {watched.name} did not start again: {error}; retrying in "
+                         f"{watched.delay_s:.1f} s")
+            watched.restart_at = time.monotonic() + watched.delay_s
+            watched.delay_s = min(watched.delay_s * 2, RESTART_DELAY_S_MAX)
+            return
+        watched.restarts += 1
+        watched.started_at = time.monotonic()
+        watched.restart_at = 0.0
+        try:
+            self._on_started(watched.name)
+        except ComposeError as error:
+            # Not usable: stopped, and treated as one more death (the delay keeps growing).
+            self.servers.child(watched.name).kill()
+            self._died(watched, f"restarted but not usable: {error}", time.monotonic())
+            return
+        self._report(f"server {watched.name} is back after "
+                     f"{time.monotonic() - watched.died_at:.1f} s")

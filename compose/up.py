@@ -12,7 +12,8 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import FrameType
 
 from compose.embedded import (
     EmbeddedServers,
@@ -25,10 +26,15 @@ from compose.exceptions import ServiceStartError
 from compose.kafka import prepare_topics
 from compose.services import Endpoints, service_specs
 from compose.stack import StackConfig
-from compose.supervisor import Supervisor
+from compose.supervisor import ServerWatch, Supervisor, report_to_stderr
 from state.topics import topic_specs
 
 HEALTH_TIMEOUT_S = 60.0
+# Each of these stops the stack cleanly: Ctrl-C, a service manager, the terminal closed.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Services stopped because the broker died are restarted anyway and everything durable
+# survives SIGKILL: they get little time to go (one blocked on the dead broker uses it all).
+BROKER_LOST_STOP_TIMEOUT_S = 5.0
 
 
 def _token_secret(stack: StackConfig) -> str:
@@ -57,12 +63,23 @@ def _endpoints(stack: StackConfig, embedded: EmbeddedServers) -> Endpoints:
     )
 
 
+def _prepare_topics(stack: StackConfig, endpoints: Endpoints) -> str:
+    """Every topic created where missing; returns the broker's epoch."""
+    return prepare_topics(endpoints.bootstrap_servers, stack.stack.topic_prefix,
+                          topic_specs(stack.stack.topic_prefix, stack.account_partitions,
+                                      stack.stack.symbol_partitions))
+
+
+def _drop_stream_state(stack: StackConfig) -> None:
+    """Local stream state (RocksDB) made against a previous broker's changelogs matches no
+    topic of an empty broker."""
+    shutil.rmtree(stack.data_dir / "state", ignore_errors=True)
+
+
 def _prepare(stack: StackConfig, endpoints: Endpoints) -> None:
     from state.shard_store import migrate
 
-    prepare_topics(endpoints.bootstrap_servers, stack.stack.topic_prefix,
-                   topic_specs(stack.stack.topic_prefix, stack.account_partitions,
-                               stack.stack.symbol_partitions))
+    _prepare_topics(stack, endpoints)
     for dsn in endpoints.shard_dsns:
         migrate(dsn)
 
@@ -84,6 +101,35 @@ class RunningStack:
     stack: StackConfig
     endpoints: Endpoints
     supervisor: Supervisor
+    embedded: EmbeddedServers
+    watch: ServerWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = ServerWatch(self.embedded, self._server_died, self._server_started)
+
+    def poll(self) -> None:
+        """Restart what died: embedded servers first, then services."""
+        self.watch.poll()
+        self.supervisor.poll()
+
+    def _server_died(self, name: str) -> None:
+        if name == "broker":
+            # Stopped before a new broker listens: a service left running would meet an empty
+            # broker with its old offsets, and could create topics it expects before ours.
+            self.supervisor.stop_all(BROKER_LOST_STOP_TIMEOUT_S)
+
+    def _server_started(self, name: str) -> None:
+        """A new broker is a new epoch: topics created again (and the new epoch written),
+        stream state dropped, every service started again. The durable edges (shards, FIX
+        store, intake journal) replay into it. Redis and PostgreSQL need nothing: services
+        reconnect by themselves."""
+        if name != "broker":
+            return
+        epoch = _prepare_topics(self.stack, self.endpoints)
+        _drop_stream_state(self.stack)
+        self.supervisor.start_all()
+        report_to_stderr(f"broker epoch {epoch}: topics created, stream state dropped, "
+                         f"{len(self.supervisor.children)} services started again")
 
     @property
     def http_url(self) -> str:
@@ -94,9 +140,10 @@ class RunningStack:
         for shard, dsn in enumerate(self.endpoints.shard_dsns):
             urls[f"shard{shard}"] = dsn
         if "http" in self.stack.stack.services:
-            urls["http"] = self.http_url + "/v1"
+            urls["web page"] = self.http_url + "/"
+            urls["http api"] = self.http_url + "/v1"
+            urls["openapi"] = self.http_url + "/v1/openapi.json"
             urls["websocket"] = self.http_url.replace("http", "ws", 1) + "/v1/stream"
-            urls["openapi"] = self.http_url + "/openapi.json"
         for mm in self.stack.market_makers:
             urls[f"fix {mm.name}"] = f"{mm.host}:{mm.port} ({mm.sender_comp_id}->" \
                                      f"{mm.target_comp_id})"
@@ -122,9 +169,7 @@ def running_stack(stack: StackConfig) -> Iterator[RunningStack]:
     _check_ports(stack)
     with data_dir_lock(stack.data_dir):
         if not stack.kafka.bootstrap_servers:
-            # The embedded broker starts empty: local stream state (RocksDB) made against the
-            # previous broker's changelogs no longer matches any topic, so it goes too.
-            shutil.rmtree(stack.data_dir / "state", ignore_errors=True)
+            _drop_stream_state(stack)  # the embedded broker starts empty
         embedded = _embedded_servers(stack)
         supervisor: Supervisor | None = None
         try:
@@ -137,7 +182,7 @@ def running_stack(stack: StackConfig) -> Iterator[RunningStack]:
             supervisor = Supervisor(service_specs(stack, endpoints), stack.data_dir / "run",
                                     stack.data_dir / "logs")
             supervisor.start_all()
-            yield RunningStack(stack, endpoints, supervisor)
+            yield RunningStack(stack, endpoints, supervisor, embedded)
         finally:
             if supervisor is not None:
                 supervisor.stop_all()
@@ -155,12 +200,25 @@ def wait_healthy(running: RunningStack, timeout_s: float = HEALTH_TIMEOUT_S) -> 
     return problems
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def interrupt_on_stop_signals() -> None:
+    """While the stack starts, every stop signal is a Ctrl-C: what started is stopped again
+    and the stack file removed on the way out."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
+
+
 def serve_until_signalled(running: RunningStack) -> None:
+    """Supervise until a stop signal; a second one does not interrupt the clean stop."""
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: stop.set())
     while not stop.wait(0.5):
-        running.supervisor.poll()
+        running.poll()
 
 
-__all__ = ["running_stack", "wait_healthy", "serve_until_signalled", "wait_until"]
+__all__ = ["interrupt_on_stop_signals", "running_stack", "wait_healthy",
+           "serve_until_signalled", "wait_until"]

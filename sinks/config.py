@@ -21,5 +21,8 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     shard: int | None = None
     # How long a down shard's worker pauses before it tries the shard again.
     retry_after_s: float = 1.0
+    # At start a worker waits for the broker's epoch (state/epoch.py), asking again after
+    # 0.5 s, 1 s, ... up to this long between two attempts.
+    epoch_retry_s_max: float = 5.0
     # Extra librdkafka settings (security, etc.) for a real cluster.
     kafka_extra: dict[str, str] = {}

@@ -8,6 +8,11 @@ backpressure, so a down shard must pause only the reader of that shard, while th
 landing rows. A worker keeps only its shard's partitions of what the group assigns it
 (`OwnPartitionsApplication`): the others' records are never fetched, let alone deserialised.
 
+Before it reads, a worker learns the broker's epoch (state/epoch.py), which it records beside
+the offsets it lands. A broker without one has not had its topics prepared (`brokerage up` and
+`brokerage init` write it): the worker says so and asks again with a bounded backoff rather than
+exiting (which would only restart it in a loop).
+
 Run as a program: `python -m sinks.service '<SinkConfig as JSON>'`.
 """
 
@@ -21,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
@@ -34,6 +40,8 @@ from quixstreams.models import TopicConfig
 from sinks.config import SinkConfig
 from sinks.shard_sink import ShardSink
 from state import topics as t
+from state.epoch import epoch_topic, read_epoch
+from state.exceptions import EpochUnavailable
 from state.router import ShardRouter
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,8 @@ INPUT_TOPICS = (t.Topic.LEDGER_POSTINGS, t.Topic.ORDERS_EVENTS)
 RESTART_DELAY_S_MIN = 0.5
 RESTART_DELAY_S_MAX = 30.0
 STOP_TIMEOUT_S = 15.0
+EPOCH_RETRY_S_MIN = 0.5
+EPOCH_READ_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -79,7 +89,31 @@ class OwnPartitionsApplication(Application):
         super()._on_assign(consumer, kept)
 
 
-def build_application(config: SinkConfig, shard: int, state_dir: str
+def learn_epoch(config: SinkConfig, stop: threading.Event) -> str | None:
+    """The broker's epoch, asked again (0.5 s, 1 s, ... up to `epoch_retry_s_max` apart)
+    while the broker is unreachable or has none yet; None when `stop` is set first."""
+    delay_s = EPOCH_RETRY_S_MIN
+    while not stop.is_set():
+        try:
+            epoch = read_epoch(config.bootstrap_servers, config.topic_prefix,
+                               timeout_s=EPOCH_READ_TIMEOUT_S, extra=config.kafka_extra)
+        except EpochUnavailable as error:
+            log.warning("shard sink: cannot read the broker's epoch (%s); asking again in "
+                        "%.1f s", error, delay_s)
+        else:
+            if epoch is not None:
+                log.info("shard sink: broker epoch %s", epoch)
+                return epoch
+            log.warning("shard sink: broker %s has no epoch record in %s: its topics were not "
+                        "prepared (`brokerage up` or `brokerage init` does it); asking again in "
+                        "%.1f s", config.bootstrap_servers, epoch_topic(config.topic_prefix),
+                        delay_s)
+        stop.wait(delay_s)
+        delay_s = min(delay_s * 2, max(config.epoch_retry_s_max, EPOCH_RETRY_S_MIN))
+    return None
+
+
+def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
                       ) -> tuple[Application, ShardSink, Producer]:
     assert 0 <= shard < len(config.shard_dsns), (
         f"shard {shard} outside 0..{len(config.shard_dsns) - 1}")
@@ -105,7 +139,7 @@ def build_application(config: SinkConfig, shard: int, state_dir: str
     )
     dlq = Producer({"bootstrap.servers": config.bootstrap_servers, **config.kafka_extra})
     sink = ShardSink(shard=shard, dsn=config.shard_dsns[shard], router=router,
-                     topic_prefix=config.topic_prefix, dlq_producer=dlq,
+                     topic_prefix=config.topic_prefix, dlq_producer=dlq, epoch=epoch,
                      batch_size_max=config.batch_size_max, retry_after_s=config.retry_after_s)
     specs = {spec.name: spec for spec in
              t.topic_specs(config.topic_prefix, router.partitions, 1)}
@@ -120,8 +154,18 @@ def build_application(config: SinkConfig, shard: int, state_dir: str
 
 def run_shard(config: SinkConfig, shard: int) -> None:
     """One shard's worker in this process, until SIGTERM/SIGINT."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        epoch = learn_epoch(config, stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if epoch is None:
+        return  # stopped while waiting for the epoch
     with tempfile.TemporaryDirectory(prefix=f"shard-sink{shard}-") as state_dir:
-        app, sink, dlq = build_application(config, shard, state_dir)
+        app, sink, dlq = build_application(config, shard, state_dir, epoch)
         try:
             app.run()  # Quix handles SIGTERM/SIGINT: it commits what it has and returns
         finally:

@@ -17,6 +17,9 @@ order, so each partition's records land in offset order.
 The worker is assigned only its shard's partitions (`sinks.service.OwnPartitionsApplication`).
 Malformed records, and records whose account is not this shard's (their producer did not
 partition by account), go to `dlq.<topic>` and processing continues.
+
+The sink is told the broker's epoch (state/epoch.py) when it is built: the offsets it records
+in `sink_offsets` count in that broker log, and say so.
 """
 
 from __future__ import annotations
@@ -68,11 +71,13 @@ class SinkStats:
 class ShardSink(BatchingSink):
     def __init__(
         self, *, shard: int, dsn: str, router: ShardRouter, topic_prefix: str,
-        dlq_producer: Producer, batch_size_max: int = 5000, retry_after_s: float = 1.0,
+        dlq_producer: Producer, epoch: str, batch_size_max: int = 5000,
+        retry_after_s: float = 1.0,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         super().__init__()
         self._shard = shard
+        self._epoch = epoch
         self._dsn = dsn
         self._router = router
         self._prefix = topic_prefix
@@ -195,7 +200,8 @@ class ShardSink(BatchingSink):
     def _write(self, decoded: ShardBatch) -> None:
         started = time.perf_counter()
         try:
-            write_chunked(self._connection(), decoded, self._batch_size_max, self._refused)
+            write_chunked(self._connection(), decoded, self._batch_size_max, self._refused,
+                          epoch=self._epoch)
         except psycopg.OperationalError as error:
             self._drop_connection()
             self.stats.backpressures += 1

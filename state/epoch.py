@@ -57,7 +57,7 @@ def read_epoch_record(bootstrap_servers: str, topic_prefix: str, *, timeout_s: f
                       extra: dict[str, Any] | None = None) -> BrokerEpoch | None:
     """The broker's epoch record, or None when the topic is missing or empty."""
     config = {"bootstrap.servers": bootstrap_servers, "group.id": f"epoch-{uuid.uuid4()}",
-              "enable.auto.commit": False, "log_level": 3, **(extra or {})}
+              "enable.auto.commit": False, "log_level": 0, **(extra or {})}
     consumer = Consumer(config)
     topic = epoch_topic(topic_prefix)
     deadline = time.monotonic() + timeout_s
@@ -111,7 +111,7 @@ def ensure_epoch(bootstrap_servers: str, topic_prefix: str, *, timeout_s: float 
     _create_topic(bootstrap_servers, topic_prefix, timeout_s, extra)
     record = BrokerEpoch(epoch=uuid.uuid4().hex,
                          created_at=now or dt.datetime.now(dt.UTC))
-    producer = Producer({"bootstrap.servers": bootstrap_servers, "log_level": 3,
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "log_level": 0,
                          **(extra or {})})
     producer.produce(epoch_topic(topic_prefix), key=EPOCH_KEY,
                      value=msgspec.json.encode(record))
@@ -127,7 +127,7 @@ def ensure_epoch(bootstrap_servers: str, topic_prefix: str, *, timeout_s: float 
 
 def _create_topic(bootstrap_servers: str, topic_prefix: str, timeout_s: float,
                   extra: dict[str, Any] | None) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 3,
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0,
                          **(extra or {})})
     topic = NewTopic(epoch_topic(topic_prefix), num_partitions=1, replication_factor=-1,
                      config=epoch_topic_config())

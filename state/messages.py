@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import re
 import typing
 from decimal import Decimal
 from enum import StrEnum
@@ -18,7 +19,26 @@ import msgspec
 
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Symbol = Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$")]
+# `(?!\n)` before `$`: Python's `$` also matches before a trailing newline ("AAPL\n"); the
+# lookahead refuses it and keeps the pattern valid JSON Schema (ECMA-262) as well.
+SYMBOL_PATTERN = r"^[A-Z][A-Z0-9.\-]{0,9}(?!\n)$"
+Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
+SYMBOL_RULE = ("1 to 10 characters: a letter, then letters, digits, '.' or '-' "
+               "(e.g. AAPL, BRK.B)")
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
+
+
+def normalise_symbol(text: str) -> str:
+    """The one symbol rule of every edge that reads a person's text (HTTP, the CLI): letters
+    are read as upper case; anything else outside the rule is refused (ValueError) with the
+    rule in words. Topics carry upper case only (the JSON Schema's pattern)."""
+    symbol = text.upper()
+    if _SYMBOL_RE.search(symbol) is None:
+        raise ValueError(f"{text[:20]!r} is not a symbol: {SYMBOL_RULE}")
+    return symbol
+# The schema versions this code reads: a payload of another version is refused (DLQ), never
+# decided as if it were the one it knows.
+Version1 = typing.Literal[1]
 
 
 class Side(StrEnum):
@@ -98,6 +118,11 @@ def _holds(annotation: object, kind: type) -> bool:
     return annotation is kind or any(_holds(arg, kind) for arg in typing.get_args(annotation))
 
 
+def decimal_fields(cls: type) -> tuple[str, ...]:
+    """The fields of a message class that hold money, prices or quantities."""
+    return _checked_fields(cls)[0]
+
+
 @functools.cache
 def _checked_fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The fields of a message class whose declared type can hold a Decimal, a datetime."""
@@ -125,7 +150,7 @@ class PlaceOrder(Message, frozen=True, tag="place_order"):
     reference_price: Decimal | None = None
     reference_time: dt.datetime | None = None
     user_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class CancelOrder(Message, frozen=True, tag="cancel_order"):
@@ -134,7 +159,7 @@ class CancelOrder(Message, frozen=True, tag="cancel_order"):
     order_id: str
     submitted_at: dt.datetime
     user_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class Deposit(Message, frozen=True, tag="deposit"):
@@ -143,7 +168,7 @@ class Deposit(Message, frozen=True, tag="deposit"):
     amount: Decimal
     submitted_at: dt.datetime
     user_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class Withdraw(Message, frozen=True, tag="withdraw"):
@@ -152,7 +177,7 @@ class Withdraw(Message, frozen=True, tag="withdraw"):
     amount: Decimal
     submitted_at: dt.datetime
     user_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class AchReturn(Message, frozen=True, tag="ach_return"):
@@ -161,7 +186,7 @@ class AchReturn(Message, frozen=True, tag="ach_return"):
     deposit_idempotency_key: IdempotencyKey
     submitted_at: dt.datetime
     reason: str = "R01"
-    v: int = 1
+    v: Version1 = 1
 
 
 class ReplaceOrder(Message, frozen=True, tag="replace_order"):
@@ -177,7 +202,7 @@ class ReplaceOrder(Message, frozen=True, tag="replace_order"):
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     user_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class SettleTrades(Message, frozen=True, tag="settle_trades"):
@@ -189,7 +214,7 @@ class SettleTrades(Message, frozen=True, tag="settle_trades"):
     idempotency_key: IdempotencyKey
     settle_date: dt.date
     submitted_at: dt.datetime
-    v: int = 1
+    v: Version1 = 1
 
 
 class ExpireOrders(Message, frozen=True, tag="expire_orders"):
@@ -200,7 +225,7 @@ class ExpireOrders(Message, frozen=True, tag="expire_orders"):
     idempotency_key: IdempotencyKey
     trading_day: dt.date
     submitted_at: dt.datetime
-    v: int = 1
+    v: Version1 = 1
 
 
 Command = (PlaceOrder | CancelOrder | ReplaceOrder | Deposit | Withdraw | AchReturn
@@ -223,7 +248,7 @@ class RouteNewOrder(Message, frozen=True, tag="new_order"):
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     reference_price: Decimal | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class RouteCancel(Message, frozen=True, tag="cancel_request"):
@@ -235,7 +260,7 @@ class RouteCancel(Message, frozen=True, tag="cancel_request"):
     side: Side
     quantity: Decimal
     routed_at: dt.datetime
-    v: int = 1
+    v: Version1 = 1
 
 
 class RouteReplace(Message, frozen=True, tag="replace_request"):
@@ -253,7 +278,7 @@ class RouteReplace(Message, frozen=True, tag="replace_request"):
     routed_at: dt.datetime
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class RouteStatusRequest(Message, frozen=True, tag="status_request"):
@@ -263,7 +288,7 @@ class RouteStatusRequest(Message, frozen=True, tag="status_request"):
     symbol: Symbol
     side: Side
     routed_at: dt.datetime
-    v: int = 1
+    v: Version1 = 1
 
 
 RouteRequest = RouteNewOrder | RouteCancel | RouteReplace | RouteStatusRequest
@@ -292,7 +317,7 @@ class ExecutionReport(Message, frozen=True, tag="execution_report"):
     orig_cl_ord_id: str | None = None
     text: str | None = None
     poss_dup: bool = False
-    v: int = 1
+    v: Version1 = 1
 
 
 # ---- orders.events (key: account_id) ---------------------------------------------------
@@ -324,7 +349,7 @@ class OrderEvent(Message, frozen=True, tag="order_event"):
     last_fill_quantity: Decimal | None = None
     last_fill_price: Decimal | None = None
     held_amount: Decimal | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class CommandAccepted(Message, frozen=True, tag="command_accepted"):
@@ -337,7 +362,7 @@ class CommandAccepted(Message, frozen=True, tag="command_accepted"):
     occurred_at: dt.datetime
     amount: Decimal | None = None
     txn_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class CommandRejected(Message, frozen=True, tag="command_rejected"):
@@ -351,7 +376,7 @@ class CommandRejected(Message, frozen=True, tag="command_rejected"):
     occurred_at: dt.datetime
     detail: str | None = None
     order_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class Alert(Message, frozen=True, tag="alert"):
@@ -365,7 +390,7 @@ class Alert(Message, frozen=True, tag="alert"):
     occurred_at: dt.datetime
     order_id: str | None = None
     exec_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 AccountEvent = OrderEvent | CommandAccepted | CommandRejected | Alert
@@ -393,7 +418,7 @@ class LedgerTransaction(Message, frozen=True, tag="ledger_transaction"):
     occurred_at: dt.datetime
     entries: tuple[LedgerEntry, ...]
     order_id: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -420,7 +445,7 @@ class Quote(Message, frozen=True, tag="quote"):
     last: Decimal | None = None
     # Size of a trade printed with this quote at `last` (None: no new trade): candle volume.
     last_size: Decimal | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class MarketStatus(Message, frozen=True, tag="market_status"):
@@ -428,7 +453,7 @@ class MarketStatus(Message, frozen=True, tag="market_status"):
     status: SymbolStatus
     effective_at: dt.datetime
     reason: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 class Candle(Message, frozen=True, tag="candle"):
@@ -443,7 +468,7 @@ class Candle(Message, frozen=True, tag="candle"):
     volume: Decimal
     vwap: Decimal
     trades: int
-    v: int = 1
+    v: Version1 = 1
 
 
 # ---- dlq.<topic> -----------------------------------------------------------------------
@@ -459,7 +484,7 @@ class DeadLetter(Message, frozen=True, tag="dead_letter"):
     original: bytes
     failed_at: dt.datetime
     key: str | None = None
-    v: int = 1
+    v: Version1 = 1
 
 
 def to_builtins(message: Any) -> Any:

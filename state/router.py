@@ -23,7 +23,7 @@ from state.ids import shard_of_partition as _shard_of_partition
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _account_partition(account_id: str, partitions: int) -> int:
+def account_partition(account_id: str, partitions: int) -> int:
     """Cached: murmur2 in Python costs more than decoding a record, and the records of a sink
     or a gateway come from far fewer accounts than records."""
     return partition_for_key(account_id, partitions)
@@ -47,7 +47,7 @@ class ShardRouter:
         return _shard_of_partition(partition, self.partitions_per_shard)
 
     def partition_of_account(self, account_id: str) -> int:
-        return _account_partition(account_id, self.partitions)
+        return account_partition(account_id, self.partitions)
 
     def shard_of_account(self, account_id: str) -> int:
         return self.shard_of_partition(self.partition_of_account(account_id))

@@ -37,6 +37,15 @@ SELECT e.txn_id, e.leg, t.kind, t.cause_id, t.order_id, e.ledger_account, e.asse
  ORDER BY e.occurred_at, t.ledger_seq, e.leg
 """
 
+# A key reused with another body gets its own refusal; the key's outcome is its first body's.
+_COMMAND_OUTCOME_SQL = """
+SELECT payload FROM order_events
+ WHERE account_id = %(a)s AND idempotency_key = %(k)s
+   AND event_type IN ('command_accepted', 'command_rejected')
+   AND reason IS DISTINCT FROM 'duplicate_idempotency_key_different_body'
+ ORDER BY occurred_at, event_id LIMIT 1
+"""
+
 _EVENTS_SQL = """
 SELECT event_id, event_type, order_id, seq, state, previous_state, reason, detail, cause_id,
        idempotency_key, occurred_at, recorded_at, payload, source_topic, source_partition,
@@ -195,6 +204,25 @@ class ShardReader:
             shard, _EVENTS_SQL + " WHERE order_id = %s AND account_id = %s "
             "ORDER BY seq NULLS LAST, occurred_at, event_id", (order_id, account_id))
         return order
+
+    async def command_outcome(self, account_id: str, key: str) -> dict | None:
+        """What became of the command with this idempotency key: `accepted` or `rejected`
+        (the command event's payload: txn_id, reason, detail), else `pending` while the
+        intake journal holds it undecided, else None (no such command)."""
+        shard = self.shard_of_account(account_id)
+        rows = await self._fetch(shard, _COMMAND_OUTCOME_SQL, {"a": account_id, "k": key})
+        if rows:
+            payload = rows[0]["payload"]
+            status = "accepted" if payload["type"] == "command_accepted" else "rejected"
+            return {**payload, "status": status}
+        journaled = await self._fetch(
+            shard, "SELECT command_type, submitted_at FROM intake_journal "
+            "WHERE account_id = %(a)s AND idempotency_key = %(k)s", {"a": account_id, "k": key})
+        if journaled:
+            return {"status": "pending", "account_id": account_id, "idempotency_key": key,
+                    "command_type": journaled[0]["command_type"],
+                    "submitted_at": journaled[0]["submitted_at"]}
+        return None
 
     # -- audit -------------------------------------------------------------------------------
 

@@ -334,10 +334,58 @@ ALTER TABLE orders SET (fillfactor = 70);
 ALTER TABLE sink_offsets SET (fillfactor = 50);
 """
 
+# Broker epochs (state/epoch.py): an offset means something only within the broker log that
+# produced it. `sink_offsets` says which log its offset counts in, and `broker_epochs` lists every
+# log the shard has landed records from. A shard that landed records before epochs were recorded
+# holds records of a log nobody can name any more: the epoch '' stands for it, so that nothing
+# compares them with the broker's current log.
+_V4_BROKER_EPOCHS = """
+ALTER TABLE sink_offsets ADD COLUMN epoch text NOT NULL DEFAULT '';
+CREATE TABLE broker_epochs (
+    epoch          text PRIMARY KEY,
+    first_seen_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO broker_epochs (epoch, first_seen_at)
+SELECT '', min(landed_at)
+  FROM (SELECT min(recorded_at) AS landed_at FROM ledger_transactions
+        UNION ALL SELECT min(recorded_at) FROM order_events) landed
+HAVING min(landed_at) IS NOT NULL;
+"""
+
+# What the HTTP gateway acknowledged (201/202), kept until the shard shows the command's outcome
+# (state.intake_journal): after a broker reset the journal is what re-publishes it. `payload`
+# holds the exact bytes produced to orders.commands; `order_id` is set for a place_order (the
+# order it creates). `claim` names the request that last wrote the row: only that request may
+# take back a row the broker never took. `published_epoch` is the broker epoch of the last
+# publication; `decided_at` is set once the outcome was seen (then pruned after a retention).
+_V5_INTAKE_JOURNAL = """
+CREATE TABLE intake_journal (
+    account_id         text NOT NULL,
+    idempotency_key    text NOT NULL,
+    command_type       text NOT NULL,
+    order_id           text,
+    payload            bytea NOT NULL,
+    submitted_at       timestamptz NOT NULL,
+    journaled_at       timestamptz NOT NULL DEFAULT now(),
+    claim              text NOT NULL,
+    published_epoch    text,
+    last_published_at  timestamptz,
+    publish_count      integer NOT NULL DEFAULT 0,
+    decided_at         timestamptz,
+    PRIMARY KEY (account_id, idempotency_key)
+);
+CREATE INDEX intake_journal_undecided_idx ON intake_journal (journaled_at)
+    WHERE decided_at IS NULL;
+CREATE INDEX intake_journal_decided_idx ON intake_journal (decided_at)
+    WHERE decided_at IS NOT NULL;
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "ledger, orders, audit, balances, positions", _V1_TABLES + _V1_TRIGGERS),
     Migration(2, "balance checks over the inserted rows only", _V2_CHEAPER_CHECKS),
     Migration(3, "room on the pages of updated tables for HOT updates", _V3_ROOM_FOR_UPDATES),
+    Migration(4, "broker epochs: which log each stored offset counts in", _V4_BROKER_EPOCHS),
+    Migration(5, "intake journal of acknowledged commands", _V5_INTAKE_JOURNAL),
 )
 
 # One advisory lock key for migrations, so that concurrent `migrate` calls serialise.

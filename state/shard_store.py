@@ -8,6 +8,7 @@ replaying any part of a topic changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from psycopg import sql
 from state import ledger_accounts as la
 from state import topics as t
 from state.domain import shard_snapshot as snap
-from state.domain.hydrate import AccountSnapshot
+from state.domain.hydrate import AccountSnapshot, SnapshotJournaled
 from state.exceptions import DecodeError, StoreError
+from state.intake_journal import undecided_of_account
 from state.messages import (
     AccountEvent,
     Alert,
@@ -185,10 +187,24 @@ ON CONFLICT (order_id) DO UPDATE SET
 WHERE orders.seq < excluded.seq
 """
 
+# An offset counts only within the broker log (epoch) it was read from. Within one epoch the
+# highest offset wins (batches may land out of order across writers); a later epoch's offset
+# replaces an earlier one's, whatever their sizes (the new log counts from 0 again). An epoch
+# the shard first saw earlier never displaces a later one: a writer still finishing under the
+# old broker cannot move the offsets back into a log that is gone. A write with no epoch ('',
+# not from a broker log) never displaces an epoch's offsets.
+_NOTE_EPOCH_SQL = "INSERT INTO broker_epochs (epoch) VALUES (%s) ON CONFLICT (epoch) DO NOTHING"
+
 _UPSERT_OFFSETS_SQL = """
-INSERT INTO sink_offsets (topic, partition, offset_max) VALUES (%s, %s, %s)
+INSERT INTO sink_offsets AS s (topic, partition, offset_max, epoch) VALUES (%s, %s, %s, %s)
 ON CONFLICT (topic, partition) DO UPDATE
-   SET offset_max = greatest(sink_offsets.offset_max, excluded.offset_max), updated_at = now()
+   SET offset_max = CASE WHEN s.epoch = excluded.epoch
+                         THEN greatest(s.offset_max, excluded.offset_max)
+                         ELSE excluded.offset_max END,
+       epoch = excluded.epoch, updated_at = now()
+ WHERE s.epoch = excluded.epoch
+    OR coalesce((SELECT first_seen_at FROM broker_epochs WHERE epoch = s.epoch), '-infinity')
+       <= (SELECT first_seen_at FROM broker_epochs WHERE epoch = excluded.epoch)
 """
 
 _JSON = msgspec.json.Encoder()
@@ -199,11 +215,14 @@ def write_batch(
     postings: Sequence[LedgerTransaction],
     events: Sequence[AccountEvent],
     sources: Mapping[str, Source] | None = None,
+    *,
+    epoch: str = "",
 ) -> WriteResult:
     """Land `postings` and `events` in one database transaction, idempotently.
 
     `sources` maps a txn_id or event_id to where it was read (kept for audit and rebuilds;
-    the highest offset per partition goes to `sink_offsets`). Positions are derived from the
+    the highest offset per partition goes to `sink_offsets`, with `epoch`: the broker log the
+    offsets count in, '' when they come from no broker log). Positions are derived from the
     postings: a transaction that moves a user's shares moves the position (average cost).
     """
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, (
@@ -219,7 +238,7 @@ def write_batch(
         positions_moved = _move_positions(conn, fresh)
         _record_offsets(conn, [sources[key] for key in
                                [p.txn_id for p in postings] + [e.event_id for e in events]
-                               if key in sources])
+                               if key in sources], epoch)
     return WriteResult(len(new_txn_ids), entries_inserted, events_inserted, positions_moved)
 
 
@@ -368,15 +387,17 @@ def _write_events(conn: psycopg.Connection, events: Sequence[AccountEvent],
     return max(inserted, 0)
 
 
-def _record_offsets(conn: psycopg.Connection, sources: Iterable[Source]) -> None:
+def _record_offsets(conn: psycopg.Connection, sources: Iterable[Source], epoch: str) -> None:
     highest: dict[tuple[str, int], int] = {}
     for source in sources:
         key = (source.topic, source.partition)
         highest[key] = max(highest.get(key, -1), source.offset)
     if highest:
         with conn.cursor() as cur:
+            if epoch:
+                cur.execute(_NOTE_EPOCH_SQL, (epoch,))
             cur.executemany(_UPSERT_OFFSETS_SQL,
-                            [(topic, partition, offset)
+                            [(topic, partition, offset, epoch)
                              for (topic, partition), offset in sorted(highest.items())])
 
 
@@ -437,13 +458,13 @@ _REFUSED_BY_DATABASE = (psycopg.DataError, psycopg.IntegrityError, psycopg.Progr
 
 def write_or_split(conn: psycopg.Connection, postings: Sequence[LedgerTransaction],
                    events: Sequence[AccountEvent], sources: Mapping[str, Source],
-                   on_refused: OnRefused) -> None:
+                   on_refused: OnRefused, *, epoch: str = "") -> None:
     """`write_batch`, except that a record the database refuses (a NUL in a text, a
     constraint) must not block its partition forever: the batch is halved until the refused
     record is alone, which goes to `on_refused` with the database's reason. Connection errors
     propagate (the caller backs off and retries the whole batch: the writes are idempotent)."""
     try:
-        write_batch(conn, postings, events, sources)
+        write_batch(conn, postings, events, sources, epoch=epoch)
         return
     except _REFUSED_BY_DATABASE as error:
         if len(postings) + len(events) == 1:
@@ -459,15 +480,17 @@ def write_or_split(conn: psycopg.Connection, postings: Sequence[LedgerTransactio
         half = max(len(postings), len(events)) // 2
         halves = [(postings[:half], events[:half]), (postings[half:], events[half:])]
     for part_postings, part_events in halves:
-        write_or_split(conn, part_postings, part_events, sources, on_refused)
+        write_or_split(conn, part_postings, part_events, sources, on_refused, epoch=epoch)
 
 
 def write_chunked(conn: psycopg.Connection, batch: ShardBatch, chunk_size: int,
-                  on_refused: OnRefused) -> None:
-    """A batch in database transactions of at most `chunk_size` postings and as many events."""
+                  on_refused: OnRefused, *, epoch: str = "") -> None:
+    """A batch in database transactions of at most `chunk_size` postings and as many events;
+    `epoch`: the broker log the batch was read from (see `write_batch`)."""
     for first in range(0, max(len(batch.postings), len(batch.events)), chunk_size):
         write_or_split(conn, batch.postings[first:first + chunk_size],
-                       batch.events[first:first + chunk_size], batch.sources, on_refused)
+                       batch.events[first:first + chunk_size], batch.sources, on_refused,
+                       epoch=epoch)
 
 
 # ---- positions (average cost) ------------------------------------------------------------
@@ -702,10 +725,103 @@ def compare_shards(live_dsn: str, rebuilt_dsn: str, tables: Iterable[str] | None
 
 
 def sink_offsets(dsn: str) -> dict[tuple[str, int], int]:
-    """Highest offset landed per (topic, partition)."""
+    """Highest offset landed per (topic, partition), whatever broker log it counts in (see
+    `landed_offsets` for the epoch)."""
     with connect(dsn) as conn:
         return {(row[0], row[1]): row[2] for row in
                 conn.execute("SELECT topic, partition, offset_max FROM sink_offsets")}
+
+
+# ---- broker epochs: which stored offsets mean something in the broker's log ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """How far one input partition has landed in a shard, and the broker log (epoch) that
+    offset counts in."""
+
+    offset: int
+    epoch: str
+
+
+def landed_offsets(dsn: str) -> dict[tuple[str, int], Landed]:
+    """(topic, partition) -> highest offset landed and its epoch."""
+    with connect(dsn) as conn:
+        return {(row[0], row[1]): Landed(row[2], row[3]) for row in
+                conn.execute("SELECT topic, partition, offset_max, epoch FROM sink_offsets")}
+
+
+def landed_epochs(dsn: str) -> dict[str, dt.datetime]:
+    """Every broker epoch the shard has landed records under, with when it first did ('':
+    records landed before epochs were recorded)."""
+    with connect(dsn) as conn:
+        return {row[0]: row[1] for row in
+                conn.execute("SELECT epoch, first_seen_at FROM broker_epochs")}
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPlan:
+    """What of one shard can be compared with the broker's current log.
+
+    `compared`: partition -> highest offset landed, for partitions whose offsets count in the
+    current epoch; `earlier`: partition -> the other epoch its offsets count in (a log that is
+    gone: never read ranges by them, never wait for them); `whole_shard`: the shard holds
+    nothing landed under another epoch, so its balances as a whole are what the current log
+    implies (cut at `compared`)."""
+
+    current: str | None
+    compared: dict[int, int]
+    earlier: dict[int, str]
+    whole_shard: bool
+    earlier_epochs: tuple[str, ...]
+
+
+def plan_stream_comparison(partitions: Iterable[int], landed: Mapping[int, Landed],
+                           epochs_landed: Iterable[str], current: str | None) -> StreamPlan:
+    """Which of `partitions` (of one topic) compare with the broker's log whose epoch is
+    `current` (None: the broker has no epoch record, so nothing stored refers to it).
+    Partitions with nothing landed are in neither map: there is nothing to compare."""
+    compared: dict[int, int] = {}
+    earlier: dict[int, str] = {}
+    for partition in sorted(set(partitions)):
+        row = landed.get(partition)
+        if row is None:
+            continue
+        if current is not None and row.epoch == current:
+            compared[partition] = row.offset
+        else:
+            earlier[partition] = row.epoch
+    others = sorted({epoch for epoch in epochs_landed if epoch != current}
+                    | set(earlier.values()))
+    return StreamPlan(current=current, compared=compared, earlier=earlier,
+                      whole_shard=current is not None and not others,
+                      earlier_epochs=tuple(others))
+
+
+def reconcile_stream_transactions(dsn: str, postings: Iterable[tuple[LedgerTransaction, Source]]
+                                  ) -> list[str]:
+    """Differences between postings read from the stream and the shard's ledger: each must be
+    in the shard with the same legs. The check that still holds when the shard also holds
+    records of an earlier broker log (whose balances the stream cannot imply)."""
+    read = list(postings)
+    stored: dict[str, set[tuple[int, str, str, Decimal]]] = defaultdict(set)
+    with connect(dsn) as conn:
+        for txn_id, leg, ledger_account, asset, amount in conn.execute(
+                "SELECT txn_id, leg, ledger_account, asset, amount FROM ledger_entries "
+                "WHERE txn_id = ANY(%s)", ([posting.txn_id for posting, _ in read],)):
+            stored[txn_id].add((leg, ledger_account, asset, amount))
+    differences = []
+    for posting, source in read:
+        where = f"{source.topic}[{source.partition}]@{source.offset}"
+        legs = {(leg, entry.ledger_account, entry.asset, entry.amount)
+                for leg, entry in enumerate(posting.entries)}
+        if posting.txn_id not in stored:
+            differences.append(f"stream transaction {posting.txn_id} ({where}): not in the "
+                               "shard")
+        elif stored[posting.txn_id] != legs:
+            differences.append(f"stream transaction {posting.txn_id} ({where}): its entries "
+                               "differ from the shard's")
+    return differences
 
 
 # ---- hydration: what the shard records of one account ----------------------------------
@@ -762,6 +878,13 @@ SELECT ledger_account, asset, sum(amount) FROM ledger_entries
 """
 
 
+def account_is_open(dsn: str, account_id: str) -> bool:
+    """Whether the account was opened (`POST /v1/accounts` wrote its row in its shard)."""
+    with connect(dsn) as conn:
+        row = conn.execute("SELECT 1 FROM accounts WHERE account_id = %s", (account_id,))
+        return row.fetchone() is not None
+
+
 def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
     """What the account's shard records of it, for the account topology to rebuild the state
     it lost (`state.domain.hydrate`); None when the shard has nothing of the account (a new
@@ -805,7 +928,14 @@ def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
             clearing: dict[str, dict[str, Decimal]] = defaultdict(dict)
             for name, asset, amount in conn.execute(_SNAPSHOT_CLEARING_SQL, params):
                 clearing[name][asset] = amount
-    return snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
+            journaled = tuple(
+                SnapshotJournaled(idempotency_key=key, command_type=kind, submitted_at=at,
+                                  payload=bytes(payload) if kind == "place_order" else None)
+                for key, kind, at, payload in undecided_of_account(conn, account_id))
+    snapshot = snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
+    if snapshot is None or not journaled:
+        return snapshot
+    return msgspec.structs.replace(snapshot, journaled=journaled)
 
 
 _EVENT_DECODER = msgspec.json.Decoder(AccountEvent)

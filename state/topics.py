@@ -33,6 +33,7 @@ from state.messages import (
     RouteReplace,
     RouteRequest,
     RouteStatusRequest,
+    decimal_fields,
 )
 
 PAYLOAD_BYTES_MAX = 64 * 1024  # the broker does not enforce max.message.bytes; we do
@@ -108,9 +109,31 @@ def decode(topic: Topic, raw: bytes | None) -> Any:
     if len(raw) > PAYLOAD_BYTES_MAX:
         raise DecodeError(f"payload of {len(raw)} bytes exceeds {PAYLOAD_BYTES_MAX}")
     try:
-        return _DECODERS[topic].decode(raw)
+        message = _DECODERS[topic].decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise DecodeError(str(error)) from error
+    if topic in _EXTERNALLY_PRODUCED:
+        _require_decimal_strings(message, raw)
+    return message
+
+
+# Topics that producers outside the project write to directly: their payloads are held to the
+# letter of the contract (msgspec would also read a JSON number into a Decimal field).
+_EXTERNALLY_PRODUCED = frozenset({Topic.ORDERS_COMMANDS})
+_UNTYPED = msgspec.json.Decoder(dict[str, Any])
+
+
+def _require_decimal_strings(message: Any, raw: bytes) -> None:
+    """Money, prices and quantities are decimal strings in JSON, never numbers: a number may
+    already have lost digits in the producer's float (0.1 + 0.2)."""
+    names = [name for name in decimal_fields(type(message)) if getattr(message, name) is not None]
+    if not names:
+        return
+    fields = _UNTYPED.decode(raw)
+    for name in names:
+        if not isinstance(fields.get(name), str):
+            raise DecodeError(f"`{name}` must be a decimal string (e.g. \"10.50\"), "
+                              f"not a JSON {type(fields.get(name)).__name__}")
 
 
 def dead_letter(

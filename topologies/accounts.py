@@ -39,10 +39,11 @@ from state.domain.account import (
     state_to_bytes,
 )
 from state.domain.hydrate import AccountSnapshot, state_or_hydrated
+from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
-from state.messages import CommandRejected, ExecutionReport, MarketStatus
-from state.router import ShardRouter
-from state.shard_store import load_account_snapshot
+from state.messages import Alert, CommandRejected, ExecutionReport, MarketStatus
+from state.router import ShardRouter, account_partition
+from state.shard_store import account_is_open, load_account_snapshot
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -173,8 +174,12 @@ class AccountStep:
 
     def __init__(self, prefix: str, market: MarketStatusView | None, limits: RiskLimits,
                  cached_accounts_max: int = 2048,
-                 snapshot_loader: SnapshotLoader | None = None) -> None:
+                 snapshot_loader: SnapshotLoader | None = None,
+                 account_partitions: int | None = None,
+                 account_is_open: Callable[[str], bool] | None = None) -> None:
         self._prefix = prefix
+        self._is_open = account_is_open or (lambda account_id: True)
+        self._account_partitions = account_partitions
         self._market = market
         self._limits = limits
         self._snapshot_loader = snapshot_loader
@@ -191,6 +196,7 @@ class AccountStep:
             message = t.decode(kind, raw)
             if message.account_id != key:
                 raise DecodeError(f"key {key!r} is not the payload's account_id")
+            self._require_account_partition(message.account_id, context.partition)
         except DecodeError as error:
             letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
                                    str(error), now)
@@ -202,6 +208,9 @@ class AccountStep:
                 raise  # never booked against a guessed state: retried once the shard is back
             return [Output(self._prefix + t.topic_for(refusal), t.encode(refusal))
                     for refusal in [_unavailable(message, now, error)]]
+        if account is None:  # never opened: nothing is stored, so opening it later works
+            refusal = _refused_unknown(message, now)
+            return [Output(self._prefix + t.topic_for(refusal), t.encode(refusal))]
         market = self._market.context() if self._market else _ALL_OPEN
         account, outputs = decide(account, message, now, market, self._limits)
         stored = state_to_bytes(account)
@@ -209,7 +218,22 @@ class AccountStep:
         self._cache.put(message.account_id, stored, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
 
-    def _load(self, account_id: str, state: State, now: dt.datetime) -> AccountState:
+    def _require_account_partition(self, account_id: str, partition: int) -> None:
+        """An account's records live on one partition, or two states of one account would
+        each decide against half of its money: a record elsewhere (a producer that kept
+        another partitioner) is never decided."""
+        partitions = self._account_partitions
+        if partitions is None:
+            return
+        expected = account_partition(account_id, partitions)
+        if partition != expected:
+            raise DecodeError(
+                f"record on partition {partition}, but account {account_id!r} lives on "
+                f"partition {expected} of {partitions}: partition by murmur2 of the key "
+                "(librdkafka partitioner=murmur2_random, the Java client's default)")
+
+    def _load(self, account_id: str, state: State, now: dt.datetime) -> AccountState | None:
+        """The account's state; None for an account that was never opened."""
         stored = state.get(_STATE_KEY)
         if stored is None:
             # No stream state: a new account, or state the broker lost (the embedded broker
@@ -217,7 +241,10 @@ class AccountStep:
             loader = self._snapshot_loader
             if loader is None:
                 return AccountState.empty(account_id)
-            return state_or_hydrated(None, lambda: loader(account_id), account_id, now)
+            snapshot = loader(account_id)
+            if snapshot is None and not self._is_open(account_id):
+                return None
+            return state_or_hydrated(None, lambda: snapshot, account_id, now)
         account = self._cache.get(account_id, stored)
         if account is None:
             account = state_from_bytes(stored)
@@ -228,6 +255,35 @@ class AccountStep:
 
 
 SnapshotLoader = Callable[[str], AccountSnapshot | None]
+
+
+def shard_account_check(shard_dsns: tuple[str, ...],
+                        partitions_per_shard: int) -> Callable[[str], bool]:
+    router = ShardRouter(len(shard_dsns), partitions_per_shard)
+
+    def is_open(account_id: str) -> bool:
+        try:
+            return account_is_open(shard_dsns[router.shard_of_account(account_id)], account_id)
+        except psycopg.Error as error:
+            raise ShardUnavailable(f"shard of {account_id}: {error}") from error
+
+    return is_open
+
+
+def _refused_unknown(message: Any, now: dt.datetime) -> CommandRejected | Alert:
+    """A command for an account that was never opened is refused; an execution report for one
+    (no order of ours can have led to it) is raised to an operator, not booked."""
+    if isinstance(message, ExecutionReport):
+        return Alert(event_id=f"alert:{message.account_id}:{message.exec_id}:unknown_account",
+                     account_id=message.account_id, code=Reason.UNKNOWN_ACCOUNT,
+                     severity="critical", occurred_at=now, order_id=message.order_id,
+                     exec_id=message.exec_id,
+                     detail=f"execution {message.exec_id} for an account never opened")
+    return CommandRejected(
+        event_id=f"cmd:{message.account_id}:{message.idempotency_key}:unknown_account",
+        account_id=message.account_id, idempotency_key=message.idempotency_key,
+        command_type=type(message).__struct_config__.tag, reason=Reason.UNKNOWN_ACCOUNT,
+        occurred_at=now, detail="no such account: open it with POST /v1/accounts first")
 
 
 def _unavailable(command: Any, now: dt.datetime, error: Exception) -> CommandRejected:
@@ -311,10 +367,14 @@ def run(config: AccountTopologyConfig) -> None:
     market.start()
     try:
         topics = declare_topics(app, config.kafka.topic_prefix, config.account_partitions)
-        loader = (shard_snapshot_loader(config.shard_dsns, config.partitions_per_shard)
-                  if config.shard_dsns else None)
-        build_accounts(app, topics, AccountStep(config.kafka.topic_prefix, market,
-                                                risk_limits(config), snapshot_loader=loader))
+        loader = is_open = None
+        if config.shard_dsns:
+            loader = shard_snapshot_loader(config.shard_dsns, config.partitions_per_shard)
+            is_open = shard_account_check(config.shard_dsns, config.partitions_per_shard)
+        step = AccountStep(config.kafka.topic_prefix, market, risk_limits(config),
+                           snapshot_loader=loader, account_partitions=config.account_partitions,
+                           account_is_open=is_open)
+        build_accounts(app, topics, step)
         app.run()
     finally:
         market.stop()

@@ -44,6 +44,20 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # and the gateway refuses route records older than it (so a replay of a forgotten order
     # is never sent again). Keep it above the retention of `orders.route`.
     closed_order_retention_days: int = 7
+    # Durable executions and orders in flight at a reset (gateways.fix.durable). The shards
+    # are read (never written) to see which forwarded reports are booked and which orders
+    # are open; without them nothing is checked and payloads stay in the store.
+    shard_dsns: tuple[str, ...] = ()
+    partitions_per_shard: int = 1
+    booking_check_interval_ms: int = 2000  # one bounded pass over unbooked reports
+    booking_check_batch_max: int = 500  # reports looked up per pass
+    reforward_after_ms: int = 30_000  # not booked this long (same epoch): forwarded again
+    # A report whose order is not in its shard waits this long for it before going anyway.
+    orphan_after_ms: int = 120_000
+    open_order_check_interval_ms: int = 60_000  # open orders of the shards reconciled
+    # An order open in its shard that this gateway never got is ended after this long.
+    unrouted_order_timeout_ms: int = 120_000
+    epoch_check_interval_ms: int = 5000  # how often the broker's epoch is read again
 
     def __post_init__(self) -> None:
         if not self.market_makers:
@@ -55,6 +69,13 @@ class FixGatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
             raise ValueError("closed_order_retention_days must be at least 1")
         if self.max_in_flight_per_session < 1:
             raise ValueError("max_in_flight_per_session must be at least 1")
+        if self.shard_dsns and self.partitions_per_shard < 1:
+            raise ValueError("partitions_per_shard must be at least 1")
+        for name in ("booking_check_interval_ms", "booking_check_batch_max",
+                     "reforward_after_ms", "open_order_check_interval_ms",
+                     "unrouted_order_timeout_ms", "epoch_check_interval_ms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
         if self.routing_policy not in ROUTING_POLICIES:
             raise ValueError(f"routing_policy must be one of {sorted(ROUTING_POLICIES)}")
         seen: dict[tuple[str, str, str], str] = {}

@@ -14,6 +14,14 @@ committed here is covered at the next start: the gateway reads `executions` from
 the store committed to the end before logging on (gateways.fix.recovery). The account topology
 still treats exec_id as idempotent (by contract), a second line for a record a crash left
 in flight and the broker appended after that read.
+
+Durable executions and orders in flight at a reset (gateways.fix.durable): the store keeps
+each forwarded report's payload until its shard shows it booked; a bounded pass every
+`booking_check_interval_ms` (shard reads and the broker epoch read on a worker thread, store
+writes and records on the main thread) drops what is booked and forwards again what is not,
+and ends the orders open in the shards that no market maker ever got. Requests are recorded
+as sent before they go out (one store transaction per batch of route records), so "never
+sent" is exact; a replayed route record of a ClOrdID already sent (or ended) is not sent.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,18 @@ from confluent_kafka import Message as KafkaMessage
 from gateways.exceptions import GatewayError
 from gateways.fix import fixmsg
 from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
+from gateways.fix.durable import (
+    OrderAction,
+    StoredExecution,
+    alert_due,
+    concluded_report,
+    is_settled,
+    may_forward_again,
+    not_routed_report,
+    reconcile_order,
+    reforward_due,
+    status_conclusion,
+)
 from gateways.fix.recovery import read_tail
 from gateways.fix.runtime import stop_on_signals
 from gateways.fix.session import (
@@ -45,7 +66,7 @@ from gateways.fix.session import (
     session_comp_ids,
     session_key,
 )
-from gateways.fix.store import GatewayStore
+from gateways.fix.store import Forwarded, GatewayStore
 from gateways.fix.tracking import (
     TERMINAL_EXEC_TYPES,
     CircuitBreaker,
@@ -57,8 +78,10 @@ from gateways.fix.tracking import (
     price_improvement,
     stuck_action,
 )
-from state.exceptions import DecodeError
-from state.ids import order_id_of_cl_ord_id
+from state.epoch import BrokerEpoch, read_epoch_record
+from state.exceptions import DecodeError, EpochUnavailable, ShardUnavailable
+from state.execution_booking import BookingReader, ExecutionRef, ShardOrder
+from state.ids import cl_ord_id_for, order_id_of_cl_ord_id
 from state.messages import (
     Alert,
     ExecType,
@@ -156,12 +179,26 @@ class FixGateway:
         self.retention_ms = config.closed_order_retention_days * DAY_MS
         delivered = self.store.delivered_seqs()
         self._persisted_delivered: dict[str, int] = {}
-        self._dirty_exec_ids: list[tuple[str, str]] = []
+        self._dirty_exec_ids: list[Forwarded] = []
+        self._dirty_reforwarded: list[tuple[str, str | None]] = []
         self._dirty_sent: list[tuple[str, str]] = []
         self._dirty_orders: dict[str, OpenOrder] = {}
         self._dirty_stats = False
         self._dirty_tail: dict[int, int] = {}  # executions partition -> next offset acked
         self.fatal: str | None = None
+        # Requests of a batch of route records wait here until the store says they were sent.
+        self._outbox: list[tuple[fix.Message, str]] | None = None
+        # Durable executions and orders in flight (gateways.fix.durable).
+        self.epoch: str | None = None  # the broker epoch reports are forwarded under
+        self.epoch_started_at: dt.datetime | None = None
+        self.booking = (BookingReader(config.shard_dsns, config.partitions_per_shard)
+                        if config.shard_dsns else None)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fix-booking")
+        self._pass: Future[Findings] | None = None
+        self._next_pass = 0.0
+        self._next_epoch_read = 0.0
+        self._next_open_orders = 0.0
+        self._watching_since = utc_now()
         # Sessions.
         self.specs: dict[str, SessionSpec] = {}
         self.mm_of_session: dict[str, str] = {}
@@ -187,6 +224,9 @@ class FixGateway:
                 self.in_flight[open_order.session].add(open_order.order_id)
         self.logged_on: set[str] = set()
         self._logons: list[str] = []
+        # Per session, since when it is down: orders sent after that wait in QuickFIX's store
+        # and go out at logon, so only older ones are asked about then.
+        self._down_since_ms = dict.fromkeys(self.specs, now_ms())
         self._outbound: dict[tuple[str, int], tuple[str, str]] = {}
         self._cancel_attempts: dict[str, int] = {}
         # Inbound (session, seq) whose executions record the broker has not acknowledged.
@@ -254,6 +294,7 @@ class FixGateway:
             raise GatewayError(f"topic {self.route_topic} does not exist")
         self.consumer.assign([TopicPartition(self.route_topic, partition, OFFSET_STORED)
                               for partition in sorted(partitions)])
+        self._read_epoch_now()
         self._recover_forwarded()
         self.initiator.start()
         log.info("FIX gateway started: %s", ", ".join(self.specs))
@@ -261,8 +302,15 @@ class FixGateway:
     def _recover_forwarded(self) -> None:
         """Count as forwarded what reached `executions` after the store's last commit (a
         kill -9 between the broker's ack and that commit), before any session resends it."""
+        stored_epoch = self.store.executions_tail_epoch()
+        recreated = (stored_epoch is not None and self.epoch is not None
+                     and stored_epoch != self.epoch)
+        if recreated:
+            log.warning("%s offsets of the store count in broker epoch %s, the broker is at "
+                        "%s: the topic is another log, read from its beginning",
+                        self.executions_topic, stored_epoch, self.epoch)
         tail = read_tail(self.config.bootstrap_servers, self.executions_topic,
-                         self.store.executions_tail(), self.forwarded)
+                         self.store.executions_tail(), self.forwarded, recreated=recreated)
         if tail.reset:
             log.warning("%s partitions %s were recreated since the store's offsets (a broker "
                         "that forgot its topics): read from their beginning",
@@ -272,9 +320,45 @@ class FixGateway:
             log.warning("%d ExecIDs found on %s beyond the store's record: kept as forwarded",
                         len(unknown), self.executions_topic)
         self.forwarded |= tail.exec_ids
-        self.store.restart_tail(tail.next_offsets, unknown, now_ms())
+        found: list[str | Forwarded] = []
+        for exec_id in unknown:
+            kept = self._forwarded_from_payload(tail.payloads.get(exec_id))
+            found.append(kept if kept is not None else exec_id)
+        self.store.restart_tail(tail.next_offsets, found, now_ms(), self.epoch)
+
+    def _forwarded_from_payload(self, payload: bytes | None) -> Forwarded | None:
+        """A report read back from `executions`, kept like one forwarded now."""
+        try:
+            report = decode(Topic.EXECUTIONS, payload)
+        except DecodeError:
+            return None
+        if not isinstance(report, ExecutionReport) or payload is None:
+            return None
+        return Forwarded(report.exec_id, report.order_id, report.account_id, report.exec_type,
+                         report.market_maker, payload, self.epoch)
+
+    def _read_epoch_now(self) -> None:
+        """The broker's epoch at start (None when it has none: reports are then re-checked
+        by age only, and the next read that finds one forwards them again)."""
+        try:
+            record = read_epoch_record(self.config.bootstrap_servers, self.config.topic_prefix)
+        except EpochUnavailable as error:
+            log.warning("broker epoch not readable at start: %s", error)
+            return
+        self._adopt_epoch(record)
+
+    def _adopt_epoch(self, record: BrokerEpoch | None) -> bool:
+        """Take the broker's epoch; True when it is another one than the gateway had."""
+        if record is None or record.epoch == self.epoch:
+            return False
+        previous, self.epoch = self.epoch, record.epoch
+        self.epoch_started_at = record.created_at
+        log.warning("broker epoch %s (since %s; was %s)", record.epoch,
+                    record.created_at.isoformat(), previous)
+        return previous is not None
 
     def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
         self.initiator.stop()
         self.producer.flush(10)
         self.producer.poll(0)
@@ -341,6 +425,19 @@ class FixGateway:
     # ---- orders.route -> FIX -------------------------------------------------------------
 
     def _handle_route_batch(self, records: list[KafkaMessage]) -> None:
+        """Route a batch: what it sends is recorded as sent (one store transaction) before
+        any of it goes out, so a ClOrdID the store does not hold was never sent."""
+        self._outbox = []
+        try:
+            self._route_records(records)
+            if self._outbox:
+                self._persist()
+        finally:
+            outbox, self._outbox = self._outbox, None
+        for message, session in outbox:
+            self._send(message, session)
+
+    def _route_records(self, records: list[KafkaMessage]) -> None:
         for record in records:
             error = record.error()
             if error is not None:
@@ -379,7 +476,9 @@ class FixGateway:
             self._status(request)
 
     def _new_order(self, order: RouteNewOrder) -> None:
-        if order.cl_ord_id in self.sent:
+        if order.cl_ord_id in self.sent or order.order_id in self.routed_orders:
+            # A replay, or a command re-decided after a reset (same deterministic ClOrdID):
+            # the market maker has it already (or it was ended here); never twice.
             log.info("order %s already sent; replayed route record ignored", order.cl_ord_id)
             return
         now = now_ms()
@@ -470,6 +569,9 @@ class FixGateway:
         self._forward(report, None)
 
     def _send(self, message: fix.Message, session: str) -> None:
+        if self._outbox is not None:
+            self._outbox.append((message, session))  # sent once the store has it
+            return
         # QuickFIX stores the message under its sequence number even when the session is
         # down, and sends it when the session is back: sendToTarget may say False then.
         if not fix.Session.sendToTarget(message, self.session_ids[session]):
@@ -488,6 +590,7 @@ class FixGateway:
         log.info("logout %s", key)
         with self.lock:
             self.logged_on.discard(key)
+            self._down_since_ms[key] = now_ms()
 
     def on_outbound(self, message: fix.Message, session_id: fix.SessionID) -> None:
         """Remember which ClOrdID each outbound sequence number carried, so a session-level
@@ -552,6 +655,7 @@ class FixGateway:
         cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID) or ""
         known = self._known(order_id_of_cl_ord_id(cl_ord_id))
         received = utc_now()
+        ord_status: str | None = None
         try:
             if kind == fixmsg.MSG_EXECUTION_REPORT:
                 if (fixmsg.optional_field(message, fixmsg.ORD_REJ_REASON)
@@ -562,12 +666,33 @@ class FixGateway:
                                 cl_ord_id, key)
                     return
                 report = fixmsg.execution_report_from_fix(message, mm, known, received)
+                ord_status = fixmsg.optional_field(message, fixmsg.ORD_STATUS)
             else:
                 report = fixmsg.cancel_reject_from_fix(message, mm, known, received)
         except fixmsg.FixFieldError as error:
             self._alert_unusable(message, key, str(error), seq)
             return
         self._accept_report(report, key, seq)
+        if report.exec_type is ExecType.ORDER_STATUS:
+            self._conclude_status(report, ord_status, key)
+
+    def _conclude_status(self, status: ExecutionReport, ord_status: str | None,
+                         key: str) -> None:
+        """A status answer that says the order is over at the market maker (it does not know
+        it, refused it, or cancelled it with every fill here) ends it here too."""
+        with self.lock:
+            order = self.orders.get(status.order_id)
+            booked_cum_qty = order.cum_qty if order is not None else None
+        if booked_cum_qty is None:
+            return
+        outcome = status_conclusion(ord_status, status.cum_qty, booked_cum_qty)
+        if outcome is None:
+            return
+        exec_type, reason = outcome
+        log.warning("order %s: %s answers OrdStatus %s: ended here (%s)", status.order_id,
+                    status.market_maker, ord_status, reason)
+        self._accept_report(concluded_report(status, exec_type, reason, booked_cum_qty),
+                            key, None)
 
     def _request_rejected(self, message: fix.Message, key: str, cl_ord_id: str,
                           ref_type: str, seq: int | None = None) -> None:
@@ -649,12 +774,16 @@ class FixGateway:
             with self.lock:
                 self._awaiting_delivery.add(origin)
 
+        value = encode(report)
+        kept = Forwarded(report.exec_id, report.order_id, report.account_id, report.exec_type,
+                         report.market_maker, value, self.epoch)
+
         def delivered(error: KafkaError | None, record: KafkaMessage) -> None:
             if error is not None:
                 self.fatal = f"executions record {report.exec_id} not delivered: {error}"
                 return
             with self.lock:
-                self._dirty_exec_ids.append((report.exec_id, report.order_id))
+                self._dirty_exec_ids.append(kept)
                 partition, next_offset = record.partition(), record.offset() + 1
                 if next_offset > self._dirty_tail.get(partition, 0):
                     self._dirty_tail[partition] = next_offset
@@ -663,7 +792,30 @@ class FixGateway:
                     self.trackers[origin[0]].complete(origin[1])
 
         self.producer.produce(self.executions_topic, key=report.account_id.encode(),
-                              value=encode(report), on_delivery=delivered)
+                              value=value, on_delivery=delivered)
+
+    def _reforward(self, entry: StoredExecution) -> None:
+        """The stored payload again, same key (the account topology drops a copy it booked
+        by ExecID)."""
+        epoch = self.epoch
+
+        def delivered(error: KafkaError | None, record: KafkaMessage) -> None:
+            if error is not None:
+                self.fatal = f"executions record {entry.exec_id} not delivered again: {error}"
+                return
+            with self.lock:
+                self._dirty_reforwarded.append((entry.exec_id, epoch))
+
+        self.producer.produce(self.executions_topic, key=entry.account_id.encode(),
+                              value=entry.payload, on_delivery=delivered)
+
+    def _publish_own(self, report: ExecutionReport) -> None:
+        """A report the gateway makes itself (deterministic ExecID), forwarded once."""
+        with self.lock:
+            if report.exec_id in self.forwarded:
+                return
+            self.forwarded.add(report.exec_id)
+        self._forward(report, None)
 
     def _alert_unusable(self, message: fix.Message, key: str, reason: str,
                         seq: int | None) -> None:
@@ -698,14 +850,19 @@ class FixGateway:
         for key in logons:
             self._reconcile(key)
         self._check_stuck()
+        self._durable_pass()
         self._persist(with_stats=True)
         if time.monotonic() >= self._next_prune:
             self.prune(now_ms())
             self._next_prune = time.monotonic() + PRUNE_EVERY_S
 
     def _reconcile(self, key: str) -> None:
-        """A session back on: ask the status of every order still open on it."""
-        for order in [o for o in list(self.orders.values()) if o.session == key]:
+        """A session back on: ask the status of every order still open on it that was sent
+        before it went down (or before this process started)."""
+        with self.lock:
+            down_since = self._down_since_ms.get(key, now_ms())
+        for order in [o for o in list(self.orders.values())
+                      if o.session == key and o.routed_at_ms < down_since]:
             self._ask_status(order)
 
     def _ask_status(self, order: OpenOrder) -> None:
@@ -762,12 +919,109 @@ class FixGateway:
             self.forwarded.add(report.exec_id)
         self._forward(report, None)
 
+    # ---- durable executions and orders in flight (gateways.fix.durable) -------------------
+
+    def _durable_pass(self) -> None:
+        """Start a pass on the worker when one is due; apply the last one when it is done.
+        The worker only reads (broker epoch, shards); everything here is the main thread's."""
+        if self._pass is not None:
+            if not self._pass.done():
+                return
+            finished, self._pass = self._pass, None
+            try:
+                findings = finished.result()
+            except Exception:  # noqa: BLE001 - a failed look-up is tried again next pass
+                log.exception("booking pass failed")
+            else:
+                self._apply(findings)
+        now = time.monotonic()
+        if now < self._next_pass:
+            return
+        config = self.config
+        self._next_pass = now + config.booking_check_interval_ms / 1000
+        read_epoch = now >= self._next_epoch_read
+        if read_epoch:
+            self._next_epoch_read = now + config.epoch_check_interval_ms / 1000
+        open_orders = self.booking is not None and now >= self._next_open_orders
+        if open_orders:
+            self._next_open_orders = now + config.open_order_check_interval_ms / 1000
+        self._persist()  # what was forwarded so far is in the store before it is read
+        entries = self.store.unbooked(config.booking_check_batch_max) if self.booking else []
+        self._pass = self._worker.submit(
+            look_up, self.booking, entries, open_orders,
+            (config.bootstrap_servers, config.topic_prefix) if read_epoch else None)
+
+    def _apply(self, findings: Findings) -> None:
+        if findings.epoch is not None and self._adopt_epoch(findings.epoch):
+            # Another log: everything not booked goes again now, and every open order is
+            # reconciled at the next pass (open orders here are asked about now).
+            self._next_pass = 0.0
+            self._next_open_orders = 0.0
+            for order in list(self.orders.values()):
+                if order.awaiting_since_ms is None:
+                    self._ask_status(order)
+        now = now_ms()
+        settled: list[str] = []
+        waiting: list[str] = []
+        for entry in findings.entries:
+            shard_order = findings.orders.get(entry.order_id)
+            if is_settled(entry, entry.exec_id in findings.booked, shard_order):
+                settled.append(entry.exec_id)
+                continue
+            waiting.append(entry.exec_id)
+            if not reforward_due(entry, self.epoch, now, self.config.reforward_after_ms):
+                continue
+            if not may_forward_again(entry, shard_order, now, self.config.orphan_after_ms):
+                continue
+            log.info("%s of %s not booked (epoch %s, now %s): forwarded again",
+                     entry.exec_id, entry.order_id, entry.epoch, self.epoch)
+            self._reforward(entry)
+            if alert_due(entry):
+                self._alert(entry.account_id, "execution_not_booked", entry.order_id,
+                            entry.exec_id, f"{entry.exec_type} report {entry.exec_id} of "
+                            f"{entry.order_id} forwarded {entry.attempts + 2} times and not "
+                            "booked yet; kept in the FIX gateway's store",
+                            event_id=f"alert:execution_not_booked:{entry.exec_id}")
+        if settled or waiting:
+            self.store.settle(settled, waiting, now)
+        if findings.open_orders is not None:
+            self._reconcile_open(findings.open_orders)
+
+    def _reconcile_open(self, open_orders: list[ShardOrder]) -> None:
+        """Orders open in the shards: end those no market maker ever got."""
+        now = utc_now()
+        # The unrouted timeout counts while this gateway runs (a backlog of `orders.route`
+        # after a long stop is read first).
+        since = self._watching_since
+        for shard_order in open_orders:
+            with self.lock:
+                sent = shard_order.order_id in self.routed_orders
+                open_here = shard_order.order_id in self.orders
+            action, reason = reconcile_order(
+                shard_order, sent=sent, open_here=open_here,
+                epoch_started_at=self.epoch_started_at, now=now,
+                unrouted_order_timeout_ms=self.config.unrouted_order_timeout_ms)
+            if action is OrderAction.END and reason is not None and (
+                    reason != "not_routed_in_time" or now - since >= dt.timedelta(
+                        milliseconds=self.config.unrouted_order_timeout_ms)):
+                log.warning("order %s of %s open in its shard and never sent here: ended "
+                            "(%s)", shard_order.order_id, shard_order.account_id, reason)
+                cl_ord_id = cl_ord_id_for(shard_order.order_id)
+                with self.lock:
+                    # A route request that comes after this is never sent.
+                    self.sent.add(cl_ord_id)
+                    self.routed_orders.add(shard_order.order_id)
+                    self._dirty_sent.append((cl_ord_id, "ended"))
+                self._persist()
+                self._publish_own(not_routed_report(shard_order, reason, now))
+
     def _persist(self, with_stats: bool = False) -> None:
         """One store transaction with what changed. Best-execution figures only go with
         the housekeeping (every HOUSEKEEPING_S): encoding them on every call was a fifth of
         the main thread's time, and a kill -9 loses at most that much of them."""
         with self.lock:
             exec_ids, self._dirty_exec_ids = self._dirty_exec_ids, []
+            reforwarded, self._dirty_reforwarded = self._dirty_reforwarded, []
             sent, self._dirty_sent = self._dirty_sent, []
             tail, self._dirty_tail = self._dirty_tail, {}
             orders = list(self._dirty_orders.values())
@@ -781,10 +1035,11 @@ class FixGateway:
             delivered = {}
         else:
             self._persisted_delivered = delivered
-        if not (exec_ids or delivered or sent or orders or stats or tail):
+        if not (exec_ids or delivered or sent or orders or stats or tail or reforwarded):
             return
         self.store.record(exec_ids=exec_ids, delivered=delivered, sent=sent, orders=orders,
-                          stats=stats, tail=tail, now_ms=now_ms())
+                          stats=stats, tail=tail, now_ms=now_ms(), tail_epoch=self.epoch,
+                          reforwarded=reforwarded)
 
     def prune(self, now: int) -> None:
         """Forget orders closed more than the retention ago, in the store and here."""
@@ -803,6 +1058,53 @@ class FixGateway:
     def best_execution(self) -> dict[str, ExecutionStats]:
         with self.lock:
             return dict(self.stats)
+
+
+@dataclasses.dataclass
+class Findings:
+    """What the worker read for one pass."""
+
+    entries: list[StoredExecution]
+    booked: set[str]  # ExecIDs found booked
+    orders: dict[str, ShardOrder]  # the entries' orders the shards hold
+    open_orders: list[ShardOrder] | None  # None: not read this pass
+    epoch: BrokerEpoch | None  # None: not read (or the broker has none)
+
+
+def look_up(reader: BookingReader | None, entries: list[StoredExecution], open_orders: bool,
+            broker: tuple[str, str] | None) -> Findings:
+    """The worker's reads. Entries of a shard that does not answer are left out (checked
+    again at a later pass), and so are its open orders."""
+    epoch: BrokerEpoch | None = None
+    if broker is not None:
+        try:
+            epoch = read_epoch_record(*broker, timeout_s=5.0)
+        except EpochUnavailable as error:
+            log.warning("broker epoch not readable: %s", error)
+    checked: list[StoredExecution] = []
+    booked: set[str] = set()
+    orders: dict[str, ShardOrder] = {}
+    found_open: list[ShardOrder] | None = [] if open_orders else None
+    if reader is None:
+        return Findings([], booked, orders, None, epoch)
+    by_account = {e.exec_id: e for e in entries}
+    refs = [ExecutionRef(e.account_id, e.order_id, e.exec_id, e.market_maker,
+                         is_fill=e.exec_type is ExecType.TRADE) for e in entries]
+    for shard, shard_refs in reader.by_shard(refs).items():
+        try:
+            booked |= reader.booked(shard, shard_refs)
+            orders.update(reader.orders(shard, [r.order_id for r in shard_refs]))
+        except ShardUnavailable as error:
+            log.warning("booking check: %s", error)
+            continue
+        checked += [by_account[r.exec_id] for r in shard_refs]
+    if found_open is not None:
+        for shard in range(len(reader.shard_dsns)):
+            try:
+                found_open += reader.open_orders(shard)
+            except ShardUnavailable as error:
+                log.warning("open orders: %s", error)
+    return Findings(checked, booked, orders, found_open, epoch)
 
 
 def pending_cancel_report(order: OpenOrder, cancel: RouteCancel,

@@ -1,11 +1,13 @@
-"""The gateway's own durable record (SQLite under store_dir): forwarded ExecIDs, delivered
-inbound sequence numbers, requests sent, open orders and best-execution figures.
+"""The gateway's own durable record (SQLite under store_dir): forwarded ExecIDs (with each
+report's payload until its shard shows it booked: gateways.fix.durable), delivered inbound
+sequence numbers, requests sent, open orders and best-execution figures.
 
 Written by the gateway's main thread only. WAL with synchronous=NORMAL survives a kill -9 of
 the process (not a power cut, which the FIX resend covers up to the last fsync).
 
 Bounded: `prune` forgets orders closed before a cutoff together with their ClOrdIDs and
-ExecIDs (and ExecIDs of reports for orders never routed here, by the time they came).
+ExecIDs (and ExecIDs of reports for orders never routed here, by the time they came); a report
+not yet booked, and its order, are kept whatever their age.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
+from gateways.fix.durable import StoredExecution
 from gateways.fix.tracking import ExecutionStats, OpenOrder
 from state.ids import order_id_of_cl_ord_id
-from state.messages import Side
+from state.messages import ExecType, Side
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS forwarded (exec_id TEXT PRIMARY KEY, order_id TEXT,
@@ -43,7 +47,10 @@ _INDEXES = """
 CREATE INDEX IF NOT EXISTS forwarded_by_order ON forwarded (order_id);
 CREATE INDEX IF NOT EXISTS sent_by_order ON sent (order_id);
 CREATE INDEX IF NOT EXISTS orders_closed ON orders (closed_at_ms) WHERE terminal = 1;
+CREATE INDEX IF NOT EXISTS forwarded_unbooked ON forwarded (checked_at_ms) WHERE booked = 0;
 """
+_FORWARDED_COLUMNS = ("exec_id, order_id, forwarded_at_ms, account_id, exec_type, market_maker,"
+                      " payload, epoch, booked, attempts, stored_at_ms, checked_at_ms")
 # Columns added after the first stores were written: (table, column, declaration).
 _ADDED_COLUMNS = (
     ("orders", "replaced_cl_ord_id", "TEXT"),
@@ -51,12 +58,37 @@ _ADDED_COLUMNS = (
     ("forwarded", "order_id", "TEXT"),
     ("forwarded", "forwarded_at_ms", "INTEGER NOT NULL DEFAULT 0"),
     ("sent", "order_id", "TEXT"),
+    # Durable executions: the payload until booked (booked = 0), under which broker epoch
+    # it was last forwarded, how often it was forwarded again, when last checked.
+    ("forwarded", "account_id", "TEXT"),
+    ("forwarded", "exec_type", "TEXT"),
+    ("forwarded", "market_maker", "TEXT"),
+    ("forwarded", "payload", "BLOB"),
+    ("forwarded", "epoch", "TEXT"),
+    ("forwarded", "booked", "INTEGER NOT NULL DEFAULT 1"),
+    ("forwarded", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("forwarded", "stored_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("forwarded", "checked_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ("executions_tail", "epoch", "TEXT"),
 )
 _ORDER_COLUMNS = ("order_id, cl_ord_id, account_id, symbol, side, quantity, market_maker,"
                   " session, routed_at_ms, reference_price, cum_qty, awaiting_since_ms,"
                   " stuck_stage, terminal, replaced_cl_ord_id, closed_at_ms")
 
 DB_NAME = "gateway.sqlite"
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A report the broker acknowledged: kept with its payload until booked."""
+
+    exec_id: str
+    order_id: str
+    account_id: str
+    exec_type: ExecType
+    market_maker: str
+    payload: bytes
+    epoch: str | None
 
 
 @dataclass(frozen=True)
@@ -124,20 +156,48 @@ class GatewayStore:
         committed here: a restart reads the topic from there (gateways.fix.recovery)."""
         return dict(self.db.execute("SELECT partition, next_offset FROM executions_tail"))
 
+    def executions_tail_epoch(self) -> str | None:
+        """The broker epoch the stored tail offsets count in (None: not known, an older
+        store or none stored)."""
+        epochs = {row[0] for row in self.db.execute("SELECT epoch FROM executions_tail")}
+        return epochs.pop() if len(epochs) == 1 else None
+
+    def unbooked(self, limit: int) -> list[StoredExecution]:
+        """Reports not yet seen booked, those checked longest ago first (a bounded pass)."""
+        rows = self.db.execute(
+            "SELECT exec_id, account_id, order_id, exec_type, market_maker, payload, epoch,"
+            " forwarded_at_ms, stored_at_ms, attempts FROM forwarded WHERE booked = 0"
+            " ORDER BY checked_at_ms, stored_at_ms LIMIT ?", (limit,))
+        return [stored_execution(row) for row in rows]
+
+    def unbooked_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM forwarded WHERE booked = 0")
+                   .fetchone()[0])
+
     def stats(self) -> dict[str, ExecutionStats]:
         return {mm: stats_from_json(figures)
                 for mm, figures in self.db.execute("SELECT market_maker, figures FROM stats")}
 
     # ---- writes ------------------------------------------------------------------------
 
-    def record(self, *, exec_ids: Sequence[str | tuple[str, str]], delivered: dict[str, int],
+    def record(self, *, exec_ids: Sequence[str | tuple[str, str] | Forwarded],
+               delivered: dict[str, int],
                sent: Sequence[tuple[str, str] | tuple[str, str, str]],
                orders: Sequence[OpenOrder], stats: dict[str, ExecutionStats],
-               tail: dict[int, int] | None = None, now_ms: int = 0) -> None:
+               tail: dict[int, int] | None = None, now_ms: int = 0,
+               tail_epoch: str | None = None,
+               reforwarded: Sequence[tuple[str, str | None]] = ()) -> None:
         """One transaction with everything that changed since the last call. `exec_ids` are
-        (exec_id, order_id) or bare ExecIDs; `sent` are (cl_ord_id, kind[, order_id])."""
+        reports with their payloads (`Forwarded`), or (exec_id, order_id) or bare ExecIDs
+        (nothing to keep); `sent` are (cl_ord_id, kind[, order_id]); `reforwarded` are
+        (exec_id, epoch) of reports forwarded again."""
         with self.db:
             self._add_forwarded(exec_ids, now_ms)
+            if reforwarded:
+                self.db.executemany(
+                    "UPDATE forwarded SET attempts = attempts + 1, epoch = ?,"
+                    " forwarded_at_ms = ? WHERE exec_id = ? AND booked = 0",
+                    [(epoch, now_ms, exec_id) for exec_id, epoch in reforwarded])
             if delivered:
                 self.db.executemany(
                     "INSERT INTO inbound VALUES (?, ?) ON CONFLICT(session) DO UPDATE"
@@ -158,30 +218,50 @@ class GatewayStore:
                       o.replaced_cl_ord_id, o.closed_at_ms)
                      for o in orders])
             if tail:
+                # Offsets of one epoch only: a new epoch's offsets replace the old ones.
+                self.db.execute("DELETE FROM executions_tail WHERE epoch IS NOT ?",
+                                (tail_epoch,))
                 self.db.executemany(
-                    "INSERT INTO executions_tail VALUES (?, ?) ON CONFLICT(partition) DO UPDATE"
+                    "INSERT INTO executions_tail (partition, next_offset, epoch)"
+                    " VALUES (?, ?, ?) ON CONFLICT(partition) DO UPDATE"
                     " SET next_offset = max(next_offset, excluded.next_offset)",
-                    list(tail.items()))
+                    [(p, o, tail_epoch) for p, o in tail.items()])
             if stats:
                 self.db.executemany("INSERT OR REPLACE INTO stats VALUES (?, ?)",
                                     [(mm, stats_to_json(s)) for mm, s in stats.items()])
 
-    def restart_tail(self, next_offsets: dict[int, int], exec_ids: Sequence[str],
-                     now_ms: int) -> None:
+    def restart_tail(self, next_offsets: dict[int, int],
+                     exec_ids: Sequence[str | Forwarded], now_ms: int,
+                     epoch: str | None = None) -> None:
         """After reading `executions` at start: where the next read starts (replacing the
-        stored offsets, which a recreated topic put out of range) and the ExecIDs found."""
+        stored offsets, which a recreated topic or another epoch put out of range) and the
+        reports found there."""
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO executions_tail VALUES (?, ?)",
-                                list(next_offsets.items()))
+            self.db.execute("DELETE FROM executions_tail")
+            self.db.executemany(
+                "INSERT INTO executions_tail (partition, next_offset, epoch) VALUES (?, ?, ?)",
+                [(p, o, epoch) for p, o in next_offsets.items()])
             self._add_forwarded(exec_ids, now_ms)
 
-    def _add_forwarded(self, exec_ids: Sequence[str | tuple[str, str]], now_ms: int) -> None:
-        """(exec_id, order_id) or bare ExecIDs, inside the caller's transaction."""
+    def _add_forwarded(self, exec_ids: Sequence[str | tuple[str, str] | Forwarded],
+                       now_ms: int) -> None:
+        """Inside the caller's transaction. A report with its payload is kept unbooked; a
+        bare ExecID has nothing to keep."""
         if exec_ids:
             self.db.executemany(
-                "INSERT OR IGNORE INTO forwarded VALUES (?, ?, ?)",
-                [(e, None, now_ms) if isinstance(e, str) else (e[0], e[1], now_ms)
-                 for e in exec_ids])
+                f"INSERT OR IGNORE INTO forwarded ({_FORWARDED_COLUMNS})"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [_forwarded_row(e, now_ms) for e in exec_ids])
+
+    def settle(self, exec_ids: Sequence[str], checked: Sequence[str], now_ms: int) -> None:
+        """After a pass over the shards: `exec_ids` are booked (their payloads go), the
+        others of `checked` wait for the next pass."""
+        with self.db:
+            self.db.executemany(
+                "UPDATE forwarded SET booked = 1, payload = NULL, checked_at_ms = ?"
+                " WHERE exec_id = ?", [(now_ms, e) for e in exec_ids])
+            self.db.executemany("UPDATE forwarded SET checked_at_ms = ? WHERE exec_id = ?",
+                                [(now_ms, e) for e in checked])
 
     def prune(self, cutoff_ms: int, now_ms: int) -> Pruned:
         """Forget orders closed before `cutoff_ms` with their ClOrdIDs and ExecIDs, and
@@ -195,13 +275,15 @@ class GatewayStore:
                             " WHERE forwarded_at_ms = 0", (now_ms,))
             self.db.execute("CREATE TEMP TABLE IF NOT EXISTS pruned (order_id TEXT PRIMARY KEY)")
             self.db.execute("DELETE FROM pruned")
-            self.db.execute("INSERT INTO pruned SELECT order_id FROM orders"
-                            " WHERE terminal = 1 AND closed_at_ms < ?", (cutoff_ms,))
+            self.db.execute("INSERT INTO pruned SELECT order_id FROM orders o"
+                            " WHERE terminal = 1 AND closed_at_ms < ? AND NOT EXISTS"
+                            " (SELECT 1 FROM forwarded f WHERE f.order_id = o.order_id"
+                            " AND f.booked = 0)", (cutoff_ms,))
             order_ids = frozenset(row[0] for row in self.db.execute("SELECT * FROM pruned"))
             stale_exec = (
-                "FROM forwarded WHERE order_id IN (SELECT order_id FROM pruned)"
+                "FROM forwarded WHERE booked = 1 AND (order_id IN (SELECT order_id FROM pruned)"
                 " OR (forwarded_at_ms < ? AND (order_id IS NULL"
-                " OR order_id NOT IN (SELECT order_id FROM orders)))")
+                " OR order_id NOT IN (SELECT order_id FROM orders))))")
             exec_ids = frozenset(row[0] for row in self.db.execute(
                 "SELECT exec_id " + stale_exec, (cutoff_ms,)))
             self.db.execute("DELETE " + stale_exec, (cutoff_ms,))
@@ -212,6 +294,21 @@ class GatewayStore:
             self.db.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM pruned)")
             self.db.execute("DELETE FROM pruned")
         return Pruned(order_ids, cl_ord_ids, exec_ids)
+
+
+def _forwarded_row(entry: str | tuple[str, str] | Forwarded, now_ms: int) -> tuple[object, ...]:
+    if isinstance(entry, Forwarded):
+        return (entry.exec_id, entry.order_id, now_ms, entry.account_id, str(entry.exec_type),
+                entry.market_maker, entry.payload, entry.epoch, 0, 0, now_ms, now_ms)
+    exec_id, order_id = (entry, None) if isinstance(entry, str) else entry
+    return (exec_id, order_id, now_ms, None, None, None, None, None, 1, 0, now_ms, now_ms)
+
+
+def stored_execution(row: Sequence[Any]) -> StoredExecution:
+    return StoredExecution(
+        exec_id=row[0], account_id=row[1], order_id=row[2], exec_type=ExecType(row[3]),
+        market_maker=row[4] or "", payload=bytes(row[5]), epoch=row[6],
+        forwarded_at_ms=int(row[7]), stored_at_ms=int(row[8]), attempts=int(row[9]))
 
 
 def stats_to_json(stats: ExecutionStats) -> str:

@@ -19,6 +19,7 @@ from gateways.http.bus import CommandProducer, TopicTail
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY, Gateway
 from gateways.http.health import STAGES, open_stage_watch, stages_middleware, watch_for
+from gateways.http.journal import REPLAYER, JournalReplayer, ShardJournal, run_replayer
 from gateways.http.limits import (
     IdempotencyRecords,
     OrderAdmission,
@@ -117,10 +118,19 @@ async def open_backends(app: web.Application) -> AsyncIterator[None]:
         await reader.open()
         gateway.reader = reader
         closers.append(reader.close)
+        journal = ShardJournal(config.shard_dsns, config.partitions_per_shard)
+        await journal.open()
+        closers.append(journal.close)
         producer = CommandProducer(config.bootstrap_servers, config.delivery_timeout_ms,
                                    config.produce_linger_ms)
         gateway.producer = producer
         closers.append(lambda: loop.run_in_executor(None, producer.close))
+        replayer = app[REPLAYER]
+        # New entries carry the epoch they are produced under: read it before serving
+        # (None, broker down: the first replay pass re-publishes them, harmlessly).
+        journal.epoch = await replayer.read_epoch()
+        replayer.journal, replayer.producer = journal, producer
+        gateway.journal = journal
         gateway.hub = StreamHub(metrics=gateway.metrics)
         closers.append(gateway.hub.close)
         events_tail = TopicTail(
@@ -197,6 +207,15 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_document())
 
 
+async def api_index(request: web.Request) -> web.Response:
+    """The API base answers with where things are (a newcomer's first request)."""
+    return json_response({
+        "api": "/v1", "openapi": "/v1/openapi.json", "web_page": "/",
+        "stream": "/v1/stream", "health": "/healthz", "metrics": "/metrics",
+        "paths": sorted({route.path for route in ROUTES}),
+    })
+
+
 async def web_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers=_PAGE_HEADERS)
 
@@ -213,10 +232,15 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/v1", api_index)
+    app.router.add_get("/v1/", api_index)
     app.router.add_get("/v1/stream", stream)
     app.router.add_get("/", web_page)
     app.router.add_static("/static/", STATIC_DIR)
+    app[REPLAYER] = JournalReplayer(config)
     app.cleanup_ctx.append(backends or open_backends)
+    app.cleanup_ctx.append(run_replayer)
     if backends is None:  # the stage watch reads the broker's consumer groups
         app.cleanup_ctx.append(open_stage_watch)
     return app

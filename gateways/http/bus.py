@@ -70,6 +70,13 @@ class CommandProducer:
 
     async def produce(self, topic: str, key: str, message: Message) -> None:
         """Return once the broker has the record; BrokerUnavailable otherwise."""
+        await self.produce_raw(topic, key, t.encode(message))
+
+    async def produce_raw(self, topic: str, key: str, value: bytes,
+                          timestamp_ms: int = 0) -> None:
+        """`produce` of an encoded message (the journal replays the bytes it stored, stamped
+        with the time they were first accepted: the account topology decides at the record's
+        time, so a replay is decided as the original would have been)."""
         loop = self._loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
@@ -77,8 +84,8 @@ class CommandProducer:
             self._settled.append((done, error))  # on the poll thread, inside poll()
 
         try:
-            self._live().produce(topic, key=key.encode(), value=t.encode(message),
-                                 on_delivery=on_delivery)
+            self._live().produce(topic, key=key.encode(), value=value,
+                                 on_delivery=on_delivery, timestamp=timestamp_ms)
         except (BufferError, KafkaException) as error:
             raise BrokerUnavailable(f"broker refused the record: {error}") from error
         await done

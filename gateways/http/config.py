@@ -36,5 +36,14 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # request costs the broker CPU whatever it carries; this much is added to an order's wait.
     produce_linger_ms: int = 1
     ws_heartbeat_s: float = 15.0
+    # Durable intake (gateways.http.journal): an undecided journal entry is re-published when
+    # the broker's epoch changed, else once it is this old and not re-published within
+    # journal_replay_after_s * 2**n (n: its publications so far, at most 5).
+    journal_replay_after_s: float = 5.0
+    # How often the replayer looks, and at most how many entries per shard per pass.
+    journal_replay_interval_s: float = 1.0
+    journal_replay_batch_max: int = 500
+    # Entries whose outcome the shard shows are deleted this long after it was seen.
+    journal_retention_s: float = 3600.0
     # The FIX gateway's store: /metrics adds its best-execution figures when set.
     fix_store_dir: str | None = None

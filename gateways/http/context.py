@@ -38,6 +38,9 @@ class Gateway:
     quotes: Any = None  # state.quote_cache.AsyncQuoteCache
     redis: Any = None  # redis.asyncio.Redis
     producer: Any = None  # a Producer
+    # gateways.http.journal.ShardJournal: every command is journaled before it is produced;
+    # None (test doubles only): not journaled.
+    journal: Any = None
     limiter: Any = None  # RateLimiter
     idempotency: Any = None  # IdempotencyRecords
     # limits.OrderAdmission: an order's budget, key claim and quote in one Redis round trip;

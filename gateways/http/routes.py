@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,7 @@ from gateways.http.validation import (
 from state.domain.risk import Reason
 from state.exceptions import StoreError
 from state.ids import order_id_for
+from state.intake_journal import JournalEntry, new_claim
 from state.messages import (
     TERMINAL_ORDER_STATES,
     CancelOrder,
@@ -54,14 +56,16 @@ from state.messages import (
     ReplaceOrder,
     Side,
     Withdraw,
+    normalise_symbol,
 )
 from state.topics import Topic
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+COMMANDS = (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw)  # what the gateway sends
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,64}$")
-_SYMBOL_RE = re.compile(r"^[A-Z][A-Z0-9.\-]{0,9}$")
 _ACCOUNT_ID_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 CANDLE_INTERVALS = ("1m", "5m", "1h", "1d")
@@ -159,13 +163,62 @@ def query_account(request: web.Request) -> str:
 
 
 async def send_command(gateway: Gateway, message: Message, account_id: str) -> None:
+    """Journal the command in the account's shard, then produce it: what the broker took is
+    durable before any answer says so (gateways.http.journal replays it after a reset). A
+    shard that cannot be written is a 503 with nothing sent; a command the broker did not take
+    is taken out of the journal again (when no retry of the same key claimed it since)."""
+    claim = await _journal(gateway, message)
     try:
         await gateway.producer.produce(gateway.topic(Topic.ORDERS_COMMANDS), account_id, message)
     except BrokerUnavailable as error:
         gateway.metrics.commands.inc(outcome="broker_unavailable")
+        if claim is not None:
+            await _withdraw(gateway, account_id, message, claim)
         raise Problem(503, "broker_unavailable", f"the command was not taken: {error}",
                       headers={"Retry-After": "1"}) from error
     gateway.metrics.commands.inc(outcome="produced", type=type(message).__name__)
+
+
+async def _journal(gateway: Gateway, message: Message) -> str | None:
+    if gateway.journal is None:
+        return None
+    claim = new_claim()
+    assert isinstance(message, COMMANDS), f"{type(message).__name__} is not a command"
+    try:
+        await gateway.journal.write(JournalEntry.of(message), claim)
+    except StoreError as error:
+        gateway.metrics.commands.inc(outcome="journal_unavailable")
+        raise Problem(503, "store_unavailable",
+                      f"the command could not be journaled; nothing was sent: {error}",
+                      headers={"Retry-After": "1"}) from error
+    return claim
+
+
+async def _withdraw(gateway: Gateway, account_id: str, message: Message, claim: str) -> None:
+    assert isinstance(message, COMMANDS)
+    key = message.idempotency_key
+    try:
+        await gateway.journal.withdraw(account_id, key, claim)
+    except StoreError as error:
+        # Left in the journal, the command is published when the broker is back: a retry
+        # with the same key finds it decided.
+        log.warning("journal entry %s/%s not withdrawn: %s", account_id, key, error)
+
+
+def _refusal(answer: Any) -> bool:
+    """The topology refused the command itself (not as another body's key)."""
+    if isinstance(answer, CommandRejected):
+        return answer.reason != Reason.DUPLICATE_IDEMPOTENCY_KEY
+    return isinstance(answer, OrderEvent) and answer.state == OrderState.REJECTED
+
+
+async def _note_refusal(gateway: Gateway, account_id: str, key: str) -> None:
+    """A refusal the client is told about is final: the journal must not replay the command
+    after a reset that lost the refusal (a second decision could accept it)."""
+    try:
+        await gateway.journal.mark_decided(account_id, key)
+    except StoreError as error:
+        log.warning("journal entry %s/%s not marked decided: %s", account_id, key, error)
 
 
 async def request_reply(gateway: Gateway, message: Message, account_id: str, key: str,
@@ -178,6 +231,8 @@ async def request_reply(gateway: Gateway, message: Message, account_id: str, key
         answer = await gateway.replies.wait(future, gateway.config.reply_wait_ms / 1000)
     finally:
         gateway.replies.forget(account_id, key, future)
+    if gateway.journal is not None and _refusal(answer):
+        await _note_refusal(gateway, account_id, key)
     gateway.metrics.replies.inc(outcome="timeout" if answer is None else "answered")
     return answer
 
@@ -272,6 +327,12 @@ async def _money(request: web.Request, kind: str) -> web.Response:
     command_class = Deposit if kind == "deposit" else Withdraw
     command = command_class(account_id=account_id, idempotency_key=key, amount=amount,
                             submitted_at=gateway.clock(), user_id=user_id)
+    reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
+             "amount": str(amount)}
+    if first is False:  # a retry: the first request's outcome, when the shard has it
+        recorded = await _recorded_outcome(gateway, account_id, key)
+        if recorded is not None:
+            return _money_reply(reply, recorded, retry=True)
     try:
         # A replay is sent again: the topology books a key once, so a duplicate is harmless
         # and its answer is the one the first request got. (`first` is None when Redis could
@@ -281,16 +342,56 @@ async def _money(request: web.Request, kind: str) -> web.Response:
         if first:
             await gateway.idempotency.release(f"{kind}:{account_id}", key, fingerprint)
         raise
-    reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
-             "amount": str(amount)}
     await refuse_reused_key(gateway, answer, first, f"{kind}:{account_id}", key, fingerprint)
-    if isinstance(answer, CommandRejected):
-        raise Problem(422, answer.reason, answer.detail or f"{kind} rejected: {answer.reason}",
-                      reason=answer.reason, account_id=account_id, idempotency_key=key)
-    if isinstance(answer, CommandAccepted):
-        return json_response({**reply, "status": "accepted", "txn_id": answer.txn_id},
-                             200 if first is False else 201)
+    if isinstance(answer, CommandRejected | CommandAccepted):
+        return _money_reply(reply, msgspec.to_builtins(answer), retry=first is False)
+    # No answer in time: a duplicate the topology already decided answers nothing, and the
+    # shard may know the outcome; else it is still on its way.
+    recorded = await _recorded_outcome(gateway, account_id, key)
+    if recorded is not None:
+        return _money_reply(reply, recorded, retry=True)
     return json_response({**reply, "status": "pending"}, 202)
+
+
+async def _recorded_outcome(gateway: Gateway, account_id: str, key: str) -> dict | None:
+    """The decided outcome of a command as its shard records it (None: not decided there
+    yet, or the shard cannot be read right now: the request goes on without it)."""
+    try:
+        recorded = await gateway.reader.command_outcome(account_id, key)
+    except StoreError:
+        return None
+    return recorded if recorded is not None and recorded["status"] != "pending" else None
+
+
+def _money_reply(reply: dict[str, Any], outcome: dict[str, Any], retry: bool) -> web.Response:
+    """A money command's answer from its outcome (an event, or the shard's record of it): the
+    same answer for the first request and every retry with its key."""
+    if outcome["type"] == "command_rejected":
+        reason = outcome["reason"]
+        raise Problem(422, reason, outcome.get("detail") or f"{reply['kind']} rejected: {reason}",
+                      reason=reason, account_id=reply["account_id"],
+                      idempotency_key=reply["idempotency_key"])
+    return json_response({**reply, "status": "accepted", "txn_id": outcome.get("txn_id")},
+                         200 if retry else 201)
+
+
+async def command_outcome(request: web.Request) -> web.Response:
+    """GET /v1/accounts/{account_id}/commands/{idempotency_key}: what became of a command."""
+    gateway = gateway_of(request)
+    user_id = await authenticate(request, "reads")
+    account_id = await owned_account(gateway, user_id, request.match_info["account_id"])
+    key = request.match_info["idempotency_key"]
+    if not _IDEMPOTENCY_KEY_RE.match(key):
+        raise Problem(400, "invalid_idempotency_key", "1 to 64 printable ASCII characters",
+                      field="idempotency_key")
+    outcome = await gateway.reader.command_outcome(account_id, key)
+    if outcome is None:
+        raise Problem(404, "command_not_found", f"no command with key {key!r} on this account")
+    return json_response({
+        "account_id": account_id, "idempotency_key": key, "status": outcome["status"],
+        "command_type": outcome.get("command_type"), "txn_id": outcome.get("txn_id"),
+        "amount": outcome.get("amount"), "reason": outcome.get("reason"),
+        "detail": outcome.get("detail"), "occurred_at": outcome.get("occurred_at")})
 
 
 async def deposit(request: web.Request) -> web.Response:
@@ -338,13 +439,14 @@ async def place_order(request: web.Request) -> web.Response:
     scope = f"order:{account_id}"
     fingerprint = _ENCODER.encode(body).decode()
     # None: Redis cannot tell whether the key was used; the topology's idempotency decides.
+    symbol = normalise_symbol(body.symbol)  # the body's pattern admits only symbols
     claimed, quote = await _admit_order(gateway, user_id, now, scope, key, fingerprint,
-                                        body.symbol)
+                                        symbol)
     if claimed is False:
         return await _replayed_order(gateway, account_id, order_id, key)
     try:
         command = PlaceOrder(
-            account_id=account_id, idempotency_key=key, symbol=body.symbol, side=body.side,
+            account_id=account_id, idempotency_key=key, symbol=symbol, side=body.side,
             order_type=body.order_type, quantity=valid.quantity,
             time_in_force=body.time_in_force, limit_price=valid.limit_price,
             stop_price=valid.stop_price, submitted_at=gateway.clock(), user_id=user_id,
@@ -559,17 +661,17 @@ async def activities(request: web.Request) -> web.Response:
 
 
 def _symbols(text: str) -> list[str]:
-    symbols = [part.strip().upper() for part in text.split(",") if part.strip()]
+    symbols = [part.strip() for part in text.split(",") if part.strip()]
     if not symbols:
         raise Problem(400, "missing_parameter", "symbols query parameter required",
                       field="symbols")
     if len(symbols) > QUOTE_SYMBOLS_MAX:
         raise Problem(400, "too_many_symbols", f"at most {QUOTE_SYMBOLS_MAX} symbols",
                       field="symbols")
-    for symbol in symbols:
-        if not _SYMBOL_RE.match(symbol):
-            raise Problem(400, "invalid_symbol", f"{symbol[:20]!r} is not a symbol",
-                          field="symbols")
+    try:
+        symbols = [normalise_symbol(symbol) for symbol in symbols]
+    except ValueError as error:
+        raise Problem(400, "invalid_symbol", str(error), field="symbols") from None
     return list(dict.fromkeys(symbols))
 
 
@@ -585,9 +687,10 @@ async def quotes(request: web.Request) -> web.Response:
 async def candles(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     await authenticate(request, "reads")
-    symbol = request.match_info["symbol"].upper()
-    if not _SYMBOL_RE.match(symbol):
-        raise Problem(400, "invalid_symbol", f"{symbol[:20]!r} is not a symbol", field="symbol")
+    try:
+        symbol = normalise_symbol(request.match_info["symbol"])
+    except ValueError as error:
+        raise Problem(400, "invalid_symbol", str(error), field="symbol") from None
     interval = request.query.get("interval", "1m")
     if interval not in CANDLE_INTERVALS:
         raise Problem(400, "invalid_parameter",
@@ -720,6 +823,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/accounts/{account_id}/withdrawals", withdraw, "Withdraw cash",
           s.MoneyRequest, ((201, s.MoneyReply), (202, s.MoneyReply)), idempotency_key=True,
           tag="money"),
+    Route("GET", "/v1/accounts/{account_id}/commands/{idempotency_key}", command_outcome,
+          "What became of a command (deposit, withdrawal, order, cancel) by its "
+          "Idempotency-Key: accepted, rejected with its reason, or pending",
+          responses=((200, s.CommandOutcome),), tag="accounts"),
     Route("POST", "/v1/orders", place_order, "Place an order", s.OrderRequest,
           ((201, s.Order), (200, s.Order), (202, s.OrderAccepted)), idempotency_key=True,
           tag="orders", description=PLACE_ORDER_DESCRIPTION),

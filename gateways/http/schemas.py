@@ -9,13 +9,14 @@ from typing import Annotated, Any
 import msgspec
 
 from gateways.http.auth import USER_ID_PATTERN
-from state.messages import OrderState, OrderType, Side, TimeInForce
+from state.messages import SYMBOL_RULE, OrderState, OrderType, Side, TimeInForce
 
 DecimalString = Annotated[str, msgspec.Meta(
     min_length=1, max_length=40, description="a decimal number as a string, e.g. \"209.50\"")]
 AccountIdField = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SymbolField = Annotated[str, msgspec.Meta(
-    pattern=r"^[A-Z][A-Z0-9.\-]{0,9}$", description="upper-case ticker, e.g. AAPL")]
+    pattern=r"^[A-Za-z][A-Za-z0-9.\-]{0,9}(?!\n)$",
+    description="ticker, e.g. AAPL (" + SYMBOL_RULE + "; lower case is read as upper case)")]
 
 
 class Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -59,6 +60,22 @@ class MoneyReply(Body, frozen=True):
     status: Annotated[str, msgspec.Meta(description="accepted | rejected | pending")]
     txn_id: str | None = None
     reason: str | None = None
+
+
+class CommandOutcome(Body, frozen=True):
+    """What became of a command, read by its Idempotency-Key (a retry with the same key gets
+    the same answer as the first request)."""
+
+    account_id: str
+    idempotency_key: str
+    status: Annotated[str, msgspec.Meta(
+        description="accepted | rejected | pending (acknowledged, not decided yet)")]
+    command_type: str | None = None
+    txn_id: str | None = None
+    amount: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    occurred_at: str | None = None
 
 
 class OrderRequest(Body, frozen=True):

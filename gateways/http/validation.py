@@ -7,15 +7,13 @@ from decimal import Decimal
 
 from gateways.http.problems import Problem
 from gateways.http.schemas import OrderReplaceRequest, OrderRequest
+from state.domain.money import tick_refusal
 from state.messages import OrderType
 
 QUANTITY_MAX = Decimal("1000000")
 QUANTITY_PLACES_MAX = 6
 PRICE_MAX = Decimal("1000000")
 AMOUNT_MAX = Decimal("10000000")
-PENNY = Decimal("0.01")
-SUB_PENNY = Decimal("0.0001")
-_ONE = Decimal(1)
 _PLAIN_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _NOT_FINITE = frozenset({"nan", "snan", "inf", "infinity"})
 
@@ -46,15 +44,11 @@ def _places(value: Decimal) -> int:
     return max(0, -exponent)
 
 
-def tick_size(price: Decimal) -> Decimal:
-    """US equities (Reg NMS 612): whole cents at or above $1, 0.0001 below."""
-    return PENNY if price >= _ONE else SUB_PENNY
-
-
 def check_tick(field: str, price: Decimal) -> None:
-    tick = tick_size(price)
-    if price % tick != 0:
-        raise _invalid("invalid_tick_size", field, f"{price} is not a multiple of {tick}")
+    """The account topology's own rule (Reg NMS 612), refused here before anything is sent."""
+    refusal = tick_refusal(field, price)
+    if refusal is not None:
+        raise _invalid("invalid_tick_size", field, refusal.removeprefix(f"{field} "))
 
 
 def parse_quantity(text: str) -> Decimal:

@@ -34,7 +34,7 @@ from gateways.http.context import Gateway, gateway_of
 from gateways.http.metrics import Metrics
 from gateways.http.problems import Problem
 from state.exceptions import StoreError
-from state.messages import Alert, OrderEvent, Quote
+from state.messages import SYMBOL_RULE, Alert, OrderEvent, Quote, normalise_symbol
 
 log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
@@ -441,12 +441,16 @@ async def _authenticate(connection: Connection, gateway: Gateway, op: AuthOp) ->
 
 
 def _valid_symbols(symbols: list[str]) -> list[str]:
-    from gateways.http.routes import _SYMBOL_RE  # one symbol rule for REST and stream
-
-    bad = [s for s in symbols if not isinstance(s, str) or not _SYMBOL_RE.match(s)]
+    """The one symbol rule of every edge (state.messages.normalise_symbol)."""
+    valid, bad = [], []
+    for symbol in symbols:
+        try:
+            valid.append(normalise_symbol(symbol))
+        except (ValueError, AttributeError):
+            bad.append(symbol)
     if bad:
-        raise Problem(400, "invalid_symbol", f"not symbols: {bad[:5]!r}")
-    return list(dict.fromkeys(symbols))
+        raise Problem(400, "invalid_symbol", f"not symbols: {bad[:5]!r} ({SYMBOL_RULE})")
+    return list(dict.fromkeys(valid))
 
 
 async def _handle(connection: Connection, gateway: Gateway, raw: str | bytes) -> None:

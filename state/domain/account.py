@@ -359,6 +359,21 @@ def body_digest(command: Command) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
 
 
+def _announce_again(step: _Step, command: PlaceOrder) -> None:
+    """The re-publication of a place_order whose order was rebuilt from held funds alone (its
+    events were lost with the broker): its state is announced again and its route request
+    sent again under the same ClOrdID (a FIX gateway that already sent it does not send it
+    twice; one that never got it routes it now)."""
+    order = step.state.order(order_id_for(step.state.account_id, command.idempotency_key))
+    if order is None or not order.unannounced or not order.is_open:
+        return
+    order = msgspec.structs.replace(order, unannounced=False, reference_price=(
+        order.reference_price or command.reference_price))
+    step.outputs.append(_route_new_order(step, order))
+    _advance(step, order, order.state, command.idempotency_key, "announced_again",
+             "rebuilt from its held funds after a broker reset")
+
+
 def _kept_order_record(state: AccountState, command: Command) -> CommandRecord | None:
     """A place_order whose key was pruned while its order is still kept."""
     if not isinstance(command, PlaceOrder):
@@ -388,6 +403,8 @@ def _on_command(step: _Step, command: Command) -> None:
             _reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
                             f"key already used by another {seen.command_type}",
                             order_id=order_id, event_suffix=digest[:8])
+        if isinstance(command, PlaceOrder) and seen.digest == digest:
+            _announce_again(step, command)
         return  # the same command again: it already had its effect
     forgotten = state.commands_forgotten_until
     if forgotten is not None and command.submitted_at <= forgotten:
@@ -522,14 +539,18 @@ def _place_order(step: _Step, command: PlaceOrder) -> None:
     order = _advance(step, order, OrderState.VALIDATED, cause)
     order = _hold(step, order, hold_for(command, step.limits))
     order = _advance(step, order, OrderState.FUNDS_HELD, cause)
-    step.outputs.append(RouteNewOrder(
-        account_id=state.account_id, order_id=order.order_id,
+    step.outputs.append(_route_new_order(step, order))
+    _advance(step, order, OrderState.ROUTED, cause)
+
+
+def _route_new_order(step: _Step, order: Order) -> RouteNewOrder:
+    return RouteNewOrder(
+        account_id=step.state.account_id, order_id=order.order_id,
         cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
         order_type=order.order_type, quantity=order.quantity, time_in_force=order.time_in_force,
         routed_at=step.now, limit_price=order.limit_price, stop_price=order.stop_price,
         reference_price=order.reference_price,
-    ))
-    _advance(step, order, OrderState.ROUTED, cause)
+    )
 
 
 def hold_legs(step: _Step, order: Order, amount: Decimal) -> tuple[list[Leg], Decimal]:
@@ -703,6 +724,7 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
         _on_unknown_order(step, report, order_id)
         return
     if report.exec_id in order.exec_ids:
+        _complete_if_filled(step, order, report)
         return  # a duplicate: already booked
     exec_ids = (order.exec_ids + (report.exec_id,))[-EXEC_IDS_PER_ORDER_MAX:]
     transact_time = _utc(report.transact_time)
@@ -710,6 +732,17 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
     order = msgspec.structs.replace(order, exec_ids=exec_ids, last_transact_time=last)
     step.store(order)
     _EXEC_HANDLERS[report.exec_type](step, order, report)
+
+
+def _complete_if_filled(step: _Step, order: Order, report: ExecutionReport) -> None:
+    """An open order whose booked fills reach its quantity is complete. `_on_fill` completes
+    it in the same step, so this happens only to an account rebuilt from a shard that landed
+    the fill's transaction and lost the rest of its step with the broker: the fill's report,
+    forwarded again, completes it (the remaining hold goes back) instead of being ignored."""
+    if not order.is_open or order.filled_quantity < order.quantity:
+        return
+    order = _release(step, order, _exec_cause(report))
+    _advance(step, order, OrderState.FILLED, report.exec_id)
 
 
 def _on_ack(step: _Step, order: Order, report: ExecutionReport) -> None:

@@ -14,7 +14,12 @@ cannot tell is taken on the safe side, so that nothing is applied twice:
 - `commands_forgotten_until` and `executions_forgotten_until` are set to `as_of`: a command with
   a key the snapshot does not hold, submitted at or before the snapshot, is refused
   (`command_too_old`); an execution for an order the snapshot does not hold, from at or before
-  it, is alerted and not booked.
+  it, is alerted and not booked. Except for commands the HTTP gateway acknowledged that have no
+  outcome on record (`journaled`, from the intake journal): the journal re-publishes them after
+  a broker reset, and other commands landed after them must not make them too old. The command
+  cut-off then lies just before the first of them (never before the records the snapshot reads,
+  `IDEMPOTENCY_RETENTION`): a key unknown to the snapshot and submitted after that has no trace
+  on record, so it was never applied and deciding it now applies it once.
 - an idempotency key whose body the shard does not record gets the digest `UNKNOWN_DIGEST` (or
   a best guess): any reuse of that key is refused as a different body, never applied again.
 - the settled/unsettled split of a sell's reserve is the ledger's, capped by the shares bought on
@@ -48,12 +53,21 @@ from state.domain.account import (
     DepositRecord,
     _latest,
     _utc,
+    body_digest,
     check_invariants,
 )
 from state.domain.lots import SettlementLot, bought_by_symbol, lot_key
 from state.domain.money import ZERO
 from state.domain.orders import Order, PendingReplace
-from state.messages import TERMINAL_ORDER_STATES, OrderState, OrderType, Side, TimeInForce
+from state.ids import order_id_for
+from state.messages import (
+    TERMINAL_ORDER_STATES,
+    OrderState,
+    OrderType,
+    PlaceOrder,
+    Side,
+    TimeInForce,
+)
 
 __all__ = [
     "UNKNOWN_DIGEST",
@@ -61,6 +75,7 @@ __all__ = [
     "SnapshotCommand",
     "SnapshotDeposit",
     "SnapshotFill",
+    "SnapshotJournaled",
     "SnapshotOrder",
     "hydrate",
     "state_or_hydrated",
@@ -104,6 +119,7 @@ class SnapshotOrder(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     confirmed_cl_ord_id: str | None = None
     pending_replace: PendingReplace | None = None
     state_before_cancel: OrderState | None = None
+    unannounced: bool = False
 
 
 class SnapshotCommand(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -136,6 +152,15 @@ class SnapshotFill(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     booked_at: dt.datetime
 
 
+class SnapshotJournaled(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A command the HTTP gateway acknowledged (its intake journal) with no outcome on record."""
+
+    idempotency_key: str
+    command_type: str
+    submitted_at: dt.datetime
+    payload: bytes | None = None  # the command as journaled (place orders: their terms)
+
+
 class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     account_id: str
     as_of: dt.datetime  # the newest ledger transaction or event of the account
@@ -148,6 +173,7 @@ class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # The account's share of each clearing account (clearing account -> asset -> amount): its
     # fills less what settlement moved out, i.e. what its unsettled lots must add up to.
     clearing_outstanding: dict[str, dict[str, Decimal]] = msgspec.field(default_factory=dict)
+    journaled: tuple[SnapshotJournaled, ...] = ()  # by submission
 
 
 # ---- the shell's entry ----------------------------------------------------------------------
@@ -182,16 +208,70 @@ def hydrate(snapshot: AccountSnapshot, now: dt.datetime) -> AccountState:
     state.filled_net = _positions(state.balances)
     lots = unsettled_lots(snapshot.fills, snapshot.clearing_outstanding)
     state.unsettled_lots = {lot.key: lot for lot in lots}
-    _restore_orders(state, snapshot.orders, now)
+    _restore_orders(state, _with_journaled_terms(snapshot), now)
     _cap_held_unsettled(state, bought_by_symbol(lots))
     _restore_commands(state, snapshot.commands, now)
+    _know_unannounced_bodies(state)
     _restore_deposits(state, snapshot.deposits, now)
     _restore_fills(state, snapshot, now)
-    state.commands_forgotten_until = _latest(state.commands_forgotten_until, [snapshot.as_of])
+    state.commands_forgotten_until = _latest(state.commands_forgotten_until,
+                                             [_unrecorded_until(state, snapshot)])
     state.executions_forgotten_until = _latest(state.executions_forgotten_until,
                                                [snapshot.as_of])
     check_invariants(state)
     return state
+
+
+def _with_journaled_terms(snapshot: AccountSnapshot) -> list[SnapshotOrder]:
+    """Orders the ledger holds funds for but no event of which landed take their terms from
+    their place_order in the intake journal (the shard knows its exact body), and are marked
+    unannounced: the journal re-publishes the command, which announces and routes it again."""
+    placed: dict[str, PlaceOrder] = {}
+    for entry in snapshot.journaled:
+        if entry.command_type == "place_order" and entry.payload is not None:
+            command = _PLACE_DECODER.decode(entry.payload)
+            placed[order_id_for(snapshot.account_id, command.idempotency_key)] = command
+    orders = []
+    for row in snapshot.orders:
+        body = placed.get(row.order_id)
+        if body is not None and row.digest == UNKNOWN_DIGEST:
+            row = msgspec.structs.replace(
+                row, idempotency_key=body.idempotency_key, symbol=body.symbol,
+                side=body.side, order_type=body.order_type, time_in_force=body.time_in_force,
+                quantity=body.quantity, limit_price=body.limit_price,
+                stop_price=body.stop_price, digest=body_digest(body), unannounced=True)
+        orders.append(row)
+    return orders
+
+
+def _know_unannounced_bodies(state: AccountState) -> None:
+    """An unannounced order's key names the journaled body: its re-publication is the same
+    command (not another body under a reused key)."""
+    for order in state.open_orders.values():
+        record = state.commands.get(order.idempotency_key)
+        if order.unannounced and record is not None and record.digest == UNKNOWN_DIGEST:
+            state.commands[order.idempotency_key] = msgspec.structs.replace(
+                record, digest=order.digest)
+
+
+def _unrecorded_until(state: AccountState, snapshot: AccountSnapshot) -> dt.datetime:
+    """Unknown keys submitted at or before this are refused as too old: the snapshot's time,
+    or just before the first journaled command without an outcome (not before the records'
+    window; see the module docstring)."""
+    as_of = _utc(snapshot.as_of)
+    pending = [_utc(c.submitted_at) for c in snapshot.journaled
+               if not _key_known(state, c.idempotency_key)]
+    if not pending or min(pending) > as_of:
+        return as_of
+    return max(min(pending) - _JUST_BEFORE, as_of - IDEMPOTENCY_RETENTION)
+
+
+_JUST_BEFORE = dt.timedelta(microseconds=1)
+_PLACE_DECODER = msgspec.json.Decoder(PlaceOrder)
+
+
+def _key_known(state: AccountState, key: str) -> bool:
+    return key in state.commands or state.order(order_id_for(state.account_id, key)) is not None
 
 
 def _positions(balances: dict[str, dict[str, Decimal]]) -> dict[str, Decimal]:
@@ -239,6 +319,7 @@ def _order(row: SnapshotOrder) -> Order:
         last_transact_time=_utc(row.last_transact_time) if row.last_transact_time else None,
         closed_at=_utc(row.closed_at) if row.closed_at else None, requests=row.requests,
         confirmed_cl_ord_id=row.confirmed_cl_ord_id, pending_replace=row.pending_replace,
+        unannounced=row.unannounced,
     )
 
 

@@ -39,3 +39,26 @@ def is_share_quantity(quantity: Decimal) -> bool:
 
 def is_price(price: Decimal) -> bool:
     return _has_places(price, PRICE_QUANTUM)
+
+
+# Reg NMS Rule 612 (the sub-penny rule): orders priced at $1.00 or more are in whole cents,
+# orders below $1.00 in hundredths of a cent. Fills may still be sub-penny (price improvement).
+SUB_PENNY_TICK = Decimal("0.0001")
+TICK_PRICE_THRESHOLD = Decimal("1.00")
+
+
+def price_tick(price: Decimal) -> Decimal:
+    """The increment an order's limit or stop price must be a multiple of."""
+    return CENT if price >= TICK_PRICE_THRESHOLD else SUB_PENNY_TICK
+
+
+def tick_refusal(name: str, price: Decimal) -> str | None:
+    """Why `price` is not a valid order price (positive, on its tick), or None when it is."""
+    if not price.is_finite() or price <= 0:
+        return f"{name} must be positive"
+    tick = price_tick(price)
+    if not _has_places(price, tick):
+        side = "at or above" if tick == CENT else "below"
+        return (f"{name} {price} is not a multiple of the ${tick} tick for prices {side} "
+                f"${TICK_PRICE_THRESHOLD} (Reg NMS Rule 612)")
+    return None

@@ -92,6 +92,9 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     requests: int = 0
     confirmed_cl_ord_id: str | None = None
     pending_replace: PendingReplace | None = None
+    # Rebuilt from a shard that holds its funds but none of its events (they were lost with
+    # the broker): its place_order, re-published by the intake journal, announces it again.
+    unannounced: bool = False
 
     @property
     def is_open(self) -> bool:

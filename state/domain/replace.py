@@ -42,7 +42,7 @@ from state.domain.account import (
     is_restricted,
 )
 from state.domain.ledger import Leg
-from state.domain.money import ZERO, cents_up, is_price, is_share_quantity
+from state.domain.money import ZERO, cents_up, is_share_quantity, tick_refusal
 from state.domain.orders import Order, PendingReplace
 from state.domain.risk import Reason, RiskLimits, buy_hold_price, notional_price
 from state.ids import cl_ord_id_for
@@ -209,8 +209,9 @@ def _check_shape(order: Order, command: ReplaceOrder) -> Rejection | None:
             continue
         if not allowed:
             return _invalid(f"{order.order_type} order: {name} not allowed")
-        if not is_price(price) or price <= 0:
-            return _invalid(f"{name} must be positive with at most 6 places")
+        refusal = tick_refusal(name, price)
+        if refusal is not None:
+            return _invalid(refusal)
     if _requested_terms(order, command) == _current_terms(order):
         return _invalid("the new terms are the order's terms")
     return None

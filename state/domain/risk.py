@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 
-from state.domain.money import ZERO, cents_up, is_price, is_share_quantity
+from state.domain.money import ZERO, cents_up, is_price, is_share_quantity, tick_refusal
 from state.messages import OrderType, PlaceOrder, Side, SymbolStatus
 
 
@@ -43,6 +43,8 @@ class Reason(StrEnum):
     UNKNOWN_DEPOSIT = "unknown_deposit"
     DEPOSIT_ALREADY_RETURNED = "deposit_already_returned"
     MARKET_MAKER_REJECTED = "market_maker_rejected"
+    UNKNOWN_ACCOUNT = "unknown_account"  # never opened: takes no money and no orders
+    ACCOUNT_UNAVAILABLE = "account_unavailable"  # its shard cannot be read right now
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,15 @@ def _check_shape(order: PlaceOrder) -> Rejection | None:
     if needs_stop != (order.stop_price is not None):
         return _reject(Reason.INVALID_ORDER, f"{order.order_type} order: stop_price "
                        + ("required" if needs_stop else "not allowed"))
-    for name in ("limit_price", "stop_price", "reference_price"):
+    for name in ("limit_price", "stop_price"):
         price = getattr(order, name)
-        if price is not None and (not is_price(price) or price <= 0):
-            return _reject(Reason.INVALID_ORDER, f"{name} must be positive with at most 6 places")
+        refusal = None if price is None else tick_refusal(name, price)
+        if refusal is not None:
+            return _reject(Reason.INVALID_ORDER, refusal)
+    reference = order.reference_price
+    if reference is not None and (not is_price(reference) or reference <= 0):
+        return _reject(Reason.INVALID_ORDER,
+                       "reference_price must be positive with at most 6 places")
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -35,6 +36,12 @@ def test_market_buy_from_http_to_postgres(server_dir: Path) -> None:
         banner = stack.read_until("healthy")
         assert "http" in banner and "shard1" in banner
         base = stack.base_url
+        # every HTTP address `up` prints answers (the page, the API base, the OpenAPI document)
+        printed = re.findall(r"(http://\S+)", banner)
+        assert {f"{base}/", f"{base}/v1", f"{base}/v1/openapi.json"} <= set(printed), banner
+        for url in printed:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200, url
         token = _login(base, "alice")
 
         status, account = http("POST", f"{base}/v1/accounts", {}, token)

@@ -4,11 +4,15 @@ shard changed behind the topics' back differs, and so do its balances from the s
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from compose.cli import main as brokerage
+from compose.exceptions import ComposeError
 from compose.shard_rebuild import rebuild_shard, rebuilt_database_name, stream_balances
 from sinks.config import SinkConfig
 from state import ledger_accounts as la
@@ -139,3 +143,94 @@ def test_rebuilt_database_name_fits_postgres() -> None:
     assert rebuilt_database_name("postgresql://u@h:1/shard1", 1, when) == (
         "shard1_rebuild_1_20260302T143005")
     assert len(rebuilt_database_name("postgresql://u@h:1/" + "x" * 80, 12, when)) == 63
+
+
+def _stack_file(path: Path, services, topics: str, dsns: tuple[str, ...]) -> Path:
+    quoted = ", ".join(f'"{dsn}"' for dsn in dsns)
+    path.write_text(f"""[stack]
+data_dir = "{path.parent / 'data'}"
+topic_prefix = "{topics}"
+shards = {services.shards}
+partitions_per_shard = {services.partitions_per_shard}
+[kafka]
+bootstrap_servers = "{services.bootstrap_servers}"
+[postgres]
+shard_dsns = [{quoted}]
+[redis]
+url = "{services.redis_url}"
+""")
+    return path
+
+
+def _forget_broker(dsn: str, postings: str, partitions: list[int]) -> None:
+    """What a shard looks like after its records of a broker that is gone: offsets (far past
+    anything the new broker holds) counting in that broker's log."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO broker_epochs (epoch, first_seen_at) "
+                     "VALUES ('gone', now() - interval '1 hour')")
+        conn.execute("UPDATE sink_offsets SET epoch = 'gone', offset_max = offset_max + 1000000 "
+                     "WHERE topic = %s AND partition = ANY(%s)", (postings, partitions))
+
+
+def test_after_a_broker_reset_reconcile_answers_at_once_and_rebuild_refuses(
+        services, topics, fresh_databases, tmp_path, capsys) -> None:
+    pps, shards = services.partitions_per_shard, services.shards
+    router = ShardRouter(shards, pps)
+    accounts = [account_id_for(f"epoch{s}-{i}", s, shards, pps)
+                for s in range(shards) for i in range(4)]
+    produce(services.bootstrap_servers, topics,
+            [m for n, account in enumerate(accounts) for m in _story(account, n)])
+    for dsn in fresh_databases:
+        migrate(dsn)
+    config = SinkConfig(bootstrap_servers=services.bootstrap_servers, topic_prefix=topics,
+                        shard_dsns=fresh_databases, partitions_per_shard=pps,
+                        consumer_group=topics + "sink", commit_interval_s=0.2)
+    with running_sink(config):
+        wait_for(lambda: all(count(dsn, "SELECT count(*) FROM order_events") == 16
+                             for dsn in fresh_databases), 45, "the rows of every shard")
+    stack = str(_stack_file(tmp_path / "stack.toml", services, topics, fresh_databases))
+    capsys.readouterr()
+    assert brokerage(["--stack", stack, "reconcile"]) == 0
+    out = capsys.readouterr().out
+    assert "shard 0: clean" in out and "shard 1: clean" in out and "note:" not in out
+
+    postings = topics + "ledger.postings"
+    landed0 = sorted(p for (topic, p) in sink_offsets(fresh_databases[0]) if topic == postings)
+    assert len(landed0) == 2  # the accounts spread over both of shard 0's partitions
+    _forget_broker(fresh_databases[0], postings, landed0[:1])  # one partition landed since
+    _forget_broker(fresh_databases[1], postings, list(router.partitions_of_shard(1)))
+
+    started = time.monotonic()
+    assert brokerage(["--stack", stack, "reconcile"]) == 0
+    took_s = time.monotonic() - started
+    out = capsys.readouterr().out
+    assert took_s < 30, f"reconcile took {took_s:.1f} s after a broker reset"
+    assert "shard 0: clean" in out and "shard 1: clean" in out
+    assert (f"note: partitions {landed0[:1]} were landed under an earlier broker epoch "
+            "(epoch gone) and cannot be compared with the stream") in out
+    in_partition = sum(2 for account in accounts[:4]
+                       if router.partition_of_account(account) == landed0[1])
+    assert (f"note: partitions {landed0[1:]} landed under the current broker epoch: "
+            f"{in_partition} stream transactions checked against the shard's ledger") in out
+    assert (f"note: partitions {list(router.partitions_of_shard(1))} were landed under an "
+            "earlier broker epoch") in out
+    assert out.count("its balances are checked against its own entries") == 2
+
+    # a rebuild from the topics cannot reproduce a shard holding records of a gone broker
+    started = time.monotonic()
+    with pytest.raises(ComposeError, match="earlier broker epoch \\(epoch gone\\)"):
+        rebuild_shard(services.bootstrap_servers, topics, fresh_databases[1], 1, shards, pps,
+                      lambda line: None)
+    assert brokerage(["--stack", stack, "shard", "rebuild", "1"]) == 1
+    assert time.monotonic() - started < 30
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("brokerage: shard 1 holds records landed under an earlier broker "
+                            "epoch") and "\n" not in error
+    assert _leftover_rebuilds(fresh_databases[1]) == []
+
+    # a real difference still fails reconcile
+    with psycopg.connect(fresh_databases[1]) as conn:
+        conn.execute("UPDATE account_balances SET balance = balance + 1 WHERE ledger_account = %s",
+                     (la.user(accounts[4], la.CASH),))
+    assert brokerage(["--stack", stack, "reconcile"]) == 1
+    assert "shard 1: 1 differences" in capsys.readouterr().out

@@ -145,7 +145,7 @@ BAD_BODIES: list[tuple[dict[str, Any] | bytes, int, str]] = [
     ({"quantity": "1.0000001"}, 422, "too_many_decimals"),
     ({"limit_price": "209.501"}, 422, "invalid_tick_size"),
     ({"side": "sideways"}, 422, "invalid_field"),
-    ({"symbol": "nope"}, 422, "invalid_field"),
+    ({"symbol": "AAPL\n"}, 422, "invalid_field"),  # lower case is read as upper case
     (b"{" + b" " * 20000 + b"}", 413, "body_too_large"),
 ]
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import msgspec
 import psycopg
@@ -19,11 +20,19 @@ from state.messages import Message
 
 
 @contextlib.contextmanager
-def running_sink(config: SinkConfig) -> Iterator[subprocess.Popen[bytes]]:
-    """The sink service as the supervisor runs it: a child process, stopped with SIGTERM."""
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "sinks.service", msgspec.json.encode(config).decode()],
-        stdin=subprocess.DEVNULL)
+def running_sink(config: SinkConfig, log_path: Path | None = None
+                 ) -> Iterator[subprocess.Popen[bytes]]:
+    """The sink service as the supervisor runs it: a child process, stopped with SIGTERM;
+    its output goes to `log_path` when given."""
+    with contextlib.ExitStack() as stack:
+        output = stack.enter_context(log_path.open("wb")) if log_path is not None else None
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "sinks.service", msgspec.json.encode(config).decode()],
+            stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+        yield from _stopped_on_exit(popen)
+
+
+def _stopped_on_exit(popen: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield popen
     finally:

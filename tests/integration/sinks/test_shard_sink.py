@@ -10,10 +10,11 @@ import pytest
 
 from sinks.config import SinkConfig
 from state import ledger_accounts as la
+from state.epoch import ensure_epoch, read_epoch
 from state.ids import account_id_for
 from state.messages import DeadLetter, OrderState
 from state.shard_reader import ShardReader
-from state.shard_store import ledger_balances, migrate, reconcile
+from state.shard_store import landed_epochs, landed_offsets, ledger_balances, migrate, reconcile
 from tests.integration.sinks.helpers import count, produce, read_topic, running_sink, wait_for
 from tests.integration.sinks.ledger_builders import at, deposit, fill, order_event
 
@@ -55,6 +56,10 @@ def test_sink_lands_each_account_in_its_shard_and_replay_changes_nothing(
     with running_sink(config):
         wait_for(lambda: all(_tables(dsn) == (2, 6, 2, 1) for dsn in fresh_databases), 45,
                  "the rows of every shard")
+    epoch = read_epoch(services.bootstrap_servers, topics)
+    for dsn in fresh_databases:  # the offsets say which broker log they count in
+        assert {landed.epoch for landed in landed_offsets(dsn).values()} == {epoch}
+        assert set(landed_epochs(dsn)) == {epoch}
 
     for shard, (dsn, account) in enumerate(zip(fresh_databases, accounts, strict=True)):
         balances = ledger_balances(dsn)
@@ -148,3 +153,27 @@ def test_a_record_the_database_refuses_goes_to_the_dead_letters_alone(
     letter = msgspec.json.decode(letters[0], type=DeadLetter)
     assert letter.error.startswith("refused by shard 0") and letter.key == account
     assert ledger_balances(fresh_databases[0])[(la.user(account, la.CASH), "USD")] == 3
+
+
+def test_sink_waits_for_the_broker_epoch_then_records_it(services, topic_prefix,
+                                                         fresh_databases, tmp_path) -> None:
+    from compose.kafka import create_topics
+    from state.topics import topic_specs
+
+    # topics made without an epoch record: not prepared the way `brokerage up` prepares them
+    create_topics(services.bootstrap_servers,
+                  topic_specs(topic_prefix, services.account_partitions, 2))
+    account = account_id_for("epoch", 0, services.shards, services.partitions_per_shard)
+    produce(services.bootstrap_servers, topic_prefix, [deposit(account, "4.00", "e")])
+    for dsn in fresh_databases:
+        migrate(dsn)
+    log_path = tmp_path / "sink.log"
+    with running_sink(_config(services, topic_prefix, fresh_databases), log_path) as sink:
+        wait_for(lambda: "has no epoch record" in log_path.read_text(), 30,
+                 "the sink to say what it waits for")
+        assert sink.poll() is None  # waiting, not crashing
+        assert count(fresh_databases[0], "SELECT count(*) FROM ledger_transactions") == 0
+        epoch = ensure_epoch(services.bootstrap_servers, topic_prefix)
+        wait_for(lambda: count(fresh_databases[0], "SELECT count(*) FROM sink_offsets "
+                               "WHERE epoch = %s", (epoch,)) == 1, 45,
+                 "the deposit to land under the broker's epoch")

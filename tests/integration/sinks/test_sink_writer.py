@@ -25,7 +25,8 @@ pytestmark = pytest.mark.integration
 
 def _sink(services, dsn: str, batch_size_max: int) -> ShardSink:
     return ShardSink(shard=0, dsn=dsn, router=ShardRouter(2, services.partitions_per_shard),
-                     topic_prefix="p.", batch_size_max=batch_size_max, retry_after_s=0.1,
+                     topic_prefix="p.", epoch="e1", batch_size_max=batch_size_max,
+                     retry_after_s=0.1,
                      dlq_producer=Producer({"bootstrap.servers": services.bootstrap_servers}))
 
 

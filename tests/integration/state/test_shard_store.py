@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import msgspec
 import psycopg
 import pytest
 
@@ -12,11 +13,15 @@ from state.domain import ledger
 from state.messages import OrderState
 from state.shard_schema import MIGRATIONS
 from state.shard_store import (
+    Landed,
     Source,
     compare_shards,
+    landed_epochs,
+    landed_offsets,
     ledger_balances,
     migrate,
     reconcile,
+    reconcile_stream_transactions,
     reconcile_with_stream,
     schema_version,
     write_batch,
@@ -57,7 +62,7 @@ def _story() -> tuple[list, list]:
 
 def test_migrate_is_idempotent(shard) -> None:
     migrate(shard)
-    assert schema_version(shard) == MIGRATIONS[-1].version == 3
+    assert schema_version(shard) == MIGRATIONS[-1].version == max(m.version for m in MIGRATIONS)
 
 
 def test_batch_lands_balances_positions_orders_and_replay_changes_nothing(shard) -> None:
@@ -210,3 +215,68 @@ def test_reconcile_with_stream_compares_with_the_balances_the_postings_imply(sha
     differences = reconcile_with_stream(shard, ledger.balances(postings))  # one not landed
     assert f"stream balance user:{ACC}:cash USD: shard 5700.00, stream 6950.00" in differences
     assert len(differences) == 4  # cash, shares and both sides of the market maker's
+
+
+def _offsets_at(conn: psycopg.Connection, partition: int, offset: int, epoch: str) -> None:
+    """A batch landing one deposit read at `offset` of ledger.postings[partition] in `epoch`."""
+    posting = deposit(ACC, "1.00", f"e{epoch}{partition}{offset}")
+    write_batch(conn, [posting], [], {posting.txn_id: Source("ledger.postings", partition,
+                                                             offset)}, epoch=epoch)
+
+
+def test_sink_offsets_keep_the_highest_within_an_epoch_and_restart_with_a_new_one(shard
+                                                                                  ) -> None:
+    with psycopg.connect(shard) as conn:
+        _offsets_at(conn, 0, 40, "old")
+        _offsets_at(conn, 0, 30, "old")  # late batch of the same log: the highest stays
+        _offsets_at(conn, 1, 9, "old")
+        assert landed_offsets(shard)[("ledger.postings", 0)] == Landed(40, "old")
+        # the broker came back empty: its offsets count from 0 again and replace the old ones
+        _offsets_at(conn, 0, 2, "new")
+        assert landed_offsets(shard)[("ledger.postings", 0)] == Landed(2, "new")
+        _offsets_at(conn, 0, 1, "new")
+        assert landed_offsets(shard)[("ledger.postings", 0)] == Landed(2, "new")
+        # a writer still finishing under the old broker cannot move it back to a gone log,
+        # and one without an epoch never displaces an epoch's offsets
+        _offsets_at(conn, 0, 99, "old")
+        _offsets_at(conn, 0, 77, "")
+        assert landed_offsets(shard)[("ledger.postings", 0)] == Landed(2, "new")
+        # a partition not yet written under the new epoch keeps its old epoch, said so
+        assert landed_offsets(shard)[("ledger.postings", 1)] == Landed(9, "old")
+    assert set(landed_epochs(shard)) == {"old", "new"}
+    assert reconcile(shard) == []
+
+
+def test_migration_names_records_landed_before_epochs_were_recorded(fresh_databases) -> None:
+    from state.shard_schema import BOOKKEEPING_SQL
+
+    dsn = fresh_databases[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:  # a shard of the previous release
+        conn.execute(BOOKKEEPING_SQL)
+        for migration in MIGRATIONS[:3]:
+            conn.execute(migration.sql)
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                         (migration.version, migration.name))
+        conn.execute("INSERT INTO sink_offsets (topic, partition, offset_max) "
+                     "VALUES ('ledger.postings', 0, 12)")
+    with psycopg.connect(dsn) as conn:
+        write_batch(conn, [deposit(ACC, "3.00", "legacy")], [])
+    migrate(dsn)
+    assert landed_offsets(dsn) == {("ledger.postings", 0): Landed(12, "")}
+    assert set(landed_epochs(dsn)) == {""}
+    with psycopg.connect(dsn) as conn:
+        _offsets_at(conn, 0, 0, "first")
+    assert landed_offsets(dsn) == {("ledger.postings", 0): Landed(0, "first")}
+
+
+def test_stream_transactions_must_be_in_the_shard_with_the_same_legs(shard) -> None:
+    postings, events = _story()
+    with psycopg.connect(shard) as conn:
+        write_batch(conn, postings[:-1], events)
+    where = [(posting, Source("ledger.postings", 1, i)) for i, posting in enumerate(postings)]
+    assert reconcile_stream_transactions(shard, where[:-1]) == []
+    forged = msgspec.structs.replace(postings[0], entries=tuple(reversed(postings[0].entries)))
+    assert reconcile_stream_transactions(shard, [*where, (forged, where[0][1])]) == [
+        f"stream transaction {postings[-1].txn_id} (ledger.postings[1]@3): not in the shard",
+        f"stream transaction {postings[0].txn_id} (ledger.postings[1]@0): its entries differ "
+        "from the shard's"]

@@ -27,7 +27,7 @@ from state.messages import (
     PlaceOrder,
     Side,
 )
-from state.topics import Topic, decode
+from state.topics import Topic, decode, encode
 from tests.integration.kafka_io import produce, produce_raw, read_topic
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
@@ -188,6 +188,38 @@ def test_malformed_commands_go_to_the_dead_letter_topic(services, topics, topolo
     assert any(p.kind == "deposit" for p in postings.values())
 
 
+def test_a_record_off_its_accounts_partition_is_dead_lettered_never_decided(
+        services, topics, topology) -> None:
+    """A producer that keeps librdkafka's default partitioner (crc32) puts an account's records
+    on a partition of another account: decided there, they would meet a second, empty state
+    of the same account. They go to the DLQ with the partition named."""
+    from confluent_kafka import Producer
+
+    from state.router import account_partition
+
+    commands = topics + Topic.ORDERS_COMMANDS
+    partitions = services.account_partitions
+    home = account_partition(ACCOUNT, partitions)
+    wrong = (home + 1) % partitions
+    deposit = Deposit(account_id=ACCOUNT, idempotency_key="dep-wrong-partition",
+                      amount=Decimal("1000.00"), submitted_at=T0)
+    sender = Producer({"bootstrap.servers": services.bootstrap_servers})  # default partitioner
+    sender.produce(commands, key=ACCOUNT.encode(), value=encode(deposit), partition=wrong)
+    assert sender.flush(15) == 0
+    produce(services.bootstrap_servers, commands, [
+        Deposit(account_id=ACCOUNT, idempotency_key="dep-home", amount=Decimal("5.00"),
+                submitted_at=T0)])
+    letters = read_topic(services.bootstrap_servers, topics + "dlq." + Topic.ORDERS_COMMANDS,
+                         until=lambda rs: len(rs) >= 1)
+    letter = decode_letter(letters[0].value)
+    assert letter["partition"] == wrong
+    assert f"lives on partition {home} of {partitions}" in letter["error"]
+    postings = _postings(services, topics, until=lambda rs: len(rs) >= 1)
+    deposits = [p for p in postings.values() if p.kind == "deposit"]
+    assert len(deposits) == 1, deposits
+    assert {abs(e.amount) for e in deposits[0].entries} == {Decimal("5.00")}
+
+
 def decode_letter(raw: bytes) -> dict:
     import json
 
@@ -336,5 +368,44 @@ def test_a_new_account_whose_shard_is_down_is_refused_and_the_rest_goes_on(
         assert running.process.is_alive()
         assert not read_topic(services.bootstrap_servers, topics + Topic.LEDGER_POSTINGS,
                               idle_s=1)
+    finally:
+        running.stop()
+
+
+def test_an_account_never_opened_takes_no_money_until_it_is_opened(
+        services, topics, tmp_path, fresh_databases) -> None:
+    """A deposit for an account that was never opened is refused with a stable reason and
+    nothing is stored; once the account is opened, the next one is booked."""
+    import psycopg
+
+    from state.ids import account_id_for
+    from state.shard_store import migrate
+
+    pps = services.partitions_per_shard
+    for dsn in fresh_databases:
+        migrate(dsn)
+    account = account_id_for("never-opened", 1, services.shards, pps)
+    config = msgspec.structs.replace(
+        _config(services, topics, tmp_path / "state-open", topics + "accounts-open"),
+        shard_dsns=fresh_databases, partitions_per_shard=pps)
+    running = Topology(config)
+    try:
+        commands = topics + Topic.ORDERS_COMMANDS
+        produce(services.bootstrap_servers, commands, [
+            Deposit(account_id=account, idempotency_key="dep-early", amount=Decimal("9.00"),
+                    submitted_at=T0)])
+        records = read_topic(services.bootstrap_servers, topics + Topic.ORDERS_EVENTS,
+                             until=lambda rs: len(rs) >= 1, timeout_s=60)
+        refused = decode(Topic.ORDERS_EVENTS, records[0].value)
+        assert refused.reason == "unknown_account", refused
+        with psycopg.connect(fresh_databases[1], autocommit=True) as conn:
+            conn.execute("INSERT INTO accounts (account_id, user_id, shard) VALUES (%s, %s, 1)",
+                         (account, "user-1"))
+        produce(services.bootstrap_servers, commands, [
+            Deposit(account_id=account, idempotency_key="dep-opened", amount=Decimal("7.00"),
+                    submitted_at=T0 + dt.timedelta(seconds=1))])
+        postings = _postings(services, topics, until=lambda rs: len(rs) >= 1, timeout_s=60)
+        assert [abs(e.amount) for p in postings.values() for e in p.entries] == [
+            Decimal("7.00"), Decimal("7.00")]
     finally:
         running.stop()

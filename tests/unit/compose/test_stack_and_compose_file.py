@@ -73,3 +73,17 @@ def test_the_compose_file_runs_every_service_of_the_embedded_default() -> None:
     stack_file = Path(COMPOSE_FILE.parent / "stack.docker.toml")
     docker_stack = load_stack(stack_file, environ={})
     assert len(docker_stack.postgres.shard_dsns) == docker_stack.stack.shards
+
+
+@pytest.mark.parametrize("value", ["abc", "70000", "0", "-1", ""])
+def test_a_port_from_the_environment_is_checked_where_it_is_read(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"BROKERAGE_HTTP_PORT=.*expected a port number "
+                                          r"from 1 to 65535"):
+        load_stack(environ={"BROKERAGE_HTTP_PORT": value})
+
+
+def test_a_port_out_of_range_in_the_file_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "stack.toml"
+    path.write_text("[http]\nport = 70000\n")
+    with pytest.raises(ConfigError, match=r"<= 65535 - at `\$\.http\.port`"):
+        load_stack(path, environ={})

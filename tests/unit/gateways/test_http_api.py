@@ -252,7 +252,8 @@ BAD_ORDERS = [
     ({"order_type": "iceberg"}, 422, "invalid_field"),
     ({"side": "short"}, 422, "invalid_field"),
     ({"time_in_force": "fok"}, 422, "invalid_field"),
-    ({"symbol": "aapl"}, 422, "invalid_field"),
+    ({"symbol": "AAPL\n"}, 422, "invalid_field"),
+    ({"symbol": "AA PL"}, 422, "invalid_field"),
     ({"extra": 1}, 422, "invalid_field"),
     ({"account_id": "acc_someone_else"}, 404, "account_not_found"),
 ]
@@ -295,6 +296,23 @@ def test_malformed_oversized_and_keyless_orders() -> None:
                                        headers={**headers, "Content-Type": "text/plain"})
         assert wrong_type.status == 415
         assert fakes.producer.produced == []
+
+    run(scenario)
+
+
+def test_a_lower_case_symbol_is_read_as_upper_case_as_everywhere() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.quotes.quotes["AAPL"] = quote("AAPL", "209.40", "209.45")
+        fakes.producer.respond = accept_everything
+        account_id = await new_account(client)
+        response = await place(client, account_id, "k1", symbol="aapl")
+        assert response.status == 201, await response.text()
+        assert fakes.producer.produced[0][2].symbol == "AAPL"
+        quotes = await client.get("/v1/quotes?symbols=aapl", headers=bearer("alice"))
+        assert quotes.status == 200 and (await quotes.json())["quotes"][0]["symbol"] == "AAPL"
+        refused = await client.get("/v1/quotes?symbols=AA%3BPL", headers=bearer("alice"))
+        assert refused.status == 400
+        assert "a letter, then letters, digits" in (await refused.json())["detail"]
 
     run(scenario)
 
@@ -359,6 +377,48 @@ def test_deposits_accepted_rejected_and_replayed() -> None:
     run(scenario)
 
 
+def test_a_money_command_answered_202_is_followed_up_by_its_key() -> None:
+    """A retry with the same key returns the original outcome (not 202 again, forever), and
+    the outcome can be read by the key."""
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        account_id = await new_account(client)
+        path = f"/v1/accounts/{account_id}/deposits"
+        headers = {**bearer("alice"), "Idempotency-Key": "d1"}
+        first = await client.post(path, json={"amount": "100.00"}, headers=headers)
+        assert first.status == 202 and (await first.json())["status"] == "pending"
+        outcome_path = f"/v1/accounts/{account_id}/commands/d1"
+        fakes.reader.outcomes[(account_id, "d1")] = {
+            "status": "pending", "command_type": "deposit"}
+        pending = await client.get(outcome_path, headers=bearer("alice"))
+        assert (await pending.json())["status"] == "pending"
+        fakes.reader.outcomes[(account_id, "d1")] = {
+            "type": "command_accepted", "status": "accepted", "command_type": "deposit",
+            "txn_id": "txn-1", "amount": "100.00"}
+        produced = len(fakes.producer.produced)
+        retry = await client.post(path, json={"amount": "100.00"}, headers=headers)
+        assert retry.status == 200, await retry.text()
+        assert (await retry.json())["txn_id"] == "txn-1"
+        assert len(fakes.producer.produced) == produced  # answered from the record
+        read = await client.get(outcome_path, headers=bearer("alice"))
+        assert read.status == 200
+        assert (await read.json())["status"] == "accepted"
+        fakes.reader.outcomes[(account_id, "w1")] = {
+            "type": "command_rejected", "status": "rejected", "command_type": "withdraw",
+            "reason": "insufficient_withdrawable_cash", "detail": "withdrawable 0.00"}
+        refused = await client.post(f"/v1/accounts/{account_id}/withdrawals",
+                                    json={"amount": "5.00"},
+                                    headers={**bearer("alice"), "Idempotency-Key": "w1"})
+        assert refused.status == 422
+        assert (await refused.json())["code"] == "insufficient_withdrawable_cash"
+        unknown = await client.get(f"/v1/accounts/{account_id}/commands/nope",
+                                   headers=bearer("alice"))
+        assert unknown.status == 404 and (await unknown.json())["code"] == "command_not_found"
+        theirs = await client.get(outcome_path, headers=bearer("bob"))
+        assert theirs.status == 404
+
+    run(scenario, reply_wait_ms=20)
+
+
 def test_portfolio_values_positions_at_the_latest_quotes() -> None:
     async def scenario(client: TestClient, fakes: Fakes) -> None:
         account_id = await new_account(client)
@@ -405,6 +465,9 @@ def test_quotes_candles_and_operations() -> None:
         metrics = await client.get("/metrics")
         text = await metrics.text()
         assert "http_requests_total{" in text and "# TYPE http_request_duration_seconds" in text
+        assert (await client.get("/v1/openapi.json")).status == 200
+        index = await (await client.get("/v1")).json()
+        assert index["openapi"] == "/v1/openapi.json" and "/v1/orders" in index["paths"]
         spec = await (await client.get("/openapi.json")).json()
         assert spec["openapi"].startswith("3.1")
         assert "post" in spec["paths"]["/v1/orders"]

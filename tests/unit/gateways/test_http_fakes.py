@@ -16,6 +16,8 @@ from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY
 from gateways.http.problems import Problem
 from gateways.http.websocket import StreamHub
+from state.exceptions import ShardUnavailable
+from state.intake_journal import JournalEntry
 from state.messages import Message, Quote
 from state.router import ShardRouter
 
@@ -42,6 +44,7 @@ class FakeReader:
         self.accounts: dict[str, dict[str, Any]] = {}
         self.orders_by_id: dict[tuple[str, str], dict[str, Any]] = {}
         self.portfolios: dict[str, dict[str, Any]] = {}
+        self.outcomes: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def create_account(self, user_id: str, account_id: str, shard: int) -> dict[str, Any]:
         account = self.accounts.setdefault(account_id, {
@@ -64,6 +67,9 @@ class FakeReader:
 
     async def order(self, account_id: str, order_id: str) -> dict[str, Any] | None:
         return self.orders_by_id.get((account_id, order_id))
+
+    async def command_outcome(self, account_id: str, key: str) -> dict[str, Any] | None:
+        return self.outcomes.get((account_id, key))
 
     async def activities(self, account_id: str, as_of: Any) -> list[dict[str, Any]]:
         return []
@@ -100,6 +106,35 @@ class FakeProducer:
 
     def broker_reachable(self, timeout_s: float) -> bool:
         return not self.failing
+
+
+class FakeJournal:
+    """The intake journal's rules in memory: one row per (account, key), the first body kept,
+    the latest request's claim; `failing` as a shard that cannot be written."""
+
+    def __init__(self, producer: FakeProducer) -> None:
+        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self.failing = False
+        self._producer = producer
+
+    async def write(self, entry: JournalEntry, claim: str) -> None:
+        if self.failing:
+            raise ShardUnavailable("journal: fake shard down")
+        row = self.rows.setdefault((entry.account_id, entry.idempotency_key), {
+            "entry": entry, "decided": False, "published": 0,
+            "produced_before": len(self._producer.produced)})
+        row["claim"] = claim
+
+    async def withdraw(self, account_id: str, key: str, claim: str) -> bool:
+        row = self.rows.get((account_id, key))
+        if row is None or row["claim"] != claim or row["published"] or row["decided"]:
+            return False
+        del self.rows[(account_id, key)]
+        return True
+
+    async def mark_decided(self, account_id: str, key: str) -> None:
+        if (account_id, key) in self.rows:
+            self.rows[(account_id, key)]["decided"] = True
 
 
 class FakeLimiter:
@@ -140,6 +175,7 @@ class Fakes:
         self.producer = FakeProducer()
         self.limiter = FakeLimiter()
         self.idempotency = FakeIdempotency()
+        self.journal = FakeJournal(self.producer)
 
     async def backends(self, app: web.Application) -> AsyncIterator[None]:
         gateway = app[GATEWAY]
@@ -150,6 +186,7 @@ class Fakes:
         gateway.producer = self.producer
         gateway.limiter = self.limiter
         gateway.idempotency = self.idempotency
+        gateway.journal = self.journal
         gateway.hub = StreamHub()
         gateway.clock = lambda: NOW
         self.producer.deliver = gateway.replies.deliver

@@ -18,8 +18,9 @@ from gateways.http.openapi import openapi_document
 from gateways.http.portfolio import value_portfolio
 from gateways.http.problems import Problem
 from gateways.http.replies import ReplyBook, answers_placement
-from gateways.http.validation import parse_amount, parse_price, parse_quantity, tick_size
+from gateways.http.validation import parse_amount, parse_price, parse_quantity
 from gateways.http.websocket import Connection, StreamHub, _sender
+from state.domain.money import price_tick as tick_size
 from state.messages import CommandRejected
 from tests.unit.gateways.test_http_fakes import NOW, config, quote
 

@@ -328,6 +328,41 @@ def test_a_hold_whose_order_events_did_not_land_stays_held_until_day_end() -> No
     assert state.balance(la.CASH) == D("1000.00") and not state.open_orders
 
 
+def test_a_held_order_with_no_events_is_announced_and_routed_again_by_its_journal() -> None:
+    """Only the hold landed (the broker lost the order's events and its route request): the
+    journal's place_order gives the order its terms back, and its re-publication announces
+    the order and routes it again under the same ClOrdID; a further copy changes nothing."""
+    import msgspec
+
+    from state.domain.hydrate import SnapshotJournaled
+    from state.messages import RouteNewOrder
+    from state.topics import encode
+
+    command = limit("b", "buy", "5", "100", on(MONDAY, 10))
+    driver = run([deposit("d1", "1000.00", on(MONDAY, 9)), command])
+    without_events = [o for o in driver.outputs
+                      if not (isinstance(o, OrderEvent) and o.idempotency_key == "b")]
+    snapshot = snapshot_of(ACCOUNT, without_events)
+    assert snapshot is not None
+    snapshot = msgspec.structs.replace(snapshot, journaled=(SnapshotJournaled(
+        idempotency_key="b", command_type="place_order", submitted_at=command.submitted_at,
+        payload=encode(command)),))
+    state = hydrate(snapshot, on(MONDAY, 11))
+    [order] = state.open_orders.values()
+    assert order.unannounced and (order.symbol, order.quantity, order.limit_price) == (
+        "AAPL", D("5"), D("100"))
+    state, out = decide(state, command, on(MONDAY, 11), Driver().market, Driver().limits)
+    check_invariants(state)
+    [route] = of_type(out, RouteNewOrder)
+    assert route.cl_ord_id.startswith(order.order_id) or route.order_id == order.order_id
+    [event] = of_type(out, OrderEvent)
+    assert (event.state, event.reason, event.seq) == (OrderState.ROUTED, "announced_again",
+                                                      order.seq + 1)
+    assert not of_type(out, LedgerTransaction)  # the hold stands as it was
+    state, again = decide(state, command, on(MONDAY, 12), Driver().market, Driver().limits)
+    assert again == []
+
+
 def test_a_release_that_did_not_land_keeps_the_order_holding() -> None:
     driver = run([deposit("d1", "1000.00", on(MONDAY, 9)),
                   limit("b", "buy", "5", "100", on(MONDAY, 10)),
@@ -339,6 +374,35 @@ def test_a_release_that_did_not_land_keeps_the_order_holding() -> None:
     state = hydrate(snapshot, on(MONDAY, 11))
     [order] = state.open_orders.values()
     assert order.state is OrderState.ROUTED and order.reserve == D("500.00")
+
+
+def test_a_fill_whose_step_landed_only_in_the_ledger_completes_when_forwarded_again() -> None:
+    """The sink landed the fill's transaction but the broker lost its order event (and the
+    release of what the fill left): the rebuilt order has all its fills yet is open. The
+    report, forwarded again, completes it and gives back the rest of its hold."""
+    last_fill = fill("b", "x1", "5", "99.50", "5", on(MONDAY, 10, 1))
+    driver = run([deposit("d1", "1000.00", on(MONDAY, 9)),
+                  limit("b", "buy", "5", "100", on(MONDAY, 10)), last_fill])
+    fill_step = [o for o in driver.outputs
+                 if isinstance(o, OrderEvent) and o.state is OrderState.FILLED
+                 or isinstance(o, LedgerTransaction) and o.kind == "release"]
+    assert len(fill_step) == 2
+    snapshot = snapshot_of(ACCOUNT, [o for o in driver.outputs if o not in fill_step])
+    assert snapshot is not None
+    state = hydrate(snapshot, on(MONDAY, 11))
+    [order] = state.open_orders.values()
+    assert order.filled_quantity == order.quantity and order.reserve == D("2.50")
+    state, out = decide(state, last_fill, on(MONDAY, 11), Driver().market, Driver().limits)
+    check_invariants(state)
+    assert not state.open_orders and state.balance(la.CASH_HELD) == 0
+    assert state.balance(la.CASH) == D("1000.00") - D("497.50")
+    [event] = [o for o in out if isinstance(o, OrderEvent)]
+    assert (event.state, event.cause_id) == (OrderState.FILLED, "x1")
+    [release] = [o for o in out if isinstance(o, LedgerTransaction)]
+    assert release.txn_id == next(o.txn_id for o in fill_step
+                                  if isinstance(o, LedgerTransaction))  # the same id
+    again, more = decide(state, last_fill, on(MONDAY, 12), Driver().market, Driver().limits)
+    assert more == []  # a duplicate of a completed order changes nothing
 
 
 def test_unsettled_lots_are_the_latest_trade_dates_that_add_up() -> None:

@@ -184,14 +184,14 @@ def test_a_missing_fill_asks_for_the_order_status() -> None:
 
 def test_cumulative_rounding_keeps_a_limit_buy_within_its_hold() -> None:
     d = Driver()
-    d.send(deposit("dep", "100.01"))
-    d.send(place("o", "buy", "3", order_type="limit", limit="33.335", reference=None))
-    assert d.cash(la.CASH_HELD) == D("100.01")  # 100.005 rounded up
+    d.send(deposit("dep", "10.01"))
+    d.send(place("o", "buy", "0.3", order_type="limit", limit="33.35", reference=None))
+    assert d.cash(la.CASH_HELD) == D("10.01")  # 10.005 rounded up
     paid = []
-    for n in range(3):  # rounding each fill alone would take 3 x 33.34 = 100.02
-        out = d.send(report("o", f"x{n}", qty="1", px="33.335", cum=str(n + 1)))
+    for n in range(3):  # rounding each fill alone would take 3 x 3.34 = 10.02
+        out = d.send(report("o", f"x{n}", qty="0.1", px="33.35", cum=str(D("0.1") * (n + 1))))
         paid.append(-balances(txns(out)[:1])[(la.user(ACCOUNT, la.CASH_HELD), "USD")])
-    assert paid == [D("33.34"), D("33.33"), D("33.33")]
+    assert paid == [D("3.34"), D("3.33"), D("3.33")]
     assert not of_type(d.outputs, Alert)
     assert d.cash() == D("0.01") and d.cash(la.CASH_HELD) == 0
 

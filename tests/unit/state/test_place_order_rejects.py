@@ -46,10 +46,22 @@ def funded(**kwargs: object) -> Driver:
     (place("k", order_type="stop", stop=None), "stop_price required"),
     (place("k", order_type="stop_limit", limit="10", stop=None), "stop_price required"),
     (place("k", order_type="limit", limit="-1"), "limit_price must be positive"),
+    # Reg NMS Rule 612: whole cents at or above $1.00, hundredths of a cent below
+    (place("k", order_type="limit", limit="20.005"), "not a multiple of the $0.01 tick"),
+    (place("k", order_type="limit", limit="1.0001"), "not a multiple of the $0.01 tick"),
+    (place("k", order_type="limit", limit="0.50001"), "not a multiple of the $0.0001 tick"),
+    (place("k", order_type="stop", stop="20.0001"), "stop_price 20.0001 is not a multiple"),
 ])
 def test_invalid_order(message: PlaceOrder, detail: str) -> None:
     event = rejected(funded(), message)
     assert event.reason == "invalid_order" and detail in (event.detail or "")
+
+
+@pytest.mark.parametrize("limit", ["20.01", "1.00", "0.9999", "0.0001", "0.5"])
+def test_prices_on_their_tick_pass_the_shape_check(limit: str) -> None:
+    from state.domain.money import tick_refusal
+
+    assert tick_refusal("limit_price", D(limit)) is None
 
 
 def test_insufficient_buying_power() -> None:

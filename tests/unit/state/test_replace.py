@@ -248,6 +248,8 @@ def test_replace_refusals_have_stable_reasons() -> None:
     assert rejection(d.send(replace("r3", "o", "0.0000001"))) == "invalid_order"
     assert rejection(d.send(replace("r4", "o", stop="90"))) == "invalid_order"  # limit order
     assert rejection(d.send(replace("r5", "o", limit="100.0000001"))) == "invalid_order"
+    tick = d.send(replace("r5b", "o", limit="100.005"))  # Reg NMS 612: whole cents above $1
+    assert rejection(tick) == "invalid_order" and "$0.01 tick" in str(tick)
     assert rejection(d.send(replace("r6", "o"))) == "invalid_order"  # nothing to change
     assert rejection(d.send(replace("r7", "o", "10", limit="100"))) == "invalid_order"  # same
     assert rejection(d.send(replace("r8", "o", "200"))) == "insufficient_buying_power"
