@@ -160,8 +160,18 @@ class TopicSpec:
 
 
 _RETAIN_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
-_RETAIN_WEEK = {"retention.ms": str(7 * 24 * 3600 * 1000), "retention.bytes": "-1",
-                "cleanup.policy": "delete"}
+# quotes: only the newest quote per symbol matters downstream (the cache, candle state
+# restored from its own changelog); an hour covers a restart of market data with room to spare,
+# and 256 MiB per partition bounds a hot symbol's partition. candles: a copy of what Redis
+# serves for charts; a day is enough to rebuild it.
+# The embedded broker (Tansu 0.6.0 memory engine) enforces neither (its maintain() does
+# nothing, DeleteRecords is todo!() and drops the connection, a topic created with
+# retention.ms=1 kept every record); Apache Kafka and Redpanda do. See connectors/service.py
+# LINGER_MS for what keeps the embedded broker's cost of the growing quotes topic down.
+_RETAIN_QUOTES = {"retention.ms": str(3600 * 1000), "retention.bytes": str(256 * 2**20),
+                  "cleanup.policy": "delete"}
+_RETAIN_CANDLES = {"retention.ms": str(24 * 3600 * 1000), "retention.bytes": str(64 * 2**20),
+                   "cleanup.policy": "delete"}
 _COMPACTED = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "compact"}
 
 
@@ -173,7 +183,8 @@ def topic_specs(prefix: str, account_partitions: int, symbol_partitions: int) ->
     for topic in ACCOUNT_KEYED:
         specs.append(TopicSpec(prefix + topic, account_partitions, dict(_RETAIN_FOREVER)))
     for topic in SYMBOL_KEYED:
-        config = _COMPACTED if topic == Topic.MARKET_STATUS else _RETAIN_WEEK
+        config = {Topic.MARKET_STATUS: _COMPACTED, Topic.QUOTES: _RETAIN_QUOTES,
+                  Topic.CANDLES: _RETAIN_CANDLES}[topic]
         specs.append(TopicSpec(prefix + topic, symbol_partitions, dict(config)))
     for spec in list(specs):
         specs.append(TopicSpec(prefix + dlq_name(spec.name.removeprefix(prefix)), 1,

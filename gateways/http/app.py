@@ -18,6 +18,7 @@ from redis.backoff import NoBackoff
 from gateways.http.bus import CommandProducer, TopicTail
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY, Gateway
+from gateways.http.health import STAGES, open_stage_watch, stages_middleware, watch_for
 from gateways.http.journal import REPLAYER, JournalReplayer, ShardJournal, run_replayer
 from gateways.http.limits import (
     IdempotencyRecords,
@@ -223,9 +224,11 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
     """The gateway application. `backends` replaces the real stores and clients (tests)."""
     app = web.Application(
         client_max_size=config.body_bytes_max,
-        middlewares=[metrics_middleware, problem_middleware, store_errors_middleware],
+        middlewares=[metrics_middleware, problem_middleware, stages_middleware,
+                     store_errors_middleware],
     )
     app[GATEWAY] = Gateway(config)
+    app[STAGES] = watch_for(config.bootstrap_servers)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/openapi.json", openapi)
@@ -238,4 +241,6 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
     app[REPLAYER] = JournalReplayer(config)
     app.cleanup_ctx.append(backends or open_backends)
     app.cleanup_ctx.append(run_replayer)
+    if backends is None:  # the stage watch reads the broker's consumer groups
+        app.cleanup_ctx.append(open_stage_watch)
     return app
