@@ -71,15 +71,17 @@ def exec_cause_id(market_maker: str, exec_id: str) -> str:
 
 
 def _booked(ref: ExecutionRef, with_event: set[str], with_txn: set[str]) -> bool:
-    """A fill is booked when both halves of its step landed: its ledger transaction and its
-    order event. The sink lands the two topics apart, so a broker reset can keep one and lose
-    the other; forwarded again, the report completes what is missing (the account topology
-    re-books a fill its shard lacks and completes an order its fills have filled)."""
-    if ref.is_fill:
-        cause = exec_cause_id(ref.market_maker, ref.exec_id)
-        return ref.exec_id in with_event and txn_id_for(cause, "fill") in with_txn
-    return ref.exec_id in with_event or any(
-        txn_id in with_txn for txn_id in exec_txn_ids(ref.market_maker, ref.exec_id))
+    """A report is booked when its order event landed, and a fill when its ledger transaction
+    landed too. The sink lands the two topics apart, so a broker reset can keep a step's
+    transaction (a fill, a release) and lose its event; forwarded again, the report completes
+    what is missing (the account topology re-books a fill its shard lacks, moves an order its
+    events left open, and completes an order its fills have filled). Reports that move no
+    order leave no event: `gateways.fix.durable.nothing_left_to_book` settles those."""
+    if ref.exec_id not in with_event:
+        return False
+    if not ref.is_fill:
+        return True
+    return txn_id_for(exec_cause_id(ref.market_maker, ref.exec_id), "fill") in with_txn
 
 
 def exec_txn_ids(market_maker: str, exec_id: str) -> list[str]:
