@@ -139,7 +139,7 @@ class TopicTail:
     def __init__(self, bootstrap_servers: str, topic: str, family: t.Topic,
                  deliver: Deliver, loop: asyncio.AbstractEventLoop,
                  session_timeout_ms: int, *, latest_per_key: bool = False,
-                 batch_wait_s: float = 0.0) -> None:
+                 batch_wait_s: float = 0.0, fetch_wait_ms: int = 10) -> None:
         self._topic = topic
         self._family = family
         self._deliver = deliver
@@ -153,7 +153,7 @@ class TopicTail:
             "group.id": f"http-gateway-tail-{uuid.uuid4().hex}",  # never joined: we assign
             "enable.auto.commit": False,
             "session.timeout.ms": session_timeout_ms,
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": fetch_wait_ms,
             "fetch.error.backoff.ms": 50,
         })
         self._running = True

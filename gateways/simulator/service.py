@@ -92,7 +92,9 @@ def _market_data_consumer(config: SimulatorConfig) -> Consumer:
         "group.id": f"{config.topic_prefix}simulator-{config.sender_comp_id}",
         "enable.auto.commit": False,
         "session.timeout.ms": 3000,
-        "fetch.wait.max.ms": 10,  # quotes move resting orders: read them promptly
+        # The embedded broker lists a partition's batches on each fetch: a 10 ms wait starved
+        # on a large `quotes` topic; 100 ms adds at most that much to a resting order's trigger.
+        "fetch.wait.max.ms": 100,
     })
     assignment = []
     for topic in (Topic.QUOTES, Topic.MARKET_STATUS):
