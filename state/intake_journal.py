@@ -44,14 +44,18 @@ CLOCK_SLACK = dt.timedelta(hours=1)
 BACKOFF_DOUBLINGS_MAX = 5
 _ANOTHER_BODY = "duplicate_idempotency_key_different_body"
 
+_MONEY_TYPES = "'deposit', 'withdraw', 'ach_return'"
 DECIDED_SQL = f"""(
     (j.order_id IS NOT NULL AND EXISTS (SELECT 1 FROM orders o WHERE o.order_id = j.order_id))
     OR EXISTS (
         SELECT 1 FROM order_events e
          WHERE e.account_id = j.account_id AND e.occurred_at >= j.submitted_at - %(slack)s
-           AND ((e.event_type IN ('command_accepted', 'command_rejected')
+           AND ((e.event_type = 'command_rejected'
                  AND e.idempotency_key = j.idempotency_key
                  AND e.reason IS DISTINCT FROM '{_ANOTHER_BODY}')
+                OR (e.event_type = 'command_accepted'
+                    AND e.idempotency_key = j.idempotency_key
+                    AND j.command_type NOT IN ({_MONEY_TYPES}))
                 OR (e.event_type = 'order_event' AND e.cause_id = j.idempotency_key)))
     OR (j.order_id IS NULL AND EXISTS (
         SELECT 1 FROM ledger_transactions x
@@ -60,7 +64,8 @@ DECIDED_SQL = f"""(
 )"""
 # A place order is decided once its order is on record: its hold alone (the ledger landed,
 # its events were lost with the broker) leaves an order nobody can see, so it is re-published
-# (and announced again, see state.domain.hydrate).
+# (and announced again, see state.domain.hydrate). An accepted money command is decided once
+# its transaction is on record: its acceptance event alone is half of its step.
 
 # One statement: the row, or (a retry of the same key) the claim of this request on it. The
 # body stays the first request's: which body a key means is the topology's to decide.

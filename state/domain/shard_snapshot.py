@@ -146,6 +146,7 @@ class _Records:
     order_events: dict[str, list[OrderEvent]] = field(default_factory=dict)
     order_txns: dict[str, list[LedgerTransaction]] = field(default_factory=dict)
     fill_prices: dict[tuple[str, str], Decimal] = field(default_factory=dict)
+    txn_ids: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         for event in self.events:
@@ -156,6 +157,7 @@ class _Records:
         for order_events in self.order_events.values():
             order_events.sort(key=lambda e: e.seq)
         for txn in self.transactions:
+            self.txn_ids.add(txn.txn_id)
             if txn.order_id is not None:
                 self.order_txns.setdefault(txn.order_id, []).append(txn)
 
@@ -564,6 +566,10 @@ def _commands(records: _Records, returned_of: Mapping[str, str]) -> list[Snapsho
                                    idempotency_key=record.idempotency_key,
                                    order_id=record.order_id, submitted_at=time)
         else:
+            if record.txn_id is not None and record.txn_id not in records.txn_ids:
+                # Its transaction did not land (lost with the broker): the key is not spent,
+                # and the command, published again, books it.
+                continue
             body = _guessed_body(records, record.idempotency_key, record.command_type, time,
                                  record.amount, returned_of)
         found.append(_command(record.idempotency_key, record.command_type, time, body))

@@ -363,6 +363,34 @@ def test_a_held_order_with_no_events_is_announced_and_routed_again_by_its_journa
     assert again == []
 
 
+def test_a_deposit_whose_transaction_did_not_land_is_booked_when_published_again() -> None:
+    """Its acceptance landed, its transaction was lost with the broker: the key is not spent,
+    and the journal's re-publication books the deposit (once)."""
+    import msgspec
+
+    from state.domain.hydrate import SnapshotJournaled
+    from state.topics import encode
+
+    first = deposit("d1", "1000.00", on(MONDAY, 9))
+    second = deposit("d2", "250.00", on(MONDAY, 9, 30))
+    driver = run([first, second])
+    without_txn = [o for o in driver.outputs
+                   if not (isinstance(o, LedgerTransaction) and "d2" in o.cause_id)]
+    snapshot = snapshot_of(ACCOUNT, without_txn)
+    assert snapshot is not None
+    snapshot = msgspec.structs.replace(snapshot, journaled=(SnapshotJournaled(
+        idempotency_key="d2", command_type="deposit", submitted_at=second.submitted_at,
+        payload=encode(second)),))
+    state = hydrate(snapshot, on(MONDAY, 11))
+    assert state.balance(la.CASH) == D("1000.00") and "d2" not in state.commands
+    state, out = decide(state, second, on(MONDAY, 11), Driver().market, Driver().limits)
+    check_invariants(state)
+    assert state.balance(la.CASH) == D("1250.00")
+    assert len(of_type(out, LedgerTransaction)) == 1
+    state, again = decide(state, second, on(MONDAY, 12), Driver().market, Driver().limits)
+    assert state.balance(la.CASH) == D("1250.00") and not of_type(again, LedgerTransaction)
+
+
 def test_a_release_that_did_not_land_keeps_the_order_holding() -> None:
     driver = run([deposit("d1", "1000.00", on(MONDAY, 9)),
                   limit("b", "buy", "5", "100", on(MONDAY, 10)),
