@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateways.http.asyncapi import asyncapi_document
 from gateways.http.websocket import ClientOp, QuoteFrame, ServerFrame, frame
+from state.exceptions import ShardUnavailable
 from tests.unit.gateways.test_http_api import bearer, new_account, run
 from tests.unit.gateways.test_http_fakes import NOW, Fakes, quote
 
@@ -176,5 +177,23 @@ def test_a_refused_frame_names_what_was_expected_and_the_stream_goes_on() -> Non
             await ws.send_json({"op": "ping"})
             assert (await ws.receive_json(timeout=2))["type"] == "pong"
             assert not ws.closed
+
+    run(scenario)
+
+
+def test_a_shard_down_during_auth_is_an_error_frame_not_a_dropped_connection() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        token = bearer("alice")["Authorization"].removeprefix("Bearer ")
+
+        async def down(user_id: str) -> list[dict[str, Any]]:
+            raise ShardUnavailable("shard 0 unavailable")
+
+        fakes.reader.accounts_of_user = down  # type: ignore[method-assign]
+        async with client.ws_connect("/v1/stream") as ws:
+            await ws.send_json({"op": "auth", "token": token})
+            error = await ws.receive_json(timeout=2)
+            assert (error["type"], error["code"]) == ("error", "store_unavailable")
+            await ws.send_json({"op": "ping"})
+            assert (await ws.receive_json(timeout=2))["type"] == "pong"
 
     run(scenario)
