@@ -15,6 +15,7 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from gateways.http.asyncapi import asyncapi
 from gateways.http.bus import CommandProducer, TopicTail
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY, Gateway
@@ -211,7 +212,8 @@ async def api_index(request: web.Request) -> web.Response:
     """The API base answers with where things are (a newcomer's first request)."""
     return json_response({
         "api": "/v1", "openapi": "/v1/openapi.json", "web_page": "/",
-        "stream": "/v1/stream", "health": "/healthz", "metrics": "/metrics",
+        "stream": "/v1/stream", "asyncapi": "/v1/asyncapi.json", "health": "/healthz",
+        "metrics": "/metrics",
         "paths": sorted({route.path for route in ROUTES}),
     })
 
@@ -239,6 +241,8 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/openapi.json", openapi)
+    app.router.add_get("/asyncapi.json", asyncapi)
+    app.router.add_get("/v1/asyncapi.json", asyncapi)
     app.router.add_get("/v1", api_index)
     app.router.add_get("/v1/", api_index)
     app.router.add_get("/v1/stream", stream)

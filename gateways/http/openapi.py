@@ -9,6 +9,7 @@ import msgspec
 
 from gateways.http import schemas as s
 from gateways.http.routes import ROUTES, Route
+from gateways.http.websocket import CLIENT_OPS
 
 _PROBLEM_STATUSES = (400, 401, 404, 409, 413, 422, 429, 503)
 _PATH_PARAM = re.compile(r"{(\w+)}")
@@ -62,14 +63,19 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    ops = ", ".join(str(op.__struct_config__.tag) for op in CLIENT_OPS)
     paths["/v1/stream"] = {"get": {
         "operationId": "stream", "summary": "WebSocket: quotes and the user's order updates "
-        "(ops: auth, subscribe, unsubscribe, ping)", "tags": ["stream"],
+        f"(ops: {ops})", "tags": ["stream"],
+        "description": "The protocol, every op and frame with its schema, is the AsyncAPI "
+        "document at /v1/asyncapi.json.",
         "responses": {"101": {"description": "switching to WebSocket"}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Brokerage API", "version": "1.0.0",
-                 "description": "Money, prices and quantities are decimal strings."},
+                 "description": "Money, prices and quantities are decimal strings. The "
+                 "WebSocket /v1/stream is described by the AsyncAPI document at "
+                 "/v1/asyncapi.json."},
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256)"}}},

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import json
 import logging
+import typing
 from collections import defaultdict, deque
-from typing import Any, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -34,7 +37,15 @@ from gateways.http.context import Gateway, gateway_of
 from gateways.http.metrics import Metrics
 from gateways.http.problems import Problem
 from state.exceptions import StoreError
-from state.messages import SYMBOL_RULE, Alert, OrderEvent, Quote, normalise_symbol
+from state.messages import (
+    SYMBOL_RULE,
+    Alert,
+    CommandAccepted,
+    CommandRejected,
+    OrderEvent,
+    Quote,
+    normalise_symbol,
+)
 
 log = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
@@ -70,39 +81,163 @@ class Transport(Protocol):
     def get_write_buffer_size(self) -> int: ...
 
 
+Instant = Annotated[dt.datetime, msgspec.Meta(tz=True)]  # RFC 3339, with its offset
+
+
+class ServerFrame(msgspec.Struct, frozen=True, tag_field="type"):
+    """A frame from the gateway: a JSON text frame whose `type` names it."""
+
+
+class Authenticated(ServerFrame, frozen=True, tag="authenticated"):
+    """Answers `auth`: the user, and the accounts whose order and command updates now stream."""
+
+    user_id: str
+    accounts: list[str]
+
+
+class Subscribed(ServerFrame, frozen=True, tag="subscribed"):
+    """Answers `subscribe` and `unsubscribe`: every symbol the connection now watches."""
+
+    quotes: list[str]
+
+
+class QuoteUpdate(ServerFrame, frozen=True, tag="quote"):
+    """The newest quote of a watched symbol: first the latest known one on subscribing, then
+    conflated (a slow client skips older quotes, never gets a queue)."""
+
+    quote: Quote
+
+
+class OrderUpdate(ServerFrame, frozen=True, tag="order"):
+    """A state transition of one of the user's orders, each one, before any quote."""
+
+    event: OrderEvent
+
+
+class CommandUpdate(ServerFrame, frozen=True, tag="command"):
+    """A command of one of the user's accounts booked or refused (with its stable `reason`)."""
+
+    event: CommandAccepted | CommandRejected
+
+
+class Pong(ServerFrame, frozen=True, tag="pong"):
+    """Answers `ping`, with the gateway's clock."""
+
+    at: Instant
+
+
+class Heartbeat(ServerFrame, frozen=True, tag="heartbeat"):
+    """Sent when nothing else was for the gateway's `ws_heartbeat_s` (15 s by default)."""
+
+    at: Instant
+
+
+class StreamError(ServerFrame, frozen=True, tag="error"):
+    """A client frame refused; the connection stays open. `detail` says what was expected."""
+
+    code: Annotated[str, msgspec.Meta(
+        description="stable: malformed_json, invalid_message, not_authenticated, "
+                    "missing_token, invalid_token, token_expired, already_authenticated, "
+                    "invalid_symbol, too_many_symbols, store_unavailable",
+        examples=["invalid_message"])]
+    detail: str
+
+
+# Every frame the gateway sends, by its `type`.
+SERVER_FRAMES: tuple[type[ServerFrame], ...] = (
+    Authenticated, Subscribed, QuoteUpdate, OrderUpdate, CommandUpdate, Pong, Heartbeat,
+    StreamError)
+_FRAMES: dict[str, Any] = {str(kind.__struct_config__.tag): kind for kind in SERVER_FRAMES}
+
+Symbols = Annotated[list[str], msgspec.Meta(
+    description=f"symbols, at most {SYMBOLS_PER_CONNECTION_MAX} per connection ({SYMBOL_RULE};"
+                " lower case reads as upper case)",
+    examples=[["AAPL", "MSFT"]])]
+
+
 class ClientOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="op"):
-    pass
+    """A frame from the client: a JSON object whose `op` names what it asks."""
+
+    # The frames that answer it (besides an `error` frame, which any op may get).
+    answers: ClassVar[tuple[type[ServerFrame], ...]] = ()
 
 
 class AuthOp(ClientOp, frozen=True, tag="auth"):
-    token: str
+    """First, within 10 s of connecting (else the gateway closes with 4001): who is streaming.
+    The user's order and command updates follow."""
+
+    answers = (Authenticated,)
+    token: Annotated[str, msgspec.Meta(description="a token of POST /v1/auth/token",
+                                       examples=["<token from POST /v1/auth/token>"])]
 
 
 class SubscribeOp(ClientOp, frozen=True, tag="subscribe"):
-    quotes: list[str]
+    """Watch the quotes of these symbols too (after `auth`)."""
+
+    answers = (Subscribed, QuoteUpdate)
+    quotes: Symbols
 
 
 class UnsubscribeOp(ClientOp, frozen=True, tag="unsubscribe"):
-    quotes: list[str]
+    """Stop watching the quotes of these symbols."""
+
+    answers = (Subscribed,)
+    quotes: Symbols
 
 
 class PingOp(ClientOp, frozen=True, tag="ping"):
-    pass
+    """Is the gateway there? Answered `pong`, before or after `auth`."""
+
+    answers = (Pong,)
 
 
-_OP_DECODER = msgspec.json.Decoder(AuthOp | SubscribeOp | UnsubscribeOp | PingOp)
+ClientOps = AuthOp | SubscribeOp | UnsubscribeOp | PingOp
+# Every op a client may send, by its `op`.
+CLIENT_OPS: tuple[type[ClientOp], ...] = typing.get_args(ClientOps)
+_OP_DECODER = msgspec.json.Decoder(ClientOps)
+ASYNCAPI_PATH = "/v1/asyncapi.json"
+
+
+def _op_usage() -> dict[str, str]:
+    """Per op, what it takes, in words made from its fields and their schema's examples:
+    `subscribe takes "quotes": ["AAPL", ...]`."""
+    _refs, schemas = msgspec.json.schema_components(CLIENT_OPS)
+    usage: dict[str, str] = {}
+    for kind in CLIENT_OPS:
+        properties = schemas[kind.__name__]["properties"]
+        parts = []
+        for field in msgspec.structs.fields(kind):
+            example = properties[field.encode_name]["examples"][0]
+            shown = (f"[{json.dumps(example[0])}, ...]" if isinstance(example, list)
+                     else json.dumps(example))
+            parts.append(f"{json.dumps(field.encode_name)}: {shown}")
+        tag = str(kind.__struct_config__.tag)
+        usage[tag] = f"{tag} takes " + (", ".join(parts) if parts else "no other field")
+    return usage
+
+
+_OP_USAGE = _op_usage()
+
+
+def refusal(raw: str | bytes, reason: str) -> str:
+    """Why a client frame was refused and what was expected: the given op's fields, or every
+    op's if it named none the gateway knows."""
+    try:
+        given = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        given = None
+    op = given.get("op") if isinstance(given, dict) else None
+    where = f"the protocol: {ASYNCAPI_PATH}"
+    if isinstance(op, str) and op in _OP_USAGE:
+        return f"{reason}: {_OP_USAGE[op]} (ops: {', '.join(_OP_USAGE)}; {where})"
+    return (f"{reason}: a frame is a JSON object with an \"op\"; "
+            f"{'; '.join(_OP_USAGE.values())} ({where})")
 
 
 def frame(kind: str, **body: Any) -> str:
-    """A server frame: JSON text (browsers read text frames as strings)."""
-    return _ENCODER.encode({"type": kind, **body}).decode()
-
-
-class _QuoteMessage(msgspec.Struct, frozen=True):
-    """The quote frame's JSON, field for field what `frame("quote", quote=...)` gives."""
-
-    type: str
-    quote: Quote
+    """A server frame (one of SERVER_FRAMES, by its `type`): JSON text (browsers read text
+    frames as strings)."""
+    return _ENCODER.encode(_FRAMES[kind](**body)).decode()
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -131,7 +266,7 @@ class QuoteFrame:
     def payload(self) -> bytes:
         """The frame's JSON."""
         if self._payload is None:
-            self._payload = _ENCODER.encode(_QuoteMessage("quote", self.quote))
+            self._payload = _ENCODER.encode(QuoteUpdate(self.quote))
         return self._payload
 
     @property
@@ -457,9 +592,9 @@ async def _handle(connection: Connection, gateway: Gateway, raw: str | bytes) ->
     try:
         op = _OP_DECODER.decode(raw)
     except msgspec.ValidationError as error:
-        raise Problem(400, "invalid_message", str(error)) from error
+        raise Problem(400, "invalid_message", refusal(raw, str(error))) from error
     except msgspec.DecodeError as error:
-        raise Problem(400, "malformed_json", "frames are JSON objects with an op") from error
+        raise Problem(400, "malformed_json", refusal(raw, "not JSON")) from error
     hub: StreamHub = gateway.hub
     if isinstance(op, PingOp):
         connection.send_later(frame("pong", at=gateway.clock()))
@@ -507,6 +642,9 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                 await _handle(connection, gateway, message.data)
             except Problem as problem:
                 connection.send_later(frame("error", code=problem.code, detail=problem.detail))
+            except StoreError as error:  # the account lookup of `auth`: try again later
+                connection.send_later(frame("error", code="store_unavailable",
+                                            detail=f"{error}; send the op again"))
     finally:
         auth_deadline.cancel()
         hub.drop(connection, gateway)
