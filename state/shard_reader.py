@@ -46,13 +46,15 @@ SELECT payload FROM order_events
  ORDER BY occurred_at, event_id LIMIT 1
 """
 
-# The account's deposits and ACH returns over the lookback a rebuilt account reads them over,
-# each with its amount on the user's cash (a return's is negative), in landing order.
+# The account's deposits and ACH returns over the lookback a rebuilt account reads them over
+# (back from its newest transaction), each with its amount on the user's cash (a return's is
+# negative), in landing order.
 _DEPOSITS_SQL = """
 SELECT t.kind, t.occurred_at, sum(e.amount) AS amount
   FROM ledger_transactions t JOIN ledger_entries e ON e.txn_id = t.txn_id
  WHERE t.account_id = %(a)s AND t.kind IN ('deposit', 'ach_return')
-   AND t.occurred_at >= now() - %(lookback)s
+   AND t.occurred_at >= (SELECT max(occurred_at) FROM ledger_transactions
+                          WHERE account_id = %(a)s) - %(lookback)s
    AND e.ledger_account = %(cash)s AND e.asset = %(usd)s
  GROUP BY t.txn_id, t.kind, t.occurred_at, t.ledger_seq
  ORDER BY t.ledger_seq
