@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -17,11 +17,11 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from state import ledger_accounts as la
+from state.domain.shard_snapshot import DEPOSITS_LOOKBACK
 from state.exceptions import ShardUnavailable
 from state.router import ShardRouter
 
 ZERO = Decimal(0)
-PRICE_QUANTUM = Decimal("0.000001")
 DIRECTORY_SHARD = 0
 POOL_TIMEOUT_S = 3.0
 CONNECT_TIMEOUT_S = 3
@@ -44,6 +44,20 @@ SELECT payload FROM order_events
    AND event_type IN ('command_accepted', 'command_rejected')
    AND reason IS DISTINCT FROM 'duplicate_idempotency_key_different_body'
  ORDER BY occurred_at, event_id LIMIT 1
+"""
+
+# The account's deposits and ACH returns over the lookback a rebuilt account reads them over
+# (back from its newest transaction), each with its amount on the user's cash (a return's is
+# negative), in landing order.
+_DEPOSITS_SQL = """
+SELECT t.kind, t.occurred_at, sum(e.amount) AS amount
+  FROM ledger_transactions t JOIN ledger_entries e ON e.txn_id = t.txn_id
+ WHERE t.account_id = %(a)s AND t.kind IN ('deposit', 'ach_return')
+   AND t.occurred_at >= (SELECT max(occurred_at) FROM ledger_transactions
+                          WHERE account_id = %(a)s) - %(lookback)s
+   AND e.ledger_account = %(cash)s AND e.asset = %(usd)s
+ GROUP BY t.txn_id, t.kind, t.occurred_at, t.ledger_seq
+ ORDER BY t.ledger_seq
 """
 
 _EVENTS_SQL = """
@@ -168,6 +182,9 @@ class ShardReader:
         latest = await self._fetch(
             shard, "SELECT occurred_at, source_partition, source_offset FROM ledger_transactions"
             " WHERE account_id = %s ORDER BY ledger_seq DESC LIMIT 1", (account_id,))
+        deposits = await self._fetch(
+            shard, _DEPOSITS_SQL, {"a": account_id, "lookback": DEPOSITS_LOOKBACK,
+                                   "cash": la.user(account_id, la.CASH), "usd": la.USD})
         by_bucket: dict[tuple[str, str], Decimal] = {}
         for row in balances:
             owner = la.parse_user(row["ledger_account"])
@@ -180,6 +197,7 @@ class ShardReader:
             "cash_held": by_bucket.get((la.CASH_HELD, la.USD), ZERO),
             "buying_power": cash,
             "positions": [_position(row, by_bucket) for row in positions],
+            "deposits": deposits,
             "as_of": latest[0]["occurred_at"] if latest else None,
             "ledger_offset": latest[0]["source_offset"] if latest else None,
             "ledger_partition": latest[0]["source_partition"] if latest else None,
@@ -262,8 +280,7 @@ class ShardReader:
 
 def _position(row: dict, by_bucket: dict[tuple[str, str], Decimal]) -> dict:
     quantity, cost_basis = row["quantity"], row["cost_basis"]
-    average = ((cost_basis / quantity).quantize(PRICE_QUANTUM, ROUND_HALF_EVEN)
-               if quantity > 0 else ZERO)
+    average = cost_basis / quantity if quantity > 0 else ZERO  # rounded where it is shown
     return {
         "symbol": row["symbol"],
         "quantity": quantity,

@@ -37,6 +37,7 @@ from gateways.http.validation import (
     validate_order,
     validate_replace,
 )
+from state.domain.money import money_text
 from state.domain.risk import Reason
 from state.exceptions import StoreError
 from state.ids import order_id_for
@@ -328,7 +329,7 @@ async def _money(request: web.Request, kind: str) -> web.Response:
     command = command_class(account_id=account_id, idempotency_key=key, amount=amount,
                             submitted_at=gateway.clock(), user_id=user_id)
     reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
-             "amount": str(amount)}
+             "amount": money_text(amount)}
     if first is False:  # a retry: the first request's outcome, when the shard has it
         recorded = await _recorded_outcome(gateway, account_id, key)
         if recorded is not None:
@@ -390,8 +391,12 @@ async def command_outcome(request: web.Request) -> web.Response:
     return json_response({
         "account_id": account_id, "idempotency_key": key, "status": outcome["status"],
         "command_type": outcome.get("command_type"), "txn_id": outcome.get("txn_id"),
-        "amount": outcome.get("amount"), "reason": outcome.get("reason"),
+        "amount": _money_or_none(outcome.get("amount")), "reason": outcome.get("reason"),
         "detail": outcome.get("detail"), "occurred_at": outcome.get("occurred_at")})
+
+
+def _money_or_none(amount: Any) -> str | None:
+    return None if amount is None else money_text(Decimal(str(amount)))
 
 
 async def deposit(request: web.Request) -> web.Response:
@@ -640,7 +645,7 @@ async def portfolio(request: web.Request) -> web.Response:
     ledger = await gateway.reader.portfolio(account_id)
     symbols = [p["symbol"] for p in ledger.get("positions", [])]
     quotes = await gateway.quotes.get_many(symbols) if symbols else {}
-    return json_response(value_portfolio(ledger, quotes))
+    return json_response(value_portfolio(ledger, quotes, gateway.clock()))
 
 
 async def activities(request: web.Request) -> web.Response:

@@ -1,5 +1,7 @@
 """Request and response bodies of the HTTP API, defined once: handlers decode with them and the
-OpenAPI document is generated from them. Money, prices and quantities are decimal strings."""
+OpenAPI document is generated from them. Money, prices and quantities are decimal strings; in
+answers each has one scale (`MoneyText`: cents, `PriceText`: the price tick, `SharesText`: 6
+places)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,20 @@ from state.messages import SYMBOL_RULE, OrderState, OrderType, Side, TimeInForce
 
 DecimalString = Annotated[str, msgspec.Meta(
     min_length=1, max_length=40, description="a decimal number as a string, e.g. \"209.50\"")]
+# The scales of figures in answers (state.domain.money): computed figures are rounded once,
+# with banker's rounding, and written with every place of their scale.
+MoneyText = Annotated[str, msgspec.Meta(
+    pattern=r"^-?[0-9]+\.[0-9]{2}$",
+    description="USD in cents: always 2 decimal places, computed figures rounded half to "
+                "even, e.g. \"9996.28\"")]
+PriceText = Annotated[str, msgspec.Meta(
+    pattern=r"^[0-9]+\.([0-9]{2}|[0-9]{4})$",
+    description="a price to its tick (Reg NMS Rule 612): 2 decimal places at $1.00 or more, "
+                "4 below, computed figures rounded half to even, e.g. \"210.05\", "
+                "\"0.4321\"")]
+SharesText = Annotated[str, msgspec.Meta(
+    pattern=r"^-?[0-9]+\.[0-9]{6}$",
+    description="a share quantity: always 6 decimal places, e.g. \"2.500000\"")]
 AccountIdField = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SymbolField = Annotated[str, msgspec.Meta(
     pattern=r"^[A-Za-z][A-Za-z0-9.\-]{0,9}(?!\n)$",
@@ -56,7 +72,7 @@ class MoneyReply(Body, frozen=True):
     account_id: str
     idempotency_key: str
     kind: str
-    amount: str
+    amount: MoneyText
     status: Annotated[str, msgspec.Meta(description="accepted | rejected | pending")]
     txn_id: str | None = None
     reason: str | None = None
@@ -72,7 +88,7 @@ class CommandOutcome(Body, frozen=True):
         description="accepted | rejected | pending (acknowledged, not decided yet)")]
     command_type: str | None = None
     txn_id: str | None = None
-    amount: str | None = None
+    amount: MoneyText | None = None
     reason: str | None = None
     detail: str | None = None
     occurred_at: str | None = None
@@ -145,25 +161,57 @@ class OrderList(Body, frozen=True):
 
 class Position(Body, frozen=True):
     symbol: str
-    quantity: str
-    quantity_settled: str
-    quantity_unsettled: str
-    quantity_held: str  # reserved for open sell orders
-    average_cost: str
-    cost_basis: str
-    price: str | None
-    market_value: str | None
-    unrealized_pnl: str | None
+    quantity: SharesText
+    quantity_settled: SharesText
+    quantity_unsettled: SharesText
+    quantity_held: Annotated[str, msgspec.Meta(
+        pattern=r"^-?[0-9]+\.[0-9]{6}$",
+        description="shares reserved for open sell orders, 6 decimal places")]
+    average_cost: Annotated[str, msgspec.Meta(
+        pattern=r"^[0-9]+\.([0-9]{2}|[0-9]{4})$",
+        description="cost basis / quantity, rounded to the price tick (2 decimal places at "
+                    "$1.00 or more, 4 below), half to even")]
+    cost_basis: MoneyText
+    price: Annotated[str | None, msgspec.Meta(
+        description="the mark price (last trade, else the bid/ask midpoint) rounded to its "
+                    "tick; null without a quote")]
+    market_value: Annotated[str | None, msgspec.Meta(
+        description="quantity x mark price, in cents (rounded once, half to even); null "
+                    "without a quote")]
+    unrealized_pnl: Annotated[str | None, msgspec.Meta(
+        description="market value - cost basis, in cents (rounded once, half to even); null "
+                    "without a quote")]
+
+
+class HeldDeposit(Body, frozen=True):
+    """An ACH deposit still provisional: buying power, not yet withdrawable."""
+
+    amount: MoneyText
+    available_at: Annotated[dt.datetime, msgspec.Meta(
+        description="when it becomes withdrawable (the deposit's time + the ACH hold)")]
 
 
 class Portfolio(Body, frozen=True):
+    """Figures are computed exactly and each rounded once at its scale (totals from the exact
+    sums, so a total may differ by a cent from the sum of the rounded parts)."""
+
     account_id: str
-    cash: str
-    cash_held: str
-    buying_power: str
-    positions_value: str
-    equity: str
-    unrealized_pnl: str
+    cash: MoneyText
+    cash_held: Annotated[str, msgspec.Meta(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$", description="USD in cents held for open buy orders")]
+    buying_power: MoneyText
+    withdrawable_cash: Annotated[str, msgspec.Meta(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$",
+        description="USD in cents that can be withdrawn now: cash less the ACH deposits still "
+                    "held (held_deposits)")]
+    held_deposits: Annotated[list[HeldDeposit], msgspec.Meta(
+        description="ACH deposits not yet withdrawable, soonest available first")]
+    positions_value: MoneyText
+    equity: Annotated[str, msgspec.Meta(
+        pattern=r"^-?[0-9]+\.[0-9]{2}$",
+        description="cash + cash_held + the positions' market value (cost basis without a "
+                    "quote), in cents")]
+    unrealized_pnl: MoneyText
     positions: list[Position]
     as_of: dt.datetime | None = None
     ledger_offset: int | None = None

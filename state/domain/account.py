@@ -46,7 +46,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar
@@ -57,7 +57,7 @@ from state import ledger_accounts as la
 from state.domain import ledger
 from state.domain.ledger import Leg
 from state.domain.lots import SettlementLot, note_fill
-from state.domain.money import ZERO, cents, is_cents, is_price, is_share_quantity
+from state.domain.money import ZERO, cents, is_cents, is_price, is_share_quantity, money_text
 from state.domain.orders import Order, cancel_request, moved
 from state.domain.risk import (
     AccountFigures,
@@ -617,15 +617,46 @@ def _cancel_order(step: _Step, command: CancelOrder) -> None:
 # -- money commands
 
 
+def held_deposits(deposits: Iterable[DepositRecord], now: dt.datetime, settle_days: int
+                  ) -> list[tuple[Decimal, dt.datetime]]:
+    """The deposits not yet settled (and not returned), each as (amount, the time it becomes
+    withdrawable: `settle_days` after it was booked), soonest first."""
+    settle = dt.timedelta(days=settle_days)
+    return sorted(((d.amount, d.deposited_at + settle) for d in deposits
+                   if not d.returned and now - d.deposited_at < settle), key=lambda h: h[1])
+
+
 def provisional_cash(state: AccountState, now: dt.datetime, limits: RiskLimits) -> Decimal:
     """Deposits not yet settled (and not returned): buying power, not withdrawable."""
-    settle = dt.timedelta(days=limits.deposit_settle_days)
-    return sum((d.amount for d in state.deposits.values()
-                if not d.returned and now - d.deposited_at < settle), ZERO)
+    return sum((amount for amount, _ in held_deposits(state.deposits.values(), now,
+                                                       limits.deposit_settle_days)), ZERO)
 
 
 def withdrawable_cash(state: AccountState, now: dt.datetime, limits: RiskLimits) -> Decimal:
     return max(state.balance(la.CASH) - provisional_cash(state, now, limits), ZERO)
+
+
+def _time_text(at: dt.datetime) -> str:
+    """UTC to the second, rounded up (never earlier than the time it stands for)."""
+    at = at.astimezone(dt.UTC)
+    if at.microsecond:
+        at = at.replace(microsecond=0) + dt.timedelta(seconds=1)
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def withdrawable_detail(cash: Decimal, withdrawable: Decimal,
+                        held: Sequence[tuple[Decimal, dt.datetime]], settle_days: int) -> str:
+    """Why only `withdrawable` of `cash` can be withdrawn: the ACH deposits still held and
+    when each becomes withdrawable."""
+    text = f"withdrawable {money_text(withdrawable)} of {money_text(cash)} cash"
+    if not held:
+        return text
+    total = money_text(sum((amount for amount, _ in held), ZERO))
+    rule = f"ACH, {settle_days} days"
+    if len(held) == 1:
+        return f"{text}: {total} in deposits held until {_time_text(held[0][1])} ({rule})"
+    each = ", ".join(f"{money_text(amount)} until {_time_text(at)}" for amount, at in held)
+    return f"{text}: {total} in deposits held ({rule}): {each}"
 
 
 def _valid_amount(amount: Decimal) -> bool:
@@ -654,8 +685,12 @@ def _withdraw(step: _Step, command: Withdraw) -> None:
         return
     available = withdrawable_cash(state, step.now, step.limits)
     if command.amount > available:
+        settle_days = step.limits.deposit_settle_days
         _reject_command(step, command, Reason.INSUFFICIENT_WITHDRAWABLE_CASH,
-                        f"withdrawable {available}")
+                        withdrawable_detail(
+                            state.balance(la.CASH), available,
+                            held_deposits(state.deposits.values(), step.now, settle_days),
+                            settle_days))
         return
     cause = _command_cause(state.account_id, command.idempotency_key)
     txn = step.post("withdrawal", cause, [(step.user(la.CASH), la.USD, -command.amount),

@@ -62,3 +62,33 @@ def tick_refusal(name: str, price: Decimal) -> str | None:
         return (f"{name} {price} is not a multiple of the ${tick} tick for prices {side} "
                 f"${TICK_PRICE_THRESHOLD} (Reg NMS Rule 612)")
     return None
+
+
+# ---- the scales of figures shown to users (the HTTP API, refusal details) ------------------
+# Every figure is computed exactly and rounded once, here, with banker's rounding: money to the
+# cent, prices to their tick, share quantities to 6 places; the text always has the scale's
+# places ("7000.00", "2.500000").
+
+
+def _text(value: Decimal, quantum: Decimal) -> str:
+    rounded = value.quantize(quantum, rounding=ROUND_HALF_EVEN)
+    return str(rounded.copy_abs() if rounded.is_zero() else rounded)  # never "-0.00"
+
+
+def money_text(amount: Decimal) -> str:
+    """USD to the cent: "9996.28"."""
+    return _text(amount, CENT)
+
+
+def shares_text(quantity: Decimal) -> str:
+    """A share quantity to 6 places: "2.500000"."""
+    return _text(quantity, SHARE_QUANTUM)
+
+
+def price_text(price: Decimal) -> str:
+    """A price to its tick (whole cents at $1.00 or more, else $0.0001): "210.05", "0.4321"."""
+    tick = price_tick(abs(price))
+    rounded = price.quantize(tick, rounding=ROUND_HALF_EVEN)
+    if price_tick(abs(rounded)) != tick:  # 0.99995 rounds up to 1.0000: shown as 1.00
+        tick = price_tick(abs(rounded))
+    return _text(rounded, tick)

@@ -129,6 +129,9 @@ def test_reader_creates_accounts_and_reads_the_portfolio(services, topics, fresh
         "symbol": "AAPL", "quantity": Decimal(10), "average_cost": Decimal("200.000000"),
         "cost_basis": Decimal("2000.00"), "quantity_settled": Decimal(0),
         "quantity_unsettled": Decimal(10), "quantity_held": Decimal(0)}]
+    assert empty["deposits"] == []
+    assert folio["deposits"] == [
+        {"kind": "deposit", "occurred_at": at(0), "amount": Decimal("10000.00")}]
     assert order["state"] == "filled" and [e["seq"] for e in order["events"]] == [0, 1]
     assert [(e["bucket"], e["amount"], e["balance_after"]) for e in entries] == [
         ("cash", Decimal("10000.00"), Decimal("10000.00")),

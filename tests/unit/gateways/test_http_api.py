@@ -377,6 +377,23 @@ def test_deposits_accepted_rejected_and_replayed() -> None:
     run(scenario)
 
 
+def test_money_answers_write_amounts_in_cents() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.producer.respond = accept_everything
+        account_id = await new_account(client)
+        accepted = await client.post(f"/v1/accounts/{account_id}/deposits", json={"amount": "100"},
+                                     headers={**bearer("alice"), "Idempotency-Key": "d1"})
+        assert accepted.status == 201 and (await accepted.json())["amount"] == "100.00"
+        fakes.reader.outcomes[(account_id, "d1")] = {
+            "type": "command_accepted", "status": "accepted", "command_type": "deposit",
+            "txn_id": "txn-1", "amount": "100.0"}
+        read = await client.get(f"/v1/accounts/{account_id}/commands/d1",
+                                headers=bearer("alice"))
+        assert (await read.json())["amount"] == "100.00"
+
+    run(scenario)
+
+
 def test_a_money_command_answered_202_is_followed_up_by_its_key() -> None:
     """A retry with the same key returns the original outcome (not 202 again, forever), and
     the outcome can be read by the key."""
@@ -436,9 +453,13 @@ def test_portfolio_values_positions_at_the_latest_quotes() -> None:
         assert response.status == 200
         body = await response.json()
         aapl, xyz = body["positions"]
-        assert aapl["market_value"] == "525.125" and aapl["unrealized_pnl"] == "25.125"
+        # 525.125 and 25.125 in cents, half to even; shares to 6 places, prices to the tick
+        assert aapl["market_value"] == "525.12" and aapl["unrealized_pnl"] == "25.12"
+        assert (aapl["quantity"], aapl["price"], aapl["average_cost"]) == (
+            "2.500000", "210.05", "200.00")
         assert xyz["market_value"] is None
-        assert body["equity"] == str(Decimal("1050.00") + Decimal("525.125") + Decimal("10.00"))
+        assert body["equity"] == "1585.12"  # 1050.00 + 525.125 + 10.00, rounded once
+        assert body["withdrawable_cash"] == "1000.00" and body["held_deposits"] == []
         assert body["ledger_offset"] == 17 and body["as_of"].startswith("2026-03-02T15:00")
         missing = await client.get("/v1/portfolio", headers=bearer("alice"))
         assert (await missing.json())["code"] == "missing_parameter"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 from decimal import Decimal
 from typing import Any
@@ -82,15 +83,63 @@ def test_decimal_rules() -> None:
     assert _code(parse_amount, "0.001") == "too_many_decimals"
 
 
-def test_valuation_is_exact() -> None:
-    ledger = {"account_id": "a", "cash": Decimal("0.10"), "cash_held": Decimal("0.20"),
-              "buying_power": Decimal("0.10"), "as_of": None, "ledger_offset": 3,
-              "positions": [{"symbol": "AAPL", "quantity": Decimal("0.333333"),
-                             "average_cost": Decimal("3"), "cost_basis": Decimal("0.999999")}]}
-    valued = value_portfolio(ledger, {"AAPL": quote("AAPL", "3.00", "3.02")})
-    assert valued["positions"][0]["market_value"] == "1.00333233"  # 0.333333 * 3.01
-    assert valued["positions"][0]["unrealized_pnl"] == "0.00333333"
-    assert valued["equity"] == "1.30333233"
+def test_valuation_rounds_each_figure_once_at_its_scale() -> None:
+    """Issue 14 item 6: money in cents, prices to their tick, shares to 6 places, each
+    figure rounded once (half to even) from the exact figures, totals from exact sums."""
+    ledger = {"account_id": "a", "cash": Decimal("9000"), "cash_held": Decimal("0.00"),
+              "buying_power": Decimal("9000.00"), "as_of": None, "ledger_offset": 3,
+              "positions": [
+                  {"symbol": "AAPL", "quantity": Decimal("3.5"), "cost_basis": Decimal("700"),
+                   "average_cost": Decimal("200"), "quantity_unsettled": Decimal("3.5")},
+                  {"symbol": "PNY", "quantity": Decimal("0.5"), "cost_basis": Decimal("0.01"),
+                   "average_cost": Decimal("0.02"), "quantity_settled": Decimal("0.5")},
+                  {"symbol": "QQQ", "quantity": Decimal("0.5"), "cost_basis": Decimal("0.01"),
+                   "average_cost": Decimal("0.02")},
+                  {"symbol": "XYZ", "quantity": Decimal("3"), "cost_basis": Decimal("30.01"),
+                   "average_cost": Decimal("30.01") / 3}]}
+    valued = value_portfolio(ledger, {"AAPL": quote("AAPL", "284.60", "284.70", "284.65"),
+                                      "PNY": quote("PNY", "0.0100", "0.0100"),
+                                      "QQQ": quote("QQQ", "0.0100", "0.0100")}, NOW)
+    aapl, pny, qqq, xyz = valued["positions"]
+    assert (aapl["quantity"], aapl["quantity_settled"], aapl["quantity_unsettled"],
+            aapl["quantity_held"]) == ("3.500000", "0.000000", "3.500000", "0.000000")
+    assert (aapl["price"], aapl["average_cost"], aapl["cost_basis"]) == (
+        "284.65", "200.00", "700.00")
+    # 996.275 and 296.275: half to even is up here (7 is odd) ...
+    assert (aapl["market_value"], aapl["unrealized_pnl"]) == ("996.28", "296.28")
+    # ... and down here: 0.005 -> 0.00, -0.005 -> -0.00 written "0.00"
+    assert (pny["price"], pny["average_cost"], pny["market_value"], pny["unrealized_pnl"]) == (
+        "0.0100", "0.0200", "0.00", "0.00")
+    assert qqq["market_value"] == "0.00"
+    assert (xyz["average_cost"], xyz["price"], xyz["market_value"]) == ("10.00", None, None)
+    # positions: 996.275 + 0.005 + 0.005 + 30.01 (XYZ at cost) = 1026.295, not a sum of parts
+    assert valued["positions_value"] == "1026.30"
+    assert valued["equity"] == "10026.30" and valued["cash"] == "9000.00"
+    # 296.275 - 0.005 - 0.005 = 296.265 -> 296.26 (the rounded parts would add to 296.28)
+    assert valued["unrealized_pnl"] == "296.26"
+
+
+def test_portfolio_shows_withdrawable_cash_and_the_held_deposits() -> None:
+    """Issue 14 item 7: the core's ACH rule (3 days), a return marking the oldest unreturned
+    deposit of its amount as the rebuilt account reads it."""
+    hour = dt.timedelta(hours=1)
+    deposits = [{"kind": "deposit", "amount": Decimal("50.00"), "occurred_at": NOW - 240 * hour},
+                {"kind": "deposit", "amount": Decimal("100"), "occurred_at": NOW - 120 * hour},
+                {"kind": "deposit", "amount": Decimal("50.00"), "occurred_at": NOW - 48 * hour},
+                {"kind": "ach_return", "amount": Decimal("-50.00"),
+                 "occurred_at": NOW - 24 * hour},
+                {"kind": "deposit", "amount": Decimal("7000.00"), "occurred_at": NOW - hour}]
+    ledger = {"account_id": "a", "cash": Decimal("7150.00"), "cash_held": Decimal(0),
+              "buying_power": Decimal("7150.00"), "positions": [], "deposits": deposits}
+    valued = value_portfolio(ledger, {}, NOW)
+    assert valued["held_deposits"] == [
+        {"amount": "50.00", "available_at": NOW + 24 * hour},
+        {"amount": "7000.00", "available_at": NOW + 71 * hour}]
+    assert valued["withdrawable_cash"] == "100.00"
+    assert value_portfolio(ledger, {}, NOW + 72 * hour)["withdrawable_cash"] == "7150.00"
+    spent = value_portfolio({**ledger, "cash": Decimal("10.00")}, {}, NOW)
+    assert spent["withdrawable_cash"] == "0.00"
+    assert value_portfolio({**ledger, "deposits": []}, {}, NOW)["held_deposits"] == []
 
 
 def test_reply_book_resolves_the_first_answer_only_for_its_key() -> None:

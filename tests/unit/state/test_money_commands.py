@@ -95,3 +95,38 @@ def test_an_unbalanced_transaction_is_a_crash() -> None:
     assert ledger.transaction(account_id=ACCOUNT, kind="k", cause_id="c", occurred_at=T0,
                               legs=[("x", "USD", D("0"))]) is None
     assert LedgerEntry("x", "USD", D("1")).amount == 1
+
+
+def details(out: list) -> list[str | None]:
+    return [r.detail for r in of_type(out, CommandRejected)]
+
+
+def test_a_refused_withdrawal_names_the_held_deposits_and_when_they_free_up() -> None:
+    """Issue 14 item 7: the refusal says why cash is not withdrawable (the ACH hold), how much
+    each held deposit is and when it becomes withdrawable; the reason code is unchanged."""
+    d = Driver()
+    d.send(deposit("d1", "7000.00"))
+    out = d.send(withdraw("w1", "7000.00", T0 + dt.timedelta(hours=1)))
+    assert reasons(out) == ["insufficient_withdrawable_cash"]
+    assert details(out) == [
+        "withdrawable 0.00 of 7000.00 cash: 7000.00 in deposits held until "
+        "2026-03-05T15:00:00Z (ACH, 3 days)"]
+    d.send(deposit("d2", "500.00", T0 + dt.timedelta(days=1, microseconds=5)))
+    d.send(deposit("d3", "0.50", T0 + dt.timedelta(days=2)))
+    out = d.send(withdraw("w2", "0.01", T0 + dt.timedelta(days=2, hours=1)))
+    assert details(out) == [
+        "withdrawable 0.00 of 7500.50 cash: 7500.50 in deposits held (ACH, 3 days): "
+        "7000.00 until 2026-03-05T15:00:00Z, 500.00 until 2026-03-06T15:00:01Z, "
+        "0.50 until 2026-03-07T15:00:00Z"]
+    out = d.send(withdraw("w3", "7000.01", LATER))  # d1 is settled, d2 and d3 are not
+    assert reasons(out) == ["insufficient_withdrawable_cash"]
+    assert details(out) == [
+        "withdrawable 7000.00 of 7500.50 cash: 500.50 in deposits held (ACH, 3 days): "
+        "500.00 until 2026-03-06T15:00:01Z, 0.50 until 2026-03-07T15:00:00Z"]
+
+
+def test_a_refusal_without_held_deposits_shows_the_cash() -> None:
+    d = Driver()
+    d.send(deposit("d1", "100.00"))
+    out = d.send(withdraw("w1", "100.01", LATER))
+    assert details(out) == ["withdrawable 100.00 of 100.00 cash"]
