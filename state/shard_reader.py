@@ -68,6 +68,27 @@ SELECT event_id, event_type, order_id, seq, state, previous_state, reason, detai
 """
 
 
+async def open_shard_pools(dsns: Sequence[str], name: str, *,
+                           pool_timeout_s: float = POOL_TIMEOUT_S,
+                           connect_timeout_s: int = CONNECT_TIMEOUT_S
+                           ) -> list[AsyncConnectionPool]:
+    """A small pool per shard, opened without waiting: a shard down at start is not fatal
+    (its requests fail with PoolTimeout after `pool_timeout_s` until it answers)."""
+    pools = [AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=pool_timeout_s,
+                                 kwargs={"connect_timeout": connect_timeout_s,
+                                         "autocommit": True},
+                                 name=f"{name}{shard}")
+             for shard, dsn in enumerate(dsns)]
+    for pool in pools:
+        await pool.open(wait=False)
+    return pools
+
+
+async def close_pools(pools: Sequence[AsyncConnectionPool]) -> None:
+    for pool in pools:
+        await pool.close()
+
+
 class ShardReader:
     def __init__(self, shard_dsns: Sequence[str], partitions_per_shard: int) -> None:
         self._dsns = tuple(shard_dsns)
@@ -75,18 +96,10 @@ class ShardReader:
         self._pools: list[AsyncConnectionPool] = []
 
     async def open(self) -> None:
-        """Open a pool per shard without waiting: a shard down at start is not fatal."""
-        self._pools = [
-            AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=POOL_TIMEOUT_S,
-                                kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
-                                name=f"shard{shard}")
-            for shard, dsn in enumerate(self._dsns)]
-        for pool in self._pools:
-            await pool.open(wait=False)
+        self._pools = await open_shard_pools(self._dsns, "shard")
 
     async def close(self) -> None:
-        for pool in self._pools:
-            await pool.close()
+        await close_pools(self._pools)
         self._pools = []
 
     # -- plumbing ----------------------------------------------------------------------------

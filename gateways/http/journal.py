@@ -30,6 +30,7 @@ from state import intake_journal as ij
 from state.epoch import read_epoch
 from state.exceptions import EpochUnavailable, ShardUnavailable
 from state.router import ShardRouter
+from state.shard_reader import close_pools, open_shard_pools
 from state.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -61,17 +62,12 @@ class ShardJournal:
         return len(self._dsns)
 
     async def open(self) -> None:
-        self._pools = [
-            AsyncConnectionPool(dsn, min_size=1, max_size=8, open=False, timeout=POOL_TIMEOUT_S,
-                                kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
-                                name=f"journal{shard}")
-            for shard, dsn in enumerate(self._dsns)]
-        for pool in self._pools:
-            await pool.open(wait=False)
+        self._pools = await open_shard_pools(self._dsns, "journal",
+                                             pool_timeout_s=POOL_TIMEOUT_S,
+                                             connect_timeout_s=CONNECT_TIMEOUT_S)
 
     async def close(self) -> None:
-        for pool in self._pools:
-            await pool.close()
+        await close_pools(self._pools)
         self._pools = []
 
     def connection(self, shard: int) -> Any:
