@@ -6,7 +6,6 @@ readable over HTTP; a decided entry is not re-published after the next reset."""
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -30,6 +29,7 @@ from state.shard_store import migrate
 from state.topics import Topic
 from tests.integration.gateways.test_http_support import gateway_config
 from tests.integration.sinks.helpers import running_sink
+from tests.integration.topologies.test_accounts_topology import Topology
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -55,27 +55,6 @@ def new_topics(services: Any, prefix: str) -> str:
     prepare_topics(services.bootstrap_servers, prefix,
                    topic_specs(prefix, services.account_partitions, 2))
     return prefix
-
-
-def _run_topology(config: AccountTopologyConfig) -> None:
-    from topologies.accounts import run
-
-    run(config)
-
-
-class Topology:
-    def __init__(self, config: AccountTopologyConfig) -> None:
-        self.process = multiprocessing.get_context("spawn").Process(
-            target=_run_topology, args=(config,))
-        self.process.start()
-
-    def stop(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(20)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
 
 
 def serve(config: HttpConfig, scenario: Callable[[TestClient], Awaitable[Any]]) -> Any:
