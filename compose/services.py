@@ -115,7 +115,8 @@ def _connectors(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Ser
                                            / "examples")
     configs = [msgspec.to_builtins(c) for c in load_connector_dir(directory)]
     config = {**_kafka(stack, endpoints), "connectors": configs,
-              "hot_symbols": stack.market_data.hot_symbols}
+              "hot_symbols": stack.market_data.hot_symbols,
+              "state_dir": str(data_dir / "state" / "connectors")}
     return ServiceSpec("connectors", "connectors.config:ConnectorsConfig",
                        "connectors.service:run", config)
 

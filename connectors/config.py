@@ -41,6 +41,9 @@ class ConnectorsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, 
     # Symbols given a partition of `quotes` to themselves (symbol -> partition); the other
     # symbols are spread by murmur2 over the remaining partitions (connectors.partitioning).
     hot_symbols: dict[str, int] = {}
+    # Where Quix keeps the sources' local state: under the stack's data dir (empty: a temporary
+    # directory of its own), never the directory the process was started from.
+    state_dir: str = ""
 
     def __post_init__(self) -> None:
         from connectors.partitioning import check_hot_symbols

@@ -4,6 +4,7 @@ process) producing to `{prefix}<topic>`, its bad ticks to `{prefix}dlq.<topic>`.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 
 from confluent_kafka.admin import AdminClient
@@ -81,6 +82,7 @@ def build_app(config: ConnectorsConfig) -> Application:
         auto_create_topics=False,
         producer_extra_config={"linger.ms": LINGER_MS, **config.producer_extra},
         consumer_extra_config={"session.timeout.ms": config.session_timeout_ms},
+        state_dir=config.state_dir or tempfile.mkdtemp(prefix="brokerage-connectors-"),
     )
     for connector in config.connectors:
         parse_settings(connector)  # fail here, in the parent, not in a source process
