@@ -6,9 +6,9 @@ several rounds, each followed by `brokerage up` on the same data dir; then, once
 settled, an independent auditor (auditor.py) checks what the client was told against the market
 maker's own record and the shards' rows, and `brokerage reconcile`.
 
-The seed is BROKERAGE_CRASH_SEED (random and printed when unset): it decides the load and the
-moments of the kills, so a failing seed replays the same requests and kill offsets (the machine's
-timing still varies). BROKERAGE_CRASH_ROUNDS sets the number of kill rounds (default 2, the short
+The seed is BROKERAGE_CRASH_SEED (`random` draws one; unset, the suite's own; always printed): it
+decides the load and the moments of the kills, so a failing seed replays the same requests and
+kill offsets (the machine's timing still varies). BROKERAGE_CRASH_ROUNDS sets the number of kill rounds (default 2, the short
 version run by `./dev test`).
 """
 
@@ -374,9 +374,14 @@ def _audit(client: Client, stack: StackProcess, reconcile_timeout_s: float = 60.
     return audit(client.journal, sources)
 
 
+DEFAULT_SEED = 20261203
+
+
 def _seed() -> int:
-    text = os.environ.get("BROKERAGE_CRASH_SEED")
-    return int(text) if text else random.SystemRandom().randrange(1 << 31)
+    """BROKERAGE_CRASH_SEED=N replays a run, =random draws a new one; unset, the suite's own
+    seed keeps `./dev test` to one known load (the machine's timing still varies)."""
+    text = os.environ.get("BROKERAGE_CRASH_SEED", str(DEFAULT_SEED))
+    return random.SystemRandom().randrange(1 << 31) if text == "random" else int(text)
 
 
 def _keep(client: Client, report: AuditReport | None, stack: StackProcess, seed: int,
