@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -235,6 +236,27 @@ class ShardReader:
             shard, _EVENTS_SQL + " WHERE order_id = %s AND account_id = %s "
             "ORDER BY seq NULLS LAST, occurred_at, event_id", (order_id, account_id))
         return order
+
+    async def journaled_order(self, account_id: str, order_id: str) -> dict | None:
+        """An order acknowledged to its client whose events have not landed yet, as its
+        journaled place_order describes it (read-your-writes right after a 201 or 202)."""
+        rows = await self._fetch(
+            self.shard_of_account(account_id),
+            "SELECT payload, submitted_at FROM intake_journal "
+            "WHERE account_id = %s AND order_id = %s", (account_id, order_id))
+        if not rows:
+            return None
+        command = msgspec.json.decode(bytes(rows[0]["payload"]))
+        return {
+            "order_id": order_id, "account_id": account_id, "symbol": command["symbol"],
+            "side": command["side"], "order_type": command["order_type"],
+            "quantity": command["quantity"],
+            "time_in_force": command.get("time_in_force", "day"), "state": "pending",
+            "filled_quantity": "0", "limit_price": command.get("limit_price"),
+            "stop_price": command.get("stop_price"),
+            "idempotency_key": command["idempotency_key"],
+            "created_at": rows[0]["submitted_at"], "events": [],
+            "detail": "accepted; its decision is not on record yet"}
 
     async def command_outcome(self, account_id: str, key: str) -> dict | None:
         """What became of the command with this idempotency key: `accepted` or `rejected`

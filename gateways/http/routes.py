@@ -539,6 +539,11 @@ async def _find_order(gateway: Gateway, user_id: str, order_id: str,
         order = await gateway.reader.order(candidate, order_id)
         if order is not None:
             return dict(order)
+    # Acknowledged but not landed yet: readable (and cancellable) at once by its owner.
+    for candidate in candidates:
+        order = await gateway.reader.journaled_order(candidate, order_id)
+        if order is not None:
+            return order
     raise _not_found("order")
 
 

@@ -8,8 +8,8 @@ maker's own record and the shards' rows, and `brokerage reconcile`.
 
 The seed is BROKERAGE_CRASH_SEED (`random` draws one; unset, the suite's own; always printed): it
 decides the load and the moments of the kills, so a failing seed replays the same requests and
-kill offsets (the machine's timing still varies). BROKERAGE_CRASH_ROUNDS sets the number of kill rounds (default 2, the short
-version run by `./dev test`).
+kill offsets (the machine's timing still varies). BROKERAGE_CRASH_ROUNDS sets the number of
+kill rounds (default 2, the short version run by `./dev test`).
 """
 
 from __future__ import annotations

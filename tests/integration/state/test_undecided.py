@@ -91,3 +91,42 @@ def _journal_for(dsn: str, account: str, key: str) -> None:
             "submitted_at, claim) VALUES (%s, %s, 'deposit', '\\x7b7d', now(), 'c')",
             (account, key))
         conn.commit()
+
+
+def test_an_acknowledged_order_is_read_from_the_journal_until_it_lands(fresh_databases) -> None:
+    import asyncio
+    from decimal import Decimal
+
+    from state.ids import order_id_for
+    from state.intake_journal import JournalEntry
+    from state.messages import OrderType, PlaceOrder, Side
+    from state.router import ShardRouter
+    from state.shard_reader import ShardReader
+    from state.topics import encode
+
+    router = ShardRouter(len(fresh_databases), 2)
+    account = next(f"acc-{n}" for n in range(100) if router.shard_of_account(f"acc-{n}") == 0)
+    migrate(fresh_databases[0])
+    order = PlaceOrder(account_id=account, idempotency_key="k-1", symbol="AAPL", side=Side.BUY,
+                       order_type=OrderType.LIMIT, quantity=Decimal("2"),
+                       limit_price=Decimal("100.00"), submitted_at=dt.datetime.now(dt.UTC))
+    entry = JournalEntry.of(order)
+    with connect(fresh_databases[0]) as conn:
+        conn.execute(
+            "INSERT INTO intake_journal (account_id, idempotency_key, command_type, order_id, "
+            "payload, submitted_at, claim) VALUES (%s, %s, 'place_order', %s, %s, now(), 'c')",
+            (account, "k-1", entry.order_id, encode(order)))
+        conn.commit()
+
+    async def read() -> dict | None:
+        reader = ShardReader(fresh_databases, 2)
+        await reader.open()
+        try:
+            return await reader.journaled_order(account, order_id_for(account, "k-1"))
+        finally:
+            await reader.close()
+
+    found = asyncio.run(read())
+    assert found is not None
+    assert (found["state"], found["symbol"], found["quantity"], found["limit_price"]) == (
+        "pending", "AAPL", "2", "100.00")

@@ -436,6 +436,26 @@ def test_a_money_command_answered_202_is_followed_up_by_its_key() -> None:
     run(scenario, reply_wait_ms=20)
 
 
+def test_an_acknowledged_order_is_readable_and_cancellable_before_it_lands() -> None:
+    """Right after a 201/202 the shard may not have the order yet: its journaled place_order
+    answers for it, to its owner only, and a cancel goes out for it."""
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        account_id = await new_account(client)
+        order_id = order_id_for(account_id, "k1")
+        fakes.reader.journaled_orders[(account_id, order_id)] = {
+            "order_id": order_id, "account_id": account_id, "symbol": "AAPL", "side": "buy",
+            "order_type": "limit", "quantity": "2", "state": "pending", "events": []}
+        read = await client.get(f"/v1/orders/{order_id}", headers=bearer("alice"))
+        assert read.status == 200 and (await read.json())["state"] == "pending"
+        theirs = await client.get(f"/v1/orders/{order_id}", headers=bearer("bob"))
+        assert theirs.status == 404
+        cancel = await client.delete(f"/v1/orders/{order_id}", headers=bearer("alice"))
+        assert cancel.status in (200, 202), await cancel.text()
+        assert [type(m).__name__ for _, _, m in fakes.producer.produced] == ["CancelOrder"]
+
+    run(scenario, reply_wait_ms=20)
+
+
 def test_portfolio_values_positions_at_the_latest_quotes() -> None:
     async def scenario(client: TestClient, fakes: Fakes) -> None:
         account_id = await new_account(client)

@@ -45,6 +45,7 @@ class FakeReader:
         self.orders_by_id: dict[tuple[str, str], dict[str, Any]] = {}
         self.portfolios: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[tuple[str, str], dict[str, Any]] = {}
+        self.journaled_orders: dict[tuple[str, str], dict[str, Any]] = {}
 
     async def create_account(self, user_id: str, account_id: str, shard: int) -> dict[str, Any]:
         account = self.accounts.setdefault(account_id, {
@@ -67,6 +68,9 @@ class FakeReader:
 
     async def order(self, account_id: str, order_id: str) -> dict[str, Any] | None:
         return self.orders_by_id.get((account_id, order_id))
+
+    async def journaled_order(self, account_id: str, order_id: str) -> dict[str, Any] | None:
+        return self.journaled_orders.get((account_id, order_id))
 
     async def command_outcome(self, account_id: str, key: str) -> dict[str, Any] | None:
         return self.outcomes.get((account_id, key))
