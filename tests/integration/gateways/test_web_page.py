@@ -207,6 +207,89 @@ def test_web_page_login_quotes_orders_cancel_portfolio(
     assert len({c.idempotency_key for c in desk.commands if isinstance(c, PlaceOrder)}) == 3
 
 
+WAITING = "waiting for the risk check"
+
+
+def notices_reading(text: str) -> str:
+    """How many notices on the page read `text` (a JS expression)."""
+    return ("[...document.querySelectorAll('.notice')]"
+            f".filter((n) => n.innerText.includes({json.dumps(text)})).length")
+
+
+async def log_in_with_an_account(page: Page, url: str, user: str) -> str:
+    await page.goto(url + "/")
+    await page.wait_for("document.body.dataset.ready === 'true'", what="the page's script")
+    await page.type("#login-user", user)
+    await page.click("#login-submit")
+    await page.wait_for(f"!{js('#no-account')}.hidden", what="the no-account prompt")
+    await page.click("#open-first-account")
+    account_id = await page.wait_for(f"{js('#account-select')}.value",
+                                     what="the new account in the picker")
+    await page.wait_for(f"{js('#link-state')}.dataset.state === 'live'",
+                        what="the stream to authenticate")
+    return str(account_id)
+
+
+async def market_buy(page: Page, symbol: str, quantity: str) -> None:
+    await page.choose("#order-type", "market")
+    await page.type("#order-symbol", symbol)
+    await page.type("#order-quantity", quantity)
+    await page.click("#order-submit")
+
+
+async def refused_after_202(page: Page, quantity: str, reason: str,
+                            timeout_s: float = 10.0) -> str:
+    """After a market buy of `quantity` AAPL answered 202, once the order's update says
+    rejected: the page shows why (reason and detail) in a notice and beside the order under
+    recent orders, and the waiting notice is gone. Returns the refusal notice's text."""
+    refused = str(await page.wait_for(
+        f"document.querySelector('.notice.error[data-code={json.dumps(reason)}]')?.innerText",
+        timeout_s=timeout_s, what=f"the refusal notice {reason}"))
+    shown = f"{int(quantity):,}"
+    assert "Order rejected" in refused and f"buy {shown} AAPL" in refused, refused
+    assert await page.evaluate(notices_reading(WAITING)) == 0, "the waiting notice stayed"
+    row = "#done-orders-body tr[data-state=rejected]"
+    await wait_text(page, f"{row} .reason", reason.replace("_", " "))
+    assert await page.evaluate(f"{js(row + ' .reason')}.title") != reason, "no detail"
+    assert not await page.evaluate(f"!!{js('#open-orders-body tr[data-state=pending]')}")
+    return refused
+
+
+@needs_chromium
+def test_web_page_shows_why_an_order_answered_202_was_rejected(
+        services: Any, topics: str, fresh_databases: tuple[str, ...], desk: DeskResponder,
+        tmp_path: pathlib.Path) -> None:
+    """The gateway answers 202 (the desk answers after the reply wait); the order's update on
+    the stream says rejected: the page shows the reason and detail, not a bare "rejected"
+    under a "waiting" notice that stays up."""
+    config = gateway_config(services, topics, fresh_databases, reply_wait_ms=1)
+    QuoteCache(services.redis_url, topics).put(quote("AAPL", "209.40", "209.45"))
+    desk.answer_delay_s = 0.5
+
+    async def scenario(page: Page, url: str) -> None:
+        await log_in_with_an_account(page, url, "carol")
+        await wait_text(page, "#watchlist-body tr[data-symbol=AAPL] .ask", "209.45")
+        await market_buy(page, "AAPL", "2000")
+        # The 202 first: the page says it waits (the desk answers half a second later).
+        await page.wait_for(notices_reading(WAITING), what="the waiting notice")
+        refused = await refused_after_202(page, "2000", "insufficient_buying_power")
+        assert "needs 418900.00" in refused, refused  # the event's detail
+        await page.screenshot(tmp_path / "web_refused_after_202.png")
+        assert page.errors() == [], page.errors()
+
+    async def main() -> None:
+        async with serving(config) as url, chromium() as page:
+            try:
+                await scenario(page, url)
+            except Exception:
+                print(f"failure screenshot: {await page.screenshot(tmp_path / 'failed.png')}")
+                raise
+
+    asyncio.run(main())
+    assert desk.errors == []
+    assert [type(c) for c in desk.commands] == [PlaceOrder]
+
+
 async def wait_notice_after_click(page: Page, selector: str, code: str) -> str:
     await page.click(selector)
     return await wait_notice(page, code)
