@@ -25,6 +25,12 @@ from state import topics as t
 from state.messages import CancelOrder, Deposit, PlaceOrder
 from state.quote_cache import QuoteCache
 from state.shard_store import migrate
+from tests.integration.compose.stack_process import (
+    StackProcess,
+    start_stack,
+    stop_everything,
+    write_stack_file,
+)
 from tests.integration.gateways.test_http_support import gateway_config, quote
 from tests.integration.gateways.web_browser import CHROMIUM, Page, chromium
 from tests.integration.gateways.web_desk import DeskResponder
@@ -288,6 +294,63 @@ def test_web_page_shows_why_an_order_answered_202_was_rejected(
     asyncio.run(main())
     assert desk.errors == []
     assert [type(c) for c in desk.commands] == [PlaceOrder]
+
+
+RECORD_NOTICES = """(() => {
+    window.noticesSeen = [];
+    new MutationObserver((changes) => changes.forEach((change) => change.addedNodes.forEach(
+        (node) => window.noticesSeen.push(node.innerText)))
+    ).observe(document.querySelector('#notices'), { childList: true });
+    return true;
+})()"""
+
+
+def real_stack_with_reply_wait_1ms(server_dir: pathlib.Path) -> StackProcess:
+    """`brokerage up` with `[http] reply_wait_ms = 1` in its stack file: every order is
+    answered 202 and its risk answer comes later."""
+    stack_file = write_stack_file(server_dir / "stack.toml", free_port())
+    stack_file.write_text(stack_file.read_text() + "\n[http]\nreply_wait_ms = 1\n")
+    return start_stack(server_dir / "data", stack_file=stack_file)
+
+
+@needs_chromium
+def test_web_page_on_the_real_stack_shows_why_an_order_answered_202_was_rejected(
+        server_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Issue 14's reproduction on a real `brokerage up` (account topology, shard sink, the
+    gateway's WebSocket): a market buy past buying power is answered 202, then the risk check
+    rejects it; the page shows the reason and detail and clears the waiting notice."""
+    stack = real_stack_with_reply_wait_1ms(server_dir)
+
+    async def scenario(page: Page, url: str) -> None:
+        await log_in_with_an_account(page, url, "dave")
+        # A quote first: a market buy is priced (and held) at the ask.
+        await page.wait_for(
+            f"/^[0-9]/.test({js('#watchlist-body tr[data-symbol=AAPL] .ask')}"
+            "?.textContent.trim() ?? '')", timeout_s=60, what="an AAPL quote")
+        assert await page.evaluate(RECORD_NOTICES)
+        await market_buy(page, "AAPL", "100")  # a new account has no buying power
+        refused = await refused_after_202(page, "100", "insufficient_buying_power",
+                                          timeout_s=30)
+        assert "buying power 0" in refused, refused  # the risk check's detail
+        seen = await page.evaluate("window.noticesSeen")
+        assert any(WAITING in text for text in seen), seen  # it was a 202
+        await page.screenshot(tmp_path / "web_real_stack_refused_after_202.png")
+        assert page.errors() == [], page.errors()
+
+    async def main() -> None:
+        async with chromium() as page:
+            try:
+                await scenario(page, stack.base_url)
+            except Exception:
+                print(f"failure screenshot: {await page.screenshot(tmp_path / 'failed.png')}")
+                raise
+
+    try:
+        stack.read_until("healthy")
+        asyncio.run(main())
+    finally:
+        code = stop_everything(stack)
+    assert code == 0, "".join(stack.output)
 
 
 async def wait_notice_after_click(page: Page, selector: str, code: str) -> str:
