@@ -280,6 +280,14 @@ def test_web_page_shows_why_an_order_answered_202_was_rejected(
         await page.wait_for(notices_reading(WAITING), what="the waiting notice")
         refused = await refused_after_202(page, "2000", "insufficient_buying_power")
         assert "needs 418900.00" in refused, refused  # the event's detail
+        # No update on the stream this time: the page reads the order (a poll) and shows
+        # the same.
+        desk.publish = False
+        await page.evaluate(f"{js('#notices')}.replaceChildren()")
+        await market_buy(page, "AAPL", "3000")
+        await page.wait_for(notices_reading(WAITING), what="the waiting notice")
+        refused = await refused_after_202(page, "3000", "insufficient_buying_power")
+        assert "needs 628350.00" in refused, refused
         await page.screenshot(tmp_path / "web_refused_after_202.png")
         assert page.errors() == [], page.errors()
 
@@ -293,7 +301,7 @@ def test_web_page_shows_why_an_order_answered_202_was_rejected(
 
     asyncio.run(main())
     assert desk.errors == []
-    assert [type(c) for c in desk.commands] == [PlaceOrder]
+    assert [type(c) for c in desk.commands] == [PlaceOrder, PlaceOrder]
 
 
 RECORD_NOTICES = """(() => {
