@@ -463,11 +463,13 @@ async function submitOrder() {
     const { status, body: answer } = await api.placeOrder(body);
     if (status === 202) {
       const notice = say("info", "Order sent", "waiting for the risk check; it will appear below");
-      mergeOrder({ ...body, order_id: answer.order_id, state: "pending",
-                   updated_at: new Date().toISOString() });
-      awaitOrder(answer.order_id, notice);
       // The stream may have told the answer before this 202 came back.
       const known = state.orders.get(answer.order_id);
+      if (!known) {
+        mergeOrder({ ...body, order_id: answer.order_id, state: "pending",
+                     updated_at: new Date().toISOString() });
+      }
+      awaitOrder(answer.order_id, notice);
       if (known) settleAwaited(known);
     } else if (mergeOrder(answer)) { // else the stream has already told a later state
       say("info", "Order accepted",
