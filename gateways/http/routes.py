@@ -32,6 +32,7 @@ from gateways.http.replies import (
     answers_replace,
 )
 from gateways.http.validation import (
+    ValidReplace,
     check_replace_fits,
     parse_amount,
     validate_order,
@@ -635,9 +636,29 @@ async def replace_order(request: web.Request) -> web.Response:
                       answer.detail or f"replace rejected: {answer.reason}",
                       reason=answer.reason, order_id=order_id, account_id=account_id)
     if isinstance(answer, OrderEvent):
-        return json_response(order_from_event(answer))
+        current = {"quantity": answer.quantity, "limit_price": answer.limit_price,
+                   "stop_price": answer.stop_price}
+        return json_response({**order_from_event(answer), "pending_replace": _pending_replace(
+            valid, current, key, _REPLACE_STATES.get(answer.reason or "", "requested"))})
     return json_response({"order_id": order_id, "account_id": account_id,
-                          "status": "replace_requested", "idempotency_key": key}, 202)
+                          "status": "replace_requested", "idempotency_key": key,
+                          "pending_replace": _pending_replace(valid, order, key, "sent")}, 202)
+
+
+# The reason of the order event that answered a replace -> the replace's state.
+_REPLACE_STATES = {"replace_requested": "requested", "replaced": "replaced",
+                   "replace_rejected": "rejected"}
+
+
+def _pending_replace(valid: ValidReplace, current: dict[str, Any], key: str, state: str
+                     ) -> dict[str, Any]:
+    """The terms a replace asked for (the fields it left out keep the order's `current`
+    ones) and its state: the order's own terms change only once the market maker confirms."""
+    def term(name: str) -> Any:
+        asked = getattr(valid, name)
+        return asked if asked is not None else current.get(name)
+    return {"state": state, "idempotency_key": key, "quantity": term("quantity"),
+            "limit_price": term("limit_price"), "stop_price": term("stop_price")}
 
 
 # ---- portfolio, activities, market data ----------------------------------------------------

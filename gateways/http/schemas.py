@@ -127,6 +127,23 @@ class OrderEventView(Body, frozen=True):
     last_fill_price: str | None = None
 
 
+class PendingReplace(Body, frozen=True):
+    """A replace (PATCH) of the order on its way: the terms it asked for. The order's own
+    `quantity`, `limit_price` and `stop_price` stay its current terms until the market maker
+    confirms the replace (its event then has reason `replaced`)."""
+
+    state: Annotated[str, msgspec.Meta(description=(
+        "sent (on the broker, the risk answer has not come yet) | requested (accepted, "
+        "on its way to the market maker) | replaced (the order has the new terms) | "
+        "rejected"))]
+    idempotency_key: str
+    quantity: Annotated[str, msgspec.Meta(description="the quantity asked for")]
+    limit_price: Annotated[str | None, msgspec.Meta(
+        description="the limit price asked for (the order's, if the PATCH left it out)")] = None
+    stop_price: Annotated[str | None, msgspec.Meta(
+        description="the stop price asked for (the order's, if the PATCH left it out)")] = None
+
+
 class Order(Body, frozen=True):
     order_id: str
     account_id: str
@@ -144,6 +161,8 @@ class Order(Body, frozen=True):
     idempotency_key: str | None = None
     updated_at: dt.datetime | None = None
     events: list[OrderEventView] | None = None
+    pending_replace: Annotated[PendingReplace | None, msgspec.Meta(
+        description="in a PATCH's answer: the replace asked for and its state")] = None
 
 
 class OrderAccepted(Body, frozen=True):
@@ -153,6 +172,8 @@ class OrderAccepted(Body, frozen=True):
     account_id: str
     status: str
     idempotency_key: str
+    pending_replace: Annotated[PendingReplace | None, msgspec.Meta(
+        description="in a PATCH's answer: the replace asked for (state `sent`)")] = None
 
 
 class OrderList(Body, frozen=True):

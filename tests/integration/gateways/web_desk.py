@@ -11,6 +11,7 @@ BEFORE the event is produced, so a read the page makes after seeing the event fi
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -102,7 +103,10 @@ class Desk:
         assert isinstance(first, OrderEvent), first
         account = command.account_id
         if first.state == OrderState.REJECTED:
-            return Booking([first])
+            price = command.limit_price or command.reference_price
+            needs = "" if price is None else f"needs {command.quantity * price:.2f}, "
+            return Booking([msgspec.structs.replace(
+                first, detail=f"{needs}the desk takes at most 1000 shares")])
         if command.side == Side.SELL:
             owned = self.shares[(account, command.symbol)]
             if command.quantity > owned:
@@ -196,6 +200,11 @@ class DeskResponder(Responder):
         # Set before the base class starts the thread that reads them.
         self.desk = Desk()
         self.errors: list[str] = []
+        # Seconds each answer waits: longer than the gateway's reply wait, its answer is 202.
+        self.answer_delay_s = 0.0
+        # False: the bookings land in the shard but no event reaches orders.events (the
+        # stream tells nothing; a client learns the answer by reading the order).
+        self.publish = True
         self._router = ShardRouter(len(shard_dsns), partitions_per_shard)
         self._connections: list[psycopg.Connection] = [connect(dsn, autocommit=True)
                                                        for dsn in shard_dsns]
@@ -213,10 +222,12 @@ class DeskResponder(Responder):
 
     def _handle(self, command: Any) -> None:
         self.commands.append(command)
+        if self.answer_delay_s:
+            time.sleep(self.answer_delay_s)
         booking = self.desk.book(command, dt.datetime.now(dt.UTC))
         shard = self._router.shard_of_account(command.account_id)
         write_batch(self._connections[shard], booking.postings, booking.events)
-        for event in booking.events:
+        for event in booking.events if self.publish else ():
             self._producer.produce(self._prefix + t.Topic.ORDERS_EVENTS,
                                    key=command.account_id.encode(), value=t.encode(event))
         self._producer.flush(5)

@@ -28,17 +28,20 @@ from tests.unit.gateways.test_http_fakes import NOW, Fakes
 
 
 def event(account_id: str, order_id: str, cause_id: str, state: OrderState,
-          quantity: str = "10", limit_price: str | None = "100.00") -> OrderEvent:
+          quantity: str = "10", limit_price: str | None = "100.00",
+          reason: str | None = None) -> OrderEvent:
     return OrderEvent(
         event_id=f"{order_id}:2", account_id=account_id, order_id=order_id, seq=2, state=state,
         symbol="AAPL", side=Side.BUY, order_type=OrderType.LIMIT, quantity=Decimal(quantity),
         time_in_force=TimeInForce.DAY, filled_quantity=Decimal(0), occurred_at=NOW,
-        cause_id=cause_id, idempotency_key="place-1",
+        cause_id=cause_id, idempotency_key="place-1", reason=reason,
         limit_price=Decimal(limit_price) if limit_price else None)
 
 
 def answer_replaces(message: Message) -> list[Any]:
-    """Replaces to more than 500 shares are refused; others take effect at once."""
+    """Replaces to more than 500 shares are refused; others are accepted as the topology
+    does: the order keeps its terms (10 at 100.00) and an event with reason
+    `replace_requested` answers the command."""
     if not isinstance(message, ReplaceOrder):
         return []
     if message.quantity is not None and message.quantity > 500:
@@ -47,13 +50,11 @@ def answer_replaces(message: Message) -> list[Any]:
                                 command_type="replace_order",
                                 reason="insufficient_buying_power", occurred_at=NOW,
                                 detail="not enough cash", order_id=message.order_id)]
-    quantity = str(message.quantity or 10)
-    limit = str(message.limit_price) if message.limit_price else "100.00"
     return [
         # An event of another order with the same cause answers nothing here.
         event(message.account_id, "ord_other", message.idempotency_key, OrderState.ROUTED),
         event(message.account_id, message.order_id, f"cmd:{message.account_id}:"
-              f"{message.idempotency_key}", OrderState.ROUTED, quantity, limit)]
+              f"{message.idempotency_key}", OrderState.ROUTED, reason="replace_requested")]
 
 
 async def open_order(client: TestClient, fakes: Fakes, state: str = "routed",
@@ -79,8 +80,13 @@ def test_replace_produces_the_command_and_returns_the_order() -> None:
             json={"account_id": account_id, "quantity": "12", "limit_price": "101.25"})
         assert response.status == 200, await response.text()
         body = await response.json()
-        assert (body["order_id"], body["quantity"], body["limit_price"]) == (
-            order_id, "12", "101.25")
+        # The order's terms are the current ones until the market maker confirms; the
+        # answer shows the terms asked for in its pending replace.
+        assert (body["order_id"], body["quantity"], body["limit_price"], body["reason"]) == (
+            order_id, "10", "100.00", "replace_requested")
+        assert body["pending_replace"] == {
+            "state": "requested", "idempotency_key": "rep-1", "quantity": "12",
+            "limit_price": "101.25", "stop_price": None}
         [(topic, key, command)] = fakes.producer.produced
         assert topic.endswith("orders.commands") and key == account_id
         assert isinstance(command, ReplaceOrder)
@@ -121,7 +127,12 @@ def test_no_answer_in_time_is_202() -> None:
         response = await client.patch(f"/v1/orders/{order_id}", headers=patch_headers(),
                                       json={"account_id": account_id, "limit_price": "99.99"})
         assert response.status == 202
-        assert (await response.json())["status"] == "replace_requested"
+        body = await response.json()
+        assert body["status"] == "replace_requested"
+        # The quantity left out keeps the order's.
+        assert body["pending_replace"] == {
+            "state": "sent", "idempotency_key": "rep-1", "quantity": "10",
+            "limit_price": "99.99", "stop_price": None}
 
     run(scenario, reply_wait_ms=20)
 
@@ -210,3 +221,37 @@ def test_openapi_documents_the_patch() -> None:
     schema = document["components"]["schemas"]["OrderReplaceRequest"]
     assert set(schema["properties"]) == {"account_id", "quantity", "limit_price", "stop_price"}
     assert schema["required"] == ["account_id"]
+
+
+def test_replace_left_out_terms_keep_the_orders() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.producer.respond = answer_replaces
+        account_id, order_id = await open_order(client, fakes)
+        response = await client.patch(f"/v1/orders/{order_id}", headers=patch_headers(),
+                                      json={"account_id": account_id, "quantity": "7"})
+        assert response.status == 200, await response.text()
+        assert (await response.json())["pending_replace"] == {
+            "state": "requested", "idempotency_key": "rep-1", "quantity": "7",
+            "limit_price": "100.00", "stop_price": None}
+
+    run(scenario)
+
+
+def test_openapi_documents_the_pending_replace() -> None:
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    responses = document["paths"]["/v1/orders/{order_id}"]["patch"]["responses"]
+    for status, name in (("200", "Order"), ("202", "OrderAccepted")):
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{name}"}
+        assert "pending_replace" in schemas[name]["properties"]
+        assert "pending_replace" not in schemas[name].get("required", [])
+    pending = schemas["PendingReplace"]
+    assert {"state", "idempotency_key", "quantity", "limit_price", "stop_price"} <= set(
+        pending["properties"])
+    assert set(pending["required"]) == {"state", "idempotency_key", "quantity"}
+    # The fields the answers had before stay as they were.
+    assert {"quantity", "limit_price", "stop_price", "state", "reason"} <= set(
+        schemas["Order"]["properties"])
+    assert set(schemas["OrderAccepted"]["required"]) == {
+        "order_id", "account_id", "status", "idempotency_key"}

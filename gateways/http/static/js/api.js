@@ -87,7 +87,13 @@ export class Api {
     return this.request("GET", `/v1/orders?account_id=${encodeURIComponent(accountId)}&limit=100`);
   }
 
-  cancelOrder(orderId, accountId) {
+  /** One order with its events (the detail of a refusal is on its event). */
+  order(orderId, accountId) {
+    return this.request("GET", `/v1/orders/${encodeURIComponent(orderId)}`
+                        + `?account_id=${encodeURIComponent(accountId)}`);
+  }
+
+    cancelOrder(orderId, accountId) {
     this.sentKeys.add(`cancel:${orderId}`); // the key the gateway gives a cancel without one
     return this.request("DELETE", `/v1/orders/${encodeURIComponent(orderId)}`
                         + `?account_id=${encodeURIComponent(accountId)}`);

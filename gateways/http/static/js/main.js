@@ -17,6 +17,8 @@ const WATCHLIST_KEY = "brokerage.watchlist";
 // The shard sink lands an event a moment after the stream delivers it: read again a bit later.
 const PORTFOLIO_SETTLE_MS = 1500;
 const PORTFOLIO_QUOTE_REFRESH_MS = 2000;
+// After a 202 the risk answer comes later: over the stream, else found by polling the order.
+const AWAIT_POLL_MS = [1000, 2000, 3000, 5000, 8000, 13000];
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -51,11 +53,14 @@ const stream = new Stream({
   },
 });
 let expiryTimer = null;
+// Orders this page placed that were answered 202 (the risk check still to come), by order id:
+// { notice, timer }. Their later answer clears the "waiting" notice and says how it went.
+const awaiting = new Map();
 
 // ---- notices -----------------------------------------------------------------------------
 
 function say(kind, title, detail, code, codeLine) {
-  views.notice($("#notices"), kind, title, detail, code, codeLine);
+  return views.notice($("#notices"), kind, title, detail, code, codeLine);
 }
 
 function showProblem(error, what) {
@@ -111,6 +116,7 @@ function logout(message) {
   Object.assign(state, { userId: null, token: null, expiresAt: null, accounts: [],
                          accountId: null, portfolio: null });
   state.orders.clear();
+  forgetAwaited();
   api.token = null;
   sessionStorage.removeItem(SESSION_KEY);
   $("#session").hidden = true;
@@ -157,6 +163,7 @@ async function loadAccounts(preferred) {
 async function selectAccount(accountId) {
   state.accountId = accountId;
   state.orders.clear();
+  forgetAwaited();
   state.portfolio = null;
   saveSession();
   renderOrders();
@@ -217,23 +224,95 @@ function orderFromEvent(event) {
     time_in_force: event.time_in_force, state: event.state, seq: event.seq,
     filled_quantity: event.filled_quantity, limit_price: event.limit_price,
     stop_price: event.stop_price, average_fill_price: event.average_fill_price,
-    reason: event.reason, updated_at: event.occurred_at,
+    reason: event.reason, detail: event.detail, updated_at: event.occurred_at,
   };
+}
+
+function describeOrder(order) {
+  return `${order.side} ${dec.quantity(order.quantity)} ${order.symbol}`;
+}
+
+/** Why an order was refused, for a person: the detail when there is one, else the reason. */
+function refusal(order) {
+  const reason = order.reason ? order.reason.replaceAll("_", " ") : "";
+  if (order.detail && reason) return `${reason}: ${order.detail}`;
+  return order.detail || reason || "no reason given";
+}
+
+// ---- orders answered 202 -----------------------------------------------------------------
+
+function awaitOrder(orderId, notice) {
+  const waiting = { notice, timer: null, polls: 0 };
+  awaiting.set(orderId, waiting);
+  const poll = async () => {
+    if (awaiting.get(orderId) !== waiting) return;
+    waiting.polls += 1;
+    try {
+      const { body } = await api.order(orderId, state.accountId);
+      if (awaiting.get(orderId) !== waiting) return;
+      // The detail of the event that brought the order to its state (the row has the reason).
+      const last = [...(body.events ?? [])].reverse().find((e) => e.state === body.state);
+      const order = { ...body, detail: last?.detail ?? body.detail };
+      if (mergeOrder(order)) renderOrders();
+      if (settleAwaited(state.orders.get(orderId) ?? order)) return;
+    } catch (error) {
+      if (!(error instanceof ApiError)) console.error(error);
+      // 404: not landed in the shard yet; anything else: the stream may still tell
+    }
+    if (awaiting.get(orderId) !== waiting) return;
+    if (waiting.polls < AWAIT_POLL_MS.length) {
+      waiting.timer = setTimeout(poll, AWAIT_POLL_MS[waiting.polls]);
+    } else {
+      awaiting.delete(orderId);
+      waiting.notice?.remove();
+      say("info", "Order sent", "no answer from the risk check yet; it will appear below");
+    }
+  };
+  waiting.timer = setTimeout(poll, AWAIT_POLL_MS[0]);
+}
+
+/** The risk answer to an order answered 202 has come (`order` is past `pending`): clear the
+ * waiting notice and say how it went, a refusal with its reason and detail. True when the
+ * order was awaited (its answer is shown here, not again by the caller). */
+function settleAwaited(order) {
+  const waiting = awaiting.get(order.order_id);
+  if (!waiting || !order.state || order.state === "pending") return false;
+  awaiting.delete(order.order_id);
+  clearTimeout(waiting.timer);
+  waiting.notice?.remove();
+  if (order.state === "rejected" || order.state === "failed") {
+    const reason = order.reason ? ` · ${order.reason}` : "";
+    say("error", `Order ${order.state}`, `${describeOrder(order)}: ${refusal(order)}`,
+        order.reason ?? `order_${order.state}`, `order_${order.state}${reason}`);
+  } else if (order.state !== "filled" && order.state !== "partially_filled") {
+    say("info", "Order accepted", `${describeOrder(order)}: ${order.state.replace("_", " ")}`);
+  } // a fill says so itself
+  return true;
+}
+
+function forgetAwaited() {
+  for (const waiting of awaiting.values()) {
+    clearTimeout(waiting.timer);
+    waiting.notice?.remove();
+  }
+  awaiting.clear();
 }
 
 function receiveOrderEvent(event) {
   if (event.account_id !== state.accountId) return;
   if (mergeOrder(orderFromEvent(event))) renderOrders();
-  const what = `${event.side} ${dec.quantity(event.quantity)} ${event.symbol}`;
+  const settled = settleAwaited(state.orders.get(event.order_id) ?? orderFromEvent(event));
+  const what = describeOrder(event);
   if (event.state === "filled" || event.state === "partially_filled") {
     const price = event.last_fill_price ?? event.average_fill_price;
     say("info", event.state === "filled" ? "Order filled" : "Partial fill",
         `${what}: ${dec.quantity(event.last_fill_quantity ?? event.filled_quantity)} at ${dec.price(price)}`);
+  } else if (settled) {
+    // the later answer to this page's own order (a 202): shown by settleAwaited
   } else if (event.state === "rejected" && api.sentKeys.has(event.idempotency_key)) {
     // the answer to this page's own request: shown already
   } else if (event.state === "rejected" || event.state === "failed") {
-    say("error", `Order ${event.state}`, `${what}: ${event.detail ?? event.reason ?? ""}`,
-        event.reason ?? "");
+    say("error", `Order ${event.state}`, `${what}: ${refusal(event)}`, event.reason ?? "");
   } else if (event.state === "cancelled" || event.state === "expired") {
     say("info", `Order ${event.state}`, what);
   }
@@ -290,8 +369,16 @@ async function modifyOrder(order, changes) {
   try {
     const { status, body } = await api.replaceOrder(order.order_id, order.account_id, changes);
     markOrder(order.order_id, { replacing: false, modifying: false, draft: {} });
-    if (status === 202) say("info", "Change requested", "waiting for the market to confirm");
-    else mergeOrder(body);
+    if (status !== 202) mergeOrder(body);
+    const asked = body.pending_replace;
+    if (status === 202 || (asked && asked.state !== "replaced")) {
+      const terms = asked ? [`quantity ${dec.quantity(asked.quantity)}`,
+        asked.limit_price == null ? null : `limit ${dec.price(asked.limit_price)}`,
+        asked.stop_price == null ? null : `stop ${dec.price(asked.stop_price)}`]
+        .filter(Boolean).join(", ") : "";
+      say("info", "Change requested",
+          `${terms ? `${terms}: ` : ""}waiting for the market to confirm`);
+    }
   } catch (error) {
     markOrder(order.order_id, { replacing: false });
     showProblem(error, "Modify");
@@ -375,9 +462,15 @@ async function submitOrder() {
   try {
     const { status, body: answer } = await api.placeOrder(body);
     if (status === 202) {
-      say("info", "Order sent", "waiting for the risk check; it will appear below");
-      mergeOrder({ ...body, order_id: answer.order_id, state: "pending",
-                   updated_at: new Date().toISOString() });
+      const notice = say("info", "Order sent", "waiting for the risk check; it will appear below");
+      // The stream may have told the answer before this 202 came back.
+      const known = state.orders.get(answer.order_id);
+      if (!known) {
+        mergeOrder({ ...body, order_id: answer.order_id, state: "pending",
+                     updated_at: new Date().toISOString() });
+      }
+      awaitOrder(answer.order_id, notice);
+      if (known) settleAwaited(known);
     } else if (mergeOrder(answer)) { // else the stream has already told a later state
       say("info", "Order accepted",
           `${answer.side} ${dec.quantity(answer.quantity)} ${answer.symbol}: ${answer.state.replace("_", " ")}`);

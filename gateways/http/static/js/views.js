@@ -93,6 +93,15 @@ function stateBadge(state) {
   return el("span", { className: `state state-${state}` }, (state || "pending").replace("_", " "));
 }
 
+const REFUSED_STATES = new Set(["rejected", "failed", "expired"]);
+
+/** Why a done order was refused, beside its state: the reason, the detail on hover. */
+function refusalNote(order) {
+  if (!REFUSED_STATES.has(order.state) || !order.reason) return null;
+  return el("span", { className: "reason", title: order.detail || order.reason },
+            order.reason.replaceAll("_", " "));
+}
+
 const MODIFY_FIELDS = [
   ["quantity", "Qty", () => true],
   ["limit_price", "Limit", (type) => type === "limit" || type === "stop_limit"],
@@ -157,7 +166,7 @@ export function renderOrders(openBody, doneBody, emptyNote, orders, isOpen,
     cell(order.symbol, "symbol"), sideCell(order.side), cell(order.order_type.replace("_", " ")),
     cell(dec.quantity(order.quantity), "num"), cell(dec.quantity(order.filled_quantity ?? "0"), "num"),
     cell(order.average_fill_price == null ? "—" : dec.price(order.average_fill_price), "num"),
-    el("td", {}, stateBadge(order.state)))));
+    el("td", {}, stateBadge(order.state), refusalNote(order)))));
 }
 
 // ---- portfolio -------------------------------------------------------------------------
