@@ -652,6 +652,8 @@ class FixGateway:
                 message, UNSUPPORTED_MESSAGE_TYPE, f"unsupported message type {kind}"),
                 self.session_ids[key])
             return
+        if kind == fixmsg.MSG_EXECUTION_REPORT and self._seen_before(message, mm):
+            return
         cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID) or ""
         known = self._known(order_id_of_cl_ord_id(cl_ord_id))
         received = utc_now()
@@ -675,6 +677,18 @@ class FixGateway:
         self._accept_report(report, key, seq)
         if report.exec_type is ExecType.ORDER_STATUS:
             self._conclude_status(report, ord_status, key)
+
+    def _seen_before(self, message: fix.Message, mm: str) -> bool:
+        """A resend of a report already forwarded is quiet, even once its order is closed here
+        (the report could no longer be read against its order: no alert for a duplicate)."""
+        raw_exec_id = fixmsg.optional_field(message, fixmsg.EXEC_ID)
+        if raw_exec_id is None:
+            return False
+        with self.lock:
+            seen = f"{mm}:{raw_exec_id}" in self.forwarded
+        if seen:
+            log.info("duplicate ExecID %s:%s dropped", mm, raw_exec_id)
+        return seen
 
     def _conclude_status(self, status: ExecutionReport, ord_status: str | None,
                          key: str) -> None:

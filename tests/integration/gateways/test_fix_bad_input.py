@@ -256,6 +256,26 @@ def test_report_for_an_unknown_cl_ord_id_is_an_alert(rig: Rig) -> None:
     assert rig.reports_of(orphan) == []
 
 
+def test_a_resent_fill_of_a_closed_order_is_dropped_quietly(rig: Rig) -> None:
+    """A market maker resending a fill (same ExecID) after the order closed here: nothing is
+    forwarded twice and no alert is raised (the duplicate is not an unusable report)."""
+    known = rig.order("resent", "FILL")
+    rig.route(known)
+    rig.until(lambda: any(r.exec_type is ExecType.TRADE and r.leaves_qty == 0
+                          for r in rig.reports_of(known.order_id)))
+    fill = next(r for r in rig.reports_of(known.order_id) if r.exec_type is ExecType.TRADE)
+    raw_exec_id = fill.exec_id.split(":", 1)[1]
+    # Without Account (1), as market makers resend: it can only be read against its order
+    rig.peer.app.send(report_message(report(known.cl_ord_id, raw_exec_id, ExecType.TRADE,
+                                            "FILL", "", fill.cum_qty, fill.cum_qty), now()))
+    sentinel = "ord_sentinel_never_routed"  # an alert that must come after the resend's
+    rig.peer.app.send(report_message(report(sentinel, "S-1", ExecType.NEW, "AAPL", "",
+                                            Decimal(5)), now()))
+    rig.until(lambda: any(a.order_id == sentinel for a in rig.alerts))
+    assert [a.code for a in rig.alerts if a.order_id != sentinel] == [], rig.alerts
+    assert [r.exec_id for r in rig.reports_of(known.order_id)].count(fill.exec_id) == 1
+
+
 def test_rejects_of_orders_and_cancels_become_executions(rig: Rig) -> None:
     """BusinessMessageReject and session-level Reject, of a NewOrderSingle and of a cancel:
     `rejected` for the orders, `cancel_rejected` for the cancels (the order lives on)."""
