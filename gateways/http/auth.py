@@ -99,7 +99,7 @@ class TokenVerifier:
             user_id = verify_token(self._secret, token, now_s)
             if len(self._verified) >= self._tokens_max:
                 self._verified.clear()
-            known = (user_id, _expiry(token))
+            known = (user_id, token_expiry(token))
             self._verified[token] = known
         user_id, exp = known
         if exp <= now_s:
@@ -108,6 +108,6 @@ class TokenVerifier:
         return user_id
 
 
-def _expiry(token: str) -> int:
-    """The expiry of a token `verify_token` accepted."""
+def token_expiry(token: str) -> int:
+    """The expiry (Unix seconds) of a token `verify_token` accepted."""
     return msgspec.json.decode(_unb64(token.split(".")[1]), type=Claims).exp

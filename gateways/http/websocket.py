@@ -32,7 +32,7 @@ from typing import Annotated, Any, ClassVar, Protocol
 import msgspec
 from aiohttp import WSMsgType, web
 
-from gateways.http.auth import verify_token
+from gateways.http.auth import token_expiry, verify_token
 from gateways.http.context import Gateway, gateway_of
 from gateways.http.metrics import Metrics
 from gateways.http.problems import Problem
@@ -54,6 +54,7 @@ ORDER_UPDATES_BUFFERED_MAX = 1000
 AUTH_TIMEOUT_S = 10.0
 _CLOSE_TOO_SLOW = 4008
 _CLOSE_AUTH_TIMEOUT = 4001
+_CLOSE_TOKEN_EXPIRED = 4002  # the token that opened the stream expired
 # At 20,000 quotes/s over 100 symbols a symbol changes every 5 ms; handing each change to its
 # watchers would cost (changes x watchers) per second. At most one round per interval bounds
 # that: a watcher gets at most one write per interval, with the newest quote of each symbol.
@@ -287,7 +288,7 @@ class Connection:
 
     __slots__ = ("ws", "transport", "user_id", "token_verified", "accounts", "symbols",
                  "latest", "sent", "pending_quotes", "updates", "wake", "too_slow",
-                 "heartbeat_due", "last_sent_at", "heartbeat_timer")
+                 "heartbeat_due", "last_sent_at", "heartbeat_timer", "expiry_timer")
 
     def __init__(self, ws: web.WebSocketResponse, transport: Transport | None = None) -> None:
         self.ws = ws
@@ -307,6 +308,7 @@ class Connection:
         self.heartbeat_due = False
         self.last_sent_at = 0.0  # loop time of the last frame written
         self.heartbeat_timer: asyncio.TimerHandle | None = None
+        self.expiry_timer: asyncio.TimerHandle | None = None  # the token's end
 
     def offer_quote(self, quote: Quote | QuoteFrame) -> None:
         """A quote from elsewhere than the feed (the cache's snapshot on subscribing): sent
@@ -569,6 +571,9 @@ async def _authenticate(connection: Connection, gateway: Gateway, op: AuthOp) ->
     connection.token_verified = True  # in time, however long the account lookup takes
     accounts = [str(a["account_id"]) for a in await gateway.reader.accounts_of_user(user_id)]
     connection.user_id = user_id
+    expires_in_s = token_expiry(op.token) - gateway.clock().timestamp()
+    connection.expiry_timer = asyncio.get_running_loop().call_later(
+        max(expires_in_s, 0.0), _close_expired, connection)
     for account_id in accounts:
         connection.accounts.add(account_id)
         gateway.replies.listen(account_id, connection.offer_event)
@@ -647,11 +652,30 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                                             detail=f"{error}; send the op again"))
     finally:
         auth_deadline.cancel()
+        if connection.expiry_timer is not None:
+            connection.expiry_timer.cancel()
         hub.drop(connection, gateway)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await sender
     return ws
+
+
+def _close_expired(connection: Connection) -> None:
+    """A stream lives no longer than the token that opened it: order updates stop with it.
+    The client is told why, then the stream closes; it opens a new one with a fresh token."""
+    if connection.ws.closed:
+        return
+    connection.user_id = None  # nothing more is sent for the user's accounts
+    asyncio.ensure_future(_say_and_close(connection))
+
+
+async def _say_and_close(connection: Connection) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await connection.ws.send_str(frame(
+            "error", code="token_expired",
+            detail="the token expired: open a new stream and authenticate with a fresh token"))
+    await connection.ws.close(code=_CLOSE_TOKEN_EXPIRED, message=b"token expired")
 
 
 def _close_unauthenticated(connection: Connection) -> None:

@@ -456,6 +456,31 @@ def test_an_acknowledged_order_is_readable_and_cancellable_before_it_lands() -> 
     run(scenario, reply_wait_ms=20)
 
 
+def test_a_stream_ends_when_its_token_expires() -> None:
+    """Order updates stop with the token that opened the stream: the client is told why and
+    the stream closes (a fresh token opens a new one)."""
+    from aiohttp import WSMsgType
+
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        await new_account(client)
+        # issued 899 s before the gateway's "now" with a 900 s life: one second left
+        token = bearer("alice", NOW - dt.timedelta(seconds=899))["Authorization"].split()[1]
+        async with client.ws_connect("/v1/stream") as ws:
+            await ws.send_json({"op": "auth", "token": token})
+            assert (await ws.receive_json(timeout=5))["type"] == "authenticated"
+            frames = []
+            while True:
+                message = await ws.receive(timeout=15)
+                if message.type is not WSMsgType.TEXT:
+                    break
+                frames.append(message.json())
+            assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+            assert ws.close_code == 4002
+            assert [f.get("code") for f in frames if f["type"] == "error"] == ["token_expired"]
+
+    run(scenario)
+
+
 def test_portfolio_values_positions_at_the_latest_quotes() -> None:
     async def scenario(client: TestClient, fakes: Fakes) -> None:
         account_id = await new_account(client)
