@@ -165,7 +165,9 @@ class ClientOp(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fiel
 
 class AuthOp(ClientOp, frozen=True, tag="auth"):
     """First, within 10 s of connecting (else the gateway closes with 4001): who is streaming.
-    The user's order and command updates follow."""
+    The user's order and command updates follow until the token expires: then an `error`
+    frame `token_expired` and the stream closes with 4002 (open a new one with a fresh
+    token)."""
 
     answers = (Authenticated,)
     token: Annotated[str, msgspec.Meta(description="a token of POST /v1/auth/token",
