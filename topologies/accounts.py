@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from state.domain.account import (
 from state.domain.hydrate import AccountSnapshot, state_or_hydrated
 from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
+from state.liveness import GroupSampler, GroupStatus, Tracker
 from state.messages import Alert, CommandRejected, ExecutionReport, MarketStatus
 from state.router import ShardRouter, account_partition
 from state.shard_store import account_is_open, load_account_snapshot
@@ -317,6 +320,82 @@ def build_accounts(app: Application, topics: AccountTopics, step: AccountStep) -
     stream.to_topic(topics.select)
 
 
+# The account topology's group standing still behind its input this long is wedged (seen on
+# the embedded broker: a member idle in `consume` while orders.commands grew, for good).
+STALL_S = 60.0
+WATCH_INTERVAL_S = 10.0
+STOP_GRACE_S = 30.0
+
+
+class GroupStallWatch:
+    """A thread that samples one consumer group's committed offsets against its inputs' ends
+    every `interval_s` and calls `on_stuck` once when the group stood still behind its input
+    for `stall_s` (state.liveness judges). A gap in its own sampling (the process was frozen)
+    clears what it saw: it judges afresh."""
+
+    def __init__(self, sampler: Callable[[], Any], group: str,
+                 on_stuck: Callable[[GroupStatus], None], stall_s: float = STALL_S,
+                 interval_s: float = WATCH_INTERVAL_S) -> None:
+        self._make_sampler = sampler
+        self._sampler: Any = None
+        self._group = group
+        self._on_stuck = on_stuck
+        self._interval_s = interval_s
+        self._tracker = Tracker(stall_s=stall_s)
+        self._checked_s: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="group-stall-watch",
+                                        daemon=True)
+        self.fired: GroupStatus | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.check(time.monotonic())
+            except Exception as error:  # noqa: BLE001 - the broker did not answer: next time
+                log.warning("stall watch: cannot sample %s: %s", self._group, error)
+
+    def check(self, now_s: float) -> None:
+        if self._checked_s is not None and now_s - self._checked_s > 3 * self._interval_s:
+            self._tracker.history.clear()
+        self._checked_s = now_s
+        if self._sampler is None:
+            self._sampler = self._make_sampler()
+        sample = self._sampler.sample(now_s).get(self._group)
+        if sample is None or self.fired is not None:
+            return
+        self._tracker.add(self._group, sample)
+        [status] = self._tracker.statuses()
+        if status.stuck:
+            self.fired = status
+            self._on_stuck(status)
+
+
+def _stop_wedged(app: Application) -> Callable[[GroupStatus], None]:
+    """Stop the application (the supervisor starts the process again, which rejoins the group
+    afresh); if its loop does not come back to stop, exit the process."""
+    def stop(status: GroupStatus) -> None:
+        log.critical("account topology wedged: %s; stopping for a restart", status.to_builtins())
+        app.stop()
+        timer = threading.Timer(STOP_GRACE_S, _exit_wedged)
+        timer.daemon = True
+        timer.start()
+
+    return stop
+
+
+def _exit_wedged() -> None:
+    log.critical("account topology did not stop in %.0f s; exiting", STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(70)
+
+
 def risk_limits(config: AccountTopologyConfig) -> RiskLimits:
     return RiskLimits(
         market_collar_pct=config.market_collar_pct,
@@ -375,6 +454,14 @@ def run(config: AccountTopologyConfig) -> None:
                            snapshot_loader=loader, account_partitions=config.account_partitions,
                            account_is_open=is_open)
         build_accounts(app, topics, step)
-        app.run()
+        watch = GroupStallWatch(
+            lambda: GroupSampler(config.kafka.bootstrap_servers, [config.consumer_group],
+                                 extra=config.kafka.extra),
+            config.consumer_group, _stop_wedged(app))
+        watch.start()
+        try:
+            app.run()
+        finally:
+            watch.stop()
     finally:
         market.stop()
