@@ -142,12 +142,16 @@ class GroupSampler:
     that only assign, never commit, have nothing to judge)."""
 
     def __init__(self, bootstrap_servers: str, groups: Sequence[str] = (),
-                 extra: Mapping[str, str] | None = None, timeout_s: float = 10.0) -> None:
+                 extra: Mapping[str, str] | None = None, timeout_s: float = 10.0,
+                 topic_prefix: str = "") -> None:
         from confluent_kafka.admin import AdminClient
 
         self._admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(extra or {})})
         self._groups = tuple(groups)
         self._timeout_s = timeout_s
+        # Only groups that read this stack's topics: others sharing the broker (another
+        # stack, a group of the past) are not this stack's stages.
+        self._topic_prefix = topic_prefix
 
     def groups(self) -> list[str]:
         if self._groups:
@@ -162,7 +166,8 @@ class GroupSampler:
             [ConsumerGroupTopicPartitions(group)], request_timeout=self._timeout_s)
         result = futures[group].result(self._timeout_s)
         return {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions or ()
-                if tp.error is None and tp.offset >= 0}
+                if tp.error is None and tp.offset >= 0
+                and tp.topic.startswith(self._topic_prefix)}
 
     def ends(self, keys: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
         from confluent_kafka import TopicPartition

@@ -236,7 +236,7 @@ def create_app(config: HttpConfig, *, backends: Backends | None = None) -> web.A
                      store_errors_middleware],
     )
     app[GATEWAY] = Gateway(config)
-    app[STAGES] = watch_for(config.bootstrap_servers)
+    app[STAGES] = watch_for(config.bootstrap_servers, config.topic_prefix)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/openapi.json", openapi)

@@ -97,8 +97,9 @@ class GroupGauges:
         return lines
 
 
-def watch_for(bootstrap_servers: str) -> StageWatch:
-    return StageWatch(lambda: GroupSampler(bootstrap_servers))
+def watch_for(bootstrap_servers: str, topic_prefix: str = "") -> StageWatch:
+    """The stages of this stack: the groups that read its topics (its prefix)."""
+    return StageWatch(lambda: GroupSampler(bootstrap_servers, topic_prefix=topic_prefix))
 
 
 def stage_checks(statuses: list[GroupStatus]) -> dict[str, str]:
