@@ -147,11 +147,13 @@ def test_acknowledged_commands_survive_a_broker_reset(
         with running_sink(sink):
             async def decided(client: TestClient) -> dict[str, Any]:
                 async def readable() -> bool:
+                    # Readable at once from the journal (state pending); decided once the
+                    # replayed command's events land.
                     got = await client.get(f"/v1/orders/{order_id}?account_id={account_id}",
                                            headers=alice)
-                    return got.status == 200
+                    return got.status == 200 and (await got.json())["state"] != "pending"
 
-                await wait_until(readable, "the replayed order to be readable")
+                await wait_until(readable, "the replayed order to be decided")
                 order = await (await client.get(
                     f"/v1/orders/{order_id}?account_id={account_id}", headers=alice)).json()
 
