@@ -116,15 +116,11 @@ def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
 
 
 def _alive(pid: Any) -> bool:
+    from compose.embedded import pid_alive
+
     if not isinstance(pid, int):
         return True  # written before the pid was recorded: take it at its word
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:

@@ -217,19 +217,24 @@ def _ensure_pgdata(pgdata: Path, user: str | None) -> None:
         raise ServiceStartError(f"postgres: initdb {pgdata} failed: {result.stderr.strip()}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _postmaster_running(pgdata: Path) -> int | None:
     pid_file = pgdata / "postmaster.pid"
     try:
         pid = int(pid_file.read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if pid_alive(pid) else None
 
 
 def _processes_in(directory: Path, executable: str) -> list[int]:
