@@ -256,6 +256,11 @@ class KnownOrder:
         self.cl_ord_id = cl_ord_id  # the ClOrdID the market maker knows the order by now
 
 
+def exec_id_of(market_maker: str, fix_exec_id: str) -> str:
+    """Our ExecID of a market maker's report: its ExecID (17) is unique only per market maker."""
+    return f"{market_maker}:{fix_exec_id}"
+
+
 def execution_report_from_fix(
     message: fix.Message, market_maker: str, known: KnownOrder | None, received_at: dt.datetime,
 ) -> ExecutionReport:
@@ -276,7 +281,7 @@ def execution_report_from_fix(
     traded = exec_type is not ExecType.REPLACED
     return ExecutionReport(
         account_id=account_id,
-        exec_id=f"{market_maker}:{field(message, EXEC_ID)}",
+        exec_id=exec_id_of(market_maker, field(message, EXEC_ID)),
         order_id=order_id_of_cl_ord_id(cl_ord_id),
         cl_ord_id=cl_ord_id,
         exec_type=exec_type,

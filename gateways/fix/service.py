@@ -684,10 +684,11 @@ class FixGateway:
         raw_exec_id = fixmsg.optional_field(message, fixmsg.EXEC_ID)
         if raw_exec_id is None:
             return False
+        exec_id = fixmsg.exec_id_of(mm, raw_exec_id)
         with self.lock:
-            seen = f"{mm}:{raw_exec_id}" in self.forwarded
+            seen = exec_id in self.forwarded
         if seen:
-            log.info("duplicate ExecID %s:%s dropped", mm, raw_exec_id)
+            log.info("duplicate ExecID %s dropped", exec_id)
         return seen
 
     def _conclude_status(self, status: ExecutionReport, ord_status: str | None,
