@@ -22,6 +22,8 @@ IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 # `(?!\n)` before `$`: Python's `$` also matches before a trailing newline ("AAPL\n"); the
 # lookahead refuses it and keeps the pattern valid JSON Schema (ECMA-262) as well.
 SYMBOL_PATTERN = r"^[A-Z][A-Z0-9.\-]{0,9}(?!\n)$"
+# What a person may type (HTTP bodies): the same rule in either case (see normalise_symbol).
+SYMBOL_INPUT_PATTERN = r"^[A-Za-z][A-Za-z0-9.\-]{0,9}(?!\n)$"
 Symbol = Annotated[str, msgspec.Meta(pattern=SYMBOL_PATTERN)]
 SYMBOL_RULE = ("1 to 10 characters: a letter, then letters, digits, '.' or '-' "
                "(e.g. AAPL, BRK.B)")

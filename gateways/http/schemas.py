@@ -11,7 +11,14 @@ from typing import Annotated, Any
 import msgspec
 
 from gateways.http.auth import USER_ID_PATTERN
-from state.messages import SYMBOL_RULE, OrderState, OrderType, Side, TimeInForce
+from state.messages import (
+    SYMBOL_INPUT_PATTERN,
+    SYMBOL_RULE,
+    OrderState,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 
 DecimalString = Annotated[str, msgspec.Meta(
     min_length=1, max_length=40, description="a decimal number as a string, e.g. \"209.50\"")]
@@ -31,7 +38,7 @@ SharesText = Annotated[str, msgspec.Meta(
     description="a share quantity: always 6 decimal places, e.g. \"2.500000\"")]
 AccountIdField = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SymbolField = Annotated[str, msgspec.Meta(
-    pattern=r"^[A-Za-z][A-Za-z0-9.\-]{0,9}(?!\n)$",
+    pattern=SYMBOL_INPUT_PATTERN,
     description="ticker, e.g. AAPL (" + SYMBOL_RULE + "; lower case is read as upper case)")]
 
 
