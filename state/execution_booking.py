@@ -27,8 +27,8 @@ from state.exceptions import ShardUnavailable
 from state.ids import txn_id_for
 from state.messages import TERMINAL_ORDER_STATES, OrderState
 from state.router import ShardRouter
+from state.shard_store import connect
 
-CONNECT_TIMEOUT_S = 3
 # An alert that says a report was seen and NOT booked (hydrate's forgotten-order rule).
 NOT_BOOKED_ALERT_CODES = frozenset({"execution_for_forgotten_order"})
 OPEN_ORDER_STATES = tuple(sorted(s.value for s in OrderState if s not in TERMINAL_ORDER_STATES))
@@ -102,8 +102,7 @@ class BookingReader:
 
     def _connect(self, shard: int) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.shard_dsns[shard], connect_timeout=CONNECT_TIMEOUT_S,
-                                   autocommit=True)
+            return connect(self.shard_dsns[shard], autocommit=True)
         except psycopg.OperationalError as error:
             raise ShardUnavailable(f"shard {shard} unavailable: {error}") from error
 
