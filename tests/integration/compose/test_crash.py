@@ -374,6 +374,27 @@ def _audit(client: Client, stack: StackProcess, reconcile_timeout_s: float = 60.
     return audit(client.journal, sources)
 
 
+def _stop_and_tell(client: Client, report: AuditReport | None, stack: StackProcess, seed: int,
+                   name: str, timeline: list[str], started: float) -> tuple[int | None, Path]:
+    """Stop every process of the run, keep its evidence, print what happened and the seed."""
+    code = stop_everything(stack)
+    kept = _keep(client, report, stack, seed, name)
+    print("\n".join(timeline))
+    print(f"journal, audit and logs: {kept}")
+    if report is not None:
+        print(report.text())
+    print(f"BROKERAGE_CRASH_SEED={seed}: {time.monotonic() - started:.0f} s in all")
+    return code, kept
+
+
+def _assert_audited(report: AuditReport | None, seed: int, code: int | None,
+                    stack: StackProcess, kept: Path) -> None:
+    assert report is not None
+    assert report.ok, f"BROKERAGE_CRASH_SEED={seed}\n{report.text()}"
+    assert code == 0, "".join(stack.output)[-3000:]
+    shutil.rmtree(kept, ignore_errors=True)  # kept only for a failure
+
+
 DEFAULT_SEED = 20261203
 
 
@@ -445,17 +466,8 @@ def test_whole_stack_sigkill_rounds_lose_nothing_acknowledged(server_dir: Path) 
                         f"a decision: {waiting[:10]}")
         report = _audit(client, stack)
     finally:
-        code = stop_everything(stack)
-        kept = _keep(client, report, stack, seed, "whole")
-        print("\n".join(timeline))
-        print(f"journal, audit and logs: {kept}")
-        if report is not None:
-            print(report.text())
-        print(f"BROKERAGE_CRASH_SEED={seed}: {time.monotonic() - started:.0f} s in all")
-    assert report is not None
-    assert report.ok, f"BROKERAGE_CRASH_SEED={seed}\n{report.text()}"
-    assert code == 0, "".join(stack.output)[-3000:]
-    shutil.rmtree(kept, ignore_errors=True)  # kept only for a failure
+        code, kept = _stop_and_tell(client, report, stack, seed, "whole", timeline, started)
+    _assert_audited(report, seed, code, stack, kept)
 
 
 def _broker_process(stack: StackProcess) -> psutil.Process | None:
@@ -522,15 +534,6 @@ def test_broker_sigkill_alone_loses_nothing_acknowledged(server_dir: Path) -> No
         # Without a broker reconcile cannot read the stream: give it less time.
         report = _audit(client, stack, reconcile_timeout_s=60.0 if restarted else 30.0)
     finally:
-        code = stop_everything(stack)
-        kept = _keep(client, report, stack, seed, "broker")
-        print("\n".join(timeline))
-        print(f"journal, audit and logs: {kept}")
-        if report is not None:
-            print(report.text())
-        print(f"BROKERAGE_CRASH_SEED={seed}: {time.monotonic() - started:.0f} s in all")
+        code, kept = _stop_and_tell(client, report, stack, seed, "broker", timeline, started)
     assert restarted, "the broker was not restarted by brokerage up (issue 10, item 5)"
-    assert report is not None
-    assert report.ok, f"BROKERAGE_CRASH_SEED={seed}\n{report.text()}"
-    assert code == 0, "".join(stack.output)[-3000:]
-    shutil.rmtree(kept, ignore_errors=True)  # kept only for a failure
+    _assert_audited(report, seed, code, stack, kept)
