@@ -46,6 +46,7 @@ GROUP_SAMPLE_INTERVAL_S = 10.0
 DECISION_TIMEOUT_S = 15.0
 DEPOSIT_AMOUNT = "500000.00"
 DEPOSIT_EVERY_ORDERS = 500
+TOKEN_RENEW_S = 300.0  # well inside the gateway's default token lifetime (900 s)
 
 
 def _process_name(process: psutil.Process) -> str:
@@ -116,12 +117,20 @@ class Soak:
         self.sampler = GroupSampler(self.bootstrap)
         self.tracker = Tracker(stall_s=60.0)
         self.token = ""
+        self.token_at = 0.0
+
+    def log_in(self) -> None:
+        code, body = http("POST", f"{self.base}/v1/auth/token", {"user_id": "soak"})
+        assert code in (200, 201), body
+        self.token, self.token_at = body["token"], time.monotonic()
 
     # ---- load ----------------------------------------------------------------------------
 
     def quotes_loop(self) -> None:
         query = ",".join(SYMBOLS)
         while not self.stop.wait(QUOTE_SAMPLE_INTERVAL_S):
+            if time.monotonic() - self.token_at > TOKEN_RENEW_S:
+                self.log_in()  # an hour outlives a token: a 401 would read as missing quotes
             code, body = http("GET", f"{self.base}/v1/quotes?symbols={query}", token=self.token)
             now = dt.datetime.now(dt.UTC)
             found = {q["symbol"]: q for q in (body or {}).get("quotes", [])} if code == 200 \
@@ -269,9 +278,8 @@ def run(stack: StackProcess, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Soak a started stack for `args.minutes`; prints and returns one row per minute."""
     stack.read_until("healthy")
     soak = Soak(stack, args.orders_per_s, args.grow_per_s)
-    code, body = http("POST", f"{soak.base}/v1/auth/token", {"user_id": "soak"})
-    assert code in (200, 201), body
-    soak.token = body["token"]
+    soak.log_in()
+
     def quoted() -> bool:  # orders before the first quotes are refused no_reference_price
         code, body = http("GET", f"{soak.base}/v1/quotes?symbols={','.join(SYMBOLS)}",
                           token=soak.token)

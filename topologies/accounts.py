@@ -44,6 +44,7 @@ from state.domain.hydrate import AccountSnapshot, state_or_hydrated
 from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
 from state.liveness import GroupSampler, GroupStatus, Tracker
+from state.member_id import stable_member_id
 from state.messages import Alert, CommandRejected, ExecutionReport, MarketStatus
 from state.router import ShardRouter, account_partition
 from state.shard_store import account_is_open, load_account_snapshot
@@ -418,6 +419,16 @@ def _store_loads(raw: bytes) -> bytes:
 
 def create_application(config: AccountTopologyConfig) -> Application:
     kafka = config.kafka
+    consumer_extra: dict[str, Any] = {
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
+        "fetch.wait.max.ms": kafka.fetch_wait_ms_max}
+    producer_extra: dict[str, Any] = {"partitioner": "murmur2_random"}
+    if config.state_dir:
+        member_id = stable_member_id(config.state_dir, config.consumer_group)
+        consumer_extra["group.instance.id"] = member_id
+        if config.processing_guarantee == "exactly-once":
+            producer_extra["transactional.id"] = member_id
     return Application(
         broker_address=kafka.bootstrap_servers,
         consumer_group=config.consumer_group,
@@ -429,11 +440,8 @@ def create_application(config: AccountTopologyConfig) -> Application:
         consumer_poll_timeout=config.poll_timeout_s,
         state_dir=config.state_dir,
         rocksdb_options=RocksDBOptions(dumps=_store_dumps, loads=_store_loads),
-        consumer_extra_config={"session.timeout.ms": kafka.session_timeout_ms,
-                               "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
-                               "fetch.wait.max.ms": kafka.fetch_wait_ms_max,
-                               **kafka.extra},
-        producer_extra_config={"partitioner": "murmur2_random", **kafka.extra},
+        consumer_extra_config={**consumer_extra, **kafka.extra},
+        producer_extra_config={**producer_extra, **kafka.extra},
         auto_create_topics=True,
         loglevel="WARNING",
     )

@@ -28,7 +28,7 @@ from state.liveness import GroupSampler, GroupStatus, Tracker
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 10.0
-STALL_S = 60.0
+STALL_S = 30.0  # a stage behind and committing nothing this long is stuck
 
 
 class StageWatch:
