@@ -133,9 +133,16 @@ def cmd_topics(stack: StackConfig, args: argparse.Namespace) -> int:
     if args.topics_command == "tail":
         return topics_cli.tail(bootstrap, prefix + args.topic, args.count, args.from_beginning,
                                _print)
+    bounds = topics_cli.Bounds(args.from_offset, args.to_offset, args.from_time, args.to_time)
+    if args.topics_command == "redrive":
+        from compose.redrive import redrive
+
+        return redrive(bootstrap, prefix + args.topic,
+                       destination=prefix + args.to if args.to else None, reason=args.reason,
+                       dry_run=args.dry_run, bounds=bounds, report=_print)
     return topics_cli.replay(bootstrap, prefix + args.topic, prefix + args.to,
-                             from_offset=args.from_offset, from_time=args.from_time,
-                             report=_print)
+                             from_offset=bounds.from_offset, from_time=bounds.from_time,
+                             to_offset=bounds.to_offset, to_time=bounds.to_time, report=_print)
 
 
 def cmd_reconcile(stack: StackConfig, args: argparse.Namespace) -> int:
@@ -322,6 +329,20 @@ def cmd_shard_rebuild(stack: StackConfig, args: argparse.Namespace) -> int:
 # ---- parser --------------------------------------------------------------------------------
 
 
+def _add_bounds(parser: argparse.ArgumentParser) -> None:
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--from-offset", type=int, default=None,
+                       help="first offset of every partition (default 0)")
+    start.add_argument("--from-time", type=_time_arg, default=None,
+                       help="RFC 3339 time; records stamped at or after it")
+    end = parser.add_mutually_exclusive_group()
+    end.add_argument("--to-offset", type=int, default=None,
+                     help="stop before this offset of every partition (default: the end "
+                     "when the command began)")
+    end.add_argument("--to-time", type=_time_arg, default=None,
+                     help="RFC 3339 time; records stamped before it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brokerage", description=__doc__)
     parser.add_argument("--stack", help="stack file (TOML); default: $BROKERAGE_STACK or none")
@@ -341,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("service")
     run.set_defaults(handler=cmd_run)
 
-    topics = commands.add_parser("topics", help="list, tail or replay topics")
+    topics = commands.add_parser("topics", help="list, tail, replay or redrive topics")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True)
     topic_commands.add_parser("list", help="every topic with its partitions")
     tail = topic_commands.add_parser("tail", help="print records of a topic as they come")
@@ -351,10 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
     replay = topic_commands.add_parser("replay", help="copy a topic's records into a topic")
     replay.add_argument("topic")
     replay.add_argument("--to", required=True, help="destination topic")
-    start = replay.add_mutually_exclusive_group()
-    start.add_argument("--from-offset", type=int, default=None)
-    start.add_argument("--from-time", type=_time_arg, default=None,
-                       help="RFC 3339 time; records at or after it")
+    _add_bounds(replay)
+    redrive = topic_commands.add_parser(
+        "redrive", help="produce dead letters again, unwrapped, to the topic they came from",
+        description="Read a dead-letter topic (from its start, up to its end when the command "
+        "began) and produce each envelope's original key and value to the topic it names, on "
+        "the partition murmur2 of the key gives. Envelopes that cannot be unwrapped are "
+        "counted, never produced. Re-driving twice is harmless: the account topology decides "
+        "an idempotency key once. Ends with one line per partition read and a total.")
+    redrive.add_argument("topic", help="the dead-letter topic, e.g. dlq.orders.commands")
+    redrive.add_argument("--to", default=None,
+                         help="destination topic instead of each envelope's source topic")
+    redrive.add_argument("--reason", default=None,
+                         help="only dead letters of this reason (e.g. wrong_partition, "
+                         "invalid_payload; --dry-run lists those present)")
+    redrive.add_argument("--dry-run", action="store_true",
+                         help="produce nothing: print what would be re-driven, per reason and "
+                         "per target partition")
+    _add_bounds(redrive)
     topics.set_defaults(handler=cmd_topics)
 
     reconcile = commands.add_parser(

@@ -23,3 +23,12 @@ class ShardUnavailable(StoreError):
 
 class EpochUnavailable(StateError):
     """The broker did not answer, or its epoch record could not be read or written in time."""
+
+
+class NotRedrivable(DecodeError):
+    """A dead-letter record that cannot be unwrapped into the record it stands for; `reason`
+    is a stable code for counting (`not_an_envelope`, `missing_payload`)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason

@@ -33,7 +33,8 @@ def _replay(services, source: str, destination: str, **start) -> tuple[list[str]
     lines: list[str] = []
     started = time.monotonic()
     replay(services.bootstrap_servers, source, destination, report=lines.append,
-           from_offset=start.get("from_offset"), from_time=start.get("from_time"))
+           from_offset=start.get("from_offset"), from_time=start.get("from_time"),
+           to_offset=start.get("to_offset"), to_time=start.get("to_time"))
     return lines, time.monotonic() - started
 
 
@@ -48,6 +49,19 @@ def test_replay_from_an_offset_or_a_time_copies_what_follows(services, topics) -
     assert lines[-1] == f"replayed 3 records from {source} to {copies}"
     assert sorted(read_topic(services.bootstrap_servers, copies, 5)) == [
         b"r3", b"r4", b"r4", b"r5", b"r5"]
+
+
+def test_replay_stops_before_an_offset_or_a_time(services, topics) -> None:
+    source, copies = topics + "quotes", topics + "market.status"
+    _produce(services.bootstrap_servers, source, 6)
+    lines, _ = _replay(services, source, copies, from_offset=1, to_offset=3)
+    assert lines[-1] == (f"replayed 2 records from {source} to {copies}; offset 1 is past the "
+                         "end of partitions [1]")
+    lines, _ = _replay(services, source, copies, to_time=T0 + dt.timedelta(seconds=1))
+    assert lines[-1] == f"replayed 1 records from {source} to {copies}"
+    assert sorted(read_topic(services.bootstrap_servers, copies, 3)) == [b"r0", b"r1", b"r2"]
+    with pytest.raises(ComposeError, match="--to-offset 2 leaves nothing after --from-offset 2"):
+        _replay(services, source, copies, from_offset=2, to_offset=2)
 
 
 def test_past_the_end_answers_at_once(services, topics) -> None:
