@@ -11,6 +11,7 @@ with `now_s`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -20,6 +21,7 @@ import jwt
 from gateways.http.config import HttpConfig, IdentityProviderConfig
 from gateways.http.problems import Problem
 
+log = logging.getLogger(__name__)
 DEMO_ALGORITHM = "HS256"
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$"
 _USER_ID_RE = re.compile(USER_ID_PATTERN)
@@ -175,6 +177,8 @@ class TokenVerifier:
         elif config.demo_login:
             self._checker = _DemoTokens(config.token_secret)
         else:
+            log.warning("no sign-in configured (demo_login off, no identity provider): every "
+                        "bearer token is refused")
             self._checker = _NoSignIn()
         self._tokens_max = tokens_max
         self._verified: dict[str, Verified] = {}

@@ -170,12 +170,9 @@ class AuthOp(ClientOp, frozen=True, tag="auth"):
     token)."""
 
     answers = (Authenticated,)
-    token: Annotated[str, msgspec.Meta(
-        description="the bearer token the HTTP API takes: the demo login's (POST "
-        "/v1/auth/token) or the deployment's identity provider's, checked the same way; a "
-        "provider whose keys cannot be fetched is an `error` frame "
-        "`identity_provider_unavailable`",
-        examples=["<token from POST /v1/auth/token>"])]
+    token: Annotated[str, msgspec.Meta(description="a bearer token the HTTP API takes (the demo "
+                                       "login's or the identity provider's), checked the same way",
+                                       examples=["<token from POST /v1/auth/token>"])]
 
 
 class SubscribeOp(ClientOp, frozen=True, tag="subscribe"):
