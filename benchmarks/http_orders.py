@@ -656,7 +656,8 @@ def main() -> None:
         config = HttpConfig(
             port=free_port(), bootstrap_servers=servers.bootstrap_servers, topic_prefix=prefix,
             shard_dsns=tuple(servers.shard_dsns), partitions_per_shard=PARTITIONS_PER_SHARD,
-            redis_url=servers.redis_url, redis_key_prefix=prefix, token_secret="bench",
+            redis_url=servers.redis_url, redis_key_prefix=prefix, demo_login=True,
+            token_secret="bench-secret-at-least-32-bytes",
             orders_per_s_max=1_000_000, reply_wait_ms=2000)
         import msgspec
 

@@ -508,7 +508,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = HttpConfig(
             port=free_port(), bootstrap_servers=servers.bootstrap_servers, topic_prefix=prefix,
             shard_dsns=tuple(servers.shard_dsns), partitions_per_shard=PARTITIONS_PER_SHARD,
-            redis_url=servers.redis_url, redis_key_prefix=prefix, token_secret="bench-ws")
+            redis_url=servers.redis_url, redis_key_prefix=prefix, demo_login=True,
+            token_secret="bench-ws-secret-at-least-32-bytes")
         gateway = context.Process(target=_serve, daemon=True,
                                   args=(msgspec.json.encode(config), open_files))
         gateway.start()

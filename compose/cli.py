@@ -296,8 +296,9 @@ def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
 
     endpoints = _running_endpoints(stack)
     secret = stack.http.token_secret
-    if args.service == "http" and not secret:
-        raise ConfigError("http.token_secret must be set to run the http service on its own")
+    if args.service == "http" and stack.http.demo_login and not secret:
+        raise ConfigError("http.token_secret must be set to run the http service on its own "
+                          "with http.demo_login on")
     specs = service_specs(stack, Endpoints(endpoints["bootstrap_servers"],
                                            tuple(endpoints["shard_dsns"]),
                                            endpoints["redis_url"], secret))

@@ -127,7 +127,9 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "partitions_per_shard": stack.stack.partitions_per_shard,
               "redis_url": endpoints.redis_url,
               "redis_key_prefix": stack.stack.topic_prefix,
+              "demo_login": stack.http.demo_login,
               "token_secret": endpoints.token_secret,
+              "identity": msgspec.to_builtins(stack.http.identity),
               "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms,
               "journal_replay_after_s": stack.http.journal_replay_after_s,
               "fix_store_dir": str(data_dir / "fix" / "gateway")}

@@ -1,7 +1,9 @@
 """The stack file (TOML) and the environment: the one place environment variables are read.
 
 The embedded default needs no file: an empty `bootstrap_servers`, `shard_dsns` or `redis.url`
-means "start the embedded server". Environment variables override the file:
+means "start the embedded server", and without a file the demo login (POST /v1/auth/token, a
+token for any user id) is on, for the web page; a stack file leaves it off unless it says
+`[http] demo_login = true`. Environment variables override the file:
 
 | variable | overrides |
 |---|---|
@@ -13,6 +15,7 @@ means "start the embedded server". Environment variables override the file:
 | BROKERAGE_REDIS_URL | redis.url |
 | BROKERAGE_HTTP_PORT | http.port |
 | BROKERAGE_TOKEN_SECRET | http.token_secret |
+| BROKERAGE_DEMO_LOGIN | http.demo_login (true/false, 1/0) |
 | BROKERAGE_CONNECTORS_DIR | connectors.dir |
 """
 
@@ -27,6 +30,7 @@ from typing import Annotated, Any
 import msgspec
 
 from compose.exceptions import ConfigError
+from gateways.http.config import IdentityProviderConfig
 
 SERVICE_NAMES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data", "connectors",
                  "http")
@@ -66,8 +70,14 @@ class RedisSection(_Section, frozen=True, kw_only=True):
 class HttpSection(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 8080
+    # POST /v1/auth/token signs in as any user id, no credential asked: a demo's, never a
+    # deployment's. On only where a stack file says so (and without a file: the embedded
+    # default, for its web page).
+    demo_login: bool = False
     token_secret: str = ""
     token_ttl_s: int = 900
+    # A deployment's own sign-in ([http.identity]): its identity provider's tokens.
+    identity: IdentityProviderConfig | None = None
     reply_wait_ms: int = 2000
     # Durable intake: an acknowledged command without an outcome in its shard is re-published
     # at once after a broker epoch change, else once it is this old (gateways.http.journal).
@@ -119,6 +129,9 @@ class StackConfig(_Section, frozen=True, kw_only=True):
             raise ValueError(f"unknown services {sorted(unknown)}; known: {list(SERVICE_NAMES)}")
         if self.stack.shards < 1 or self.stack.partitions_per_shard < 1:
             raise ValueError("shards and partitions_per_shard must be at least 1")
+        if self.http.demo_login and self.http.identity is not None:
+            raise ValueError("http.demo_login lets anyone sign in as any user id, the identity "
+                             "provider's users included: turn it off to use http.identity")
         if self.postgres.shard_dsns and len(self.postgres.shard_dsns) != self.stack.shards:
             raise ValueError(f"postgres.shard_dsns names {len(self.postgres.shard_dsns)} "
                              f"servers for {self.stack.shards} shards")
@@ -140,6 +153,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "BROKERAGE_REDIS_URL": ("redis", "url"),
     "BROKERAGE_HTTP_PORT": ("http", "port"),
     "BROKERAGE_TOKEN_SECRET": ("http", "token_secret"),
+    "BROKERAGE_DEMO_LOGIN": ("http", "demo_login"),
     "BROKERAGE_CONNECTORS_DIR": ("connectors", "dir"),
 }
 
@@ -154,12 +168,22 @@ def _port_from_environment(variable: str, value: str) -> int:
     return port
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag_from_environment(variable: str, value: str) -> bool:
+    if value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{variable}={value!r}: expected one of {', '.join(_TRUE + _FALSE)}")
+
+
 def load_stack(path: str | Path | None = None,
                environ: Mapping[str, str] | None = None) -> StackConfig:
     """The stack file (if any) with the environment's overrides applied."""
     environ = os.environ if environ is None else environ
     path = path or environ.get("BROKERAGE_STACK")
-    data: dict[str, Any] = {}
+    # Without a stack file: the embedded default, whose web page signs in with the demo login.
+    data: dict[str, Any] = {"http": {"demo_login": True}}
     if path:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -176,6 +200,8 @@ def load_stack(path: str | Path | None = None,
             parsed = [dsn.strip() for dsn in value.split(",") if dsn.strip()]
         elif field == "port":
             parsed = _port_from_environment(variable, value)
+        elif field == "demo_login":
+            parsed = _flag_from_environment(variable, value)
         data.setdefault(section, {})[field] = parsed
     try:
         return msgspec.convert(data, StackConfig)

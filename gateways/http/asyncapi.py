@@ -129,7 +129,8 @@ def asyncapi_document(host: str = "127.0.0.1:8080", protocol: str = "ws") -> dic
         "description": "the HTTP gateway (the WebSocket upgrades a GET)"}}
     http = "https" if protocol == "wss" else "http"
     document["info"]["externalDocs"] = {
-        "description": "the HTTP API, whose POST /v1/auth/token gives the token of `auth`",
+        "description": "the HTTP API, whose POST /v1/auth/token (the demo login, when on) gives "
+                       "a token for `auth`",
         "url": f"{http}://{host}/v1/openapi.json"}
     return document
 

@@ -1,75 +1,156 @@
-"""Short-lived signed tokens: a compact JWS with the algorithm pinned to HS256.
+"""Bearer tokens, verified with PyJWT: the demo login's own HS256 tokens (accepted only while
+`demo_login` is on), or a deployment's identity provider's tokens, checked against the keys
+its JWKS URL publishes.
 
-The header is compared byte-for-byte with the one we issue, so `alg: none`, RS256/HS256
-confusion or any other header is refused before the signature is even looked at. Time is
-passed in; nothing here reads the clock.
+Each verifier takes an allow-list of algorithms, so `alg: none` and algorithm confusion (an
+HS256 token whose HMAC key is the provider's public key) are refused before a key is used.
+Time is passed in: PyJWT's own clock checks are off, and `exp` and `nbf` are compared here
+with `now_s`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import asyncio
+import logging
 import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol
 
-import msgspec
+import jwt
 
+from gateways.http.config import HttpConfig, IdentityProviderConfig
 from gateways.http.problems import Problem
 
-_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+log = logging.getLogger(__name__)
+DEMO_ALGORITHM = "HS256"
 USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$"
 _USER_ID_RE = re.compile(USER_ID_PATTERN)
-_TOKEN_BYTES_MAX = 2048
+# Providers' subjects are wider than demo user ids ("auth0|5f7c...", "google-oauth2|1234").
+_SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@|:\-]{0,127}$")
+# A provider's token carries more claims than ours; this still keeps a forged blob cheap.
+_TOKEN_BYTES_MAX = 8192
+# A provider's clock may run a little ahead of ours: a token is not refused as not yet valid
+# for that.
+_CLOCK_SKEW_S = 30
+# The JWKS is fetched on the request path (in a thread) when its cache is empty or stale: a
+# provider that does not answer costs a request this long, then 503.
+JWKS_TIMEOUT_S = 3.0
+JWKS_CACHE_S = 300.0
+_JWKS_RETRY_AFTER_S = 5
 
 
-class Claims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    sub: str
-    iat: int
-    exp: int
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _sign(secret: str, signing_input: str) -> str:
-    return _b64(hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest())
+class Verified(NamedTuple):
+    user_id: str
+    exp: int  # Unix seconds
 
 
 def issue_token(secret: str, user_id: str, now_s: int, ttl_s: int) -> str:
+    """The demo login's token for `user_id`."""
     assert _USER_ID_RE.match(user_id), f"invalid user id {user_id!r}"
-    claims = _b64(msgspec.json.encode(Claims(sub=user_id, iat=now_s, exp=now_s + ttl_s)))
-    signing_input = f"{_HEADER}.{claims}"
-    return f"{signing_input}.{_sign(secret, signing_input)}"
+    return jwt.encode({"sub": user_id, "iat": now_s, "exp": now_s + ttl_s}, secret,
+                      algorithm=DEMO_ALGORITHM)
 
 
 def _invalid(detail: str) -> Problem:
     return Problem(401, "invalid_token", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def verify_token(secret: str, token: str, now_s: int) -> str:
-    """The user id a valid, unexpired token names; else Problem 401."""
-    if len(token) > _TOKEN_BYTES_MAX or token.count(".") != 2:
-        raise _invalid("malformed token")
-    header, claims_b64, signature = token.split(".")
-    if header != _HEADER:
-        raise _invalid("unsupported token header: only HS256 is accepted")
-    if not hmac.compare_digest(_sign(secret, f"{header}.{claims_b64}"), signature):
-        raise _invalid("bad token signature")
+def _expired() -> Problem:
+    return Problem(401, "token_expired", "token expired",
+                   headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+
+def _decode(token: str, key: Any, algorithms: Sequence[str], now_s: int, *,
+            subject: re.Pattern[str], issuer: str | None = None,
+            audience: str | None = None) -> Verified:
+    required = ["exp", "sub"] + (["iss", "aud"] if issuer is not None else [])
     try:
-        claims = msgspec.json.decode(_unb64(claims_b64), type=Claims)
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise _invalid("malformed token claims") from error
-    if claims.exp <= now_s:
-        raise Problem(401, "token_expired", "token expired",
-                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    if not _USER_ID_RE.match(claims.sub):
+        claims = jwt.decode(token, key, algorithms=list(algorithms), issuer=issuer,
+                            audience=audience,
+                            options={"require": required, "verify_exp": False,
+                                     "verify_nbf": False, "verify_iat": False})
+    except jwt.PyJWTError as error:
+        raise _invalid(f"invalid token: {error}") from error
+    exp, nbf, sub = claims["exp"], claims.get("nbf", 0), claims["sub"]
+    if not _is_time(exp) or not _is_time(nbf):
+        raise _invalid("malformed token times: exp and nbf must be numbers")
+    if exp <= now_s:
+        raise _expired()
+    if nbf > now_s + _CLOCK_SKEW_S:
+        raise _invalid("token not valid yet (nbf)")
+    if not isinstance(sub, str) or not subject.match(sub):
         raise _invalid("malformed token subject")
-    return claims.sub
+    return Verified(sub, int(exp))
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def verify_demo_token(secret: str, token: str, now_s: int) -> Verified:
+    """A demo login token's user id and expiry; else Problem 401."""
+    return _decode(token, secret, (DEMO_ALGORITHM,), now_s, subject=_USER_ID_RE)
+
+
+class _Checker(Protocol):
+    async def check(self, token: str, now_s: int) -> Verified: ...
+
+
+class _DemoTokens:
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    async def check(self, token: str, now_s: int) -> Verified:
+        return verify_demo_token(self._secret, token, now_s)
+
+
+class _NoSignIn:
+    async def check(self, token: str, now_s: int) -> Verified:
+        raise _invalid("no sign-in is configured: the demo login is off and no identity "
+                       "provider is set")
+
+
+def _provider_unavailable(error: Exception) -> Problem:
+    return Problem(503, "identity_provider_unavailable",
+                   f"the identity provider's signing keys cannot be had: {error}",
+                   headers={"Retry-After": str(_JWKS_RETRY_AFTER_S)})
+
+
+class IdentityProviderTokens:
+    """Tokens of a deployment's identity provider. PyJWKClient keeps the key set for
+    JWKS_CACHE_S, and fetches it again sooner only for a key id it does not know (a rotated
+    key), at most once per cooldown however many unknown key ids arrive."""
+
+    def __init__(self, provider: IdentityProviderConfig) -> None:
+        self._provider = provider
+        self._keys = jwt.PyJWKClient(provider.jwks_url, lifespan=JWKS_CACHE_S,
+                                     timeout=JWKS_TIMEOUT_S)
+
+    async def check(self, token: str, now_s: int) -> Verified:
+        try:
+            alg = jwt.get_unverified_header(token).get("alg")
+        except jwt.InvalidTokenError as error:
+            raise _invalid(f"malformed token: {error}") from error
+        if alg not in self._provider.algorithms:
+            # Before any key is fetched: an unsigned or HMAC token never costs a JWKS fetch.
+            raise _invalid(f"token algorithm {alg!r} is not accepted; accepted: "
+                           f"{list(self._provider.algorithms)}")
+        key = await asyncio.to_thread(self._signing_key, token)
+        return _decode(token, key, self._provider.algorithms, now_s, subject=_SUBJECT_RE,
+                       issuer=self._provider.issuer, audience=self._provider.audience)
+
+    def _signing_key(self, token: str) -> jwt.PyJWK:
+        """Blocking (urllib): run in a thread, so the event loop goes on meanwhile."""
+        try:
+            self._keys.get_signing_keys()  # what fails here is the provider's fault
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError) as error:
+            raise _provider_unavailable(error) from error
+        try:
+            return self._keys.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError as error:  # refreshing for an unknown key id
+            raise _provider_unavailable(error) from error
+        except (jwt.PyJWKClientError, jwt.PyJWKSetError, jwt.InvalidTokenError) as error:
+            raise _invalid(f"no signing key for this token: {error}") from error
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -83,31 +164,34 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class TokenVerifier:
-    """`verify_token` with the tokens already verified remembered: a token is signed once and
-    sent with every request, so its signature and claims are checked once, and its expiry on
-    every use. At most `tokens_max` are kept (all are forgotten when full: each costs only one
-    more full check)."""
+    """The one check of every bearer token (HTTP and WebSocket), by the sign-in the config
+    names, with the tokens already verified remembered: a token is sent with every request,
+    so its signature and claims are checked once, and its expiry on every use. At most
+    `tokens_max` are kept (all are forgotten when full: each costs only one more full
+    check)."""
 
-    def __init__(self, secret: str, tokens_max: int = 100_000) -> None:
-        self._secret = secret
+    def __init__(self, config: HttpConfig, tokens_max: int = 100_000) -> None:
+        self._checker: _Checker
+        if config.identity is not None:
+            self._checker = IdentityProviderTokens(config.identity)
+        elif config.demo_login:
+            self._checker = _DemoTokens(config.token_secret)
+        else:
+            log.warning("no sign-in configured (demo_login off, no identity provider): every "
+                        "bearer token is refused")
+            self._checker = _NoSignIn()
         self._tokens_max = tokens_max
-        self._verified: dict[str, tuple[str, int]] = {}
+        self._verified: dict[str, Verified] = {}
 
-    def verify(self, token: str, now_s: int) -> str:
+    async def verify(self, token: str, now_s: int) -> Verified:
         known = self._verified.get(token)
         if known is None:
-            user_id = verify_token(self._secret, token, now_s)
+            if len(token) > _TOKEN_BYTES_MAX:
+                raise _invalid("malformed token: too long")
+            known = await self._checker.check(token, now_s)
             if len(self._verified) >= self._tokens_max:
                 self._verified.clear()
-            known = (user_id, token_expiry(token))
             self._verified[token] = known
-        user_id, exp = known
-        if exp <= now_s:
-            raise Problem(401, "token_expired", "token expired",
-                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
-        return user_id
-
-
-def token_expiry(token: str) -> int:
-    """The expiry (Unix seconds) of a token `verify_token` accepted."""
-    return msgspec.json.decode(_unb64(token.split(".")[1]), type=Claims).exp
+        if known.exp <= now_s:
+            raise _expired()
+        return known

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# Signature algorithms an identity provider's tokens may use: public-key ones only, so a key
+# published in a JWKS can never be taken for an HMAC secret (algorithm confusion).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                         "ES512", "EdDSA")
+
+
+class IdentityProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
+                             kw_only=True):
+    """A deployment's own sign-in: bearer tokens its identity provider signed, checked for
+    signature (keys from `jwks_url`), `exp`, `iss` and `aud`; the user id is `sub`."""
+
+    issuer: Annotated[str, msgspec.Meta(min_length=1)]
+    audience: Annotated[str, msgspec.Meta(min_length=1)]
+    jwks_url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+
+    def __post_init__(self) -> None:
+        refused = [a for a in self.algorithms if a not in ASYMMETRIC_ALGORITHMS]
+        if refused or not self.algorithms:
+            raise ValueError(f"identity algorithms {refused or '[]'} refused: choose among "
+                             f"{list(ASYMMETRIC_ALGORITHMS)}")
 
 
 class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -14,8 +38,12 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     partitions_per_shard: int
     redis_url: str
     redis_key_prefix: str = ""
-    token_secret: str
+    # POST /v1/auth/token signs a token for any user id without a credential: for the
+    # embedded default and its web page only. HS256 tokens are accepted only while it is on.
+    demo_login: bool = False
+    token_secret: str = ""  # the demo login's HS256 key
     token_ttl_s: int = 900
+    identity: IdentityProviderConfig | None = None
     reply_wait_ms: int = 2000
     session_timeout_ms: int = 3000
     body_bytes_max: int = 16384
@@ -47,3 +75,11 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     journal_retention_s: float = 3600.0
     # The FIX gateway's store: /metrics adds its best-execution figures when set.
     fix_store_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.demo_login and not self.token_secret:
+            raise ValueError("demo_login needs a token_secret")
+        if self.demo_login and self.identity is not None:
+            # Either would sign in as any `sub`: the demo login as anyone at all.
+            raise ValueError("demo_login lets anyone sign in as any user id, the identity "
+                             "provider's users included: turn demo_login off to use identity")

@@ -56,7 +56,7 @@ class Gateway:
     owners: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.tokens = TokenVerifier(self.config.token_secret)
+        self.tokens = TokenVerifier(self.config)
 
     def topic(self, name: str) -> str:
         return self.config.topic_prefix + name

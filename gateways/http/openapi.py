@@ -78,5 +78,7 @@ def openapi_document() -> dict[str, Any]:
                  "/v1/asyncapi.json."},
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (HS256)"}}},
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                       "description": "the demo login's HS256 token (POST /v1/auth/token), or the "
+                       "deployment's identity provider's RS256/ES256 token"}}},
     }

@@ -100,19 +100,19 @@ async def decode_body(request: web.Request, kind: type[T]) -> tuple[T, bytes]:
 
 async def authenticate(request: web.Request, bucket: str) -> str:
     """The caller's user id; spends one request of their `bucket` budget."""
-    user_id, now = verified_user(request)
+    user_id, now = await verified_user(request)
     await spend(gateway_of(request), user_id, bucket, now)
     return user_id
 
 
-def verified_user(request: web.Request) -> tuple[str, dt.datetime]:
-    """The caller's user id (Problem 401 otherwise) and the time it was checked at; no budget
-    spent yet (`spend`)."""
+async def verified_user(request: web.Request) -> tuple[str, dt.datetime]:
+    """The caller's user id (Problem 401 otherwise, 503 when the identity provider's keys
+    cannot be fetched) and the time it was checked at; no budget spent yet (`spend`)."""
     gateway = gateway_of(request)
     now = gateway.clock()
-    user_id = gateway.tokens.verify(bearer_token(request.headers.get("Authorization")),
-                                    int(now.timestamp()))
-    return user_id, now
+    verified = await gateway.tokens.verify(bearer_token(request.headers.get("Authorization")),
+                                           int(now.timestamp()))
+    return verified.user_id, now
 
 
 def _budget(gateway: Gateway, bucket: str) -> int:
@@ -267,6 +267,10 @@ async def refuse_reused_key(gateway: Gateway, answer: Any, claimed: bool | None,
 
 async def create_token(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
+    if not gateway.config.demo_login:
+        raise Problem(404, "demo_login_disabled",
+                      "the demo login is off: sign in with this deployment's identity provider "
+                      "(a stack file turns the demo login on with [http] demo_login = true)")
     body, _ = await decode_body(request, s.TokenRequest)
     now = gateway.clock()
     ttl_s = gateway.config.token_ttl_s
@@ -430,7 +434,7 @@ def _rejected(order_id: str, account_id: str, reason: str, detail: str | None) -
 
 async def place_order(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
-    user_id, now = verified_user(request)
+    user_id, now = await verified_user(request)
     try:
         key = idempotency_key(request)
         body, _ = await decode_body(request, s.OrderRequest)
@@ -840,8 +844,15 @@ PLACE_ORDER_DESCRIPTION = (
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/auth/token", create_token, "Dev login: a short-lived signed token",
-          s.TokenRequest, ((201, s.TokenReply),), auth=False, tag="auth"),
+    Route("POST", "/v1/auth/token", create_token,
+          "Demo login: a short-lived signed token for any user id, no credential asked",
+          s.TokenRequest, ((201, s.TokenReply),), auth=False, tag="auth",
+          description="Only while the demo login is on (the embedded default turns it on; a "
+          "stack file, with `[http] demo_login = true`); otherwise 404 `demo_login_disabled`. "
+          "A deployment behind its own identity provider (`[http.identity]`) sends that "
+          "provider's tokens (RS256/ES256, checked for signature, `exp`, `iss` and `aud`; the "
+          "user is `sub`) as `Authorization: Bearer`, and 503 "
+          "`identity_provider_unavailable` when the provider's keys cannot be fetched."),
     Route("POST", "/v1/accounts", create_account, "Open a brokerage account",
           s.AccountCreate, ((201, s.Account),), tag="accounts"),
     Route("GET", "/v1/accounts", list_accounts, "The caller's accounts",

@@ -32,7 +32,6 @@ from typing import Annotated, Any, ClassVar, Protocol
 import msgspec
 from aiohttp import WSMsgType, web
 
-from gateways.http.auth import token_expiry, verify_token
 from gateways.http.context import Gateway, gateway_of
 from gateways.http.metrics import Metrics
 from gateways.http.problems import Problem
@@ -139,7 +138,8 @@ class StreamError(ServerFrame, frozen=True, tag="error"):
     code: Annotated[str, msgspec.Meta(
         description="stable: malformed_json, invalid_message, not_authenticated, "
                     "missing_token, invalid_token, token_expired, already_authenticated, "
-                    "invalid_symbol, too_many_symbols, store_unavailable",
+                    "identity_provider_unavailable, invalid_symbol, too_many_symbols, "
+                    "store_unavailable",
         examples=["invalid_message"])]
     detail: str
 
@@ -170,7 +170,8 @@ class AuthOp(ClientOp, frozen=True, tag="auth"):
     token)."""
 
     answers = (Authenticated,)
-    token: Annotated[str, msgspec.Meta(description="a token of POST /v1/auth/token",
+    token: Annotated[str, msgspec.Meta(description="a bearer token the HTTP API takes (the demo "
+                                       "login's or the identity provider's), checked the same way",
                                        examples=["<token from POST /v1/auth/token>"])]
 
 
@@ -569,11 +570,11 @@ def _heartbeat_check(connection: Connection, heartbeat_s: float,
 async def _authenticate(connection: Connection, gateway: Gateway, op: AuthOp) -> None:
     if connection.user_id is not None:
         raise Problem(400, "already_authenticated", "this connection is authenticated")
-    user_id = verify_token(gateway.config.token_secret, op.token, int(gateway.clock().timestamp()))
+    user_id, exp = await gateway.tokens.verify(op.token, int(gateway.clock().timestamp()))
     connection.token_verified = True  # in time, however long the account lookup takes
     accounts = [str(a["account_id"]) for a in await gateway.reader.accounts_of_user(user_id)]
     connection.user_id = user_id
-    expires_in_s = token_expiry(op.token) - gateway.clock().timestamp()
+    expires_in_s = exp - gateway.clock().timestamp()
     connection.expiry_timer = asyncio.get_running_loop().call_later(
         max(expires_in_s, 0.0), _close_expired, connection)
     for account_id in accounts:

@@ -22,7 +22,10 @@ from compose.embedded import free_port
 START_TIMEOUT_S = 120.0
 
 
-def write_stack_file(path: Path, fix_port: int, services: list[str] | None = None) -> Path:
+def write_stack_file(path: Path, fix_port: int, services: list[str] | None = None,
+                     http: dict[str, Any] | None = None) -> Path:
+    """A stack file on loopback with the demo login on (the tests sign in with it); `http`
+    adds settings of its [http] section."""
     lines = [
         "[stack]",
         "shards = 2",
@@ -30,6 +33,9 @@ def write_stack_file(path: Path, fix_port: int, services: list[str] | None = Non
     ]
     if services is not None:
         lines.append(f"services = {json.dumps(services)}")
+    lines += ["", "[http]"]
+    lines += [f"{name} = {json.dumps(value)}"
+              for name, value in {"demo_login": True, **(http or {})}.items()]
     lines += [
         "",
         "[[market_makers]]",

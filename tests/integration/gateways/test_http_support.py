@@ -30,7 +30,7 @@ from state.messages import (
     Side,
 )
 
-SECRET = "integration-secret"
+SECRET = "integration-secret-at-least-32-bytes"
 
 
 def gateway_config(services: Any, prefix: str, dsns: tuple[str, ...], **overrides: Any
@@ -38,7 +38,8 @@ def gateway_config(services: Any, prefix: str, dsns: tuple[str, ...], **override
     values: dict[str, Any] = dict(
         port=free_port(), bootstrap_servers=services.bootstrap_servers, topic_prefix=prefix,
         shard_dsns=dsns, partitions_per_shard=services.partitions_per_shard,
-        redis_url=services.redis_url, redis_key_prefix=prefix, token_secret=SECRET)
+        redis_url=services.redis_url, redis_key_prefix=prefix, demo_login=True,
+        token_secret=SECRET)
     values.update(overrides)
     return HttpConfig(**values)
 

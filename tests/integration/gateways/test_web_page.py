@@ -319,8 +319,8 @@ PRICING_ATTEMPTS = 10
 def real_stack_with_reply_wait_1ms(server_dir: pathlib.Path) -> StackProcess:
     """`brokerage up` with `[http] reply_wait_ms = 1` in its stack file: every order is
     answered 202 and its risk answer comes later."""
-    stack_file = write_stack_file(server_dir / "stack.toml", free_port())
-    stack_file.write_text(stack_file.read_text() + "\n[http]\nreply_wait_ms = 1\n")
+    stack_file = write_stack_file(server_dir / "stack.toml", free_port(),
+                                  http={"reply_wait_ms": 1})
     return start_stack(server_dir / "data", stack_file=stack_file)
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
 from compose.exceptions import ConfigError
 from compose.services import Endpoints, service_specs
-from compose.stack import SERVICE_NAMES, load_stack
+from compose.stack import SERVICE_NAMES, StackConfig, load_stack
+from gateways.http.config import HttpConfig, IdentityProviderConfig
 
 COMPOSE_FILE = Path(__file__).parents[3] / "compose" / "docker-compose.yml"
 
@@ -73,6 +75,7 @@ def test_the_compose_file_runs_every_service_of_the_embedded_default() -> None:
     stack_file = Path(COMPOSE_FILE.parent / "stack.docker.toml")
     docker_stack = load_stack(stack_file, environ={})
     assert len(docker_stack.postgres.shard_dsns) == docker_stack.stack.shards
+    assert not docker_stack.http.demo_login  # a deployment signs in with its own provider
 
 
 @pytest.mark.parametrize("value", ["abc", "70000", "0", "-1", ""])
@@ -86,4 +89,56 @@ def test_a_port_out_of_range_in_the_file_names_the_field(tmp_path: Path) -> None
     path = tmp_path / "stack.toml"
     path.write_text("[http]\nport = 70000\n")
     with pytest.raises(ConfigError, match=r"<= 65535 - at `\$\.http\.port`"):
+        load_stack(path, environ={})
+
+
+def _http_config(stack: StackConfig) -> HttpConfig:
+    """The HTTP gateway's config as `brokerage up` builds it, decoded as the child does."""
+    specs = service_specs(stack, Endpoints("127.0.0.1:9092", ("dsn0", "dsn1"),
+                                           "redis://127.0.0.1:6379/0", "secret" * 6))
+    spec = next(spec for spec in specs if spec.name == "http")
+    return msgspec.convert(spec.config, HttpConfig, strict=False)
+
+
+def test_the_demo_login_is_on_without_a_stack_file_and_off_in_one(tmp_path: Path) -> None:
+    assert _http_config(load_stack(environ={})).demo_login
+    path = tmp_path / "stack.toml"
+    path.write_text("[http]\nport = 9000\n")
+    assert not _http_config(load_stack(path, environ={})).demo_login
+    path.write_text("[http]\ndemo_login = true\n")
+    assert _http_config(load_stack(path, environ={})).demo_login
+    assert not load_stack(environ={"BROKERAGE_DEMO_LOGIN": "false"}).http.demo_login
+    assert load_stack(environ={"BROKERAGE_STACK": str(path)}).http.demo_login
+    with pytest.raises(ConfigError, match="BROKERAGE_DEMO_LOGIN='maybe'"):
+        load_stack(environ={"BROKERAGE_DEMO_LOGIN": "maybe"})
+
+
+def test_the_identity_provider_reaches_the_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "stack.toml"
+    path.write_text('[http.identity]\nissuer = "https://login.example.test/"\n'
+                    'audience = "brokerage-api"\n'
+                    'jwks_url = "https://login.example.test/.well-known/jwks.json"\n'
+                    'algorithms = ["ES256"]\n')
+    http = _http_config(load_stack(path, environ={}))
+    assert not http.demo_login
+    assert http.identity == IdentityProviderConfig(
+        issuer="https://login.example.test/", audience="brokerage-api",
+        jwks_url="https://login.example.test/.well-known/jwks.json", algorithms=("ES256",))
+    assert _http_config(load_stack(environ={})).identity is None
+
+
+@pytest.mark.parametrize("text, named", [
+    ('[http]\ndemo_login = true\n[http.identity]\nissuer = "i"\naudience = "a"\n'
+     'jwks_url = "https://x/jwks"\n', "demo_login"),
+    ('[http.identity]\nissuer = "i"\naudience = "a"\njwks_url = "https://x/jwks"\n'
+     'algorithms = ["HS256"]\n', "HS256"),
+    ('[http.identity]\nissuer = "i"\njwks_url = "https://x/jwks"\n', "audience"),
+    ('[http.identity]\nissuer = "i"\naudience = "a"\njwks_url = "https://x/jwks"\n'
+     'leeway = 5\n', "leeway"),
+])
+def test_a_weak_or_unknown_sign_in_setting_is_refused(tmp_path: Path, text: str,
+                                                      named: str) -> None:
+    path = tmp_path / "stack.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"stack.toml.*{named}"):
         load_stack(path, environ={})

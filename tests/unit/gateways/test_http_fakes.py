@@ -22,13 +22,14 @@ from state.messages import Message, Quote
 from state.router import ShardRouter
 
 NOW = dt.datetime(2026, 3, 2, 15, 0, tzinfo=dt.UTC)
-SECRET = "unit-test-secret"
+SECRET = "unit-test-secret-at-least-32-bytes"
 
 
 def config(**overrides: Any) -> HttpConfig:
     values: dict[str, Any] = dict(
         port=0, bootstrap_servers="127.0.0.1:1", shard_dsns=("a", "b"), partitions_per_shard=2,
-        redis_url="redis://127.0.0.1:1/0", token_secret=SECRET, reply_wait_ms=200)
+        redis_url="redis://127.0.0.1:1/0", demo_login=True, token_secret=SECRET,
+        reply_wait_ms=200)
     values.update(overrides)
     return HttpConfig(**values)
 
