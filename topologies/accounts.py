@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import psycopg
 from confluent_kafka import Consumer, KafkaError
 from quixstreams import Application, State, message_context
-from quixstreams.models import Serializer, Topic, TopicConfig
+from quixstreams.models import Deserializer, SerializationContext, Serializer, Topic, TopicConfig
 from quixstreams.state.rocksdb import RocksDBOptions
 from quixstreams.utils.json import dumps as json_dumps
 
@@ -67,6 +67,36 @@ class _OutputSerializer(Serializer):
         return value.payload
 
 
+class _KeyDeserializer(Deserializer):
+    """An input record's key: the account id as UTF-8 text (as Quix's "str" reads it), or, when
+    the bytes are not UTF-8, the bytes themselves. Raising here would stop the topology on the
+    record, and again on every restart; a bytes key is never an account id, so the step
+    dead-letters the record."""
+
+    def __call__(self, value: bytes, ctx: SerializationContext) -> str | bytes:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+
+
+class _KeySerializer(Serializer):
+    """An output's key: the input record's key again, text as UTF-8, bytes as they came."""
+
+    def __call__(self, value: str | bytes, ctx: SerializationContext) -> bytes:
+        return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def input_serdes() -> dict[str, Any]:
+    """How the account topology reads `orders.commands` and `executions`."""
+    return {"value_deserializer": "bytes", "key_deserializer": _KeyDeserializer()}
+
+
+def output_serdes() -> dict[str, Any]:
+    """How the account topology writes its outputs (`Output`s, keyed as their input)."""
+    return {"value_serializer": _OutputSerializer(), "key_serializer": _KeySerializer()}
+
+
 @dataclass(frozen=True)
 class AccountTopics:
     commands: Topic
@@ -86,16 +116,14 @@ def declare_topics(app: Application, prefix: str, partitions: int) -> AccountTop
                                                   replication_factor=1,
                                                   extra_config=spec.config), **serdes)
 
-    inputs = {"value_deserializer": "bytes", "key_deserializer": "str"}
     output_names = [prefix + name for name in (t.Topic.ORDERS_ROUTE, t.Topic.ORDERS_EVENTS,
                                                t.Topic.LEDGER_POSTINGS)]
     output_names += [prefix + t.dlq_name(name) for name in (t.Topic.ORDERS_COMMANDS,
                                                            t.Topic.EXECUTIONS)]
     return AccountTopics(
-        commands=topic(prefix + t.Topic.ORDERS_COMMANDS, **inputs),
-        executions=topic(prefix + t.Topic.EXECUTIONS, **inputs),
-        outputs={name: topic(name, value_serializer=_OutputSerializer(), key_serializer="str")
-                 for name in output_names},
+        commands=topic(prefix + t.Topic.ORDERS_COMMANDS, **input_serdes()),
+        executions=topic(prefix + t.Topic.EXECUTIONS, **input_serdes()),
+        outputs={name: topic(name, **output_serdes()) for name in output_names},
     )
 
 
@@ -191,8 +219,8 @@ class AccountStep:
                        prefix + t.Topic.EXECUTIONS: t.Topic.EXECUTIONS}
         self._cache = StateCache(cached_accounts_max)
 
-    def __call__(self, raw: bytes, key: str | None, timestamp_ms: int, headers: Any,
-                 state: State) -> list[Output]:
+    def __call__(self, raw: bytes | None, key: str | bytes | None, timestamp_ms: int,
+                 headers: Any, state: State) -> list[Output]:
         context = message_context()
         kind = self._kinds[context.topic]
         now = dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)

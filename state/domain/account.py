@@ -44,6 +44,7 @@ raised as a critical alert (`execution_for_forgotten_order`) for an operator to 
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -347,6 +348,11 @@ _METADATA_FIELDS = frozenset(
 )
 
 
+# Normalising in this context is exact: the default one rounds to 28 digits and overflows past
+# 1E+999999 (a deposit of "1e999999999" raised before its amount was checked).
+_EXACT = decimal.Context(prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN)
+
+
 def body_digest(command: Command) -> str:
     """What makes two commands under one idempotency key the same: the client's body, without
     metadata the gateway adds (submission time, the quote it saw, the user)."""
@@ -355,7 +361,7 @@ def body_digest(command: Command) -> str:
         if name in _METADATA_FIELDS:
             continue
         value = getattr(command, name)
-        parts.append(f"{name}={value.normalize() if isinstance(value, Decimal) else value}")
+        parts.append(f"{name}={value.normalize(_EXACT) if isinstance(value, Decimal) else value}")
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
 
 

@@ -4,7 +4,6 @@ checkpoints and restores of the candle state; the Redis writer."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from decimal import Decimal
 from unittest import mock
 
@@ -18,27 +17,9 @@ from state.topics import encode
 from topologies.exceptions import TopologyError
 from topologies.market_data import ConflatingQuoteWriter, QuoteBatchStep
 
+from .fakes import FakeRecord
+
 T0 = dt.datetime(2026, 11, 27, 14, 30, tzinfo=dt.UTC)
-
-
-@dataclass
-class FakeRecord:
-    raw: bytes | None
-    offset_: int
-    partition_: int = 1
-    key_: bytes | None = b"TSLA"
-
-    def value(self) -> bytes | None:
-        return self.raw
-
-    def key(self) -> bytes | None:
-        return self.key_
-
-    def partition(self) -> int:
-        return self.partition_
-
-    def offset(self) -> int:
-        return self.offset_
 
 
 def quote(seconds: float, symbol: str = "TSLA") -> Quote:
