@@ -66,14 +66,16 @@ def _accounts(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Servi
 def _market_data(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
     kafka = {**_kafka(stack, endpoints), "extra": stack.kafka.extra}
     config = {"kafka": kafka, "redis_url": endpoints.redis_url,
-              "processes": stack.market_data.processes}
+              "processes": stack.market_data.processes,
+              "state_dir": str(data_dir / "state" / "market-data")}
     return ServiceSpec("market-data", "topologies.config:MarketDataConfig",
                        "topologies.market_data:run", config)
 
 
 def _sinks(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
     config = {**_kafka(stack, endpoints), "shard_dsns": list(endpoints.shard_dsns),
-              "partitions_per_shard": stack.stack.partitions_per_shard}
+              "partitions_per_shard": stack.stack.partitions_per_shard,
+              "member_dir": str(data_dir / "state" / "sinks")}
     return ServiceSpec("sinks", "sinks.config:SinkConfig", "sinks.service:run", config)
 
 

@@ -24,5 +24,9 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # At start a worker waits for the broker's epoch (state/epoch.py), asking again after
     # 0.5 s, 1 s, ... up to this long between two attempts.
     epoch_retry_s_max: float = 5.0
+    # Where each shard worker keeps its group member id (state.member_id: a restarted worker
+    # is the same static member); "" joins as a new dynamic member on each start. Two sinks
+    # processes sharing the groups need dirs of their own.
+    member_dir: str = ""
     # Extra librdkafka settings (security, etc.) for a real cluster.
     kafka_extra: dict[str, str] = {}

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -42,6 +43,7 @@ from sinks.shard_sink import ShardSink
 from state import topics as t
 from state.epoch import epoch_topic, read_epoch
 from state.exceptions import EpochUnavailable
+from state.member_id import stable_member_id
 from state.router import ShardRouter
 
 log = logging.getLogger(__name__)
@@ -120,16 +122,20 @@ def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
     router = ShardRouter(len(config.shard_dsns), config.partitions_per_shard)
     # librdkafka's default heartbeat interval (3 s) equals a 3 s session timeout: the session
     # would expire between two heartbeats. Beat three times per session.
-    kafka = {"session.timeout.ms": config.session_timeout_ms,
-             "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100),
-             **config.kafka_extra}
+    group = f"{config.consumer_group}.shard{shard}"
+    kafka: dict[str, str | int] = {
+        "session.timeout.ms": config.session_timeout_ms,
+        "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100)}
+    if config.member_dir:
+        kafka["group.instance.id"] = stable_member_id(
+            str(Path(config.member_dir) / f"shard{shard}"), group)
     app = OwnPartitionsApplication(
         owned=frozenset(router.partitions_of_shard(shard)),
         broker_address=config.bootstrap_servers,
-        consumer_group=f"{config.consumer_group}.shard{shard}",
+        consumer_group=group,
         auto_offset_reset="earliest",
         commit_interval=config.commit_interval_s,
-        consumer_extra_config=kafka,
+        consumer_extra_config={**kafka, **config.kafka_extra},
         producer_extra_config=dict(config.kafka_extra),
         processing_guarantee="at-least-once",  # the writes are idempotent
         auto_create_topics=False,  # topics exist (created by `brokerage up` or the fixture)

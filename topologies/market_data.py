@@ -50,6 +50,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -65,6 +66,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from state.exceptions import StoreError
 from state.liveness import Sample, Tracker
+from state.member_id import stable_member_id
 from state.messages import Candle, Quote
 from state.quote_cache import QuoteCache, epoch_us
 from state.topics import PAYLOAD_BYTES_MAX, Topic, dead_letter, dlq_name, encode
@@ -411,14 +413,19 @@ def topic_names(config: MarketDataConfig) -> TopicNames:
                       changelog=f"{prefix}{config.consumer_group}-changelog")
 
 
-def consumer_settings(config: MarketDataConfig) -> dict[str, Any]:
+def consumer_settings(config: MarketDataConfig, worker: int = 0) -> dict[str, Any]:
     kafka = config.kafka
     session_ms = config.session_timeout_ms or kafka.session_timeout_ms
-    return {"bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": kafka.topic_prefix + config.consumer_group,
-            "enable.auto.commit": False, "auto.offset.reset": config.auto_offset_reset,
-            "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(session_ms // 3, 100),
-            "fetch.wait.max.ms": max(kafka.fetch_wait_ms_max, FETCH_WAIT_MS_MAX), **kafka.extra}
+    group = kafka.topic_prefix + config.consumer_group
+    settings: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers, "group.id": group,
+        "enable.auto.commit": False, "auto.offset.reset": config.auto_offset_reset,
+        "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(session_ms // 3, 100),
+        "fetch.wait.max.ms": max(kafka.fetch_wait_ms_max, FETCH_WAIT_MS_MAX)}
+    if config.state_dir:  # a restarted worker is the same static member (state.member_id)
+        settings["group.instance.id"] = stable_member_id(
+            str(Path(config.state_dir) / f"worker{worker}"), group)
+    return {**settings, **kafka.extra}
 
 
 def producer_settings(config: MarketDataConfig) -> dict[str, Any]:
@@ -462,7 +469,8 @@ class MarketDataWorker:
     """One consumer of the group: the loop, its checkpoints and its rebalance callbacks."""
 
     def __init__(self, config: MarketDataConfig, cache: CacheStore,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                 worker: int = 0) -> None:
         self.config = config
         self.names = topic_names(config)
         counts = ensure_changelog(config, self.names)
@@ -472,7 +480,8 @@ class MarketDataWorker:
         self.step = QuoteBatchStep(config.candle_intervals, self.names.quotes, clock)
         self.writer = ConflatingQuoteWriter(cache, config.cache_flush_interval_ms)
         self.producer = Producer(producer_settings(config))
-        self.consumer = Consumer({**consumer_settings(config), "on_commit": self._on_commit})
+        self.consumer = Consumer({**consumer_settings(config, worker),
+                                  "on_commit": self._on_commit})
         self._offsets: dict[int, int] = {}
         self.stopping = threading.Event()
         self.watchdog = Watchdog(self, STALL_S, LOOP_STALL_S)
@@ -715,15 +724,16 @@ def _install_stop(stop: Callable[[], None]) -> None:
         signal.signal(signum, lambda *_: stop())
 
 
-def run_worker(config: MarketDataConfig) -> None:
-    """One worker: the consumer loop until SIGTERM or SIGINT."""
+def run_worker(config: MarketDataConfig, worker: int = 0) -> None:
+    """One worker (`worker` of `config.processes`): the consumer loop until SIGTERM or
+    SIGINT."""
     key_prefix = config.kafka.topic_prefix if config.cache_key_prefix is None \
         else config.cache_key_prefix
     cache = QuoteCache(config.redis_url, key_prefix, candles_max=config.candles_max)
     try:
-        worker = MarketDataWorker(config, cache)
-        _install_stop(worker.stopping.set)
-        worker.run()
+        member = MarketDataWorker(config, cache, worker=worker)
+        _install_stop(member.stopping.set)
+        member.run()
     finally:
         cache.close()
 
@@ -737,7 +747,7 @@ def run(config: MarketDataConfig) -> None:
     stopped = threading.Event()
     _install_stop(stopped.set)
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=run_worker, args=(config,), name=f"market-data-{n}")
+    workers = [context.Process(target=run_worker, args=(config, n), name=f"market-data-{n}")
                for n in range(config.processes)]
     for worker in workers:
         worker.start()

@@ -82,6 +82,7 @@ from state.epoch import BrokerEpoch, read_epoch_record
 from state.exceptions import DecodeError, EpochUnavailable, ShardUnavailable
 from state.execution_booking import BookingReader, ExecutionRef, ShardOrder
 from state.ids import cl_ord_id_for, order_id_of_cl_ord_id
+from state.member_id import stable_member_id
 from state.messages import (
     Alert,
     ExecType,
@@ -246,6 +247,11 @@ class FixGateway:
             "bootstrap.servers": config.bootstrap_servers,
             "group.id": prefix + config.consumer_group,
             "session.timeout.ms": config.session_timeout_ms,
+            # librdkafka beats every 3 s by default: a 3 s session would lapse between beats.
+            "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100),
+            # A restarted gateway is the same static member (state.member_id says why).
+            "group.instance.id": stable_member_id(str(self.store_dir),
+                                                  prefix + config.consumer_group),
             "auto.offset.reset": "earliest",
             "enable.auto.commit": True,
             "enable.auto.offset.store": False,
