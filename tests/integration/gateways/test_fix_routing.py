@@ -31,6 +31,7 @@ def test_rejects_rests_cancels_and_spreads_over_sessions(services, topics,
     produce(services.bootstrap_servers, topics + Topic.QUOTES,
             [("AAPL", quote("AAPL", "209.90", "210.00"))])
     link.start()
+    link.wait_logged_on(2)  # orders spread over the sessions logged on when they come
     dlq = TopicReader(services.bootstrap_servers, topics + dlq_name(Topic.ORDERS_ROUTE))
     try:
         markets = orders_for("m", 4, services)
