@@ -1,5 +1,5 @@
-"""The short soak: the whole embedded stack for two minutes under the quote feed, orders and
-extra one-record quote batches that make the broker's data grow several times faster than the
+"""The short soak: the whole embedded stack for a minute under the quote feed, orders and
+extra one-record quote batches that make the broker's data grow many times faster than the
 feed alone. Every minute every consumer group makes progress (none stuck), /healthz is 200,
 quotes are fresh and every order is decided. The long version is benchmarks/soak.py."""
 
@@ -15,7 +15,7 @@ from tests.integration.compose.stack_process import start_stack
 
 pytestmark = pytest.mark.integration
 
-MINUTES = 2
+MINUTES = 1  # the suite's time is bounded; the data grows as in several minutes
 # Loose on purpose: the machine is shared; the soak's figure to meet is 2 s (issue 11).
 QUOTE_AGE_P99_S_MAX = 5.0
 
@@ -24,7 +24,7 @@ def test_the_stack_stays_live_while_the_broker_grows(server_dir: Path) -> None:
     stack = start_stack(server_dir / "data")
     try:
         rows = run(stack, argparse.Namespace(minutes=MINUTES, orders_per_s=1.0,
-                                             grow_per_s=50.0))
+                                             grow_per_s=100.0))
     finally:
         code = stack.stop()
     assert code == 0, "".join(stack.output[-50:])
