@@ -87,6 +87,13 @@ def _catch_up(app: SimulatorApplication, consumer: Consumer, idle_s: float = 0.5
             quiet_since = time.monotonic()
 
 
+def _log_first_quote(book: Book, symbol: str) -> None:
+    """Once per symbol: when the market maker could first price it (a stack's first orders
+    may have waited for this)."""
+    held = sum(order.request.symbol == symbol for order in book.held.values())
+    log.info("first quote for %s; %d orders were waiting for it", symbol, held)
+
+
 def _expire_held(app: SimulatorApplication) -> None:
     """Reject the orders that waited too long for a first quote. Checked on the market-data
     loop, which turns at least every 50 ms: the wait is tens of seconds."""
@@ -135,6 +142,8 @@ def _on_market_data(app: SimulatorApplication, record: Message) -> None:
         return
     with app.lock:
         if isinstance(message, Quote):
+            if message.symbol not in app.book.nbbo:
+                _log_first_quote(app.book, message.symbol)
             reports = app.book.on_quote(message.symbol, message.bid, message.ask,
                                         message.venue_time)
         else:
