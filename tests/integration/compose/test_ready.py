@@ -49,7 +49,7 @@ def _market_buy(base: str, token: str, account_id: str, symbol: str) -> str:
             "quantity": "1", "time_in_force": "day"}
     status, order = http("POST", f"{base}/v1/orders", body, token,
                          {"Idempotency-Key": f"ready-{symbol}-{uuid.uuid4().hex[:6]}"})
-    assert status in (200, 201, 202) and order["state"] != "rejected", (symbol, order)
+    assert status in (200, 201, 202) and order.get("state") != "rejected", (symbol, order)
     return str(order["order_id"])
 
 
