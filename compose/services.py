@@ -110,12 +110,14 @@ def _simulators(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> lis
     return specs
 
 
+def _connectors_dir(stack: StackConfig) -> str:
+    return stack.connectors.dir or str(Path(__file__).parent.parent / "connectors" / "examples")
+
+
 def _connectors(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
     from connectors.config import load_connector_dir
 
-    directory = stack.connectors.dir or str(Path(__file__).parent.parent / "connectors"
-                                           / "examples")
-    configs = [msgspec.to_builtins(c) for c in load_connector_dir(directory)]
+    configs = [msgspec.to_builtins(c) for c in load_connector_dir(_connectors_dir(stack))]
     config = {**_kafka(stack, endpoints), "connectors": configs,
               "hot_symbols": stack.market_data.hot_symbols,
               "state_dir": str(data_dir / "state" / "connectors")}
@@ -137,6 +139,23 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "fix_store_dir": str(data_dir / "fix" / "gateway")}
     return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
                        config)
+
+
+def feed_symbols(stack: StackConfig) -> tuple[str, ...]:
+    """Every symbol the stack's synthetic quote feeds publish on `quotes`, each once, in the
+    order of their files; none when the stack runs no connectors. Only the synthetic feed
+    names its symbols in its settings (a file replay's are in its data)."""
+    if "connectors" not in stack.stack.services:
+        return ()
+    from connectors.config import load_connector_dir
+    from connectors.registry import parse_settings
+    from state.topics import Topic
+
+    symbols: dict[str, None] = {}
+    for config in load_connector_dir(_connectors_dir(stack)):
+        if config.connector == "synthetic_quotes" and config.topic == Topic.QUOTES:
+            symbols.update(dict.fromkeys(parse_settings(config).symbols))
+    return tuple(symbols)
 
 
 _BUILDERS: dict[str, Callable[[StackConfig, Endpoints, Path], ServiceSpec]] = {

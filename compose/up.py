@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -11,7 +12,7 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -24,12 +25,20 @@ from compose.embedded import (
 )
 from compose.exceptions import ServiceStartError
 from compose.kafka import prepare_topics
-from compose.services import Endpoints, service_specs
+from compose.services import Endpoints, feed_symbols, service_specs
 from compose.stack import StackConfig
 from compose.supervisor import ServerWatch, Supervisor, report_to_stderr
+from state.exceptions import StoreError
+from state.messages import Quote
+from state.quote_cache import QuoteCache
 from state.topics import topic_specs
 
 HEALTH_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0
+# What carries a feed's quotes to an order: the feed, the topology that caches them (the HTTP
+# gateway's reference prices) and the HTTP gateway itself. A stack without one of them has no
+# quote-to-order path for `up` to wait on.
+READY_PATH_SERVICES = frozenset({"connectors", "market-data", "http"})
 # Each of these stops the stack cleanly: Ctrl-C, a service manager, the terminal closed.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Services stopped because the broker died are restarted anyway and everything durable
@@ -200,6 +209,49 @@ def wait_healthy(running: RunningStack, timeout_s: float = HEALTH_TIMEOUT_S) -> 
     return problems
 
 
+def ready_symbols(stack: StackConfig) -> tuple[str, ...]:
+    """The symbols `up` waits to see quoted before it calls the stack ready (none: no wait)."""
+    if not READY_PATH_SERVICES <= set(stack.stack.services):
+        return ()
+    return feed_symbols(stack)
+
+
+def unquoted(quotes: Mapping[str, Quote], symbols: Sequence[str],
+             since: dt.datetime) -> list[str]:
+    """The symbols without a quote from `since` on. An older quote is one a persistent Redis
+    kept from a previous run: the HTTP gateway would call it stale, and the market maker,
+    reading a new broker's `quotes`, has never seen it."""
+    return [symbol for symbol in symbols
+            if (quote := quotes.get(symbol)) is None or quote.venue_time < since]
+
+
+def _unquoted_now(cache: QuoteCache, symbols: Sequence[str], since: dt.datetime) -> list[str]:
+    try:
+        quotes = cache.get_many(symbols)
+    except StoreError:
+        quotes = {}  # Redis not answering yet counts as no quote: the wait goes on
+    return unquoted(quotes, symbols, since)
+
+
+def wait_ready(running: RunningStack, symbols: Sequence[str], since: dt.datetime,
+               timeout_s: float = READY_TIMEOUT_S) -> list[str]:
+    """Wait (bounded) until the quote cache holds a quote from `since` on for every symbol:
+    then a market order for any of them passes the HTTP gateway (it needs a reference price)
+    and finds a quote at the market maker. Returns the symbols still without one. The stack
+    stays supervised meanwhile."""
+    cache = QuoteCache(running.endpoints.redis_url, running.stack.stack.topic_prefix)
+    try:
+        deadline = time.monotonic() + timeout_s
+        missing = _unquoted_now(cache, symbols, since)
+        while missing and time.monotonic() < deadline:
+            running.poll()
+            time.sleep(0.25)
+            missing = _unquoted_now(cache, symbols, since)
+        return missing
+    finally:
+        cache.close()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -220,5 +272,5 @@ def serve_until_signalled(running: RunningStack) -> None:
         running.poll()
 
 
-__all__ = ["interrupt_on_stop_signals", "running_stack", "wait_healthy",
-           "serve_until_signalled", "wait_until"]
+__all__ = ["interrupt_on_stop_signals", "ready_symbols", "running_stack", "wait_healthy",
+           "wait_ready", "serve_until_signalled", "wait_until"]

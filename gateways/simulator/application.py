@@ -89,7 +89,8 @@ def report_message(report: Report, now: dt.datetime) -> fix.Message:
     if report.orig_cl_ord_id:
         message.setField(fixmsg.ORIG_CL_ORD_ID, report.orig_cl_ord_id)
     message.setField(fixmsg.EXEC_ID, report.exec_id)
-    message.setField(fixmsg.EXEC_TYPE, fixmsg.EXEC_TYPE_TO_FIX[report.exec_type])
+    message.setField(fixmsg.EXEC_TYPE,
+                     report.fix_exec_type or fixmsg.EXEC_TYPE_TO_FIX[report.exec_type])
     message.setField(fixmsg.ORD_STATUS, report.ord_status)
     if report.account:
         message.setField(fixmsg.ACCOUNT, report.account)

@@ -5,6 +5,14 @@ Market orders fill at the far side of the NBBO (ask for a buy, bid for a sell) i
 least `partial_fill_qty_min` fill in three reports of 40 %, 30 % and 30 %. Limit orders rest
 until the far side reaches their price; stop orders rest until the far side reaches the stop,
 then act as market (stop) or limit (stop_limit) orders.
+
+An order for a symbol without a quote yet (the first minutes of a stack, a symbol whose feed
+starts late) is held, not rejected: acknowledged as Pending New (FIX ExecType/OrdStatus A) and
+accepted (New, then executed as any order) on the symbol's first quote, or rejected with
+"no quote for symbol" once it has waited `quote_wait` with none. A market maker that cannot
+price an order yet acknowledges receipt and takes it when it can, rather than refusing an
+order it would fill a moment later; Pending New is the FIX way to say "received, not yet
+accepted", and it answers the request (the brokerage's stuck-order and breaker clocks stop).
 """
 
 from __future__ import annotations
@@ -29,6 +37,13 @@ class OrdStatus:
     FILLED = "2"
     CANCELED = "4"
     REJECTED = "8"
+    PENDING_NEW = "A"  # held: received, waiting for the symbol's first quote
+
+
+# ExecType (150) of a Pending New report: state.messages.ExecType has no member for it (the
+# brokerage reads the market maker's pending states as status information).
+FIX_EXEC_TYPE_PENDING_NEW = "A"
+NO_QUOTE = ("no quote for symbol", "1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,7 @@ class Report:
     rej_reason: str | None = None
     kind: str = "report"
     response_to: str = "1"  # CxlRejResponseTo of a cancel_reject: 1 cancel, 2 replace
+    fix_exec_type: str | None = None  # ExecType (150) when exec_type cannot name it (A)
 
 
 class CxlRejReason:
@@ -127,6 +143,11 @@ class SimOrder:
     def open(self) -> bool:
         return self.ord_status in (OrdStatus.NEW, OrdStatus.PARTIALLY_FILLED)
 
+    @property
+    def held(self) -> bool:
+        """Received but not accepted: waiting for its symbol's first quote."""
+        return self.ord_status == OrdStatus.PENDING_NEW
+
 
 def improved_price(side: Side, nbbo: NBBO, improvement_bps: Decimal) -> Decimal:
     """The far side of the NBBO improved in the customer's favour, rounded to the cent."""
@@ -146,13 +167,18 @@ def fill_parts(quantity: Decimal, partial_fill_qty_min: Decimal) -> list[Decimal
 
 class Book:
     def __init__(self, price_improvement_bps: Decimal, partial_fill_qty_min: Decimal,
-                 known_symbols: tuple[str, ...] = ()) -> None:
+                 known_symbols: tuple[str, ...] = (), quote_wait_s: float = 0.0) -> None:
         self.price_improvement_bps = price_improvement_bps
         self.partial_fill_qty_min = partial_fill_qty_min
         self.known_symbols = frozenset(known_symbols)
+        # How long an order waits for its symbol's first quote; 0 rejects it at once.
+        self.quote_wait = dt.timedelta(seconds=quote_wait_s)
         self.nbbo: dict[str, NBBO] = {}
         self.status: dict[str, SymbolStatus] = {}
         self.orders: dict[str, SimOrder] = {}  # by every ClOrdID that names the order
+        # Orders waiting for a first quote, by order_id: the expiry check looks at these
+        # only, not at every order the book has ever had.
+        self.held: dict[str, SimOrder] = {}
         self.dirty: dict[str, SimOrder] = {}  # changed since take_dirty(), by order_id
         self._unknown_status = 0
 
@@ -162,6 +188,8 @@ class Book:
             self.orders[order.request.cl_ord_id] = order
             for alias in order.aliases:
                 self.orders[alias] = order
+            if order.held:
+                self.held[order.order_id] = order
 
     def take_dirty(self) -> list[SimOrder]:
         dirty, self.dirty = list(self.dirty.values()), {}
@@ -178,10 +206,23 @@ class Book:
         self.nbbo[symbol] = NBBO(bid, ask)
         reports: list[Report] = []
         for order in self._open_orders(symbol):
-            if venue_time is not None and order.received_at is not None \
-                    and venue_time < order.received_at:
-                continue
-            reports += self._try_execute(order)
+            if not _older_than(venue_time, order):
+                reports += self._try_execute(order)
+        # Held orders after the resting ones: they arrived later. The same age rule keeps a
+        # replay after a restart deterministic (the same quote accepts the order again).
+        for order in [o for o in self.held.values() if o.request.symbol == symbol]:
+            if not _older_than(venue_time, order):
+                reports += self._accept_held(order)
+        return reports
+
+    def expire_held(self, now: dt.datetime) -> list[Report]:
+        """Reject every held order that has waited `quote_wait` without a quote."""
+        reports: list[Report] = []
+        for order in list(self.held.values()):
+            assert order.received_at is not None  # set for every held order
+            if now - order.received_at >= self.quote_wait:
+                reports.append(self._end_held(order, OrdStatus.REJECTED, ExecType.REJECTED,
+                                              *NO_QUOTE))
         return reports
 
     def on_status(self, symbol: str, status: SymbolStatus) -> None:
@@ -199,6 +240,11 @@ class Book:
         # Ids derive from the ClOrdID so they stay unique across simulator restarts.
         order_id = f"S-{request.cl_ord_id}"
         reason = self._rejection(request)
+        unquoted = reason is None and request.symbol not in self.nbbo
+        if unquoted and self.quote_wait > dt.timedelta(0) and now is not None:
+            return self._hold(request, order_id, now)
+        if unquoted:
+            reason = NO_QUOTE
         if reason is not None:
             text, code = reason
             order = SimOrder(request, order_id, request.cl_ord_id,
@@ -209,20 +255,50 @@ class Book:
                          fill_parts=fill_parts(request.quantity, self.partial_fill_qty_min),
                          received_at=now)
         self.orders[request.cl_ord_id] = order
+        return self._accept(order)
+
+    def _hold(self, request: NewOrder, order_id: str, now: dt.datetime) -> list[Report]:
+        order = SimOrder(request, order_id, request.cl_ord_id,
+                         fill_parts=fill_parts(request.quantity, self.partial_fill_qty_min),
+                         ord_status=OrdStatus.PENDING_NEW, received_at=now)
+        self.orders[request.cl_ord_id] = order
+        self.held[order_id] = order
+        return [self._report(order, ExecType.ORDER_STATUS, text="waiting for a quote",
+                             fix_exec_type=FIX_EXEC_TYPE_PENDING_NEW)]
+
+    def _accept(self, order: SimOrder) -> list[Report]:
+        """New, then whatever the order does at the current quote."""
+        order.ord_status = OrdStatus.NEW
         reports = [self._report(order, ExecType.NEW)]
         reports += self._try_execute(order)
-        if order.open and request.time_in_force is TimeInForce.IOC:
+        if order.open and order.request.time_in_force is TimeInForce.IOC:
             order.ord_status = OrdStatus.CANCELED
             reports.append(self._report(order, ExecType.CANCELED, text="IOC not marketable"))
         return reports
 
+    def _accept_held(self, order: SimOrder) -> list[Report]:
+        """A held order at its symbol's first quote: checked again (the symbol may have been
+        halted meanwhile), then accepted."""
+        del self.held[order.order_id]
+        reason = self._rejection(order.request)
+        if reason is not None:
+            return [self._end_held(order, OrdStatus.REJECTED, ExecType.REJECTED, *reason)]
+        return self._accept(order)
+
+    def _end_held(self, order: SimOrder, ord_status: str, exec_type: ExecType,
+                  text: str | None = None, code: str | None = None) -> Report:
+        self.held.pop(order.order_id, None)
+        order.ord_status = ord_status
+        return self._report(order, exec_type, text=text, rej_reason=code)
+
     def cancel(self, cl_ord_id: str, orig_cl_ord_id: str) -> list[Report]:
         order = self.orders.get(orig_cl_ord_id)
-        if order is None or not order.open:
+        if order is None or not (order.open or order.held):
             text, code = (("unknown order", CxlRejReason.UNKNOWN_ORDER) if order is None
                           else ("too late to cancel", CxlRejReason.TOO_LATE))
             return [self._cancel_reject(cl_ord_id, orig_cl_ord_id, order, text, code,
                                         response_to="1")]
+        self.held.pop(order.order_id, None)  # a held order may be cancelled while it waits
         order.ord_status = OrdStatus.CANCELED
         order.cl_ord_id = cl_ord_id
         order.aliases.append(cl_ord_id)
@@ -257,6 +333,9 @@ class Book:
                          request: ReplaceRequest) -> tuple[str, str] | None:
         if order is None:
             return "unknown order", CxlRejReason.UNKNOWN_ORDER
+        if order.held:
+            # Its terms were never accepted: a replace would change an order not yet taken.
+            return "order not yet accepted (waiting for a quote)", CxlRejReason.OTHER
         if not order.open:
             return "too late to replace", CxlRejReason.TOO_LATE
         if request.cl_ord_id in self.orders:
@@ -303,12 +382,12 @@ class Book:
     # ---- internals ---------------------------------------------------------------------
 
     def _rejection(self, request: NewOrder) -> tuple[str, str] | None:
+        """Why the order is refused, whatever the quote (a missing quote is the caller's:
+        the order may wait for one)."""
         if self.known_symbols and request.symbol not in self.known_symbols:
             return "unknown symbol", "1"
         if self.status.get(request.symbol) is SymbolStatus.HALTED:
             return "symbol halted", "2"
-        if request.symbol not in self.nbbo:
-            return "no quote for symbol", "1"
         if request.quantity <= 0:
             return "quantity must be positive", "13"
         if request.order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT) and (
@@ -366,7 +445,7 @@ class Book:
     def _report(self, order: SimOrder, exec_type: ExecType, *, last_qty: Decimal = Decimal(0),
                 last_px: Decimal = Decimal(0), text: str | None = None,
                 rej_reason: str | None = None, orig_cl_ord_id: str | None = None,
-                cl_ord_id: str | None = None) -> Report:
+                cl_ord_id: str | None = None, fix_exec_type: str | None = None) -> Report:
         order.reports += 1
         self.dirty[order.order_id] = order
         request = order.request
@@ -376,7 +455,8 @@ class Book:
             ord_status=order.ord_status, account=request.account, symbol=request.symbol,
             side=request.side, order_qty=request.quantity, last_qty=last_qty, last_px=last_px,
             cum_qty=order.cum_qty, leaves_qty=order.leaves_qty, avg_px=order.avg_px,
-            orig_cl_ord_id=orig_cl_ord_id, text=text, rej_reason=rej_reason)
+            orig_cl_ord_id=orig_cl_ord_id, text=text, rej_reason=rej_reason,
+            fix_exec_type=fix_exec_type)
 
     def _reject(self, request: NewOrder, order_id: str, text: str, code: str,
                 exec_type: ExecType, exec_suffix: str) -> Report:
@@ -387,3 +467,9 @@ class Book:
             side=request.side, order_qty=request.quantity, last_qty=Decimal(0),
             last_px=Decimal(0), cum_qty=Decimal(0), leaves_qty=Decimal(0), avg_px=Decimal(0),
             text=text, rej_reason=code)
+
+
+def _older_than(venue_time: dt.datetime | None, order: SimOrder) -> bool:
+    """A quote older than the order (replayed after a restart) does not move it."""
+    return venue_time is not None and order.received_at is not None \
+        and venue_time < order.received_at

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Annotated
 
 import msgspec
 
@@ -27,3 +28,7 @@ class SimulatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     sessions: int = 1  # counterparty sessions: target_comp_id, then target_comp_id_2, ...
     heartbeat_s: int = 5
     validate_messages: bool = True
+    # An order for a symbol without a quote yet waits this long for the first one (held as
+    # Pending New, executed when it comes) before it is rejected "no quote for symbol": a
+    # stack's first orders often beat its first quotes. 0 rejects at once.
+    quote_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0

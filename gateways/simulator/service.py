@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -32,7 +33,8 @@ def serve(config: SimulatorConfig, stop: threading.Event,
           ready: threading.Event | None = None) -> None:
     """Serve until `stop` is set (for callers that own the signals, e.g. tests in a thread)."""
     store_dir = Path(config.store_dir)
-    book = Book(config.price_improvement_bps, config.partial_fill_qty_min, config.known_symbols)
+    book = Book(config.price_improvement_bps, config.partial_fill_qty_min, config.known_symbols,
+                config.quote_wait_s)
     store = BookStore(store_dir)
     book.load(store.load())
     app = SimulatorApplication(config, book, store)
@@ -60,6 +62,7 @@ def serve(config: SimulatorConfig, stop: threading.Event,
         while not stop.is_set():
             for record in consumer.consume(num_messages=500, timeout=0.05):
                 _on_market_data(app, record)
+            _expire_held(app)
     finally:
         acceptor.stop()
         app.sender.stop()
@@ -82,6 +85,22 @@ def _catch_up(app: SimulatorApplication, consumer: Consumer, idle_s: float = 0.5
             _on_market_data(app, record)
         if any(record.error() is None for record in records):
             quiet_since = time.monotonic()
+
+
+def _log_first_quote(book: Book, symbol: str) -> None:
+    """Once per symbol: when the market maker could first price it (a stack's first orders
+    may have waited for this)."""
+    held = sum(order.request.symbol == symbol for order in book.held.values())
+    log.info("first quote for %s; %d orders were waiting for it", symbol, held)
+
+
+def _expire_held(app: SimulatorApplication) -> None:
+    """Reject the orders that waited too long for a first quote. Checked on the market-data
+    loop, which turns at least every 50 ms: the wait is tens of seconds."""
+    with app.lock:
+        reports = app.book.expire_held(dt.datetime.now(dt.UTC)) if app.book.held else []
+    if reports:
+        app.deliver_to_orders(reports)
 
 
 def _market_data_consumer(config: SimulatorConfig) -> Consumer:
@@ -123,6 +142,8 @@ def _on_market_data(app: SimulatorApplication, record: Message) -> None:
         return
     with app.lock:
         if isinstance(message, Quote):
+            if message.symbol not in app.book.nbbo:
+                _log_first_quote(app.book, message.symbol)
             reports = app.book.on_quote(message.symbol, message.bid, message.ask,
                                         message.venue_time)
         else:

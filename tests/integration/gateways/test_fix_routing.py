@@ -24,8 +24,10 @@ pytestmark = pytest.mark.integration
 
 def test_rejects_rests_cancels_and_spreads_over_sessions(services, topics,
                                                          tmp_path: Path) -> None:
+    # MSFT never gets a quote: its order waits (Pending New) a second, then is rejected.
     link = Link(services, topics, tmp_path,
-                {"sim1": {"sessions": 2, "known_symbols": ("AAPL", "MSFT")}})
+                {"sim1": {"sessions": 2, "known_symbols": ("AAPL", "MSFT"),
+                          "quote_wait_s": 1.0}})
     [maker] = link.gw_config.market_makers
     link.gw_config = replace(link.gw_config, market_makers=(replace(maker, sessions=2),))
     produce(services.bootstrap_servers, topics + Topic.QUOTES,
@@ -62,7 +64,8 @@ def test_rejects_rests_cancels_and_spreads_over_sessions(services, topics,
         def done(rs) -> bool:  # noqa: ANN001
             kinds = {(r.order_id, r.exec_type) for r in rs}
             return {(resting.order_id, ExecType.TRADE), (to_cancel.order_id, ExecType.CANCELED),
-                    ("ord_never", ExecType.CANCEL_REJECTED)} <= kinds
+                    ("ord_never", ExecType.CANCEL_REJECTED),
+                    (unquoted.order_id, ExecType.REJECTED)} <= kinds
         link.collect(done)
         reports = link.reports
         assert done(reports), link.logs()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 from gateways.simulator.book import NBBO, Book, NewOrder, OrdStatus, fill_parts, improved_price
@@ -106,8 +107,6 @@ def test_status_of_a_filled_order() -> None:
 
 
 def test_replayed_old_quote_does_not_fill_a_newer_order() -> None:
-    import datetime as dt
-
     b = book()
     arrived = dt.datetime(2026, 1, 2, 15, 0, tzinfo=dt.UTC)
     b.new_order(order(kind=OrderType.LIMIT, limit_price=Decimal("209.50")), arrived)
@@ -140,3 +139,86 @@ def test_book_survives_a_restart(tmp_path) -> None:  # noqa: ANN001
     assert again.orders["c1"].ord_status == OrdStatus.CANCELED
     fills = again.on_quote("AAPL", Decimal("209.30"), Decimal("209.45"))
     assert [(f.cl_ord_id, f.exec_id) for f in fills] == [("r1", "S-r1-2")]
+
+
+# ---- orders before the first quote (held as Pending New, bounded) -----------------------------
+
+T0 = dt.datetime(2026, 1, 2, 14, 30, tzinfo=dt.UTC)
+
+
+def unquoted_book(quote_wait_s: float = 30.0) -> Book:
+    """A book that knows MSFT but has no quote for it yet (a stack's first seconds)."""
+    return book(known_symbols=("AAPL", "MSFT"), quote_wait_s=quote_wait_s)
+
+
+def test_order_before_the_first_quote_fills_when_it_arrives() -> None:
+    b = unquoted_book()
+    [held] = b.new_order(order("w", symbol="MSFT"), T0)
+    assert (held.exec_type, held.ord_status, held.fix_exec_type) == (
+        ExecType.ORDER_STATUS, OrdStatus.PENDING_NEW, "A")
+    assert b.expire_held(T0 + dt.timedelta(seconds=5)) == []
+    reports = b.on_quote("MSFT", Decimal("415.00"), Decimal("415.20"),
+                         T0 + dt.timedelta(seconds=5))
+    assert [r.exec_type for r in reports] == [ExecType.NEW, ExecType.TRADE]
+    assert (reports[1].ord_status, reports[1].last_px) == (OrdStatus.FILLED, Decimal("415.16"))
+    assert b.expire_held(T0 + dt.timedelta(seconds=60)) == []  # nothing left to expire
+    assert len({r.exec_id for r in [held, *reports]}) == 3
+
+
+def test_order_without_a_quote_is_rejected_after_the_wait() -> None:
+    b = unquoted_book()
+    b.new_order(order("w", symbol="MSFT"), T0)
+    assert b.expire_held(T0 + dt.timedelta(seconds=29.9)) == []
+    [rejected] = b.expire_held(T0 + dt.timedelta(seconds=30))
+    assert (rejected.exec_type, rejected.ord_status, rejected.text) == (
+        ExecType.REJECTED, OrdStatus.REJECTED, "no quote for symbol")
+    assert b.on_quote("MSFT", Decimal("415.00"), Decimal("415.20"),
+                      T0 + dt.timedelta(seconds=31)) == []
+
+
+def test_without_a_wait_an_unquoted_order_is_rejected_at_once() -> None:
+    [rejected] = unquoted_book(quote_wait_s=0).new_order(order("w", symbol="MSFT"), T0)
+    assert rejected.text == "no quote for symbol"
+
+
+def test_a_held_order_is_checked_again_when_accepted() -> None:
+    b = unquoted_book()
+    b.new_order(order("w", symbol="MSFT"), T0)
+    b.on_status("MSFT", SymbolStatus.HALTED)
+    [rejected] = b.on_quote("MSFT", Decimal("415.00"), Decimal("415.20"),
+                            T0 + dt.timedelta(seconds=1))
+    assert (rejected.exec_type, rejected.text) == (ExecType.REJECTED, "symbol halted")
+
+
+def test_a_held_order_can_be_cancelled_not_replaced() -> None:
+    from gateways.simulator.book import ReplaceRequest
+
+    b = unquoted_book()
+    b.new_order(order("w", symbol="MSFT", kind=OrderType.LIMIT,
+                      limit_price=Decimal("400")), T0)
+    [refused] = b.replace(ReplaceRequest(
+        cl_ord_id="w.1", orig_cl_ord_id="w", symbol="MSFT", side=Side.BUY,
+        order_type=OrderType.LIMIT, quantity=Decimal(5), limit_price=Decimal("401")))
+    assert refused.kind == "cancel_reject" and "not yet accepted" in (refused.text or "")
+    [cancelled] = b.cancel("w.2", "w")
+    assert cancelled.exec_type is ExecType.CANCELED and cancelled.leaves_qty == 0
+    assert b.expire_held(T0 + dt.timedelta(seconds=60)) == []
+
+
+def test_a_held_order_survives_a_restart(tmp_path) -> None:  # noqa: ANN001
+    from gateways.simulator.store import BookStore
+
+    b = unquoted_book()
+    b.new_order(order("w", symbol="MSFT"), T0)
+    store = BookStore(tmp_path)
+    store.save(b.take_dirty())
+    again = unquoted_book()
+    again.load(store.load())
+    store.close()
+    # A quote from before the order (replayed) does not accept it; the next one does.
+    assert again.on_quote("MSFT", Decimal("414"), Decimal("415"),
+                          T0 - dt.timedelta(seconds=1)) == []
+    reports = again.on_quote("MSFT", Decimal("415.00"), Decimal("415.20"),
+                             T0 + dt.timedelta(seconds=1))
+    assert [(r.exec_type, r.exec_id) for r in reports] == [
+        (ExecType.NEW, "S-w-2"), (ExecType.TRADE, "S-w-3")]
