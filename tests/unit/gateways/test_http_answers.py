@@ -109,6 +109,9 @@ def test_a_hold_is_named_by_its_unit() -> None:
     schema = DOCUMENT["components"]["schemas"]["Order"]["properties"]
     assert "USD" in schema["held_usd"]["anyOf"][0]["description"]
     assert "shares" in schema["held_shares"]["anyOf"][0]["description"]
+    # The topic (and the WebSocket's order frames) keep held_amount, and say its unit.
+    topic = msgspec.json.schema(OrderEvent)["$defs"]["OrderEvent"]["properties"]
+    assert "USD for a buy, shares for a sell" in topic["held_amount"]["description"]
 
 
 def test_the_portfolio_names_the_shards_ledger_seq_not_a_broker_offset() -> None:
