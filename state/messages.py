@@ -350,7 +350,10 @@ class OrderEvent(Message, frozen=True, tag="order_event"):
     average_fill_price: Decimal | None = None
     last_fill_quantity: Decimal | None = None
     last_fill_price: Decimal | None = None
-    held_amount: Decimal | None = None
+    # Its unit follows `side`; the HTTP answers split it into held_usd and held_shares.
+    held_amount: Annotated[Decimal | None, msgspec.Meta(description=(
+        "the order's initial hold, in the unit of what it reserves: USD for a buy, shares "
+        "for a sell"))] = None
     v: Version1 = 1
 
 

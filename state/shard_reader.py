@@ -194,7 +194,7 @@ class ShardReader:
             "WHERE account_id = %s AND (quantity <> 0 OR cost_basis <> 0) ORDER BY symbol",
             (account_id,))
         latest = await self._fetch(
-            shard, "SELECT occurred_at, source_partition, source_offset FROM ledger_transactions"
+            shard, "SELECT occurred_at, ledger_seq FROM ledger_transactions"
             " WHERE account_id = %s ORDER BY ledger_seq DESC LIMIT 1", (account_id,))
         deposits = await self._fetch(
             shard, _DEPOSITS_SQL, {"a": account_id, "lookback": DEPOSITS_LOOKBACK,
@@ -213,8 +213,9 @@ class ShardReader:
             "positions": [_position(row, by_bucket) for row in positions],
             "deposits": deposits,
             "as_of": latest[0]["occurred_at"] if latest else None,
-            "ledger_offset": latest[0]["source_offset"] if latest else None,
-            "ledger_partition": latest[0]["source_partition"] if latest else None,
+            # The shard's own landing number, not the broker offset the transaction came
+            # from: an offset restarts with a new broker epoch, ledger_seq never goes back.
+            "ledger_seq": latest[0]["ledger_seq"] if latest else None,
         }
 
     # -- orders ------------------------------------------------------------------------------

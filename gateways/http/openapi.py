@@ -13,6 +13,17 @@ from gateways.http.websocket import CLIENT_OPS
 
 _PROBLEM_STATUSES = (400, 401, 404, 409, 413, 422, 429, 503)
 _PATH_PARAM = re.compile(r"{(\w+)}")
+_DESCRIPTION = (
+    "Money, prices and quantities are decimal strings, each at its scale: USD in cents, prices "
+    "at their tick, shares at 6 places; a field's description names its unit. Every answer "
+    "object lists all its fields (additionalProperties false). An order's `state` is the "
+    "order's (a 202 has it too), `status` a 202's request's. Changed in 1.1.0: an order's "
+    "`held_amount` (USD for a buy, shares for a sell) is `held_usd` or `held_shares`; the "
+    "shard's bookkeeping (`last_event_id`, event `payload`) left the order, whose events carry "
+    "their fill figures as fields; OrderAccepted has `state`; the portfolio's `ledger_offset` "
+    "(a broker offset) is `ledger_seq` (the shard's, stable across broker restarts); accounts "
+    "have `status`; quotes and candles lose `type` and `v`. The WebSocket /v1/stream is "
+    "described by the AsyncAPI document at /v1/asyncapi.json.")
 
 
 def _ref(kind: Any) -> dict[str, str]:
@@ -36,7 +47,8 @@ def _operation(route: Route) -> dict[str, Any]:
                                   "content": {"application/json": {"schema": _ref(kind)}}}
     if not route.responses:
         responses["200"] = {"description": "OK", "content": {"text/plain": {}}}
-    for status in _PROBLEM_STATUSES:
+    problems = _PROBLEM_STATUSES + ((415,) if route.request is not None else ()) + (500,)
+    for status in sorted(problems):
         responses[str(status)] = {"description": "problem",
                                   "content": {"application/problem+json": {
                                       "schema": _ref(s.ProblemDoc)}}}
@@ -72,10 +84,8 @@ def openapi_document() -> dict[str, Any]:
         "responses": {"101": {"description": "switching to WebSocket"}}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Brokerage API", "version": "1.0.0",
-                 "description": "Money, prices and quantities are decimal strings. The "
-                 "WebSocket /v1/stream is described by the AsyncAPI document at "
-                 "/v1/asyncapi.json."},
+        "info": {"title": "Brokerage API", "version": "1.1.0",
+                 "description": _DESCRIPTION},
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",

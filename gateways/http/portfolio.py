@@ -101,6 +101,6 @@ def value_portfolio(ledger: dict[str, Any], quotes: dict[str, Quote], now: dt.da
         "unrealized_pnl": money_text(unrealized_total),
         "positions": positions,
         "as_of": ledger.get("as_of"),
-        "ledger_offset": ledger.get("ledger_offset"),
+        "ledger_seq": ledger.get("ledger_seq"),
         "quotes_as_of": min(quote_times) if quote_times else None,
     }

@@ -18,6 +18,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateways.fix.best_execution import best_execution_report, prometheus_text
+from gateways.http import answers
 from gateways.http import schemas as s
 from gateways.http.auth import bearer_token, issue_token
 from gateways.http.bus import BrokerUnavailable
@@ -38,7 +39,7 @@ from gateways.http.validation import (
     validate_order,
     validate_replace,
 )
-from state.domain.money import money_text
+from state.domain.money import money_text, price_text, shares_text
 from state.domain.risk import Reason
 from state.exceptions import StoreError
 from state.ids import order_id_for
@@ -298,14 +299,15 @@ async def create_account(request: web.Request) -> web.Response:
     gateway.owners[account_id] = user_id
     if gateway.hub is not None:
         gateway.hub.account_created(user_id, account_id, gateway)
-    return json_response(account, 201, {"Location": f"/v1/accounts/{account_id}"})
+    return json_response(answers.account(account), 201,
+                         {"Location": f"/v1/accounts/{account_id}"})
 
 
 async def list_accounts(request: web.Request) -> web.Response:
     gateway = gateway_of(request)
     user_id = await authenticate(request, "reads")
     accounts = await gateway.reader.accounts_of_user(user_id)
-    return json_response({"accounts": accounts})
+    return json_response(s.AccountList(accounts=[answers.account(a) for a in accounts]))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -315,7 +317,7 @@ async def get_account(request: web.Request) -> web.Response:
     account = await gateway.reader.account(account_id)
     if account is None:
         raise _not_found("account")
-    return json_response(account)
+    return json_response(answers.account(account))
 
 
 # ---- money ---------------------------------------------------------------------------------
@@ -415,18 +417,6 @@ async def withdraw(request: web.Request) -> web.Response:
 # ---- orders --------------------------------------------------------------------------------
 
 
-def order_from_event(event: OrderEvent) -> dict[str, Any]:
-    return {
-        "order_id": event.order_id, "account_id": event.account_id, "symbol": event.symbol,
-        "side": event.side, "order_type": event.order_type, "quantity": event.quantity,
-        "time_in_force": event.time_in_force, "state": event.state,
-        "filled_quantity": event.filled_quantity, "limit_price": event.limit_price,
-        "stop_price": event.stop_price, "average_fill_price": event.average_fill_price,
-        "reason": event.reason, "idempotency_key": event.idempotency_key,
-        "updated_at": event.occurred_at,
-    }
-
-
 def _rejected(order_id: str, account_id: str, reason: str, detail: str | None) -> Problem:
     return Problem(422, "order_rejected", detail or f"order rejected: {reason}",
                    reason=reason, order_id=order_id, account_id=account_id)
@@ -477,9 +467,14 @@ async def place_order(request: web.Request) -> web.Response:
     if isinstance(answer, OrderEvent):
         if answer.state == OrderState.REJECTED:
             raise _rejected(order_id, account_id, answer.reason or "rejected", answer.detail)
-        return json_response(order_from_event(answer), 201, location)
-    return json_response({"order_id": order_id, "account_id": account_id, "status": "pending",
-                          "idempotency_key": key}, 202, location)
+        return json_response(answers.order_from_event(answer), 201, location)
+    return json_response(_pending_order(order_id, account_id, key), 202, location)
+
+
+def _pending_order(order_id: str, account_id: str, key: str) -> s.OrderAccepted:
+    return s.OrderAccepted(order_id=order_id, account_id=account_id,
+                           status=s.RequestStatus.PENDING, state=OrderState.PENDING,
+                           idempotency_key=key)
 
 
 async def _admit_order(gateway: Gateway, user_id: str, now: dt.datetime, scope: str, key: str,
@@ -527,9 +522,10 @@ async def _replayed_order(gateway: Gateway, account_id: str, order_id: str,
     if order is not None:
         if order.get("state") == OrderState.REJECTED:
             raise _rejected(order_id, account_id, order.get("reason") or "rejected", None)
-        return json_response(order, 200, {"Location": f"/v1/orders/{order_id}"})
-    return json_response({"order_id": order_id, "account_id": account_id, "status": "pending",
-                          "idempotency_key": key}, 202, {"Location": f"/v1/orders/{order_id}"})
+        return json_response(answers.order(order), 200,
+                             {"Location": f"/v1/orders/{order_id}"})
+    return json_response(_pending_order(order_id, account_id, key), 202,
+                         {"Location": f"/v1/orders/{order_id}"})
 
 
 async def _find_order(gateway: Gateway, user_id: str, order_id: str,
@@ -564,7 +560,9 @@ async def list_orders(request: web.Request) -> web.Response:
     orders: list[dict[str, Any]] = []
     for account in accounts:
         orders += await gateway.reader.orders(account, limit)
-    return json_response({"orders": orders[:limit] if account_id is None else orders})
+    return json_response(s.OrderList(orders=[
+        answers.order(row, with_events=False)
+        for row in (orders[:limit] if account_id is None else orders)]))
 
 
 async def get_order(request: web.Request) -> web.Response:
@@ -572,7 +570,7 @@ async def get_order(request: web.Request) -> web.Response:
     user_id = await authenticate(request, "reads")
     order = await _find_order(gateway, user_id, request.match_info["order_id"],
                               request.query.get("account_id"))
-    return json_response(order)
+    return json_response(answers.order(order))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
@@ -594,9 +592,10 @@ async def cancel_order(request: web.Request) -> web.Response:
         raise Problem(409, answer.reason, answer.detail or f"cancel rejected: {answer.reason}",
                       reason=answer.reason, order_id=order_id)
     if isinstance(answer, OrderEvent):
-        return json_response(order_from_event(answer))
-    return json_response({"order_id": order_id, "account_id": account_id,
-                          "status": "cancel_requested", "idempotency_key": key}, 202)
+        return json_response(answers.order_from_event(answer))
+    return json_response(s.OrderAccepted(
+        order_id=order_id, account_id=account_id, status=s.RequestStatus.CANCEL_REQUESTED,
+        state=OrderState(order["state"]), idempotency_key=key), 202)
 
 
 def _require_open(order: dict[str, Any], order_id: str) -> None:
@@ -642,11 +641,13 @@ async def replace_order(request: web.Request) -> web.Response:
     if isinstance(answer, OrderEvent):
         current = {"quantity": answer.quantity, "limit_price": answer.limit_price,
                    "stop_price": answer.stop_price}
-        return json_response({**order_from_event(answer), "pending_replace": _pending_replace(
-            valid, current, key, _REPLACE_STATES.get(answer.reason or "", "requested"))})
-    return json_response({"order_id": order_id, "account_id": account_id,
-                          "status": "replace_requested", "idempotency_key": key,
-                          "pending_replace": _pending_replace(valid, order, key, "sent")}, 202)
+        return json_response(msgspec.structs.replace(
+            answers.order_from_event(answer), pending_replace=_pending_replace(
+                valid, current, key, _REPLACE_STATES.get(answer.reason or "", "requested"))))
+    return json_response(s.OrderAccepted(
+        order_id=order_id, account_id=account_id, status=s.RequestStatus.REPLACE_REQUESTED,
+        state=OrderState(order["state"]), idempotency_key=key,
+        pending_replace=_pending_replace(valid, order, key, "sent")), 202)
 
 
 # The reason of the order event that answered a replace -> the replace's state.
@@ -655,14 +656,19 @@ _REPLACE_STATES = {"replace_requested": "requested", "replaced": "replaced",
 
 
 def _pending_replace(valid: ValidReplace, current: dict[str, Any], key: str, state: str
-                     ) -> dict[str, Any]:
+                     ) -> s.PendingReplace:
     """The terms a replace asked for (the fields it left out keep the order's `current`
     ones) and its state: the order's own terms change only once the market maker confirms."""
     def term(name: str) -> Any:
         asked = getattr(valid, name)
         return asked if asked is not None else current.get(name)
-    return {"state": state, "idempotency_key": key, "quantity": term("quantity"),
-            "limit_price": term("limit_price"), "stop_price": term("stop_price")}
+
+    def price(name: str) -> str | None:
+        value = term(name)
+        return None if value is None else price_text(Decimal(str(value)))
+    return s.PendingReplace(state=state, idempotency_key=key,
+                            quantity=shares_text(Decimal(str(term("quantity")))),
+                            limit_price=price("limit_price"), stop_price=price("stop_price"))
 
 
 # ---- portfolio, activities, market data ----------------------------------------------------
@@ -692,7 +698,8 @@ async def activities(request: web.Request) -> web.Response:
         if as_of.tzinfo is None:
             raise Problem(400, "invalid_parameter", "as_of needs a UTC offset", field="as_of")
     entries = await gateway.reader.activities(account_id, as_of)
-    return json_response({"account_id": account_id, "activities": entries})
+    return json_response(s.ActivityList(account_id=account_id,
+                                        activities=[answers.activity(e) for e in entries]))
 
 
 def _symbols(text: str) -> list[str]:
@@ -715,8 +722,9 @@ async def quotes(request: web.Request) -> web.Response:
     await authenticate(request, "reads")
     symbols = _symbols(request.query.get("symbols", ""))
     found = await gateway.quotes.get_many(symbols)
-    return json_response({"quotes": [found[s] for s in symbols if s in found],
-                          "missing": [s for s in symbols if s not in found]})
+    return json_response(s.QuoteList(
+        quotes=[answers.quote(found[symbol]) for symbol in symbols if symbol in found],
+        missing=[symbol for symbol in symbols if symbol not in found]))
 
 
 async def candles(request: web.Request) -> web.Response:
@@ -732,7 +740,8 @@ async def candles(request: web.Request) -> web.Response:
                       f"interval must be one of {', '.join(CANDLE_INTERVALS)}", field="interval")
     limit = _int_param(request, "limit", 100, 1, 1000)
     found = await _read_candles(gateway, symbol, interval, limit)
-    return json_response({"symbol": symbol, "interval": interval, "candles": found})
+    return json_response(s.CandleList(symbol=symbol, interval=interval,
+                                      candles=[answers.candle(c) for c in found]))
 
 
 async def _read_candles(gateway: Gateway, symbol: str, interval: str,
@@ -860,10 +869,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/accounts/{account_id}", get_account, "One of the caller's accounts",
           responses=((200, s.Account),), tag="accounts"),
     Route("POST", "/v1/accounts/{account_id}/deposits", deposit, "Deposit cash (ACH)",
-          s.MoneyRequest, ((201, s.MoneyReply), (202, s.MoneyReply)), idempotency_key=True,
+          s.MoneyRequest, ((201, s.MoneyReply), (200, s.MoneyReply), (202, s.MoneyReply)),
+          idempotency_key=True,
           tag="money"),
     Route("POST", "/v1/accounts/{account_id}/withdrawals", withdraw, "Withdraw cash",
-          s.MoneyRequest, ((201, s.MoneyReply), (202, s.MoneyReply)), idempotency_key=True,
+          s.MoneyRequest, ((201, s.MoneyReply), (200, s.MoneyReply), (202, s.MoneyReply)),
+          idempotency_key=True,
           tag="money"),
     Route("GET", "/v1/accounts/{account_id}/commands/{idempotency_key}", command_outcome,
           "What became of a command (deposit, withdrawal, order, cancel) by its "

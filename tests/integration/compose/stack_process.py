@@ -221,6 +221,13 @@ def stop_everything(stack: StackProcess, timeout_s: float = 60.0) -> int | None:
 
 def http(method: str, url: str, body: Any = None, token: str | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    status, _content_type, raw = exchange(method, url, body, token, headers)
+    return status, json.loads(raw) if raw else None
+
+
+def exchange(method: str, url: str, body: Any = None, token: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+    """One request: the answer's status, content type (without parameters) and bytes."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     request.add_header("Content-Type", "application/json")
@@ -230,11 +237,9 @@ def http(method: str, url: str, body: Any = None, token: str | None = None,
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
-            raw = answer.read()
-            return answer.status, json.loads(raw) if raw else None
+            return answer.status, answer.headers.get_content_type(), answer.read()
     except urllib.error.HTTPError as error:
-        raw = error.read()
-        return error.code, json.loads(raw) if raw else None
+        return error.code, error.headers.get_content_type(), error.read()
 
 
 def eventually(probe: Any, timeout_s: float = 30.0, interval_s: float = 0.2) -> Any:

@@ -19,9 +19,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.compose.stack_process import eventually, http, start_stack
+from tests.integration.compose.stack_process import eventually, exchange, start_stack
+from tests.openapi_answers import checked_http
 
 pytestmark = pytest.mark.integration
+# Every answer this test gets is checked against the OpenAPI document the stack publishes.
+http = checked_http(exchange)
 
 
 def _login(base: str, user_id: str) -> str:

@@ -26,10 +26,12 @@ from gateways.http.bus import CommandProducer
 from gateways.http.config import HttpConfig
 from gateways.http.context import GATEWAY
 from state.ids import order_id_for
-from state.messages import PlaceOrder
+from state.messages import Candle, OrderState, PlaceOrder
 from state.quote_cache import QuoteCache
-from state.shard_store import migrate
+from state.shard_store import connect, migrate, write_batch
 from tests.integration.gateways.test_http_support import Responder, gateway_config, quote
+from tests.integration.sinks import ledger_builders as ledger
+from tests.openapi_answers import CheckedClient
 
 pytestmark = pytest.mark.integration
 Scenario = Callable[[TestClient], Awaitable[None]]
@@ -51,7 +53,7 @@ def responder(services: Any, topics: str) -> Iterator[Responder]:
 
 def serve(config: HttpConfig, scenario: Scenario) -> None:
     async def main() -> None:
-        async with TestClient(TestServer(create_app(config))) as client:
+        async with CheckedClient(TestServer(create_app(config))) as client:
             await scenario(client)
 
     asyncio.run(main())
@@ -133,6 +135,90 @@ def test_accounts_deposits_orders_portfolio_and_health(
     # the 409 never reached the topic; the replay may be answered from the shard or not
     assert {c.quantity for c in places} <= {Decimal("10"), Decimal("5000")}
     assert all(c.reference_price is not None for c in places)
+
+
+def land(dsn: str, postings: list[Any], events: list[Any]) -> None:
+    """What the shard sink would have written (no sink runs here)."""
+    with connect(dsn) as conn:
+        write_batch(conn, postings, events)
+
+
+def test_every_operation_answers_as_its_schema_says(
+        services: Any, topics: str, databases: tuple[str, ...], responder: Responder) -> None:
+    """Each read and command once, on the real stores: the client checks every answer against
+    the published document (the assertions here only steer to each kind of answer)."""
+    config = gateway_config(services, topics, databases, reply_wait_ms=300)
+    cache = QuoteCache(services.redis_url, topics)
+    cache.put(quote("AAPL", "209.40", "209.45"))
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    cache.write([], [Candle(symbol="AAPL", interval="1m", start=now,
+                            end=now + dt.timedelta(minutes=1), open=Decimal("209.40"),
+                            high=Decimal("209.50"), low=Decimal("209.30"),
+                            close=Decimal("209.45"), volume=Decimal(300),
+                            vwap=Decimal("209.4123"), trades=3)])
+
+    async def scenario(client: TestClient) -> None:
+        alice = await login(client, "alice")
+        opened = await client.post("/v1/accounts", json={}, headers=alice)
+        account = await opened.json()
+        account_id, dsn = account["account_id"], databases[account["shard"]]
+        assert (await client.get("/v1/accounts", headers=alice)).status == 200
+        money = {**alice, "Idempotency-Key": "dep-1"}
+        url = f"/v1/accounts/{account_id}/deposits"
+        assert (await client.post(url, json={"amount": "1000"}, headers=money)).status == 201
+        txn = ledger.deposit(account_id, "1000.00", "dep-1")
+        land(dsn, [txn], [ledger.accepted(account_id, "dep-1", txn)])
+        retried = await client.post(url, json={"amount": "1000"}, headers=money)
+        assert retried.status == 200, await retried.text()
+        outcome = await client.get(f"/v1/accounts/{account_id}/commands/dep-1", headers=alice)
+        assert (await outcome.json())["status"] == "accepted"
+        withdrawal = await client.post(f"/v1/accounts/{account_id}/withdrawals",
+                                       json={"amount": "5"},
+                                       headers={**alice, "Idempotency-Key": "wd-1"})
+        assert withdrawal.status == 202  # the responder does not answer withdrawals
+        pending = await client.get(f"/v1/accounts/{account_id}/commands/wd-1", headers=alice)
+        assert (await pending.json())["status"] == "pending"
+        missing = await client.get(f"/v1/accounts/{account_id}/commands/nope", headers=alice)
+        assert missing.status == 404
+
+        placed = await client.post("/v1/orders", json={**ORDER, "account_id": account_id},
+                                   headers={**alice, "Idempotency-Key": "ord-1"})
+        assert placed.status == 201, await placed.text()
+        order_id = (await placed.json())["order_id"]
+        held = ledger.order_event(account_id, "ord-1", 0, OrderState.FUNDS_HELD)
+        fill = ledger.order_event(account_id, "ord-1", 1, OrderState.PARTIALLY_FILLED,
+                                  filled="4")
+        land(dsn, [ledger.fill(account_id, order_id, "x1", "buy", "AAPL", "4", "209.45")], [
+            msgspec.structs.replace(held, held_amount=Decimal("2095.00")),
+            msgspec.structs.replace(fill, previous_state=OrderState.FUNDS_HELD,
+                                    last_fill_quantity=Decimal(4),
+                                    last_fill_price=Decimal("209.45"),
+                                    average_fill_price=Decimal("209.45"),
+                                    held_amount=Decimal("2095.00"))])
+        read = await (await client.get(f"/v1/orders/{order_id}", headers=alice)).json()
+        assert (read["held_usd"], read["events"][1]["last_fill_price"]) == ("2095.00", "209.45")
+        assert (await client.get("/v1/orders", headers=alice)).status == 200
+        assert (await client.get("/v1/orders/ord_none", headers=alice)).status == 404
+        changed = await client.patch(f"/v1/orders/{order_id}",
+                                     json={"account_id": account_id, "quantity": "12"},
+                                     headers={**alice, "Idempotency-Key": "rep-1"})
+        assert changed.status in (200, 202, 422), await changed.text()
+        cancel = await client.delete(f"/v1/orders/{order_id}", headers=alice)
+        assert cancel.status == 202  # the responder does not answer cancels
+
+        folio = await client.get(f"/v1/portfolio?account_id={account_id}", headers=alice)
+        assert (await folio.json())["ledger_seq"] is not None
+        activities = await client.get(f"/v1/activities?account_id={account_id}",
+                                      headers=alice)
+        assert len((await activities.json())["activities"]) >= 2
+        quotes = await client.get("/v1/quotes?symbols=AAPL,MSFT", headers=alice)
+        assert len((await quotes.json())["quotes"]) == 1
+        candles = await client.get("/v1/candles/AAPL?interval=1m", headers=alice)
+        assert len((await candles.json())["candles"]) == 1
+        assert (await client.get("/v1/candles/AAPL?interval=7m", headers=alice)).status == 400
+        assert (await client.get("/v1/nowhere", headers=alice)).status == 404
+
+    serve(config, scenario)
 
 
 BAD_BODIES: list[tuple[dict[str, Any] | bytes, int, str]] = [

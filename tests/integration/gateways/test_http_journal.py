@@ -30,6 +30,7 @@ from state.topics import Topic
 from tests.integration.gateways.test_http_support import gateway_config
 from tests.integration.sinks.helpers import running_sink
 from tests.integration.topologies.test_accounts_topology import Topology
+from tests.openapi_answers import CheckedClient
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,7 @@ def new_topics(services: Any, prefix: str) -> str:
 
 def serve(config: HttpConfig, scenario: Callable[[TestClient], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        async with TestClient(TestServer(create_app(config))) as client:
+        async with CheckedClient(TestServer(create_app(config))) as client:
             return await scenario(client)
 
     return asyncio.run(main())

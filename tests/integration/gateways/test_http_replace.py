@@ -66,9 +66,9 @@ def test_replace_is_answered_through_the_topics(services: Any, topics: str,
         assert changed.status == 200, await changed.text()
         body = await changed.json()
         assert (body["order_id"], body["quantity"], body["limit_price"]) == (
-            order_id, "12", "209.60")
+            order_id, "12.000000", "209.60")
         assert (body["pending_replace"]["quantity"], body["pending_replace"]["limit_price"],
-                body["pending_replace"]["idempotency_key"]) == ("12", "209.60", "rep-1")
+                body["pending_replace"]["idempotency_key"]) == ("12.000000", "209.60", "rep-1")
 
         refused = await client.patch(
             f"/v1/orders/{order_id}", json={"account_id": account_id, "quantity": "5000"},

@@ -124,7 +124,7 @@ def test_reader_creates_accounts_and_reads_the_portfolio(services, topics, fresh
     assert [a["account_id"] for a in mine] == [account_id]
     assert empty["cash"] == 0 and empty["positions"] == [] and empty["as_of"] is None
     assert folio["cash"] == Decimal("8000.00") and folio["buying_power"] == Decimal("8000.00")
-    assert folio["as_of"] == at(2) and folio["ledger_offset"] is not None
+    assert folio["as_of"] == at(2) and folio["ledger_seq"] is not None
     assert folio["positions"] == [{
         "symbol": "AAPL", "quantity": Decimal(10), "average_cost": Decimal("200.000000"),
         "cost_basis": Decimal("2000.00"), "quantity_settled": Decimal(0),

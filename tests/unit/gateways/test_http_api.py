@@ -25,7 +25,8 @@ from state.messages import (
     PlaceOrder,
     Side,
 )
-from tests.unit.gateways.test_http_fakes import NOW, SECRET, Fakes, config, quote
+from tests.openapi_answers import CheckedClient
+from tests.unit.gateways.test_http_fakes import NOW, SECRET, Fakes, config, quote, shard_order
 
 Scenario = Callable[[TestClient, Fakes], Awaitable[None]]
 
@@ -35,7 +36,7 @@ def run(scenario: Scenario, **overrides: Any) -> Fakes:
 
     async def main() -> None:
         app = create_app(config(**overrides), backends=fakes.backends)
-        async with TestClient(TestServer(app)) as client:
+        async with CheckedClient(TestServer(app)) as client:
             await scenario(client, fakes)
 
     asyncio.run(main())
@@ -151,7 +152,7 @@ def test_order_answered_within_the_wait_is_201_and_carries_the_reference_quote()
         assert response.status == 201, await response.text()
         body = await response.json()
         assert body["order_id"] == order_id_for(account_id, "k1")
-        assert body["state"] == "funds_held" and body["quantity"] == "10"
+        assert body["state"] == "funds_held" and body["quantity"] == "10.000000"
         assert body["limit_price"] == "209.50"
         [(topic, key, command)] = fakes.producer.produced
         assert topic.endswith("orders.commands") and key == account_id
@@ -187,8 +188,10 @@ def test_no_answer_within_the_wait_is_202_with_the_order_id() -> None:
         response = await place(client, account_id, "k1")
         assert response.status == 202
         body = await response.json()
+        # `status` is the request's, `state` the order's (every order answer carries it).
         assert body == {"order_id": order_id_for(account_id, "k1"), "account_id": account_id,
-                        "status": "pending", "idempotency_key": "k1"}
+                        "status": "pending", "state": "pending", "idempotency_key": "k1",
+                        "pending_replace": None}
         assert response.headers["Location"] == f"/v1/orders/{body['order_id']}"
 
     run(scenario, reply_wait_ms=50)
@@ -204,8 +207,7 @@ def test_same_key_same_body_is_the_same_order_and_another_body_is_409() -> None:
         order_id = (await first.json())["order_id"]
         again = await place(client, account_id, "k1")
         assert again.status == 202 and (await again.json())["order_id"] == order_id
-        fakes.reader.orders_by_id[(account_id, order_id)] = {
-            "order_id": order_id, "account_id": account_id, "state": "funds_held"}
+        fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(account_id, order_id)
         replay = await place(client, account_id, "k1")
         assert replay.status == 200 and (await replay.json())["order_id"] == order_id
         other = await place(client, account_id, "k1", quantity="11")
@@ -444,7 +446,10 @@ def test_an_acknowledged_order_is_readable_and_cancellable_before_it_lands() -> 
         order_id = order_id_for(account_id, "k1")
         fakes.reader.journaled_orders[(account_id, order_id)] = {
             "order_id": order_id, "account_id": account_id, "symbol": "AAPL", "side": "buy",
-            "order_type": "limit", "quantity": "2", "state": "pending", "events": []}
+            "order_type": "limit", "quantity": "2", "time_in_force": "day",
+            "state": "pending", "filled_quantity": "0", "limit_price": "209.50",
+            "stop_price": None, "idempotency_key": "k1", "created_at": NOW, "events": [],
+            "detail": "accepted; its decision is not on record yet"}
         read = await client.get(f"/v1/orders/{order_id}", headers=bearer("alice"))
         assert read.status == 200 and (await read.json())["state"] == "pending"
         theirs = await client.get(f"/v1/orders/{order_id}", headers=bearer("bob"))
@@ -487,7 +492,7 @@ def test_portfolio_values_positions_at_the_latest_quotes() -> None:
         fakes.quotes.quotes["AAPL"] = quote("AAPL", "210.00", "210.10", last="210.05")
         fakes.reader.portfolios[account_id] = {
             "account_id": account_id, "cash": Decimal("1000.00"), "cash_held": Decimal("50.00"),
-            "buying_power": Decimal("1000.00"), "as_of": NOW, "ledger_offset": 17,
+            "buying_power": Decimal("1000.00"), "as_of": NOW, "ledger_seq": 17,
             "positions": [
                 {"symbol": "AAPL", "quantity": Decimal("2.5"), "average_cost": Decimal("200"),
                  "cost_basis": Decimal("500.00")},
@@ -505,7 +510,7 @@ def test_portfolio_values_positions_at_the_latest_quotes() -> None:
         assert xyz["market_value"] is None
         assert body["equity"] == "1585.12"  # 1050.00 + 525.125 + 10.00, rounded once
         assert body["withdrawable_cash"] == "1000.00" and body["held_deposits"] == []
-        assert body["ledger_offset"] == 17 and body["as_of"].startswith("2026-03-02T15:00")
+        assert body["ledger_seq"] == 17 and body["as_of"].startswith("2026-03-02T15:00")
         missing = await client.get("/v1/portfolio", headers=bearer("alice"))
         assert (await missing.json())["code"] == "missing_parameter"
         theirs = await client.get(f"/v1/portfolio?account_id={account_id}",
@@ -561,8 +566,8 @@ def test_cancel_unknown_and_foreign_orders_are_404() -> None:
     async def scenario(client: TestClient, fakes: Fakes) -> None:
         account_id = await new_account(client)
         order_id = order_id_for(account_id, "k1")
-        fakes.reader.orders_by_id[(account_id, order_id)] = {
-            "order_id": order_id, "account_id": account_id, "state": "routed"}
+        fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(
+            account_id, order_id, state="routed")
         theirs = await client.delete(f"/v1/orders/{order_id}", headers=bearer("bob"))
         assert theirs.status == 404
         nope = await client.delete("/v1/orders/ord_nope", headers=bearer("alice"))

@@ -43,7 +43,7 @@ from state.messages import (
     TimeInForce,
 )
 from tests.unit.gateways.test_http_api import ORDER, accept_everything, bearer, new_account, run
-from tests.unit.gateways.test_http_fakes import NOW, Fakes, quote
+from tests.unit.gateways.test_http_fakes import NOW, Fakes, quote, shard_order
 from tests.unit.gateways.test_http_replace import answer_replaces, open_order
 
 MARKET_BUY = {"symbol": "AAPL", "side": "buy", "order_type": "market", "quantity": "5",
@@ -307,8 +307,8 @@ def test_without_redis_the_topology_catches_a_reused_key() -> None:
         pending = await place(client, account_id, "k2", quantity="12")
         assert pending.status == 202
         order_id = order_id_for(account_id, "k2")
-        fakes.reader.orders_by_id[(account_id, order_id)] = {
-            "order_id": order_id, "account_id": account_id, "state": "routed"}
+        fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(
+            account_id, order_id, state="routed")
         known = await place(client, account_id, "k2", quantity="12")
         assert known.status == 200 and (await known.json())["order_id"] == order_id
         text = await (await client.get("/metrics")).text()

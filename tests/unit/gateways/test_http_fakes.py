@@ -40,6 +40,20 @@ def quote(symbol: str, bid: str, ask: str, last: str | None = None) -> Quote:
                  else Decimal(last))
 
 
+def shard_order(account_id: str, order_id: str, **columns: Any) -> dict[str, Any]:
+    """An order as `ShardReader.order` returns it: every column of its row (its latest
+    event's figures and bookkeeping), and its event rows."""
+    row: dict[str, Any] = {
+        "order_id": order_id, "account_id": account_id, "symbol": "AAPL", "side": "buy",
+        "order_type": "limit", "time_in_force": "day", "quantity": Decimal(10),
+        "limit_price": Decimal("209.50"), "stop_price": None, "state": "funds_held",
+        "filled_quantity": Decimal(0), "average_fill_price": None,
+        "held_amount": Decimal("2095.00"), "reason": None, "idempotency_key": "k1", "seq": 2,
+        "last_event_id": f"{order_id}:2", "created_at": NOW, "updated_at": NOW, "events": []}
+    row.update(columns)
+    return row
+
+
 class FakeReader:
     def __init__(self) -> None:
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -62,7 +76,7 @@ class FakeReader:
     async def portfolio(self, account_id: str) -> dict[str, Any]:
         return self.portfolios.get(account_id) or {
             "account_id": account_id, "cash": Decimal(0), "cash_held": Decimal(0),
-            "buying_power": Decimal(0), "positions": [], "as_of": None, "ledger_offset": None}
+            "buying_power": Decimal(0), "positions": [], "as_of": None, "ledger_seq": None}
 
     async def orders(self, account_id: str, limit: int) -> list[dict[str, Any]]:
         return [o for (a, _), o in self.orders_by_id.items() if a == account_id][:limit]

@@ -19,7 +19,7 @@ from tests.unit.gateways.test_http_api import (
     place,
     run,
 )
-from tests.unit.gateways.test_http_fakes import Fakes, quote
+from tests.unit.gateways.test_http_fakes import Fakes, quote, shard_order
 
 
 async def money(client: TestClient, account_id: str, kind: str, key: str, amount: str) -> Any:
@@ -35,9 +35,7 @@ def test_every_command_produced_is_journaled_first_with_its_bytes() -> None:
         assert (await money(client, account_id, "withdrawals", "wd-1", "5.00")).status == 202
         assert (await place(client, account_id, "ord-1")).status == 201
         order_id = order_id_for(account_id, "ord-1")
-        fakes.reader.orders_by_id[(account_id, order_id)] = {
-            "order_id": order_id, "account_id": account_id, "state": "funds_held",
-            "order_type": "limit", "filled_quantity": "0"}
+        fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(account_id, order_id)
         patched = await client.patch(f"/v1/orders/{order_id}",
                                      json={"account_id": account_id, "quantity": "12"},
                                      headers={**bearer("alice"), "Idempotency-Key": "rep-1"})

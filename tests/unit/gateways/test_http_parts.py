@@ -58,7 +58,7 @@ def test_valuation_rounds_each_figure_once_at_its_scale() -> None:
     """Issue 14 item 6: money in cents, prices to their tick, shares to 6 places, each
     figure rounded once (half to even) from the exact figures, totals from exact sums."""
     ledger = {"account_id": "a", "cash": Decimal("9000"), "cash_held": Decimal("0.00"),
-              "buying_power": Decimal("9000.00"), "as_of": None, "ledger_offset": 3,
+              "buying_power": Decimal("9000.00"), "as_of": None, "ledger_seq": 3,
               "positions": [
                   {"symbol": "AAPL", "quantity": Decimal("3.5"), "cost_basis": Decimal("700"),
                    "average_cost": Decimal("200"), "quantity_unsettled": Decimal("3.5")},

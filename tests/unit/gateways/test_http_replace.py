@@ -24,7 +24,7 @@ from state.messages import (
     TimeInForce,
 )
 from tests.unit.gateways.test_http_api import bearer, new_account, run
-from tests.unit.gateways.test_http_fakes import NOW, Fakes
+from tests.unit.gateways.test_http_fakes import NOW, Fakes, shard_order
 
 
 def event(account_id: str, order_id: str, cause_id: str, state: OrderState,
@@ -61,9 +61,9 @@ async def open_order(client: TestClient, fakes: Fakes, state: str = "routed",
                      order_type: str = "limit", filled: str = "0") -> tuple[str, str]:
     account_id = await new_account(client)
     order_id = order_id_for(account_id, "place-1")
-    fakes.reader.orders_by_id[(account_id, order_id)] = {
-        "order_id": order_id, "account_id": account_id, "state": state,
-        "order_type": order_type, "filled_quantity": Decimal(filled), "quantity": Decimal(10)}
+    fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(
+        account_id, order_id, state=state, order_type=order_type,
+        filled_quantity=Decimal(filled), quantity=Decimal(10))
     return account_id, order_id
 
 
@@ -83,9 +83,9 @@ def test_replace_produces_the_command_and_returns_the_order() -> None:
         # The order's terms are the current ones until the market maker confirms; the
         # answer shows the terms asked for in its pending replace.
         assert (body["order_id"], body["quantity"], body["limit_price"], body["reason"]) == (
-            order_id, "10", "100.00", "replace_requested")
+            order_id, "10.000000", "100.00", "replace_requested")
         assert body["pending_replace"] == {
-            "state": "requested", "idempotency_key": "rep-1", "quantity": "12",
+            "state": "requested", "idempotency_key": "rep-1", "quantity": "12.000000",
             "limit_price": "101.25", "stop_price": None}
         [(topic, key, command)] = fakes.producer.produced
         assert topic.endswith("orders.commands") and key == account_id
@@ -131,7 +131,7 @@ def test_no_answer_in_time_is_202() -> None:
         assert body["status"] == "replace_requested"
         # The quantity left out keeps the order's.
         assert body["pending_replace"] == {
-            "state": "sent", "idempotency_key": "rep-1", "quantity": "10",
+            "state": "sent", "idempotency_key": "rep-1", "quantity": "10.000000",
             "limit_price": "99.99", "stop_price": None}
 
     run(scenario, reply_wait_ms=20)
@@ -231,7 +231,7 @@ def test_replace_left_out_terms_keep_the_orders() -> None:
                                       json={"account_id": account_id, "quantity": "7"})
         assert response.status == 200, await response.text()
         assert (await response.json())["pending_replace"] == {
-            "state": "requested", "idempotency_key": "rep-1", "quantity": "7",
+            "state": "requested", "idempotency_key": "rep-1", "quantity": "7.000000",
             "limit_price": "100.00", "stop_price": None}
 
     run(scenario)
@@ -254,4 +254,4 @@ def test_openapi_documents_the_pending_replace() -> None:
     assert {"quantity", "limit_price", "stop_price", "state", "reason"} <= set(
         schemas["Order"]["properties"])
     assert set(schemas["OrderAccepted"]["required"]) == {
-        "order_id", "account_id", "status", "idempotency_key"}
+        "order_id", "account_id", "status", "state", "idempotency_key"}

@@ -210,7 +210,7 @@ export function renderPortfolio(root, portfolio) {
       colspan: 6, className: "empty" }, "No positions.")));
   }
   const asOf = portfolio.as_of ? `ledger as of ${new Date(portfolio.as_of).toLocaleString()}`
-    + (portfolio.ledger_offset == null ? "" : ` (offset ${portfolio.ledger_offset})`)
+    + (portfolio.ledger_seq == null ? "" : ` (ledger #${portfolio.ledger_seq})`)
     : "no ledger entries yet";
   root.querySelector("#pf-as-of").textContent = asOf;
 }
