@@ -28,6 +28,7 @@ TOMBSTONE = "tombstone"
 WRONG_SHARD = "wrong_shard"
 MALFORMED_JSON = "malformed_json"
 INVALID_PAYLOAD = "invalid_payload"
+INVALID_TIMESTAMP = "invalid_timestamp"
 
 # The wording each writer uses (topologies/accounts.py, state/topics.py, state/shard_store.py);
 # tests/unit/state/test_dead_letters.py produces each error with the writer's own code, so a
@@ -40,6 +41,7 @@ _WORDINGS = (
     (re.compile(r"^empty payload \(tombstone\)$"), TOMBSTONE),
     (re.compile(r"belongs to shard \d+, not to shard"), WRONG_SHARD),
     (re.compile(r"^JSON is malformed"), MALFORMED_JSON),
+    (re.compile(r"^record timestamp -?\d+ ms is outside"), INVALID_TIMESTAMP),
 )
 # Connectors write a code of their own, alone or before a colon (`crossed_quote`,
 # `malformed_tick: ...`).

@@ -200,6 +200,22 @@ class StateCache:
             self._entries.popitem(last=False)
 
 
+# A record's time is set by its producer (CreateTime) and is the step's `now`. One outside these
+# bounds is a producer's mistake, and one a datetime cannot hold would stop the topology on the
+# record again after every restart (the intake property test found year 10000).
+RECORD_TIME_MIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+RECORD_TIME_MAX = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+
+
+def record_time(timestamp_ms: int) -> dt.datetime | None:
+    """The record's time, or None when it is outside RECORD_TIME_MIN..RECORD_TIME_MAX."""
+    low_ms = int(RECORD_TIME_MIN.timestamp() * 1000)
+    high_ms = int(RECORD_TIME_MAX.timestamp() * 1000)
+    if not low_ms <= timestamp_ms < high_ms:
+        return None
+    return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)
+
+
 class AccountStep:
     """The stateful step: raw record in, encoded outputs out. `cached_accounts_max` bounds the
     decoded accounts kept (the busiest; a long-retained account is a few hundred kB decoded)."""
@@ -223,7 +239,13 @@ class AccountStep:
                  headers: Any, state: State) -> list[Output]:
         context = message_context()
         kind = self._kinds[context.topic]
-        now = dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)
+        now = record_time(timestamp_ms)
+        if now is None:
+            letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
+                                   f"record timestamp {timestamp_ms} ms is outside "
+                                   f"{RECORD_TIME_MIN:%Y-%m-%d}..{RECORD_TIME_MAX:%Y-%m-%d}",
+                                   RECORD_TIME_MIN)
+            return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
         try:
             message = t.decode(kind, raw)
             if message.account_id != key:

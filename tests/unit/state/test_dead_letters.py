@@ -96,14 +96,15 @@ def test_a_connectors_code_is_its_own_reason(error: str, reason: str) -> None:
     assert d.reason_of(error) == reason
 
 
-def _account_step_letter(monkeypatch: pytest.MonkeyPatch, key: str, partition: int) -> bytes:
+def _account_step_letter(monkeypatch: pytest.MonkeyPatch, key: str, partition: int,
+                         timestamp_ms: int = int(NOW.timestamp() * 1000)) -> bytes:
     """The dead letter the account topology itself writes for a record."""
     from topologies import accounts
 
     monkeypatch.setattr(accounts, "message_context", lambda: SimpleNamespace(
         topic="p.orders.commands", partition=partition, offset=5))
     step = accounts.AccountStep("p.", None, RiskLimits(), account_partitions=PARTITIONS)
-    outputs = step(DEPOSIT, key, int(NOW.timestamp() * 1000), None, state=None)  # type: ignore[arg-type]
+    outputs = step(DEPOSIT, key, timestamp_ms, None, state=None)  # type: ignore[arg-type]
     assert [output.topic for output in outputs] == ["p.dlq.orders.commands"]
     return outputs[0].payload
 
@@ -115,3 +116,11 @@ def test_the_account_topologys_routing_errors_unwrap_with_their_reasons(
     assert (wrong.reason, wrong.key, wrong.value) == (d.WRONG_PARTITION, ACCOUNT, DEPOSIT)
     mismatch = d.unwrap(_account_step_letter(monkeypatch, "acc_other", home))
     assert (mismatch.reason, mismatch.key) == (d.KEY_MISMATCH, "acc_other")
+
+
+@pytest.mark.parametrize("timestamp_ms", [253_402_300_800_000, -1, 0])
+def test_a_record_time_out_of_bounds_is_dead_lettered_with_its_reason(
+        monkeypatch: pytest.MonkeyPatch, timestamp_ms: int) -> None:
+    home = account_partition(ACCOUNT, PARTITIONS)
+    letter = d.unwrap(_account_step_letter(monkeypatch, ACCOUNT, home, timestamp_ms))
+    assert (letter.reason, letter.key, letter.value) == (d.INVALID_TIMESTAMP, ACCOUNT, DEPOSIT)

@@ -17,9 +17,10 @@ and every output goes through the output serializers (`output_serdes`).
   txn_id never names two transactions), and (nothing fills: no executions) its cash plus held
   cash is the deposits less the withdrawals it accepted, cash never negative.
 
-Two bugs found here are left as strict xfails (a fix is a design decision): a command decided
+One bug found here is left as a strict xfail (a fix is a design decision): a command decided
 after its idempotency key was forgotten reuses the ids of the key's first use (the property
-above draws new keys once days pass), and a record timestamp a datetime cannot hold raises.
+above draws new keys once days pass). A record time a datetime cannot hold, which raised, is
+now dead-lettered (`invalid_timestamp`, outside 2000-01-01..2200-01-01).
 """
 
 from __future__ import annotations
@@ -495,10 +496,6 @@ def test_a_forgotten_key_used_again_keeps_the_books(
     _check_books(intake, books)
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, OverflowError), reason=(
-    "bug: `now` is the record's timestamp, which a producer sets (CreateTime): one a datetime "
-    "cannot hold (year 10000 and on) raises in the step, and near it `decide` overflows; the "
-    "topology stops on the record again after every restart"))
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(st.integers(-(2**63), 2**63 - 1) | st.integers(250_000_000_000_000, 253_402_300_799_999),
        records())
