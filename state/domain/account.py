@@ -397,6 +397,16 @@ def _command_type(command: Command) -> str:
     return tag
 
 
+def _remember_latest_copy(state: AccountState, command: Command, seen: CommandRecord) -> None:
+    """A retry may carry a later `submitted_at` than the first copy. The key's record keeps the
+    latest, so that once the key is forgotten the watermark covers every copy seen and a late
+    one is refused (`command_too_old`) rather than booked again."""
+    submitted_at = _utc(command.submitted_at)
+    if command.idempotency_key in state.commands and submitted_at > seen.submitted_at:
+        state.commands[command.idempotency_key] = msgspec.structs.replace(
+            seen, submitted_at=submitted_at)
+
+
 def _on_command(step: _Step, command: Command) -> None:
     state = step.state
     digest = body_digest(command)
@@ -409,6 +419,8 @@ def _on_command(step: _Step, command: Command) -> None:
             _reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
                             f"key already used by another {seen.command_type}",
                             order_id=order_id, event_suffix=digest[:8])
+        if seen.digest == digest:
+            _remember_latest_copy(state, command, seen)
         if isinstance(command, PlaceOrder) and seen.digest == digest:
             _announce_again(step, command)
         return  # the same command again: it already had its effect

@@ -478,11 +478,7 @@ DAY_MS = 86_400_000
         [("k0", "0.01", 0, 0), ("k0", "0.01", 1, 1),
          ("k1", "1.00", 3 * DAY_MS + 1000, 3 * DAY_MS + 1000),
          ("k0", "0.01", 1, 3 * DAY_MS + 2000)],
-        id="late-copy-of-a-retry",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "bug: a retry stamped 1 ms after the first submission is a duplicate while the key "
-            "is remembered; once it is forgotten the watermark is the first submission's time, "
-            "so a copy of the retry is booked again (same txn_id: the shard drops it)"))),
+        id="late-copy-of-a-retry"),
 ])
 def test_a_forgotten_key_used_again_keeps_the_books(
         sends: list[tuple[str, str, int, int]]) -> None:
