@@ -207,11 +207,13 @@ RECORD_TIME_MIN = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 RECORD_TIME_MAX = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 
 
+_RECORD_TIME_MIN_MS = int(RECORD_TIME_MIN.timestamp() * 1000)
+_RECORD_TIME_MAX_MS = int(RECORD_TIME_MAX.timestamp() * 1000)
+
+
 def record_time(timestamp_ms: int) -> dt.datetime | None:
     """The record's time, or None when it is outside RECORD_TIME_MIN..RECORD_TIME_MAX."""
-    low_ms = int(RECORD_TIME_MIN.timestamp() * 1000)
-    high_ms = int(RECORD_TIME_MAX.timestamp() * 1000)
-    if not low_ms <= timestamp_ms < high_ms:
+    if not _RECORD_TIME_MIN_MS <= timestamp_ms < _RECORD_TIME_MAX_MS:
         return None
     return dt.datetime.fromtimestamp(timestamp_ms / 1000, dt.UTC)
 
@@ -241,20 +243,16 @@ class AccountStep:
         kind = self._kinds[context.topic]
         now = record_time(timestamp_ms)
         if now is None:
-            letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
-                                   f"record timestamp {timestamp_ms} ms is outside "
-                                   f"{RECORD_TIME_MIN:%Y-%m-%d}..{RECORD_TIME_MAX:%Y-%m-%d}",
-                                   RECORD_TIME_MIN)
-            return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
+            return self._dead_letter(kind, key, raw, RECORD_TIME_MIN,
+                                     f"record timestamp {timestamp_ms} ms is outside "
+                                     f"{RECORD_TIME_MIN:%Y-%m-%d}..{RECORD_TIME_MAX:%Y-%m-%d}")
         try:
             message = t.decode(kind, raw)
             if message.account_id != key:
                 raise DecodeError(f"key {key!r} is not the payload's account_id")
             self._require_account_partition(message.account_id, context.partition)
         except DecodeError as error:
-            letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
-                                   str(error), now)
-            return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
+            return self._dead_letter(kind, key, raw, now, str(error))
         try:
             account = self._load(message.account_id, state, now)
         except StoreError as error:
@@ -271,6 +269,14 @@ class AccountStep:
         state.set(_STATE_KEY, stored)
         self._cache.put(message.account_id, stored, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
+
+    def _dead_letter(self, kind: str, key: str | bytes | None, raw: bytes | None,
+                     at: dt.datetime, error: str) -> list[Output]:
+        """The record, never decided, to its topic's DLQ with the reason."""
+        context = message_context()
+        letter = t.dead_letter(context.topic, context.partition, context.offset, key, raw,
+                               error, at)
+        return [Output(self._prefix + t.dlq_name(kind), t.encode(letter))]
 
     def _require_account_partition(self, account_id: str, partition: int) -> None:
         """An account's records live on one partition, or two states of one account would

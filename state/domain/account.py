@@ -421,8 +421,8 @@ def _on_command(step: _Step, command: Command) -> None:
                             order_id=order_id, event_suffix=digest[:8])
         if seen.digest == digest:
             _remember_latest_copy(state, command, seen)
-        if isinstance(command, PlaceOrder) and seen.digest == digest:
-            _announce_again(step, command)
+            if isinstance(command, PlaceOrder):
+                _announce_again(step, command)
         return  # the same command again: it already had its effect
     forgotten = state.commands_forgotten_until
     if forgotten is not None and command.submitted_at <= forgotten:
