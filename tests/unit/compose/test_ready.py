@@ -4,6 +4,9 @@ what counts as quoted, and the line it prints (python -m pytest -q tests/unit/co
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import threading
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,14 +50,16 @@ def test_only_quotes_of_this_run_count() -> None:
 
 
 def _report(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-            missing: list[str]) -> tuple[str, str]:
-    def wait_ready(running, symbols, since, timeout_s):  # noqa: ANN001, ANN202
-        assert (tuple(symbols), since, timeout_s) == (FEED, STARTED, 60.0)
+            missing: list[str], stop: threading.Event | None = None) -> tuple[str, str]:
+    stop = stop or threading.Event()
+
+    def wait_ready(running, symbols, since, stop_, timeout_s):  # noqa: ANN001, ANN202
+        assert (tuple(symbols), since, stop_, timeout_s) == (FEED, STARTED, stop, 60.0)
         return missing
 
     monkeypatch.setattr(up, "wait_ready", wait_ready)
     running = SimpleNamespace(stack=load_stack(environ={}))
-    cli._report_readiness(running, STARTED, 60.0)  # type: ignore[arg-type]
+    cli._report_readiness(running, STARTED, 60.0, stop)  # type: ignore[arg-type]
     captured = capsys.readouterr()
     return captured.out, captured.err
 
@@ -70,3 +75,23 @@ def test_up_names_the_unquoted_symbols_and_keeps_running(
     out, err = _report(monkeypatch, capsys, ["GME"])
     assert "ready:" not in out + err
     assert "no quote" in err and "for GME:" in err and "running anyway" in err
+
+
+def test_a_stop_while_waiting_for_quotes_reports_nothing(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stop = threading.Event()
+    stop.set()
+    assert _report(monkeypatch, capsys, ["GME"], stop) == ("", "")
+
+
+def test_once_healthy_a_stop_signal_asks_for_the_clean_stop() -> None:
+    """Ctrl-C while `up` waits for quotes is the normal stop (exit 0), not an interrupted start:
+    the signal sets the event the ready wait and the serve loop watch, and raises nothing."""
+    before = {signum: signal.getsignal(signum) for signum in up.STOP_SIGNALS}
+    try:
+        stop = up.stop_on_signals()
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.wait(5.0)
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
