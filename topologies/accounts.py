@@ -4,16 +4,20 @@ A short declaration around `state.domain.account.decide`: decode (malformed -> d
 encode each output to its topic. `now` is the record's timestamp, so replaying the input topics
 into empty state reproduces the same outputs, ids and balances.
 
-Per message the account is read from and written to the state store as bytes; the decoded
-account is kept in memory beside the bytes it was stored as (`StateCache`) and used while the
-store still holds exactly those bytes, so steady-state processing decodes nothing. A state that
-does come from the store (restart, rebalance, changelog recovery) is decoded and gets the whole
-invariant check once; `decide` checks what each message changes.
+The account is stored in parts (`state.account_parts`: a core, a ring of idempotency records,
+a ring of closed orders, a small meta value), so a message writes what it changed, not the
+whole account. The decoded account is kept in memory beside the meta it was stored under
+(`StateCache`) and used while the store still holds exactly that meta, so steady-state
+processing decodes nothing. A state that does come from the store (restart, rebalance,
+changelog recovery) is reassembled and gets the whole invariant check once; `decide` checks
+what each message changes. An account stored as one value (before parts) is read as such and
+written in parts by its next message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import threading
@@ -21,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError
@@ -30,7 +34,9 @@ from quixstreams.models import Deserializer, SerializationContext, Serializer, T
 from quixstreams.state.rocksdb import RocksDBOptions
 from quixstreams.utils.json import dumps as json_dumps
 
+from state import account_parts as parts
 from state import topics as t
+from state.account_parts import Stored
 from state.domain.account import (
     AccountState,
     MarketContext,
@@ -38,7 +44,6 @@ from state.domain.account import (
     check_invariants,
     decide,
     state_from_bytes,
-    state_to_bytes,
 )
 from state.domain.hydrate import AccountSnapshot, state_or_hydrated
 from state.domain.risk import Reason
@@ -51,7 +56,6 @@ from state.shard_store import account_is_open, load_account_snapshot
 from topologies.config import AccountTopologyConfig, KafkaSettings
 
 log = logging.getLogger(__name__)
-_STATE_KEY = "account"
 _ALL_OPEN = MarketContext(symbol_status={})  # no market.status view: every symbol open
 
 
@@ -173,31 +177,43 @@ class MarketStatusView:
             self._context = MarketContext(symbol_status=statuses)
 
 
-class StateCache:
-    """Decoded account states, each kept with the exact bytes it was stored as.
+_T = TypeVar("_T")
 
-    Decoding the stored account is the step's largest cost and grows with the account's
-    history. A cached state is used only when the store still holds exactly the bytes it was
-    encoded to, so it is the state the store would decode (states round-trip exactly, which the
-    property tests check): after an aborted checkpoint, a rebalance or a restart the store holds
-    other bytes (or the cache is empty) and the account is decoded again."""
+
+class StateCache(Generic[_T]):
+    """Decoded account states, each kept with the exact meta bytes it was stored under.
+
+    Reading an account from the store is the step's largest cost and grows with the
+    account's history. A cached state is used only when the store still holds exactly the
+    meta it was written with (unique per write: `state.account_parts.Meta`), so it is the state
+    the store would reassemble (states round-trip exactly, which the property tests check):
+    after an aborted checkpoint, a rebalance or a restart the store holds another meta (or
+    the cache is empty) and the account is read again."""
 
     def __init__(self, accounts_max: int) -> None:
         self._accounts_max = accounts_max
-        self._entries: OrderedDict[str, tuple[bytes, AccountState]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[bytes, _T]] = OrderedDict()
 
-    def get(self, account_id: str, stored: bytes) -> AccountState | None:
+    def get(self, account_id: str, stored: bytes) -> _T | None:
         entry = self._entries.get(account_id)
         if entry is None or entry[0] != stored:
             return None
         self._entries.move_to_end(account_id)
         return entry[1]
 
-    def put(self, account_id: str, stored: bytes, account: AccountState) -> None:
+    def put(self, account_id: str, stored: bytes, account: _T) -> None:
         self._entries[account_id] = (stored, account)
         self._entries.move_to_end(account_id)
         if len(self._entries) > self._accounts_max:
             self._entries.popitem(last=False)
+
+
+class _Loaded(NamedTuple):
+    """An account as read, and how the store holds it."""
+
+    account: AccountState
+    stored: Stored | None  # None: nothing stored in parts (new, rebuilt, or one value)
+    single_value: bool  # stored as one value (before parts): that key goes once it is in parts
 
 
 # A record's time is set by its producer (CreateTime) and is the step's `now`. One outside these
@@ -235,7 +251,12 @@ class AccountStep:
         self._snapshot_loader = snapshot_loader
         self._kinds = {prefix + t.Topic.ORDERS_COMMANDS: t.Topic.ORDERS_COMMANDS,
                        prefix + t.Topic.EXECUTIONS: t.Topic.EXECUTIONS}
-        self._cache = StateCache(cached_accounts_max)
+        self._cache: StateCache[Stored] = StateCache(cached_accounts_max)
+        # A write's stamp: this step's random id and its count of writes, so a stamp is never
+        # written twice (not by a restarted process, not by another member after a rebalance)
+        # and equal meta bytes mean the write the cache holds.
+        self._writer_id = os.urandom(8)
+        self._write_count = itertools.count()
 
     def __call__(self, raw: bytes | None, key: str | bytes | None, timestamp_ms: int,
                  headers: Any, state: State) -> list[Output]:
@@ -254,20 +275,18 @@ class AccountStep:
         except DecodeError as error:
             return self._dead_letter(kind, key, raw, now, str(error))
         try:
-            account = self._load(message.account_id, state, now)
+            loaded = self._load(message.account_id, state, now)
         except StoreError as error:
             if isinstance(message, ExecutionReport):
                 raise  # never booked against a guessed state: retried once the shard is back
             return [Output(self._prefix + t.topic_for(refusal), t.encode(refusal))
                     for refusal in [_unavailable(message, now, error)]]
-        if account is None:  # never opened: nothing is stored, so opening it later works
+        if loaded is None:  # never opened: nothing is stored, so opening it later works
             refusal = _refused_unknown(message, now)
             return [Output(self._prefix + t.topic_for(refusal), t.encode(refusal))]
         market = self._market.context() if self._market else _ALL_OPEN
-        account, outputs = decide(account, message, now, market, self._limits)
-        stored = state_to_bytes(account)
-        state.set(_STATE_KEY, stored)
-        self._cache.put(message.account_id, stored, account)
+        account, outputs = decide(loaded.account, message, now, market, self._limits)
+        self._store(message.account_id, state, loaded, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
 
     def _dead_letter(self, kind: str, key: str | bytes | None, raw: bytes | None,
@@ -292,26 +311,49 @@ class AccountStep:
                 f"partition {expected} of {partitions}: partition by murmur2 of the key "
                 "(librdkafka partitioner=murmur2_random, the Java client's default)")
 
-    def _load(self, account_id: str, state: State, now: dt.datetime) -> AccountState | None:
+    def _load(self, account_id: str, state: State, now: dt.datetime) -> _Loaded | None:
         """The account's state; None for an account that was never opened."""
-        stored = state.get(_STATE_KEY)
-        if stored is None:
-            # No stream state: a new account, or state the broker lost (the embedded broker
-            # keeps topics in memory only): the account's shard, the durable record, decides.
-            loader = self._snapshot_loader
-            if loader is None:
-                return AccountState.empty(account_id)
-            snapshot = loader(account_id)
-            if snapshot is None and not self._is_open(account_id):
-                return None
-            return state_or_hydrated(None, lambda: snapshot, account_id, now)
-        account = self._cache.get(account_id, stored)
-        if account is None:
-            account = state_from_bytes(stored)
-            # `decide` checks what each message changes; a state from the store (a restart,
-            # a rebalance, changelog recovery) gets the whole check once.
+        meta = state.get(parts.META_KEY)
+        if meta is not None:
+            stored = self._cache.get(account_id, meta)
+            if stored is None:
+                stored = parts.load(meta, state.get)
+                # `decide` checks what each message changes; a state from the store (a
+                # restart, a rebalance, changelog recovery) gets the whole check once.
+                check_invariants(stored.state)
+            return _Loaded(stored.state, stored, single_value=False)
+        single = state.get(parts.SINGLE_VALUE_KEY)
+        if single is not None:
+            account = state_from_bytes(single)
             check_invariants(account)
-        return account
+            return _Loaded(account, None, single_value=True)
+        # No stream state: a new account, or state the broker lost (the embedded broker keeps
+        # topics in memory only): the account's shard, the durable record, decides.
+        loader = self._snapshot_loader
+        if loader is None:
+            return _Loaded(AccountState.empty(account_id), None, single_value=False)
+        snapshot = loader(account_id)
+        if snapshot is None and not self._is_open(account_id):
+            return None
+        account = state_or_hydrated(None, lambda: snapshot, account_id, now)
+        return _Loaded(account, None, single_value=False)
+
+    def _store(self, account_id: str, state: State, loaded: _Loaded,
+               account: AccountState) -> None:
+        """Write the parts of `account` that changed (all of them when none is stored yet)."""
+        stamp = self._writer_id + next(self._write_count).to_bytes(8, "big")
+        plan = parts.plan(loaded.stored, account, stamp)
+        if plan is None:  # the store holds the account as it is: nothing to write
+            assert loaded.stored is not None, "an account never stored in parts not written"
+            self._cache.put(account_id, loaded.stored.meta_bytes, loaded.stored)
+            return
+        for key, value in plan.sets:
+            state.set(key, value)
+        for key in plan.deletes:
+            state.delete(key)
+        if loaded.single_value:
+            state.delete(parts.SINGLE_VALUE_KEY)
+        self._cache.put(account_id, plan.stored.meta_bytes, plan.stored)
 
 
 SnapshotLoader = Callable[[str], AccountSnapshot | None]
@@ -464,7 +506,7 @@ def risk_limits(config: AccountTopologyConfig) -> RiskLimits:
 
 
 def _store_dumps(value: Any) -> bytes:
-    """Account states are stored as the bytes `state_to_bytes` made; anything else (keys,
+    """Account parts are stored as the bytes `state.account_parts` made; anything else (keys,
     Quix's own records) as Quix's JSON."""
     return value if isinstance(value, bytes) else json_dumps(value)
 

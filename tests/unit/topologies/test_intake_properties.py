@@ -42,10 +42,11 @@ from hypothesis import strategies as st
 from quixstreams.context import set_message_context
 from quixstreams.models import Row, Topic
 
+from state import account_parts as parts
 from state import ledger_accounts as la
 from state import topics as t
 from state.domain import ledger
-from state.domain.account import RiskLimits, check_invariants, state_from_bytes
+from state.domain.account import AccountState, RiskLimits, check_invariants
 from state.ids import order_id_for
 from state.messages import (
     CancelOrder,
@@ -74,7 +75,6 @@ OUTPUT_TOPICS = [PREFIX + name for name in (t.Topic.ORDERS_ROUTE, t.Topic.ORDERS
 LIMITS = RiskLimits(notional_usd_max=D("50000"), quantity_max=D("500"))
 ACCOUNTS = ("acc_a1", "acc_b2", "acc_c3", "acc_d4")
 T0_MS = int(T0.timestamp() * 1000)
-STATE_KEY = "account"  # what the step stores an account under
 
 
 Stores = dict[tuple[int, Any], dict[str, bytes]]  # (partition, record key) -> that key's state
@@ -136,9 +136,11 @@ class Intake:
         return self.feed(command.account_id.encode(), t.encode(command),
                          account_partition(command.account_id, PARTITIONS), at_ms)
 
-    def stored(self, account_id: str) -> bytes | None:
-        return self.stores.get((account_partition(account_id, PARTITIONS), account_id),
-                               {}).get(STATE_KEY)
+    def stored(self, account_id: str) -> AccountState | None:
+        """The account as its store holds it (in parts), read afresh."""
+        store = self.stores.get((account_partition(account_id, PARTITIONS), account_id), {})
+        meta = store.get(parts.META_KEY)
+        return None if meta is None else parts.load(meta, store.get).state
 
 
 def _decoded(out: list[Output]) -> list[Any]:
@@ -323,7 +325,7 @@ def _check_record(intake: Intake, key: bytes | None, value: bytes | None, partit
     assert changed <= {(partition, account)}, f"a command for {account} changed {changed}"
     stored = intake.stored(account)
     assert stored is not None
-    check_invariants(state_from_bytes(stored))
+    check_invariants(stored)
     event(f"decided: {type(message).__name__}")
 
 
@@ -385,10 +387,9 @@ def _check_books(intake: Intake, books: dict[str, Books]) -> None:
             assert not any(where[1] == account for where in intake.stores), account
             assert not mine.txns and not mine.accepted, account
             continue
-        stored = intake.stored(account)
-        if stored is None:
+        state = intake.stored(account)
+        if state is None:
             continue  # opened, nothing sent since
-        state = state_from_bytes(stored)
         check_invariants(state)
         from_entries = ledger.balances(mine.txns.values())
         for bucket in la.USER_BUCKETS:
