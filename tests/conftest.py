@@ -139,3 +139,17 @@ def fresh_databases(services: Services) -> Iterator[tuple[str, ...]]:
         for dsn in services.shard_dsns:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# `./dev test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). The tests that
+# start a whole stack (`brokerage up`, each with its own servers and a dozen processes) share
+# one group, so one worker runs them one after another while the other takes everything else:
+# two whole stacks never compete for the 2 cores.
+_WHOLE_STACK_FILES = ("tests/integration/compose/", "tests/integration/gateways/test_web_page.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        if path.startswith(_WHOLE_STACK_FILES):
+            item.add_marker(pytest.mark.xdist_group("whole-stack"))
