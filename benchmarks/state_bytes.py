@@ -69,25 +69,26 @@ ORDER_SPACING = dt.timedelta(seconds=1)  # 500 orders stay well within the 3-day
 
 
 class DictState:
-    """Quix's `State` of one key: a dict; counts what is written."""
+    """Quix's `State` of one record key: a dict of its stored values (bytes stay bytes, as the
+    account topology's store dumps them), noting what each call wrote. The unit tests of the
+    account step use it too."""
 
-    def __init__(self) -> None:
-        self.store: dict[str, bytes] = {}
-        self.value_bytes = 0
-        self.sets = 0
-        self.deletes = 0
+    def __init__(self, store: dict[str, bytes] | None = None) -> None:
+        self.store: dict[str, bytes] = {} if store is None else store
+        self.sets: list[tuple[str, bytes]] = []
+        self.deletes: list[str] = []
 
     def get(self, key: str, default: bytes | None = None) -> bytes | None:
         return self.store.get(key, default)
 
     def set(self, key: str, value: bytes) -> None:
+        assert isinstance(value, bytes), f"{key}: {type(value)} stored"
         self.store[key] = value
-        self.value_bytes += len(value)
-        self.sets += 1
+        self.sets.append((key, value))
 
     def delete(self, key: str) -> None:
         self.store.pop(key, None)
-        self.deletes += 1
+        self.deletes.append(key)
 
     def exists(self, key: str) -> bool:
         return key in self.store
@@ -171,10 +172,11 @@ def measure(step: AccountStep, messages: list[tuple[Message, dt.datetime]], warm
     state = DictState()
     for message, at in messages[:warm]:
         _run(step, state, message, at)
-    counted = (state.value_bytes, state.sets, state.deletes)
+    sets_before, deletes_before = len(state.sets), len(state.deletes)
     micros = [_run(step, state, message, at) for message, at in messages[warm:]]
-    value_bytes, sets, deletes = (now - then for now, then in zip(
-        (state.value_bytes, state.sets, state.deletes), counted, strict=True))
+    measured_sets = state.sets[sets_before:]
+    value_bytes = sum(len(value) for _, value in measured_sets)
+    sets, deletes = len(measured_sets), len(state.deletes) - deletes_before
     return {
         "bytes_per_order": round(value_bytes / orders),
         "records_written_per_order": round(sets / orders, 2),

@@ -50,27 +50,3 @@ class FakeRecord:
     def __len__(self) -> int:
         return len(self.raw or b"")
 
-
-class DictState:
-    """Quix's `State` of one record key: a dict of its stored values (bytes stay bytes, as the
-    account topology's store dumps them), noting what each call wrote."""
-
-    def __init__(self, store: dict[str, bytes] | None = None) -> None:
-        self.store: dict[str, bytes] = {} if store is None else store
-        self.sets: list[tuple[str, bytes]] = []
-        self.deletes: list[str] = []
-
-    def get(self, key: str, default: bytes | None = None) -> bytes | None:
-        return self.store.get(key, default)
-
-    def set(self, key: str, value: bytes) -> None:
-        assert isinstance(value, bytes), f"{key}: {type(value)} stored"
-        self.store[key] = value
-        self.sets.append((key, value))
-
-    def delete(self, key: str) -> None:
-        self.store.pop(key, None)
-        self.deletes.append(key)
-
-    def exists(self, key: str) -> bool:
-        return key in self.store

@@ -20,6 +20,7 @@ import pytest
 from quixstreams.context import set_message_context
 from quixstreams.models import MessageContext
 
+from benchmarks.state_bytes import DictState
 from state import account_parts as parts
 from state import ledger_accounts as la
 from state import topics as t
@@ -34,7 +35,6 @@ from state.messages import Command, ExecType, ExecutionReport
 from topologies.accounts import AccountStep, Output
 
 from ..state.builders import ACCOUNT, T0, Driver, deposit, place, report
-from .fakes import DictState
 
 D = Decimal
 PREFIX = "p."
