@@ -24,12 +24,13 @@ STOP_POLL_S = 0.2
 # How long the feed's producer gathers records into one batch per partition. The embedded
 # broker (Tansu 0.6.0, memory engine) keeps each batch as one object and lists every object of
 # a partition on each fetch that finds new data, and it enforces no retention: its CPU grows
-# with (batches per second)^2 x time x consumers. Measured with three tail consumers at 300
-# quotes/s: one-record batches (the feed at 5 ms) fell 30 s behind within 75 s while the
-# broker climbed to 1.2 cores; at 250 ms the broker stayed at 0.15 cores and tail p99 at
-# 0.43 s over 27,000 quotes. 500 ms adds at most that to a quote's age and puts the
-# broker's tipping point on the idle stack at hours rather than minutes (issue 11).
-LINGER_MS = 500
+# with (batches per second per partition)^2 x time x consumers, so doubling the linger cuts the
+# growth about fourfold. Measured with three tail consumers at 300 quotes/s: one-record batches
+# (the feed at 5 ms) fell 30 s behind within 75 s while the broker climbed to 1.2 cores; at
+# 250 ms the broker stayed at 0.15 cores. On the idle stack (50 quotes/s, 4 partitions) 500 ms
+# let the broker grow from 0.22 to 0.34 cores in an hour. 1 s adds at most that to a quote's
+# age, well inside the 2 s the stack is held to (issue 11).
+LINGER_MS = 1000
 
 
 class ConnectorSource(Source):
