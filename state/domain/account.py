@@ -46,20 +46,39 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar
 
 import msgspec
 
 from state import ledger_accounts as la
-from state.domain import ledger
+from state.domain.account_state import (
+    CLOSED_ORDERS_MAX,
+    DAY_TRADES_RETENTION,
+    DEPOSIT_RETENTION,
+    DEPOSITS_MAX,
+    EXEC_IDS_PER_ORDER_MAX,
+    IDEMPOTENCY_KEYS_MAX,
+    IDEMPOTENCY_RETENTION,
+    ORDER_RETENTION,
+    ORPHAN_EXECS_MAX,
+    RATE_WINDOW,
+    AccountState,
+    CommandRecord,
+    DayTrade,
+    DepositRecord,
+    is_restricted,
+    state_from_builtins,
+    state_from_bytes,
+    state_to_builtins,
+    state_to_bytes,
+)
 from state.domain.ledger import Leg
-from state.domain.lots import SettlementLot, note_fill
 from state.domain.money import ZERO, cents, is_cents, is_price, is_share_quantity, money_text
-from state.domain.orders import Order, cancel_request, moved
+from state.domain.orders import Order, cancel_request
+from state.domain.pending_cancel import on_pending_cancel
+from state.domain.replace import on_replace_rejected, on_replaced, replace_order
 from state.domain.risk import (
     AccountFigures,
     MarketContext,
@@ -69,242 +88,70 @@ from state.domain.risk import (
     check_order,
     hold_for,
 )
+from state.domain.settlement import settle_trades
+from state.domain.step import (
+    Output,
+    Step,
+    accept_command,
+    advance,
+    check_cum_qty,
+    command_cause,
+    command_type_of,
+    exec_cause,
+    hold_legs,
+    reject_command,
+)
 from state.ids import cl_ord_id_for, order_id_for, order_id_of_cl_ord_id
 from state.messages import (
     AchReturn,
-    Alert,
     CancelOrder,
     Command,
-    CommandAccepted,
-    CommandRejected,
     Deposit,
     ExecType,
     ExecutionReport,
     ExpireOrders,
-    LedgerTransaction,
-    Message,
-    OrderEvent,
     OrderState,
     PlaceOrder,
     ReplaceOrder,
     RouteNewOrder,
-    RouteStatusRequest,
     SettleTrades,
     Side,
     TimeInForce,
     Withdraw,
 )
 
+# The account's public face: decide, and the state it decides on (from account_state).
 __all__ = [
+    "CLOSED_ORDERS_MAX",
+    "DAY_TRADES_RETENTION",
+    "DEPOSITS_MAX",
+    "DEPOSIT_RETENTION",
+    "EXEC_IDS_PER_ORDER_MAX",
+    "IDEMPOTENCY_KEYS_MAX",
+    "IDEMPOTENCY_RETENTION",
+    "ORDER_RETENTION",
+    "ORPHAN_EXECS_MAX",
+    "RATE_WINDOW",
     "AccountState",
+    "CommandRecord",
+    "DayTrade",
+    "DepositRecord",
     "MarketContext",
     "Output",
-    "RiskLimits",
     "Reason",
+    "RiskLimits",
     "check_invariants",
     "decide",
+    "is_restricted",
     "state_from_builtins",
+    "state_from_bytes",
     "state_to_builtins",
+    "state_to_bytes",
 ]
 
-Output = Message  # one of the messages in state.messages the shell publishes
 _R = TypeVar("_R")
 
-IDEMPOTENCY_RETENTION = dt.timedelta(days=3)
-IDEMPOTENCY_KEYS_MAX = 500
-ORDER_RETENTION = dt.timedelta(days=3)
-CLOSED_ORDERS_MAX = 50
-DEPOSIT_RETENTION = dt.timedelta(days=60)
-DEPOSITS_MAX = 1000
-DAY_TRADES_RETENTION = dt.timedelta(days=14)  # covers any 5-business-day window
-ORPHAN_EXECS_MAX = 1000
-EXEC_IDS_PER_ORDER_MAX = 10_000
-RATE_WINDOW = dt.timedelta(seconds=1)  # the per-account order rate is counted over this
-
-
-class CommandRecord(msgspec.Struct, frozen=True, array_like=True):
-    """An idempotency key seen: which command, a digest of its body, when it was processed
-    (our clock) and submitted (the producer's clock, preserved by a replay)."""
-
-    command_type: str
-    digest: str
-    seen_at: dt.datetime
-    submitted_at: dt.datetime
-
-
-class DepositRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    amount: Decimal
-    deposited_at: dt.datetime
-    returned: bool = False
-
-
-class DayTrade(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    day: dt.date
-    order_id: str
-
-
-class AccountState(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    account_id: str
-    # The user's own ledger balances: bucket (la.CASH, ...) -> asset -> amount.
-    balances: dict[str, dict[str, Decimal]] = msgspec.field(default_factory=dict)
-    open_orders: dict[str, Order] = msgspec.field(default_factory=dict)
-    closed_orders: dict[str, Order] = msgspec.field(default_factory=dict)  # first closed first
-    commands: dict[str, CommandRecord] = msgspec.field(default_factory=dict)  # by idempotency key
-    deposits: dict[str, DepositRecord] = msgspec.field(default_factory=dict)  # by idempotency key
-    order_times: list[dt.datetime] = msgspec.field(default_factory=list)  # recent place_orders
-    filled_net: dict[str, Decimal] = msgspec.field(default_factory=dict)  # bought - sold, by symbol
-    last_prices: dict[str, Decimal] = msgspec.field(default_factory=dict)  # for equity (PDT)
-    bought_on: dict[str, dt.date] = msgspec.field(default_factory=dict)  # last buy fill day
-    day_trades: list[DayTrade] = msgspec.field(default_factory=list)
-    # executions of unknown orders: exec key -> transact_time
-    orphan_execs: dict[str, dt.datetime] = msgspec.field(default_factory=dict)
-    commands_forgotten_until: dt.datetime | None = None
-    executions_forgotten_until: dt.datetime | None = None
-    version: int = 1
-    # trades not yet settled, by (trade date, clearing account, symbol): state.domain.lots
-    unsettled_lots: dict[str, SettlementLot] = msgspec.field(default_factory=dict)
-
-    @classmethod
-    def empty(cls, account_id: str) -> AccountState:
-        return cls(account_id=account_id)
-
-    def balance(self, bucket: str, asset: str = la.USD) -> Decimal:
-        return self.balances.get(bucket, {}).get(asset, ZERO)
-
-    def order(self, order_id: str) -> Order | None:
-        return self.open_orders.get(order_id) or self.closed_orders.get(order_id)
-
-    def store(self, order: Order) -> None:
-        """Keep the order where it belongs: open, or closed (in the order orders closed)."""
-        if order.is_open:
-            self.open_orders[order.order_id] = order
-            return
-        assert not order.reserve, f"{order.state} order {order.order_id} still holds"
-        self.open_orders.pop(order.order_id, None)
-        self.closed_orders[order.order_id] = order
-
-    def clone(self) -> AccountState:
-        """A copy that `decide` may change without touching the caller's state (orders and
-        records are frozen, so sharing them is safe)."""
-        return msgspec.structs.replace(
-            self,
-            balances={bucket: dict(assets) for bucket, assets in self.balances.items()},
-            open_orders=dict(self.open_orders),
-            closed_orders=dict(self.closed_orders),
-            commands=dict(self.commands),
-            deposits=dict(self.deposits),
-            order_times=list(self.order_times),
-            filled_net=dict(self.filled_net),
-            last_prices=dict(self.last_prices),
-            bought_on=dict(self.bought_on),
-            day_trades=list(self.day_trades),
-            orphan_execs=dict(self.orphan_execs),
-            unsettled_lots=dict(self.unsettled_lots),
-        )
-
-
-def state_to_builtins(state: AccountState) -> dict:
-    """JSON-ready builtins (Decimals and datetimes as strings) for the shell's state store."""
-    data = msgspec.to_builtins(state)
-    assert isinstance(data, dict)
-    return data
-
-
-def state_from_builtins(data: dict) -> AccountState:
-    return msgspec.convert(data, AccountState)
-
-
-_STATE_ENCODER = msgspec.msgpack.Encoder()
-_STATE_DECODER = msgspec.msgpack.Decoder(AccountState)
-
-
-# Closed orders are most of an account's stored bytes and hardly ever change (frozen, kept for
-# days): each is encoded once and its bytes reused while the same object is kept. Keyed by
-# identity; the entry holds the order, so its id cannot be reused while the entry lives. The
-# oldest entry goes first, from an OrderedDict: popping the front of a full plain dict scans
-# the slots freed before it, tens of µs per closed order once the cache had filled.
-_ENCODED_ORDERS_MAX = 50_000  # a few hundred bytes each, beside orders kept anyway
-_encoded_orders: OrderedDict[int, tuple[Order, msgspec.Raw]] = OrderedDict()
-
-
-def _encoded(order: Order) -> msgspec.Raw:
-    entry = _encoded_orders.get(id(order))
-    if entry is not None and entry[0] is order:
-        return entry[1]
-    raw = msgspec.Raw(_STATE_ENCODER.encode(order))
-    if len(_encoded_orders) >= _ENCODED_ORDERS_MAX:
-        _encoded_orders.popitem(last=False)
-    _encoded_orders[id(order)] = (order, raw)
-    return raw
-
-
-def state_to_bytes(state: AccountState) -> bytes:
-    """The compact stored form (MessagePack): an order of magnitude cheaper than builtins+JSON
-    for the state store, which reads and writes the whole account on every message. The
-    bytes are those of encoding `state` as it is; closed orders come pre-encoded."""
-    closed = {order_id: _encoded(order) for order_id, order in state.closed_orders.items()}
-    return _STATE_ENCODER.encode(msgspec.structs.replace(state, closed_orders=closed))
-
-
-def state_from_bytes(raw: bytes) -> AccountState:
-    return _STATE_DECODER.decode(raw)
-
-
 # ---- the decision function --------------------------------------------------------------
-
-
-@dataclass
-class _Step:
-    """One decision in progress: the working state and what it emits."""
-
-    state: AccountState
-    now: dt.datetime
-    market: MarketContext
-    limits: RiskLimits
-    outputs: list[Output] = field(default_factory=list)
-    # What this step changed, for the invariant check proportional to it (`_check_step`).
-    touched_orders: set[str] = field(default_factory=set)
-    touched_assets: set[str] = field(default_factory=set)
-
-    def store(self, order: Order) -> None:
-        self.state.store(order)
-        self.touched_orders.add(order.order_id)
-
-    def book(self, txn: LedgerTransaction | None) -> None:
-        if txn is None:
-            return
-        for entry in txn.entries:
-            parsed = la.parse_user(entry.ledger_account)
-            if parsed is None:
-                continue
-            account_id, bucket = parsed
-            assert account_id == self.state.account_id, (
-                f"{txn.txn_id} touches another account's {entry.ledger_account}"
-            )
-            assets = self.state.balances.setdefault(bucket, {})
-            assets[entry.asset] = assets.get(entry.asset, ZERO) + entry.amount
-            self.touched_assets.add(entry.asset)
-        self.outputs.append(txn)
-
-    def post(self, kind: str, cause_id: str, legs: list[Leg], order_id: str | None = None
-             ) -> LedgerTransaction | None:
-        txn = ledger.transaction(account_id=self.state.account_id, kind=kind, cause_id=cause_id,
-                                 occurred_at=self.now, legs=legs, order_id=order_id)
-        self.book(txn)
-        if kind == "fill" and txn is not None:
-            note_fill(self.state.unsettled_lots, txn, self.now.date())
-        return txn
-
-    def user(self, bucket: str) -> str:
-        return la.user(self.state.account_id, bucket)
-
-    def alert(self, cause_id: str, severity: str, code: str, detail: str,
-              order_id: str | None = None, exec_id: str | None = None) -> None:
-        self.outputs.append(Alert(
-            event_id=f"{cause_id}:alert:{code}", account_id=self.state.account_id,
-            severity=severity, code=code, detail=detail, occurred_at=self.now,
-            order_id=order_id, exec_id=exec_id,
-        ))
 
 
 def decide(
@@ -321,7 +168,7 @@ def decide(
     # Times kept in the state are UTC, so a state decoded from its stored bytes is exactly
     # the state that was stored (the shell relies on it to skip decoding).
     assert now.utcoffset() == dt.timedelta(0), f"now {now.isoformat()} is not UTC"
-    step = _Step(state=state.clone(), now=now, market=market, limits=limits)
+    step = Step(state=state.clone(), now=now, market=market, limits=limits)
     if isinstance(message, ExecutionReport):
         _on_execution(step, message)
     else:
@@ -337,10 +184,6 @@ def decide(
 def _utc(time: dt.datetime) -> dt.datetime:
     """A producer's time as kept in the state: UTC (stored times come back as UTC)."""
     return time if time.tzinfo is dt.UTC else time.astimezone(dt.UTC)
-
-
-def _command_cause(account_id: str, idempotency_key: str) -> str:
-    return f"cmd:{account_id}:{idempotency_key}"
 
 
 _METADATA_FIELDS = frozenset(
@@ -365,7 +208,7 @@ def body_digest(command: Command) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
 
 
-def _announce_again(step: _Step, command: PlaceOrder) -> None:
+def _announce_again(step: Step, command: PlaceOrder) -> None:
     """The re-publication of a place_order whose order was rebuilt from held funds alone (its
     events were lost with the broker): its state is announced again and its route request
     sent again under the same ClOrdID (a FIX gateway that already sent it does not send it
@@ -376,7 +219,7 @@ def _announce_again(step: _Step, command: PlaceOrder) -> None:
     order = msgspec.structs.replace(order, unannounced=False, reference_price=(
         order.reference_price or command.reference_price))
     step.outputs.append(_route_new_order(step, order))
-    _advance(step, order, order.state, command.idempotency_key, "announced_again",
+    advance(step, order, order.state, command.idempotency_key, "announced_again",
              "rebuilt from its held funds after a broker reset")
 
 
@@ -391,12 +234,6 @@ def _kept_order_record(state: AccountState, command: Command) -> CommandRecord |
                          seen_at=order.placed_at, submitted_at=order.placed_at)
 
 
-def _command_type(command: Command) -> str:
-    tag = type(command).__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag
-
-
 def _remember_latest_copy(state: AccountState, command: Command, seen: CommandRecord) -> None:
     """A retry may carry a later `submitted_at` than the first copy. The key's record keeps the
     latest, so that once the key is forgotten the watermark covers every copy seen and a late
@@ -407,7 +244,7 @@ def _remember_latest_copy(state: AccountState, command: Command, seen: CommandRe
             seen, submitted_at=submitted_at)
 
 
-def _on_command(step: _Step, command: Command) -> None:
+def _on_command(step: Step, command: Command) -> None:
     state = step.state
     digest = body_digest(command)
     seen = state.commands.get(command.idempotency_key) or _kept_order_record(state, command)
@@ -416,7 +253,7 @@ def _on_command(step: _Step, command: Command) -> None:
             order_id = None
             if isinstance(command, PlaceOrder):
                 order_id = order_id_for(state.account_id, command.idempotency_key)
-            _reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
+            reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
                             f"key already used by another {seen.command_type}",
                             order_id=order_id, event_suffix=digest[:8])
         if seen.digest == digest:
@@ -426,12 +263,12 @@ def _on_command(step: _Step, command: Command) -> None:
         return  # the same command again: it already had its effect
     forgotten = state.commands_forgotten_until
     if forgotten is not None and command.submitted_at <= forgotten:
-        _reject_command(step, command, Reason.COMMAND_TOO_OLD,
+        reject_command(step, command, Reason.COMMAND_TOO_OLD,
                         f"submitted at or before {forgotten.isoformat()}, keys of which are "
                         "no longer remembered", event_suffix="too_old")
         return
     state.commands[command.idempotency_key] = CommandRecord(
-        command_type=_command_type(command), digest=digest, seen_at=step.now,
+        command_type=command_type_of(command), digest=digest, seen_at=step.now,
         submitted_at=_utc(command.submitted_at))
     if isinstance(command, PlaceOrder):
         _place_order(step, command)
@@ -444,62 +281,11 @@ def _on_command(step: _Step, command: Command) -> None:
     elif isinstance(command, AchReturn):
         _ach_return(step, command)
     elif isinstance(command, ReplaceOrder):
-        from state.domain.replace import replace_order  # builds on this module: imported here
         replace_order(step, command)
     elif isinstance(command, SettleTrades):
-        from state.domain.settlement import settle_trades  # builds on this module
         settle_trades(step, command)
     else:
         _expire_orders(step, command)
-
-
-def _reject_command(step: _Step, command: Command, reason: Reason, detail: str,
-                    order_id: str | None = None, event_suffix: str = "") -> None:
-    suffix = f":{event_suffix}" if event_suffix else ""
-    step.outputs.append(CommandRejected(
-        event_id=f"{step.state.account_id}:{command.idempotency_key}:rejected{suffix}",
-        account_id=step.state.account_id, idempotency_key=command.idempotency_key,
-        command_type=_command_type(command), reason=reason, occurred_at=step.now,
-        detail=detail, order_id=order_id,
-    ))
-
-
-def _accept_command(step: _Step, command: Command, amount: Decimal | None,
-                    txn: LedgerTransaction | None) -> None:
-    step.outputs.append(CommandAccepted(
-        event_id=f"{step.state.account_id}:{command.idempotency_key}:accepted",
-        account_id=step.state.account_id, idempotency_key=command.idempotency_key,
-        command_type=_command_type(command), occurred_at=step.now, amount=amount,
-        txn_id=txn.txn_id if txn is not None else None,
-    ))
-
-
-def _order_event(step: _Step, order: Order, previous: OrderState | None, cause_id: str,
-                 reason: str | None = None, detail: str | None = None,
-                 last_fill: tuple[Decimal, Decimal] | None = None) -> None:
-    step.outputs.append(OrderEvent(
-        event_id=f"{order.order_id}:{order.seq}", account_id=step.state.account_id,
-        order_id=order.order_id, seq=order.seq, state=order.state, symbol=order.symbol,
-        side=order.side, order_type=order.order_type, quantity=order.quantity,
-        time_in_force=order.time_in_force, filled_quantity=order.filled_quantity,
-        occurred_at=step.now, cause_id=cause_id, idempotency_key=order.idempotency_key,
-        previous_state=previous, reason=reason, detail=detail, limit_price=order.limit_price,
-        stop_price=order.stop_price, average_fill_price=order.average_fill_price,
-        last_fill_quantity=last_fill[0] if last_fill else None,
-        last_fill_price=last_fill[1] if last_fill else None,
-        held_amount=order.held_amount if order.held_amount else None,
-    ))
-
-
-def _advance(step: _Step, order: Order, state: OrderState, cause_id: str,
-             reason: str | None = None, detail: str | None = None,
-             last_fill: tuple[Decimal, Decimal] | None = None, **changes: object) -> Order:
-    """Move the order to `state`, store it and emit its OrderEvent."""
-    previous = order.state
-    order = moved(order, state, step.now, **changes)
-    step.store(order)
-    _order_event(step, order, previous, cause_id, reason, detail, last_fill)
-    return order
 
 
 # -- place_order
@@ -522,11 +308,6 @@ def _figures(state: AccountState, order: PlaceOrder, now: dt.datetime,
     )
 
 
-def is_restricted(state: AccountState) -> bool:
-    """Closing trades only: some cash balance of the account is negative."""
-    return state.balance(la.CASH) < 0 or state.balance(la.CASH_HELD) < 0
-
-
 def equity(state: AccountState) -> Decimal:
     """Cash plus positions at the last price the account saw (fills, order quotes)."""
     total = state.balance(la.CASH) + state.balance(la.CASH_HELD)
@@ -535,7 +316,7 @@ def equity(state: AccountState) -> Decimal:
     return total
 
 
-def _place_order(step: _Step, command: PlaceOrder) -> None:
+def _place_order(step: Step, command: PlaceOrder) -> None:
     state = step.state
     cause = command.idempotency_key
     order = Order(
@@ -550,18 +331,18 @@ def _place_order(step: _Step, command: PlaceOrder) -> None:
                             account=_figures(state, command, step.now, step.limits))
     state.order_times.append(step.now)
     if rejection is not None:
-        _advance(step, order, OrderState.REJECTED, cause, rejection.reason, rejection.detail)
+        advance(step, order, OrderState.REJECTED, cause, rejection.reason, rejection.detail)
         return
     if command.reference_price is not None:
         state.last_prices[command.symbol] = command.reference_price
-    order = _advance(step, order, OrderState.VALIDATED, cause)
+    order = advance(step, order, OrderState.VALIDATED, cause)
     order = _hold(step, order, hold_for(command, step.limits))
-    order = _advance(step, order, OrderState.FUNDS_HELD, cause)
+    order = advance(step, order, OrderState.FUNDS_HELD, cause)
     step.outputs.append(_route_new_order(step, order))
-    _advance(step, order, OrderState.ROUTED, cause)
+    advance(step, order, OrderState.ROUTED, cause)
 
 
-def _route_new_order(step: _Step, order: Order) -> RouteNewOrder:
+def _route_new_order(step: Step, order: Order) -> RouteNewOrder:
     return RouteNewOrder(
         account_id=step.state.account_id, order_id=order.order_id,
         cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
@@ -571,29 +352,16 @@ def _route_new_order(step: _Step, order: Order) -> RouteNewOrder:
     )
 
 
-def hold_legs(step: _Step, order: Order, amount: Decimal) -> tuple[list[Leg], Decimal]:
-    """The legs that reserve `amount` more for the order: cash for a buy, shares (settled
-    first) for a sell; and the part taken from unsettled shares."""
-    if order.side is Side.BUY:
-        return [(step.user(la.CASH), la.USD, -amount),
-                (step.user(la.CASH_HELD), la.USD, amount)], ZERO
-    settled = min(amount, max(step.state.balance(la.SHARES, order.symbol), ZERO))
-    unsettled = amount - settled
-    return [(step.user(la.SHARES), order.symbol, -settled),
-            (step.user(la.SHARES_UNSETTLED), order.symbol, -unsettled),
-            (step.user(la.SHARES_HELD), order.symbol, amount)], unsettled
-
-
-def _hold(step: _Step, order: Order, amount: Decimal) -> Order:
+def _hold(step: Step, order: Order, amount: Decimal) -> Order:
     """Reserve what the order may spend."""
-    cause = _command_cause(step.state.account_id, order.idempotency_key)
+    cause = command_cause(step.state.account_id, order.idempotency_key)
     legs, unsettled = hold_legs(step, order, amount)
     step.post("hold", cause, legs, order.order_id)
     return msgspec.structs.replace(order, held_amount=amount, reserve=amount,
                                    reserve_unsettled=unsettled)
 
 
-def _release(step: _Step, order: Order, cause_id: str, kind: str = "release") -> Order:
+def _release(step: Step, order: Order, cause_id: str, kind: str = "release") -> Order:
     """Give back what the order still holds."""
     if not order.reserve:
         return order
@@ -611,22 +379,22 @@ def _release(step: _Step, order: Order, cause_id: str, kind: str = "release") ->
 # -- cancel_order
 
 
-def _cancel_order(step: _Step, command: CancelOrder) -> None:
+def _cancel_order(step: Step, command: CancelOrder) -> None:
     order = step.state.order(command.order_id)
     if order is None:
-        _reject_command(step, command, Reason.UNKNOWN_ORDER, f"no order {command.order_id}",
+        reject_command(step, command, Reason.UNKNOWN_ORDER, f"no order {command.order_id}",
                         order_id=command.order_id)
         return
     if not order.is_open:
-        _reject_command(step, command, Reason.ORDER_NOT_OPEN, f"order is {order.state}",
+        reject_command(step, command, Reason.ORDER_NOT_OPEN, f"order is {order.state}",
                         order_id=order.order_id)
         return
     if order.state is OrderState.PENDING_CANCEL:
-        _reject_command(step, command, Reason.CANCEL_PENDING, "a cancel is already on its way",
+        reject_command(step, command, Reason.CANCEL_PENDING, "a cancel is already on its way",
                         order_id=order.order_id)
         return
     request = order.next_request  # cancels and replaces share the ClOrdID numbers
-    order = _advance(step, order, OrderState.PENDING_CANCEL, command.idempotency_key,
+    order = advance(step, order, OrderState.PENDING_CANCEL, command.idempotency_key,
                      cancel_attempts=order.cancel_attempts + 1, requests=request,
                      state_before_cancel=order.state)
     step.outputs.append(cancel_request(order, step.state.account_id, request, step.now))
@@ -681,77 +449,77 @@ def _valid_amount(amount: Decimal) -> bool:
     return is_cents(amount) and amount > 0
 
 
-def _deposit(step: _Step, command: Deposit) -> None:
+def _deposit(step: Step, command: Deposit) -> None:
     if not _valid_amount(command.amount):
-        _reject_command(step, command, Reason.INVALID_AMOUNT, "amount must be positive cents")
+        reject_command(step, command, Reason.INVALID_AMOUNT, "amount must be positive cents")
         return
-    cause = _command_cause(step.state.account_id, command.idempotency_key)
+    cause = command_cause(step.state.account_id, command.idempotency_key)
     txn = step.post("deposit", cause, [(la.BANK_ACH, la.USD, -command.amount),
                                        (step.user(la.CASH), la.USD, command.amount)])
     step.state.deposits[command.idempotency_key] = DepositRecord(
         amount=command.amount, deposited_at=step.now)
-    _accept_command(step, command, command.amount, txn)
+    accept_command(step, command, command.amount, txn)
 
 
-def _withdraw(step: _Step, command: Withdraw) -> None:
+def _withdraw(step: Step, command: Withdraw) -> None:
     state = step.state
     if not _valid_amount(command.amount):
-        _reject_command(step, command, Reason.INVALID_AMOUNT, "amount must be positive cents")
+        reject_command(step, command, Reason.INVALID_AMOUNT, "amount must be positive cents")
         return
     if is_restricted(state):
-        _reject_command(step, command, Reason.ACCOUNT_RESTRICTED, "negative balance")
+        reject_command(step, command, Reason.ACCOUNT_RESTRICTED, "negative balance")
         return
     available = withdrawable_cash(state, step.now, step.limits)
     if command.amount > available:
         settle_days = step.limits.deposit_settle_days
-        _reject_command(step, command, Reason.INSUFFICIENT_WITHDRAWABLE_CASH,
+        reject_command(step, command, Reason.INSUFFICIENT_WITHDRAWABLE_CASH,
                         withdrawable_detail(
                             state.balance(la.CASH), available,
                             held_deposits(state.deposits.values(), step.now, settle_days),
                             settle_days))
         return
-    cause = _command_cause(state.account_id, command.idempotency_key)
+    cause = command_cause(state.account_id, command.idempotency_key)
     txn = step.post("withdrawal", cause, [(step.user(la.CASH), la.USD, -command.amount),
                                           (la.BANK_WITHDRAWALS, la.USD, command.amount)])
-    _accept_command(step, command, command.amount, txn)
+    accept_command(step, command, command.amount, txn)
 
 
-def _ach_return(step: _Step, command: AchReturn) -> None:
+def _ach_return(step: Step, command: AchReturn) -> None:
     state = step.state
     deposit = state.deposits.get(command.deposit_idempotency_key)
     if deposit is None:
-        _reject_command(step, command, Reason.UNKNOWN_DEPOSIT,
+        reject_command(step, command, Reason.UNKNOWN_DEPOSIT,
                         f"no deposit {command.deposit_idempotency_key}")
         return
     if deposit.returned:
-        _reject_command(step, command, Reason.DEPOSIT_ALREADY_RETURNED,
+        reject_command(step, command, Reason.DEPOSIT_ALREADY_RETURNED,
                         f"deposit {command.deposit_idempotency_key} already returned")
         return
-    cause = _command_cause(state.account_id, command.idempotency_key)
+    cause = command_cause(state.account_id, command.idempotency_key)
     txn = step.post("ach_return", cause, [(step.user(la.CASH), la.USD, -deposit.amount),
                                           (la.BANK_ACH, la.USD, deposit.amount)])
     state.deposits[command.deposit_idempotency_key] = msgspec.structs.replace(
         deposit, returned=True)
-    _accept_command(step, command, deposit.amount, txn)
+    accept_command(step, command, deposit.amount, txn)
     if is_restricted(state):
         step.alert(cause, "warning", "account_restricted",
                    f"ACH return {command.reason} left cash at {state.balance(la.CASH)}")
 
 
-def _expire_orders(step: _Step, command: ExpireOrders) -> None:
-    cause = _command_cause(step.state.account_id, command.idempotency_key)
+def _expire_orders(step: Step, command: ExpireOrders) -> None:
+    cause = command_cause(step.state.account_id, command.idempotency_key)
     for order in list(step.state.open_orders.values()):
         if (order.time_in_force is TimeInForce.DAY
                 and order.placed_at.date() <= command.trading_day):
             routed = order.state in _ROUTED_STATES
             order = _release(step, order, cause, kind=f"expire:{order.order_id}")
             request = order.next_request if routed else order.requests
-            order = _advance(step, order, OrderState.EXPIRED, command.idempotency_key,
+            order = advance(step, order, OrderState.EXPIRED, command.idempotency_key,
                              "day_end", requests=request)
             if routed:  # the market maker drops it too (a late fill still books, alerted)
                 step.outputs.append(cancel_request(order, step.state.account_id, request,
                                                    step.now))
-    _accept_command(step, command, None, None)
+    accept_command(step, command, None, None)
 
 
 _ROUTED_STATES = frozenset(
@@ -761,15 +529,11 @@ _ROUTED_STATES = frozenset(
 # ---- execution reports ------------------------------------------------------------------
 
 
-def _exec_cause(report: ExecutionReport) -> str:
-    return f"exec:{report.market_maker}:{report.exec_id}"
-
-
-def _on_execution(step: _Step, report: ExecutionReport) -> None:
+def _on_execution(step: Step, report: ExecutionReport) -> None:
     order_id = report.order_id or order_id_of_cl_ord_id(report.cl_ord_id)
     order = step.state.order(order_id)
     if order is not None and (order.symbol != report.symbol or order.side != report.side):
-        step.alert(_exec_cause(report), "critical", "execution_mismatch",
+        step.alert(exec_cause(report), "critical", "execution_mismatch",
                    f"report for {report.symbol} {report.side} on order of {order.symbol} "
                    f"{order.side}", order_id=order_id, exec_id=report.exec_id)
         order = None
@@ -787,18 +551,18 @@ def _on_execution(step: _Step, report: ExecutionReport) -> None:
     _EXEC_HANDLERS[report.exec_type](step, order, report)
 
 
-def _complete_if_filled(step: _Step, order: Order, report: ExecutionReport) -> None:
+def _complete_if_filled(step: Step, order: Order, report: ExecutionReport) -> None:
     """An open order whose booked fills reach its quantity is complete. `_on_fill` completes
     it in the same step, so this happens only to an account rebuilt from a shard that landed
     the fill's transaction and lost the rest of its step with the broker: the fill's report,
     forwarded again, completes it (the remaining hold goes back) instead of being ignored."""
     if not order.is_open or order.filled_quantity < order.quantity:
         return
-    order = _release(step, order, _exec_cause(report))
-    _advance(step, order, OrderState.FILLED, report.exec_id)
+    order = _release(step, order, exec_cause(report))
+    advance(step, order, OrderState.FILLED, report.exec_id)
 
 
-def _on_ack(step: _Step, order: Order, report: ExecutionReport) -> None:
+def _on_ack(step: Step, order: Order, report: ExecutionReport) -> None:
     """The market maker has the order: nothing changes but the noted exec_id."""
 
 
@@ -809,42 +573,29 @@ _DONE_STATES = {
 }
 
 
-def _on_done(step: _Step, order: Order, report: ExecutionReport) -> None:
+def _on_done(step: Step, order: Order, report: ExecutionReport) -> None:
     """Cancelled, rejected or expired by the market maker: the remaining hold goes back."""
     if not order.is_open:
         return  # already final here (e.g. filled, or expired at day end): nothing to release
     state, reason = _DONE_STATES[report.exec_type]
-    order = _release(step, order, _exec_cause(report))
-    _advance(step, order, state, report.exec_id, reason, report.text)
-    _check_cum_qty(step, order, report)
+    order = _release(step, order, exec_cause(report))
+    advance(step, order, state, report.exec_id, reason, report.text)
+    check_cum_qty(step, order, report)
 
 
-def _on_status(step: _Step, order: Order, report: ExecutionReport) -> None:
+def _on_status(step: Step, order: Order, report: ExecutionReport) -> None:
     if report.cum_qty != order.filled_quantity:
-        step.alert(_exec_cause(report), "warning", "status_mismatch",
+        step.alert(exec_cause(report), "warning", "status_mismatch",
                    f"market maker reports {report.cum_qty} filled, booked {order.filled_quantity}",
                    order_id=order.order_id, exec_id=report.exec_id)
 
 
-def _on_cancel_rejected(step: _Step, order: Order, report: ExecutionReport) -> None:
+def _on_cancel_rejected(step: Step, order: Order, report: ExecutionReport) -> None:
     if order.state is not OrderState.PENDING_CANCEL:
         return
     previous = order.state_before_cancel or OrderState.ROUTED
-    _advance(step, order, previous, report.exec_id, "cancel_rejected", report.text,
+    advance(step, order, previous, report.exec_id, "cancel_rejected", report.text,
              state_before_cancel=None)
-
-
-def _check_cum_qty(step: _Step, order: Order, report: ExecutionReport) -> None:
-    """A cumulative quantity above what we booked means a fill report is missing: ask."""
-    if report.cum_qty > order.filled_quantity:
-        step.alert(_exec_cause(report), "warning", "fill_gap",
-                   f"market maker reports {report.cum_qty} filled, booked "
-                   f"{order.filled_quantity}", order_id=order.order_id, exec_id=report.exec_id)
-        step.outputs.append(RouteStatusRequest(
-            account_id=step.state.account_id, order_id=order.order_id,
-            cl_ord_id=cl_ord_id_for(order.order_id), symbol=order.symbol, side=order.side,
-            routed_at=step.now,
-        ))
 
 
 def _valid_fill(report: ExecutionReport) -> bool:
@@ -852,9 +603,9 @@ def _valid_fill(report: ExecutionReport) -> bool:
             and is_price(report.last_px) and report.last_px > 0)
 
 
-def _on_fill(step: _Step, order: Order, report: ExecutionReport) -> None:
+def _on_fill(step: Step, order: Order, report: ExecutionReport) -> None:
     if not _valid_fill(report):
-        step.alert(_exec_cause(report), "critical", "invalid_fill",
+        step.alert(exec_cause(report), "critical", "invalid_fill",
                    f"fill of {report.last_qty} at {report.last_px} not booked",
                    order_id=order.order_id, exec_id=report.exec_id)
         return
@@ -866,21 +617,21 @@ def _on_fill(step: _Step, order: Order, report: ExecutionReport) -> None:
         order, filled_quantity=order.filled_quantity + qty, fill_notional=notional,
         cash_booked=order.cash_booked + amount)
     order = _book_fill(step, order, report, amount)
-    cause = _exec_cause(report)
+    cause = exec_cause(report)
     fill = (qty, px)
     if was_open and order.filled_quantity >= order.quantity:
         order = _release(step, order, cause)
-        order = _advance(step, order, OrderState.FILLED, report.exec_id, last_fill=fill)
+        order = advance(step, order, OrderState.FILLED, report.exec_id, last_fill=fill)
     elif was_open:
         # A fill while a cancel is on its way leaves the order pending_cancel; should the cancel
         # be rejected, the order goes back to partially_filled.
         pending = order.state is OrderState.PENDING_CANCEL
-        order = _advance(
+        order = advance(
             step, order, order.state if pending else OrderState.PARTIALLY_FILLED,
             report.exec_id, last_fill=fill,
             state_before_cancel=OrderState.PARTIALLY_FILLED if pending else None)
     else:
-        order = _advance(step, order, order.state, report.exec_id, "late_fill",
+        order = advance(step, order, order.state, report.exec_id, "late_fill",
                          f"fill after the order was {order.state}", last_fill=fill)
         step.alert(cause, "critical", f"fill_after_{order.state}",
                    f"{qty} at {px} booked on a {order.state} order",
@@ -889,29 +640,26 @@ def _on_fill(step: _Step, order: Order, report: ExecutionReport) -> None:
         step.alert(cause, "critical", "overfill",
                    f"filled {order.filled_quantity} of {order.quantity}",
                    order_id=order.order_id, exec_id=report.exec_id)
-    _check_cum_qty(step, order, report)
+    check_cum_qty(step, order, report)
 
 
 # Replaces (state.domain.replace) and the gateway's pending cancels
 # (state.domain.pending_cancel) build on this module, so they are imported where used.
-def _on_replaced(step: _Step, order: Order, report: ExecutionReport) -> None:
-    from state.domain.replace import on_replaced
+def _on_replaced(step: Step, order: Order, report: ExecutionReport) -> None:
     on_replaced(step, order, report)
 
 
-def _on_pending_cancel(step: _Step, order: Order, report: ExecutionReport) -> None:
-    from state.domain.pending_cancel import on_pending_cancel
+def _on_pending_cancel(step: Step, order: Order, report: ExecutionReport) -> None:
     on_pending_cancel(step, order, report)
 
 
-def _on_cancel_or_replace_rejected(step: _Step, order: Order, report: ExecutionReport
+def _on_cancel_or_replace_rejected(step: Step, order: Order, report: ExecutionReport
                                    ) -> None:
-    from state.domain.replace import on_replace_rejected
     if not on_replace_rejected(step, order, report):
         _on_cancel_rejected(step, order, report)
 
 
-_EXEC_HANDLERS: dict[ExecType, Callable[[_Step, Order, ExecutionReport], None]] = {
+_EXEC_HANDLERS: dict[ExecType, Callable[[Step, Order, ExecutionReport], None]] = {
     ExecType.NEW: _on_ack,
     ExecType.TRADE: _on_fill,
     ExecType.CANCELED: _on_done,
@@ -924,7 +672,7 @@ _EXEC_HANDLERS: dict[ExecType, Callable[[_Step, Order, ExecutionReport], None]] 
 }
 
 
-def _book_fill(step: _Step, order: Order, report: ExecutionReport, amount: Decimal) -> Order:
+def _book_fill(step: Step, order: Order, report: ExecutionReport, amount: Decimal) -> Order:
     """Post one fill; what the order's reserve does not cover comes from free cash or shares."""
     qty, symbol = report.last_qty, order.symbol
     if order.side is Side.BUY:
@@ -932,7 +680,7 @@ def _book_fill(step: _Step, order: Order, report: ExecutionReport, amount: Decim
         legs = _buy_legs(step, report, amount, from_hold)
         order = msgspec.structs.replace(order, reserve=order.reserve - from_hold)
         if amount > from_hold and order.is_open:
-            step.alert(_exec_cause(report), "warning", "fill_above_hold",
+            step.alert(exec_cause(report), "warning", "fill_above_hold",
                        f"{amount - from_hold} beyond the hold taken from cash",
                        order_id=order.order_id, exec_id=report.exec_id)
     else:
@@ -942,12 +690,12 @@ def _book_fill(step: _Step, order: Order, report: ExecutionReport, amount: Decim
         order = msgspec.structs.replace(
             order, reserve=order.reserve - from_held,
             reserve_unsettled=order.reserve_unsettled - (from_held - from_held_settled))
-    step.post("fill", _exec_cause(report), legs, order.order_id)
+    step.post("fill", exec_cause(report), legs, order.order_id)
     _note_fill(step, order.order_id, symbol, report.side, qty, report.last_px)
     return order
 
 
-def _buy_legs(step: _Step, report: ExecutionReport, amount: Decimal, from_hold: Decimal
+def _buy_legs(step: Step, report: ExecutionReport, amount: Decimal, from_hold: Decimal
               ) -> list[Leg]:
     clearing = la.clearing(report.market_maker)
     return [
@@ -959,7 +707,7 @@ def _buy_legs(step: _Step, report: ExecutionReport, amount: Decimal, from_hold: 
     ]
 
 
-def _sell_legs(step: _Step, report: ExecutionReport, amount: Decimal, from_held: Decimal
+def _sell_legs(step: Step, report: ExecutionReport, amount: Decimal, from_held: Decimal
                ) -> list[Leg]:
     """Shares beyond the order's hold come from free settled shares, then unsettled (which may
     go negative: a real fill is booked even when it sells what the account does not have)."""
@@ -976,7 +724,7 @@ def _sell_legs(step: _Step, report: ExecutionReport, amount: Decimal, from_held:
     ]
 
 
-def _note_fill(step: _Step, order_id: str, symbol: str, side: Side, qty: Decimal,
+def _note_fill(step: Step, order_id: str, symbol: str, side: Side, qty: Decimal,
                px: Decimal) -> None:
     """Positions from fills (the invariant's other side), last price and day trades."""
     state = step.state
@@ -993,11 +741,11 @@ def _note_fill(step: _Step, order_id: str, symbol: str, side: Side, qty: Decimal
             state.day_trades.append(trade)
 
 
-def _on_unknown_order(step: _Step, report: ExecutionReport, order_id: str) -> None:
+def _on_unknown_order(step: Step, report: ExecutionReport, order_id: str) -> None:
     """A report for an order this account does not hold (never placed, or long pruned). A fill
     is real money: it is booked against free cash or shares, and operators are alerted."""
     state = step.state
-    cause = _exec_cause(report)
+    cause = exec_cause(report)
     if cause in state.orphan_execs:
         return
     forgotten = state.executions_forgotten_until
@@ -1083,7 +831,7 @@ def _prune(state: AccountState, now: dt.datetime) -> None:
                                if t.day >= today - DAY_TRADES_RETENTION]
 
 
-def _check_step(before: AccountState, step: _Step) -> None:
+def _check_step(before: AccountState, step: Step) -> None:
     """`check_invariants` for what one step changed, so a step costs what it touches: each
     order it stored is sound where it is kept; the holds moved exactly as much as those
     orders' reserves (money counted twice: once on the ledger, once on the orders); every

@@ -5,15 +5,15 @@ should the cancel be refused (`state_before_cancel`, as for a user's cancel)."""
 
 from __future__ import annotations
 
-from state.domain.account import _advance, _Step
 from state.domain.orders import Order
+from state.domain.step import Step, advance
 from state.messages import ExecutionReport, OrderState
 
 __all__ = ["on_pending_cancel"]
 
 
-def on_pending_cancel(step: _Step, order: Order, report: ExecutionReport) -> None:
+def on_pending_cancel(step: Step, order: Order, report: ExecutionReport) -> None:
     if not order.is_open or order.state is OrderState.PENDING_CANCEL:
         return  # closed, or a cancel is already on its way: nothing changes
-    _advance(step, order, OrderState.PENDING_CANCEL, report.exec_id,
+    advance(step, order, OrderState.PENDING_CANCEL, report.exec_id,
              "no_answer_cancel_requested", report.text, state_before_cancel=order.state)

@@ -31,20 +31,20 @@ from typing import cast
 import msgspec
 
 from state import ledger_accounts as la
-from state.domain.account import (
-    _advance,
-    _check_cum_qty,
-    _command_cause,
-    _exec_cause,
-    _reject_command,
-    _Step,
-    hold_legs,
-    is_restricted,
-)
+from state.domain.account_state import is_restricted
 from state.domain.ledger import Leg
 from state.domain.money import ZERO, cents_up, is_share_quantity, tick_refusal
 from state.domain.orders import Order, PendingReplace
 from state.domain.risk import Reason, RiskLimits, buy_hold_price, notional_price
+from state.domain.step import (
+    Step,
+    advance,
+    check_cum_qty,
+    command_cause,
+    exec_cause,
+    hold_legs,
+    reject_command,
+)
 from state.ids import cl_ord_id_for
 from state.messages import (
     ExecutionReport,
@@ -79,10 +79,10 @@ class Rejection:
     detail: str
 
 
-def _reject(step: _Step, command: ReplaceOrder, rejection: Rejection) -> None:
+def _reject(step: Step, command: ReplaceOrder, rejection: Rejection) -> None:
     # Any stable code goes on the CommandRejected (a str); the account's helper is typed for
     # the risk reasons only.
-    _reject_command(step, command, cast(Reason, rejection.reason), rejection.detail,
+    reject_command(step, command, cast(Reason, rejection.reason), rejection.detail,
                     order_id=command.order_id)
 
 
@@ -106,7 +106,7 @@ def _requested_terms(order: Order, command: ReplaceOrder) -> Terms:
     )
 
 
-def _as_place_order(order: Order, terms: Terms, quantity: Decimal, step: _Step) -> PlaceOrder:
+def _as_place_order(order: Order, terms: Terms, quantity: Decimal, step: Step) -> PlaceOrder:
     """The order's terms in the shape the risk functions price."""
     return PlaceOrder(
         account_id=step.state.account_id, idempotency_key=order.idempotency_key,
@@ -117,7 +117,7 @@ def _as_place_order(order: Order, terms: Terms, quantity: Decimal, step: _Step) 
     )
 
 
-def target_reserve(order: Order, terms: Terms, step: _Step) -> Decimal:
+def target_reserve(order: Order, terms: Terms, step: Step) -> Decimal:
     """What the order must hold for what is left of `terms` after its fills so far: shares
     for a sell; for a buy, the cash of all fills at the terms' hold price (rounded up to the
     cent, as the first hold was) less the cash the fills already booked, so that rounding of
@@ -132,7 +132,7 @@ def target_reserve(order: Order, terms: Terms, step: _Step) -> Decimal:
 # ---- the command ------------------------------------------------------------------------
 
 
-def replace_order(step: _Step, command: ReplaceOrder) -> None:
+def replace_order(step: Step, command: ReplaceOrder) -> None:
     order = step.state.order(command.order_id)
     refusal = _refusal(order, command)
     if refusal is not None:
@@ -146,7 +146,7 @@ def replace_order(step: _Step, command: ReplaceOrder) -> None:
     if refusal is not None:
         _reject(step, command, refusal)
         return
-    cause = _command_cause(step.state.account_id, command.idempotency_key)
+    cause = command_cause(step.state.account_id, command.idempotency_key)
     order, extra_unsettled = _hold_more(step, order, extra, cause)
     request = order.next_request
     pending = PendingReplace(
@@ -154,7 +154,7 @@ def replace_order(step: _Step, command: ReplaceOrder) -> None:
         idempotency_key=command.idempotency_key, quantity=terms.quantity,
         limit_price=terms.limit_price, stop_price=terms.stop_price, extra_hold=extra,
         extra_hold_unsettled=extra_unsettled)
-    order = _advance(step, order, order.state, command.idempotency_key, "replace_requested",
+    order = advance(step, order, order.state, command.idempotency_key, "replace_requested",
                      _describe(terms), requests=request, pending_replace=pending)
     step.outputs.append(RouteReplace(
         account_id=step.state.account_id, order_id=order.order_id,
@@ -217,7 +217,7 @@ def _check_shape(order: Order, command: ReplaceOrder) -> Rejection | None:
     return None
 
 
-def _check_terms(order: Order, terms: Terms, step: _Step) -> Rejection | None:
+def _check_terms(order: Order, terms: Terms, step: Step) -> Rejection | None:
     """Market status, size and notional limits of the new terms (as for a new order)."""
     status = step.market.status(order.symbol)
     if status is SymbolStatus.HALTED:
@@ -237,7 +237,7 @@ def _check_terms(order: Order, terms: Terms, step: _Step) -> Rejection | None:
     return None
 
 
-def _check_funds(order: Order, extra: Decimal, step: _Step) -> Rejection | None:
+def _check_funds(order: Order, extra: Decimal, step: Step) -> Rejection | None:
     if not extra:
         return None
     state = step.state
@@ -258,7 +258,7 @@ def _check_funds(order: Order, extra: Decimal, step: _Step) -> Rejection | None:
 # ---- holds ------------------------------------------------------------------------------
 
 
-def _hold_more(step: _Step, order: Order, amount: Decimal, cause: str
+def _hold_more(step: Step, order: Order, amount: Decimal, cause: str
                ) -> tuple[Order, Decimal]:
     """Add `amount` to the order's reserve (cash; or shares, settled first); the order and
     the part of `amount` taken from unsettled shares."""
@@ -271,7 +271,7 @@ def _hold_more(step: _Step, order: Order, amount: Decimal, cause: str
         unsettled
 
 
-def _release_part(step: _Step, order: Order, amount: Decimal, cause: str,
+def _release_part(step: Step, order: Order, amount: Decimal, cause: str,
                   unsettled_wanted: Decimal) -> Order:
     """Give back `amount` of the order's reserve; for a sell, `unsettled_wanted` of it (as far
     as the reserve has) to unsettled shares, the rest to settled ones as far as the reserve
@@ -295,7 +295,7 @@ def _release_part(step: _Step, order: Order, amount: Decimal, cause: str,
                                    reserve_unsettled=order.reserve_unsettled - unsettled)
 
 
-def _free_to_hold(step: _Step, order: Order) -> Decimal:
+def _free_to_hold(step: Step, order: Order) -> Decimal:
     state = step.state
     if order.side is Side.BUY:
         return max(state.balance(la.CASH), ZERO)
@@ -306,9 +306,9 @@ def _free_to_hold(step: _Step, order: Order) -> Decimal:
 # ---- execution reports ------------------------------------------------------------------
 
 
-def on_replaced(step: _Step, order: Order, report: ExecutionReport) -> None:
+def on_replaced(step: Step, order: Order, report: ExecutionReport) -> None:
     """The market maker confirmed a replace: the order takes its new terms."""
-    cause = _exec_cause(report)
+    cause = exec_cause(report)
     pending = order.pending_replace
     if pending is None or report.cl_ord_id != pending.cl_ord_id:
         step.alert(cause, "critical", "unexpected_replace",
@@ -340,28 +340,28 @@ def on_replaced(step: _Step, order: Order, report: ExecutionReport) -> None:
     if order.filled_quantity >= quantity:  # fills meanwhile reached the new quantity
         order = _release_part(step, order, order.reserve, cause,
                               unsettled_wanted=order.reserve_unsettled)
-        order = _advance(step, order, OrderState.FILLED, report.exec_id, "replaced",
+        order = advance(step, order, OrderState.FILLED, report.exec_id, "replaced",
                          _describe(terms))
     else:
-        order = _advance(step, order, order.state, report.exec_id, "replaced",
+        order = advance(step, order, order.state, report.exec_id, "replaced",
                          _describe(terms))
-    _check_cum_qty(step, order, report)
+    check_cum_qty(step, order, report)
 
 
-def _cover_shortfall(step: _Step, order: Order, shortfall: Decimal,
+def _cover_shortfall(step: Step, order: Order, shortfall: Decimal,
                      report: ExecutionReport) -> Order:
     """Fills at the old terms while the replace was on its way left the reserve short of the
     new terms: hold what is free of it, alert the rest (fills beyond a hold still book)."""
     take = min(shortfall, _free_to_hold(step, order))
-    order, _ = _hold_more(step, order, take, _exec_cause(report))
+    order, _ = _hold_more(step, order, take, exec_cause(report))
     if take < shortfall:
-        step.alert(_exec_cause(report), "warning", "replace_under_held",
+        step.alert(exec_cause(report), "warning", "replace_under_held",
                    f"new terms need {shortfall - take} more than could be held",
                    order_id=order.order_id, exec_id=report.exec_id)
     return order
 
 
-def on_replace_rejected(step: _Step, order: Order, report: ExecutionReport) -> bool:
+def on_replace_rejected(step: Step, order: Order, report: ExecutionReport) -> bool:
     """A CANCEL_REJECTED answering the order's pending replace: the old terms stay and what
     was held for the replace goes back. False when the report answers something else (a
     cancel), for the caller to handle."""
@@ -371,11 +371,11 @@ def on_replace_rejected(step: _Step, order: Order, report: ExecutionReport) -> b
     if not order.is_open:
         step.store(msgspec.structs.replace(order, pending_replace=None))
         return True
-    cause = _exec_cause(report)
+    cause = exec_cause(report)
     # Only what the old terms do not need goes back: fills meanwhile took from the reserve.
     excess = order.reserve - target_reserve(order, _current_terms(order), step)
     order = _release_part(step, order, min(pending.extra_hold, max(excess, ZERO)), cause,
                           unsettled_wanted=pending.extra_hold_unsettled)
-    _advance(step, order, order.state, report.exec_id, "replace_rejected", report.text,
+    advance(step, order, order.state, report.exec_id, "replace_rejected", report.text,
              pending_replace=None)
     return True

@@ -23,7 +23,6 @@ from typing import cast
 import msgspec
 
 from state import ledger_accounts as la
-from state.domain.account import _accept_command, _command_cause, _reject_command, _Step
 from state.domain.ledger import Leg
 from state.domain.lots import (
     SettlementLot,
@@ -34,6 +33,7 @@ from state.domain.lots import (
 )
 from state.domain.money import ZERO
 from state.domain.risk import Reason
+from state.domain.step import Step, accept_command, command_cause, reject_command
 from state.messages import SettleTrades, Side
 
 __all__ = ["SettleReason", "settle_trades"]
@@ -43,20 +43,20 @@ class SettleReason(StrEnum):
     NOT_A_BUSINESS_DAY = "not_a_business_day"
 
 
-def settle_trades(step: _Step, command: SettleTrades) -> None:
+def settle_trades(step: Step, command: SettleTrades) -> None:
     state = step.state
     if not is_business_day(command.settle_date):
-        _reject_command(step, command, cast(Reason, SettleReason.NOT_A_BUSINESS_DAY),
+        reject_command(step, command, cast(Reason, SettleReason.NOT_A_BUSINESS_DAY),
                         f"{command.settle_date} is a {command.settle_date:%A}")
         return
     due, later = split_due(state.unsettled_lots, trade_date_for(command.settle_date))
     legs = _clearing_legs(due)
     legs += _user_legs(step, due, bought_by_symbol(later))
-    cause = _command_cause(state.account_id, command.idempotency_key)
+    cause = command_cause(state.account_id, command.idempotency_key)
     txn = step.post("settle", cause, legs)
     for lot in due:
         del state.unsettled_lots[lot.key]
-    _accept_command(step, command, None, txn)
+    accept_command(step, command, None, txn)
 
 
 def _clearing_legs(due: list[SettlementLot]) -> list[Leg]:
@@ -70,7 +70,7 @@ def _clearing_legs(due: list[SettlementLot]) -> list[Leg]:
     return legs
 
 
-def _user_legs(step: _Step, due: list[SettlementLot], not_due: dict[str, Decimal]
+def _user_legs(step: Step, due: list[SettlementLot], not_due: dict[str, Decimal]
                ) -> list[Leg]:
     """Unsettled shares beyond what later trade dates bought become settled."""
     state = step.state
@@ -95,7 +95,7 @@ def _user_legs(step: _Step, due: list[SettlementLot], not_due: dict[str, Decimal
     return legs
 
 
-def _settle_held(step: _Step, symbol: str, quantity: Decimal) -> None:
+def _settle_held(step: Step, symbol: str, quantity: Decimal) -> None:
     """Count `quantity` of the unsettled shares open sells hold as settled."""
     for order in list(step.state.open_orders.values()):
         if quantity <= 0:
