@@ -58,7 +58,8 @@ def _accounts(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Servi
               "shard_dsns": list(endpoints.shard_dsns),
               "partitions_per_shard": stack.stack.partitions_per_shard,
               "processing_guarantee": stack.accounts.processing_guarantee,
-              "commit_interval_s": stack.accounts.commit_interval_s}
+              "commit_interval_s": stack.accounts.commit_interval_s,
+              "quote_age_ms_max": stack.accounts.quote_age_ms_max}
     return ServiceSpec("accounts", "topologies.config:AccountTopologyConfig",
                        "topologies.accounts:run", config)
 
@@ -136,6 +137,7 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "identity": msgspec.to_builtins(stack.http.identity),
               "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms,
               "journal_replay_after_s": stack.http.journal_replay_after_s,
+              "quote_age_ms_max": stack.accounts.quote_age_ms_max,
               "fix_store_dir": str(data_dir / "fix" / "gateway")}
     return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
                        config)

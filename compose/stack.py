@@ -31,6 +31,7 @@ import msgspec
 
 from compose.exceptions import ConfigError
 from gateways.http.config import IdentityProviderConfig
+from state.domain.risk import QUOTE_AGE_MS_MAX
 
 SERVICE_NAMES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data", "connectors",
                  "http")
@@ -98,6 +99,9 @@ class MarketMakerSection(_Section, frozen=True, kw_only=True):
 class AccountsSection(_Section, frozen=True, kw_only=True):
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05
+    # A market or stop order's reference quote older than this is refused
+    # (stale_reference_price); the HTTP gateway gets the same value and publishes it.
+    quote_age_ms_max: Annotated[int, msgspec.Meta(gt=0)] = QUOTE_AGE_MS_MAX
 
 
 class ConnectorsSection(_Section, frozen=True, kw_only=True):

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import msgspec
 
+from state.domain.risk import QUOTE_AGE_MS_MAX
+
 
 class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
@@ -39,7 +41,7 @@ class AccountTopologyConfig(_Config, frozen=True, kw_only=True):
     notional_usd_max: Decimal = Decimal("1000000")
     quantity_max: Decimal = Decimal("100000")
     order_rate_per_s_max: int = 10
-    quote_age_ms_max: int = 60_000
+    quote_age_ms_max: int = QUOTE_AGE_MS_MAX
 
 
 class MarketDataConfig(_Config, frozen=True, kw_only=True):

@@ -730,7 +730,8 @@ async def quotes(request: web.Request) -> web.Response:
     found = await gateway.quotes.get_many(symbols)
     return json_response(s.QuoteList(
         quotes=[answers.quote(found[symbol]) for symbol in symbols if symbol in found],
-        missing=[symbol for symbol in symbols if symbol not in found]))
+        missing=[symbol for symbol in symbols if symbol not in found],
+        quote_age_ms_max=gateway.config.quote_age_ms_max))
 
 
 async def candles(request: web.Request) -> web.Response:
@@ -824,6 +825,8 @@ class Route:
     auth: bool = True
     idempotency_key: bool = False
     query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
+    # Query parameters that take one of a fixed set of values: (name, values), first the default.
+    query_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
     tag: str = "api"
     description: str = ""
 
@@ -897,8 +900,9 @@ ROUTES: tuple[Route, ...] = (
           query=(("symbols", True, "comma-separated, e.g. AAPL,TSLA"),), tag="market"),
     Route("GET", "/v1/candles/{symbol}", candles, "OHLCV candles",
           responses=((200, s.CandleList),),
-          query=(("interval", False, "1m, 5m, 1h or 1d"), ("limit", False, "1-1000")),
-          tag="market"),
+          query=(("interval", False, "the candle width: " + ", ".join(CANDLE_INTERVALS)
+                  + f" (default {CANDLE_INTERVALS[0]})"), ("limit", False, "1-1000")),
+          query_values=(("interval", CANDLE_INTERVALS),), tag="market"),
     Route("GET", "/healthz", healthz, "Broker, Redis and every shard reachable",
           responses=((200, s.Health),), auth=False, tag="operations",
           description="503 when the broker or a shard is down; Redis down or slow is "

@@ -330,6 +330,12 @@ class QuoteView(Body, frozen=True):
 class QuoteList(Body, frozen=True):
     quotes: list[QuoteView]
     missing: list[str]
+    quote_age_ms_max: Annotated[int, msgspec.Meta(
+        gt=0,
+        description="added in 1.2.0: the risk check's quote age limit, in milliseconds: a "
+                    "market or stop order priced at a quote whose venue_time is older than "
+                    "this is refused with reason `stale_reference_price`; a client marks such "
+                    "quotes stale")]
 
 
 class CandleView(Body, frozen=True):

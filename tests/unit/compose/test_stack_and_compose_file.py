@@ -12,6 +12,7 @@ from compose.exceptions import ConfigError
 from compose.services import Endpoints, service_specs
 from compose.stack import SERVICE_NAMES, StackConfig, load_stack
 from gateways.http.config import HttpConfig, IdentityProviderConfig
+from topologies.config import AccountTopologyConfig
 
 COMPOSE_FILE = Path(__file__).parents[3] / "compose" / "docker-compose.yml"
 
@@ -98,6 +99,27 @@ def _http_config(stack: StackConfig) -> HttpConfig:
                                            "redis://127.0.0.1:6379/0", "secret" * 6))
     spec = next(spec for spec in specs if spec.name == "http")
     return msgspec.convert(spec.config, HttpConfig, strict=False)
+
+
+def test_the_quote_age_limit_is_one_setting_for_the_risk_check_and_the_gateway(
+        tmp_path: Path) -> None:
+    """The account topology refuses orders priced at quotes older than `quote_age_ms_max`;
+    the gateway gets the same value, which GET /v1/quotes publishes for stale marks."""
+    def limits(stack: StackConfig) -> tuple[int, int]:
+        specs = {spec.name: spec for spec in service_specs(
+            stack, Endpoints("127.0.0.1:9092", ("dsn0", "dsn1"), "redis://127.0.0.1:6379/0",
+                             "secret" * 6))}
+        accounts = msgspec.convert(specs["accounts"].config, AccountTopologyConfig,
+                                   strict=False)
+        return accounts.quote_age_ms_max, _http_config(stack).quote_age_ms_max
+
+    assert limits(load_stack(environ={})) == (60_000, 60_000)
+    path = tmp_path / "stack.toml"
+    path.write_text("[accounts]\nquote_age_ms_max = 15000\n")
+    assert limits(load_stack(path, environ={})) == (15_000, 15_000)
+    path.write_text("[accounts]\nquote_age_ms_max = 0\n")
+    with pytest.raises(ConfigError, match="quote_age_ms_max"):
+        load_stack(path, environ={})
 
 
 def test_the_demo_login_is_on_without_a_stack_file_and_off_in_one(tmp_path: Path) -> None:
