@@ -51,6 +51,29 @@ def wider_wait(listing_ms: float, wait_ms: int, wait_ms_max: int = WAIT_MS_MAX) 
     return int(min(max(LISTING_TO_WAIT * listing_ms, 2 * wait_ms), wait_ms_max))
 
 
+def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int,
+                     extra: Mapping[str, Any] | None = None) -> int:
+    """The fetch wait for a reader that cannot reopen its consumer (a Quix app fixes its
+    consumer's settings when it starts): `wait_ms`, or room for the broker's listing of the
+    largest partition of `topics` when that is wider. A member its stall watch restarted
+    (starved, it stood still behind its input) measures again and starts wider."""
+    from confluent_kafka import Consumer, KafkaException
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers,
+                         "group.id": "fetch-wait-probe", **(extra or {})})
+    try:
+        found = consumer.list_topics(timeout=10).topics
+        keys = [(topic, partition) for topic in topics if topic in found
+                for partition in found[topic].partitions]
+        listed_ms = listing_ms(consumer, keys)
+    except KafkaException as error:  # the app's own start reports a broker it cannot reach
+        log.warning("fetch wait not measured (%s): %d ms", error, wait_ms)
+        return wait_ms
+    finally:
+        consumer.close()
+    return int(min(max(wait_ms, LISTING_TO_WAIT * listed_ms), WAIT_MS_MAX))
+
+
 @dataclass
 class Starvation:
     """Behind its input and given nothing for `starved_s`: the reader needs a wider wait."""

@@ -48,6 +48,7 @@ from state.domain.account import (
 from state.domain.hydrate import AccountSnapshot, state_or_hydrated
 from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
+from state.fetch_wait import measured_wait_ms
 from state.liveness import GroupSampler, GroupStatus, Tracker
 from state.member_id import stable_member_id
 from state.messages import Alert, CommandRejected, ExecutionReport, MarketStatus
@@ -517,10 +518,14 @@ def _store_loads(raw: bytes) -> bytes:
 
 def create_application(config: AccountTopologyConfig) -> Application:
     kafka = config.kafka
+    inputs = [kafka.topic_prefix + t.Topic.ORDERS_COMMANDS, kafka.topic_prefix + t.Topic.EXECUTIONS]
     consumer_extra: dict[str, Any] = {
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
-        "fetch.wait.max.ms": kafka.fetch_wait_ms_max}
+        # Measured: a broker that lists a partition's batches on each fetch starves a wait
+        # shorter than that listing (state.fetch_wait; issue 11).
+        "fetch.wait.max.ms": measured_wait_ms(kafka.bootstrap_servers, inputs,
+                                              kafka.fetch_wait_ms_max, kafka.extra)}
     producer_extra: dict[str, Any] = {"partitioner": "murmur2_random"}
     if config.state_dir:
         member_id = stable_member_id(config.state_dir, config.consumer_group)

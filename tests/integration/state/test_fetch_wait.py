@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from state.fetch_wait import WideningReader
+from state.fetch_wait import LISTING_TO_WAIT, WideningReader, measured_wait_ms
 
 pytestmark = pytest.mark.integration
 
@@ -67,5 +67,8 @@ def test_a_reader_starved_behind_a_large_partition_widens_its_wait_and_reads_on(
             assert reader.wait_ms > START_WAIT_MS  # it was starved, and widened
         finally:
             reader.close()
+        # A reader that cannot reopen (a Quix app) measures at start: past the listing.
+        assert measured_wait_ms(bootstrap, [topic], START_WAIT_MS) > LISTING_TO_WAIT
+        assert measured_wait_ms(bootstrap, [f"{topic}.none"], 25) == 25
     finally:
         admin.delete_topics([topic])[topic].result()
