@@ -94,6 +94,34 @@ def test_http_corpus_gets_problems_and_produces_nothing() -> None:
     assert tally.inputs["http"] == len(cases) > 600
 
 
+def test_requests_the_http_parser_refuses_get_a_4xx_and_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Not HTTP, a header over 8 KiB, a NUL in a header, two Content-Lengths: aiohttp's
+    parser answers 400 before the app sees them, and the gateway logs one line for each
+    (gateways.http.service.ClientErrorsInOneLine), not an ERROR with a traceback."""
+    import logging
+
+    from gateways.http.service import ClientErrorsInOneLine
+
+    tally = corpus.Tally()
+    one_line = ClientErrorsInOneLine()
+    logging.getLogger("aiohttp.server").addFilter(one_line)
+
+    async def scenario(base: str, fakes: Fakes) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        await asyncio.to_thread(corpus.run_protocol, host, int(port), tally)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiohttp.server"):
+            _serve(scenario)
+    finally:
+        logging.getLogger("aiohttp.server").removeFilter(one_line)
+    assert not tally.failures, "\n".join(tally.failures)
+    assert tally.answers["http_protocol"] == {"400": len(corpus.PROTOCOL_CASES)}
+    refused = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert refused and all(r.levelname == "WARNING" and not r.exc_info for r in refused)
+
+
 def test_websocket_corpus_gets_error_frames_on_a_connection_kept() -> None:
     """Found here first: a frame nested 5,000 deep ended the stream with a traceback (the
     refusal's own decode recursed), a token with `exp` NaN or Infinity did too, and a frame

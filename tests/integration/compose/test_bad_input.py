@@ -35,7 +35,11 @@ from tests.integration.compose.stack_process import (
     start_stack,
     stop_everything,
 )
-from tests.integration.gateways.test_fix_bad_input import PEER_COMP_ID, ScriptedPeer
+from tests.integration.gateways.test_fix_bad_input import (
+    PEER_COMP_ID,
+    ScriptedPeer,
+    malformed_reports,
+)
 from tests.openapi_answers import checked_http
 
 pytestmark = pytest.mark.integration
@@ -178,7 +182,13 @@ def run_fix(peer: ScriptedPeer, bootstrap: str, account: str, attacker_account: 
     from tests.integration.kafka_io import read_topic
 
     cl_ord_id = cl_ord_id_for(order_id)
-    seen_alerts = 0
+    # test_fix_bad_input's own malformed reports first: the session refuses each.
+    for number, (reason, message) in enumerate(malformed_reports(cl_ord_id, account)):
+        peer.app.send(message)
+        kinds = peer.kinds_until(lambda got: "3" in got, timeout_s=10)
+        tally.record("fix", f"malformed:{number}:{reason}",
+                     "session Reject" if "3" in kinds else "no Reject",
+                     None if "3" in kinds else f"no session Reject: {kinds}")
     for index, case in enumerate(corpus.fix_cases(attacker_account)):
         exec_id = f"bad-{index}-{case.name}"
         peer.app.send(corpus.fix_report(case, cl_ord_id, account, "AAPL", exec_id))
@@ -199,7 +209,6 @@ def run_fix(peer: ScriptedPeer, bootstrap: str, account: str, attacker_account: 
             continue
         codes = {json.loads(r.value)["code"] for r in records
                  if json.loads(r.value).get("exec_id") == wanted}
-        seen_alerts += 1
         tally.record("fix", case.name, f"alert {','.join(sorted(codes))}",
                      None if codes & case.refused_by
                      else f"alerts {sorted(codes)}, expected one of {sorted(case.refused_by)}")
