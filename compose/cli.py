@@ -89,6 +89,7 @@ def _report_readiness(running: RunningStack, started: dt.datetime, timeout_s: fl
 
 
 def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.services import check_connector_files
     from compose.up import (
         interrupt_on_stop_signals,
         running_stack,
@@ -97,6 +98,7 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
         wait_healthy,
     )
 
+    check_connector_files(stack)
     interrupt_on_stop_signals()
     started = dt.datetime.now(dt.UTC)
     _say(f"starting the stack in {stack.data_dir} ...")
@@ -544,9 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_runtime_dir()
     args = build_parser().parse_args(argv)
     handler: Callable[[StackConfig, argparse.Namespace], int] = args.handler
+    from connectors.exceptions import ConnectorConfigError
+
     try:
         return handler(load_stack(args.stack), args)
-    except (ComposeError, ConfigError) as error:
+    except (ComposeError, ConfigError, ConnectorConfigError) as error:
         print(f"brokerage: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

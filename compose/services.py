@@ -115,6 +115,16 @@ def _connectors_dir(stack: StackConfig) -> str:
     return stack.connectors.dir or str(Path(__file__).parent.parent / "connectors" / "examples")
 
 
+def check_connector_files(stack: StackConfig) -> None:
+    """Every connector file of the stack read and checked (ConnectorConfigError naming the
+    file and field), before any server starts: a bad file used to be found only once the
+    embedded servers were up, and ended `up` with a traceback."""
+    if "connectors" in stack.stack.services:
+        from connectors.config import load_connector_dir
+
+        load_connector_dir(_connectors_dir(stack))
+
+
 def _connectors(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
     from connectors.config import load_connector_dir
 
@@ -136,6 +146,8 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "token_secret": endpoints.token_secret,
               "identity": msgspec.to_builtins(stack.http.identity),
               "token_ttl_s": stack.http.token_ttl_s, "reply_wait_ms": stack.http.reply_wait_ms,
+              "orders_per_s_max": stack.http.orders_per_s_max,
+              "reads_per_s_max": stack.http.reads_per_s_max,
               "journal_replay_after_s": stack.http.journal_replay_after_s,
               "quote_age_ms_max": stack.accounts.quote_age_ms_max,
               "fix_store_dir": str(data_dir / "fix" / "gateway")}

@@ -80,6 +80,9 @@ class HttpSection(_Section, frozen=True, kw_only=True):
     # A deployment's own sign-in ([http.identity]): its identity provider's tokens.
     identity: IdentityProviderConfig | None = None
     reply_wait_ms: int = 2000
+    # Per-user request budgets per second (orders and other writes; reads).
+    orders_per_s_max: int = 10
+    reads_per_s_max: int = 100
     # Durable intake: an acknowledged command without an outcome in its shard is re-published
     # at once after a broker epoch change, else once it is this old (gateways.http.journal).
     journal_replay_after_s: float = 5.0

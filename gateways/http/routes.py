@@ -766,7 +766,10 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only, and few: str.isdigit() takes "²" (int() refuses it) and int() refuses
+    # more than 4,300 digits; either was a 500.
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) \
+            or not low <= int(text) <= high:
         raise Problem(400, "invalid_parameter", f"{name} must be an integer in [{low}, {high}]",
                       field=name)
     return int(text)
