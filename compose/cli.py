@@ -367,7 +367,7 @@ def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
 
     endpoints = _running_endpoints(stack)
     secret = stack.http.token_secret
-    if args.service == "http" and stack.http.demo_login and not secret:
+    if args.service.split("-")[0] == "http" and stack.http.demo_login and not secret:
         raise ConfigError("http.token_secret must be set to run the http service on its own "
                           "with http.demo_login on")
     specs = service_specs(stack, Endpoints(endpoints["bootstrap_servers"],

@@ -51,36 +51,60 @@ def _kafka(stack: StackConfig, endpoints: Endpoints) -> dict[str, Any]:
             "session_timeout_ms": stack.kafka.session_timeout_ms}
 
 
-def _accounts(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
+def process_name(service: str, process: int) -> str:
+    """The name of one process of a service: the first keeps the service's name (its logs,
+    state dir and member id stay where a single process keeps them), the others get `-N`."""
+    return service if process == 0 else f"{service}-{process}"
+
+
+def _accounts(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> list[ServiceSpec]:
     kafka = {**_kafka(stack, endpoints), "extra": stack.kafka.extra}
-    config = {"kafka": kafka, "state_dir": str(data_dir / "state" / "accounts"),
-              "account_partitions": stack.account_partitions,
-              "shard_dsns": list(endpoints.shard_dsns),
-              "partitions_per_shard": stack.stack.partitions_per_shard,
-              "processing_guarantee": stack.accounts.processing_guarantee,
-              "commit_interval_s": stack.accounts.commit_interval_s,
-              "quote_age_ms_max": stack.accounts.quote_age_ms_max}
-    return ServiceSpec("accounts", "topologies.config:AccountTopologyConfig",
-                       "topologies.accounts:run", config)
+    processes = stack.accounts.processes
+    state_dirs = [str(data_dir / "state" / process_name("accounts", n))
+                  for n in range(processes)]
+    specs = []
+    for n, state_dir in enumerate(state_dirs):
+        config = {"kafka": kafka, "state_dir": state_dir,
+                  "account_partitions": stack.account_partitions,
+                  "shard_dsns": list(endpoints.shard_dsns),
+                  "partitions_per_shard": stack.stack.partitions_per_shard,
+                  "processing_guarantee": stack.accounts.processing_guarantee,
+                  "commit_interval_s": stack.accounts.commit_interval_s,
+                  "quote_age_ms_max": stack.accounts.quote_age_ms_max,
+                  # Static membership only for a group of one (state.member_id says why).
+                  "static_membership": processes == 1,
+                  "peer_state_dirs": [d for d in state_dirs if d != state_dir]}
+        specs.append(ServiceSpec(process_name("accounts", n),
+                                 "topologies.config:AccountTopologyConfig",
+                                 "topologies.accounts:run", config))
+    return specs
 
 
-def _market_data(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
+def _market_data(stack: StackConfig, endpoints: Endpoints, data_dir: Path
+                 ) -> list[ServiceSpec]:
     kafka = {**_kafka(stack, endpoints), "extra": stack.kafka.extra}
     config = {"kafka": kafka, "redis_url": endpoints.redis_url,
               "processes": stack.market_data.processes,
               "state_dir": str(data_dir / "state" / "market-data")}
-    return ServiceSpec("market-data", "topologies.config:MarketDataConfig",
-                       "topologies.market_data:run", config)
+    return [ServiceSpec("market-data", "topologies.config:MarketDataConfig",
+                        "topologies.market_data:run", config)]
 
 
-def _sinks(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
-    config = {**_kafka(stack, endpoints), "shard_dsns": list(endpoints.shard_dsns),
-              "partitions_per_shard": stack.stack.partitions_per_shard,
-              "member_dir": str(data_dir / "state" / "sinks")}
-    return ServiceSpec("sinks", "sinks.config:SinkConfig", "sinks.service:run", config)
+def _sinks(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> list[ServiceSpec]:
+    processes = stack.sinks.processes
+    specs = []
+    for n in range(processes):
+        name = process_name("sinks", n)
+        config = {**_kafka(stack, endpoints), "shard_dsns": list(endpoints.shard_dsns),
+                  "partitions_per_shard": stack.stack.partitions_per_shard,
+                  "member_dir": str(data_dir / "state" / name),
+                  "static_membership": processes == 1}
+        specs.append(ServiceSpec(name, "sinks.config:SinkConfig", "sinks.service:run", config))
+    return specs
 
 
-def _fix_gateway(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
+def _fix_gateway(stack: StackConfig, endpoints: Endpoints, data_dir: Path
+                 ) -> list[ServiceSpec]:
     makers = [{"name": mm.name, "host": mm.host, "port": mm.port,
                "sender_comp_id": mm.sender_comp_id, "target_comp_id": mm.target_comp_id,
                "fix_version": mm.fix_version, "sessions": mm.sessions}
@@ -91,8 +115,8 @@ def _fix_gateway(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> Se
               "session_timeout_ms": stack.kafka.session_timeout_ms,
               "shard_dsns": list(endpoints.shard_dsns),
               "partitions_per_shard": stack.stack.partitions_per_shard}
-    return ServiceSpec("fix-gateway", "gateways.fix.config:FixGatewayConfig",
-                       "gateways.fix.service:run", config)
+    return [ServiceSpec("fix-gateway", "gateways.fix.config:FixGatewayConfig",
+                        "gateways.fix.service:run", config)]
 
 
 def _simulators(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> list[ServiceSpec]:
@@ -125,19 +149,23 @@ def check_connector_files(stack: StackConfig) -> None:
         load_connector_dir(_connectors_dir(stack))
 
 
-def _connectors(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
+def _connectors(stack: StackConfig, endpoints: Endpoints, data_dir: Path
+                ) -> list[ServiceSpec]:
     from connectors.config import load_connector_dir
 
     configs = [msgspec.to_builtins(c) for c in load_connector_dir(_connectors_dir(stack))]
     config = {**_kafka(stack, endpoints), "connectors": configs,
               "hot_symbols": stack.market_data.hot_symbols,
               "state_dir": str(data_dir / "state" / "connectors")}
-    return ServiceSpec("connectors", "connectors.config:ConnectorsConfig",
-                       "connectors.service:run", config)
+    return [ServiceSpec("connectors", "connectors.config:ConnectorsConfig",
+                        "connectors.service:run", config)]
 
 
-def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSpec:
+def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> list[ServiceSpec]:
+    processes = stack.http.processes
     config = {**_kafka(stack, endpoints), "host": stack.http.host, "port": stack.http.port,
+              # Several processes share the port; the kernel spreads connections over them.
+              "reuse_port": processes > 1,
               "shard_dsns": list(endpoints.shard_dsns),
               "partitions_per_shard": stack.stack.partitions_per_shard,
               "redis_url": endpoints.redis_url,
@@ -151,8 +179,8 @@ def _http(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> ServiceSp
               "journal_replay_after_s": stack.http.journal_replay_after_s,
               "quote_age_ms_max": stack.accounts.quote_age_ms_max,
               "fix_store_dir": str(data_dir / "fix" / "gateway")}
-    return ServiceSpec("http", "gateways.http.config:HttpConfig", "gateways.http.service:run",
-                       config)
+    return [ServiceSpec(process_name("http", n), "gateways.http.config:HttpConfig",
+                        "gateways.http.service:run", config) for n in range(processes)]
 
 
 def feed_symbols(stack: StackConfig) -> tuple[str, ...]:
@@ -172,7 +200,7 @@ def feed_symbols(stack: StackConfig) -> tuple[str, ...]:
     return tuple(symbols)
 
 
-_BUILDERS: dict[str, Callable[[StackConfig, Endpoints, Path], ServiceSpec]] = {
+_BUILDERS: dict[str, Callable[[StackConfig, Endpoints, Path], list[ServiceSpec]]] = {
     "accounts": _accounts,
     "sinks": _sinks,
     "fix-gateway": _fix_gateway,
@@ -192,7 +220,7 @@ def service_specs(stack: StackConfig, endpoints: Endpoints) -> list[ServiceSpec]
         if name == "simulator":
             specs.extend(_simulators(stack, endpoints, data_dir))
         else:
-            specs.append(_BUILDERS[name](stack, endpoints, data_dir))
+            specs.extend(_BUILDERS[name](stack, endpoints, data_dir))
     return specs
 
 

@@ -34,6 +34,12 @@ class IdentityProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=
 class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int
+    # Listen with SO_REUSEPORT: several gateway processes share the port, the kernel spreads
+    # new connections over those alive (a dead one's are refused or reset, and retried land
+    # on another). Every process reads the same topics and shards: nothing is kept per process
+    # that another would need (the intake journal is in the shards, each process tails all
+    # of orders.events and replays every shard's journal).
+    reuse_port: bool = False
     bootstrap_servers: str
     topic_prefix: str = ""
     shard_dsns: tuple[str, ...]

@@ -34,5 +34,6 @@ def run(config: HttpConfig) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("aiohttp.server").addFilter(ClientErrorsInOneLine())
     web.run_app(create_app(config), host=config.host, port=config.port,
-                print=None, shutdown_timeout=5.0, handle_signals=True,
+                reuse_port=config.reuse_port or None, print=None, shutdown_timeout=5.0,
+                handle_signals=True,
                 access_log=None)  # per-request log lines cost more than the request

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from compose.exceptions import ConfigError
-from compose.services import Endpoints, service_specs
+from compose.services import Endpoints, ServiceSpec, service_specs
 from compose.stack import SERVICE_NAMES, StackConfig, load_stack
 from gateways.http.config import HttpConfig, IdentityProviderConfig
 from topologies.config import AccountTopologyConfig
@@ -39,6 +39,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("[stack]\nservices = ['accounts', 'teleporter']\n", "teleporter"),
     ("[postgres]\nshard_dsns = ['postgresql://only/one']\n", "shard_dsns"),
     ("[stack\n", "stack.toml"),
+    ("[sinks]\nprocesses = 2\nworkers = 3\n", "workers"),
+    ("[accounts]\nprocesses = 0\n", r"accounts\.processes"),
+    ("[http]\nprocesses = 0\n", r"http\.processes"),
 ])
 def test_a_bad_stack_file_is_refused_with_what_and_where(tmp_path: Path, text: str,
                                                          named: str) -> None:
@@ -164,3 +167,52 @@ def test_a_weak_or_unknown_sign_in_setting_is_refused(tmp_path: Path, text: str,
     path.write_text(text)
     with pytest.raises(ConfigError, match=rf"stack.toml.*{named}"):
         load_stack(path, environ={})
+
+
+def _specs(tmp_path: Path, text: str) -> dict[str, ServiceSpec]:
+    path = tmp_path / "stack.toml"
+    path.write_text(f'[stack]\ndata_dir = "{tmp_path / "data"}"\n' + text)
+    specs = service_specs(load_stack(path, environ={}), Endpoints(
+        "127.0.0.1:9092", ("dsn0", "dsn1"), "redis://127.0.0.1:6379/0", "secret" * 6))
+    return {spec.name: spec for spec in specs}
+
+
+def test_one_process_per_service_by_default_as_a_static_member(tmp_path: Path) -> None:
+    from sinks.config import SinkConfig
+    from topologies.config import AccountTopologyConfig
+
+    specs = _specs(tmp_path, "")
+    assert [name for name in specs if name.startswith(("accounts", "sinks", "http"))] == [
+        "sinks", "accounts", "http"]
+    accounts = msgspec.convert(specs["accounts"].config, AccountTopologyConfig, strict=False)
+    assert accounts.static_membership and accounts.peer_state_dirs == ()
+    assert accounts.state_dir == str(tmp_path / "data" / "state" / "accounts")
+    sinks = msgspec.convert(specs["sinks"].config, SinkConfig, strict=False)
+    assert sinks.static_membership and sinks.member_dir == str(tmp_path / "data" / "state"
+                                                               / "sinks")
+    assert not msgspec.convert(specs["http"].config, HttpConfig, strict=False).reuse_port
+
+
+def test_processes_share_a_group_each_with_its_own_state_and_member_id(tmp_path: Path) -> None:
+    from sinks.config import SinkConfig
+    from topologies.config import AccountTopologyConfig
+
+    specs = _specs(tmp_path, "[accounts]\nprocesses = 3\n[sinks]\nprocesses = 2\n"
+                             "[http]\nprocesses = 2\nport = 9000\n")
+    state = tmp_path / "data" / "state"
+    accounts = [msgspec.convert(specs[name].config, AccountTopologyConfig, strict=False)
+                for name in ("accounts", "accounts-1", "accounts-2")]
+    assert [a.state_dir for a in accounts] == [str(state / n) for n in
+                                               ("accounts", "accounts-1", "accounts-2")]
+    assert all(not a.static_membership for a in accounts)  # state.member_id says why
+    assert {a.consumer_group for a in accounts} == {"accounts"}
+    for one in accounts:
+        assert set(one.peer_state_dirs) == {a.state_dir for a in accounts} - {one.state_dir}
+    sinks = [msgspec.convert(specs[name].config, SinkConfig, strict=False)
+             for name in ("sinks", "sinks-1")]
+    assert [s.member_dir for s in sinks] == [str(state / "sinks"), str(state / "sinks-1")]
+    assert all(not s.static_membership and s.shard is None for s in sinks)
+    gateways = [msgspec.convert(specs[name].config, HttpConfig, strict=False)
+                for name in ("http", "http-1")]
+    assert all(g.reuse_port and g.port == 9000 for g in gateways)
+    assert "accounts-3" not in specs and "sinks-2" not in specs and "http-2" not in specs
