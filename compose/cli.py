@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -377,8 +378,21 @@ def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
     if spec is None:
         raise ConfigError(f"service {args.service!r} is not in this stack: "
                           f"{[s.name for s in specs]}")
+    _exec_with(spec.environment())
     spec.run()
     return 0
+
+
+def _exec_with(extra: dict[str, str]) -> None:
+    """Run this command again, same pid, with `extra` in its environment (what the service
+    needs at its process's start, e.g. the simulator's LD_PRELOAD), unless it has it already:
+    then return."""
+    if all(os.environ.get(name) == value for name, value in extra.items()):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **extra})
 
 
 def cmd_shard_rebuild(stack: StackConfig, args: argparse.Namespace) -> int:

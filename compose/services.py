@@ -7,6 +7,7 @@ child decodes the config into the service's own frozen config type and calls its
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from compose.exceptions import ServiceStartError
 from compose.stack import StackConfig
 
 
@@ -33,11 +35,34 @@ class ServiceSpec:
     config_type: str  # "module:Class"
     runner: str  # "module:function"
     config: Any
+    # The host the process's listeners bind to where its server cannot be told (the
+    # simulator's QuickFIX acceptor binds every interface): the process starts with the
+    # bind-host shim preloaded, which moves its any-address binds there.
+    bind_host: str | None = None
 
     def run(self) -> None:
         """Build the service's own config type from the plain config and run it (blocks)."""
         config = msgspec.convert(self.config, _resolve(self.config_type), strict=False)
         _resolve(self.runner)(config)
+
+    def environment(self) -> dict[str, str]:
+        """What the service's process must find in its environment when it starts (LD_PRELOAD
+        takes effect only then); the shim is built first when needed. Asked only for a
+        service about to run: building it, or resolving a host name, is that service's
+        business. A shim that cannot be built is a ServiceStartError, in one line, rather
+        than a simulator listening everywhere."""
+        if self.bind_host is None:
+            return {}
+        from gateways.exceptions import BindHostError
+        from gateways.simulator import bind_host
+
+        try:
+            # a library the user preloads stays preloaded, after the shim
+            return bind_host.environment(self.bind_host,
+                                         preload=os.environ.get("LD_PRELOAD", ""))
+        except BindHostError as error:
+            raise ServiceStartError(f"{self.name}: cannot listen on {self.bind_host} only: "
+                                    f"{error}") from None
 
 
 def _resolve(ref: str) -> Any:
@@ -131,7 +156,7 @@ def _simulators(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> lis
                   "store_dir": str(data_dir / "fix" / f"simulator-{mm.name}")}
         name = "simulator" if len(specs) == 0 else f"simulator-{mm.name}"
         specs.append(ServiceSpec(name, "gateways.simulator.config:SimulatorConfig",
-                                 "gateways.simulator.service:run", config))
+                                 "gateways.simulator.service:run", config, bind_host=mm.host))
     return specs
 
 

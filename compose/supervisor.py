@@ -59,6 +59,7 @@ class Supervised:
     spec: ServiceSpec
     spec_path: Path
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to ours for the child
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     restart_at: float = 0.0
@@ -85,13 +86,16 @@ class Supervisor:
         for spec in specs:
             spec_path = run_dir / f"{spec.name}.json"
             spec_path.write_bytes(msgspec.json.encode(spec))
-            self.children.append(Supervised(spec, spec_path, log_dir / f"{spec.name}.log"))
+            # Before any service starts: a child that cannot get its environment stops `up`.
+            self.children.append(Supervised(spec, spec_path, log_dir / f"{spec.name}.log",
+                                            spec.environment()))
 
     def _start(self, child: Supervised) -> None:
         with open(child.log_path, "ab") as out:
             child.popen = subprocess.Popen(
                 [sys.executable, "-m", "compose.child", child.name, str(child.spec_path)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **child.env} if child.env else None,
                 preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
 

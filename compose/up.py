@@ -101,15 +101,16 @@ def _prepare(stack: StackConfig, endpoints: Endpoints) -> None:
 
 
 def _check_ports(stack: StackConfig) -> None:
+    """The ports the services will listen on, each on the host the stack file gives it."""
     wanted = []
     if "http" in stack.stack.services:
-        wanted.append(("http", stack.http.port))
+        wanted.append(("http", stack.http.host, stack.http.port))
     if "simulator" in stack.stack.services:
-        wanted += [(f"simulator {mm.name}", mm.port) for mm in stack.market_makers
+        wanted += [(f"simulator {mm.name}", mm.host, mm.port) for mm in stack.market_makers
                    if mm.simulator]
-    for name, port in wanted:
-        if port_open(port):
-            raise ServiceStartError(f"{name}: port {stack.http.host}:{port} is already in use")
+    for name, host, port in wanted:
+        if port_open(port, host):
+            raise ServiceStartError(f"{name}: port {host}:{port} is already in use")
 
 
 def write_stack_file(path: Path, content: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -199,6 +200,44 @@ def kill_whole_stack(stack: StackProcess, timeout_s: float = 30.0) -> int:
     while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in frozen):
         time.sleep(0.05)
     return killed
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket that accepts from the network: TCP listening, or UDP bound and unconnected."""
+
+    process: str
+    pid: int
+    kind: str
+    ip: str
+    port: int
+
+
+def listeners(processes: list[psutil.Process]) -> list[Listener]:
+    """Every listening socket of `processes`, IPv4 and IPv6."""
+    found = []
+    for process in processes:
+        try:
+            name = " ".join(process.cmdline()[:3])
+            sockets = process.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for sock in sockets:
+            tcp = sock.type == socket.SOCK_STREAM
+            if (tcp and sock.status == psutil.CONN_LISTEN) or (not tcp and not sock.raddr):
+                found.append(Listener(name, process.pid, "tcp" if tcp else "udp",
+                                      sock.laddr.ip, sock.laddr.port))
+    return found
+
+
+def stack_listeners(stack: StackProcess) -> list[Listener]:
+    """Every listening socket of every process of the stack: `brokerage up` and all below it
+    (servers, services and their workers)."""
+    try:
+        top = psutil.Process(stack.popen.pid)
+    except psutil.NoSuchProcess:
+        return []
+    return listeners([top, *stack.descendants()])
 
 
 def stop_everything(stack: StackProcess, timeout_s: float = 60.0) -> int | None:

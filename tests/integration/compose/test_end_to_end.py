@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 import uuid
 from decimal import Decimal
@@ -19,8 +20,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from compose.stack import SERVICE_NAMES
-from tests.integration.compose.stack_process import eventually, exchange, start_stack
+from compose.embedded import LOOPBACK
+from compose.stack import SERVICE_NAMES, load_stack
+from tests.integration.compose.stack_process import (
+    StackProcess,
+    eventually,
+    exchange,
+    stack_listeners,
+    start_stack,
+)
 from tests.openapi_answers import checked_http
 
 pytestmark = pytest.mark.integration
@@ -75,6 +83,7 @@ def test_market_buy_from_http_to_postgres(server_dir: Path) -> None:
 
         final = eventually(filled, timeout_s=60)
         assert Decimal(final["filled_quantity"]) == Decimal("10")
+        _every_listener_binds_where_the_stack_file_says(stack)
 
         def position() -> dict | None:
             code, body = http("GET", f"{base}/v1/portfolio?account_id={account_id}",
@@ -101,6 +110,25 @@ def test_market_buy_from_http_to_postgres(server_dir: Path) -> None:
     assert not leftovers, leftovers
     _status_of_a_stopped_stack_is_one_line(stack)
     _second_up_reuses_the_shards(server_dir / "data", account_id)
+
+
+def _every_listener_binds_where_the_stack_file_says(stack: StackProcess) -> None:
+    """Issue 14, item 3: no process of the stack listens beyond the host the stack file gives
+    (the QuickFIX acceptor of the simulator bound 0.0.0.0). The embedded servers, which the
+    stack file gives no host, listen on loopback."""
+    assert stack.stack_file is not None
+    config = load_stack(stack.stack_file, environ={})
+    hosts = {config.http.host, LOOPBACK, *(mm.host for mm in config.market_makers)}
+    assert hosts == {"127.0.0.1"}, hosts  # what the stack file under test says
+    endpoints = stack.endpoints()
+    expected = {stack.http_port, *(mm.port for mm in config.market_makers),
+                int(endpoints["bootstrap_servers"].rsplit(":", 1)[1]),
+                urllib.parse.urlsplit(endpoints["redis_url"]).port,
+                *(urllib.parse.urlsplit(dsn).port for dsn in endpoints["shard_dsns"])}
+    found = stack_listeners(stack)
+    assert expected <= {listener.port for listener in found}, (expected, found)
+    elsewhere = [listener for listener in found if listener.ip not in hosts]
+    assert not elsewhere, f"listening beyond {sorted(hosts)}: {elsewhere}"
 
 
 def _check_best_execution(stack, base: str) -> None:  # noqa: ANN001

@@ -341,6 +341,15 @@ def test_web_page_on_the_real_stack_shows_why_an_order_answered_202_was_rejected
             f"/^[0-9]/.test({js('#watchlist-body tr[data-symbol=AAPL] .ask')}"
             "?.textContent.trim() ?? '')", timeout_s=60, what="an AAPL quote")
         assert await page.evaluate(RECORD_NOTICES)
+        # Before sending: the ticket warns that the buy is past buying power (none yet), and
+        # the chart draws the candles the real market data built for the ticket's symbol.
+        await page.choose("#order-type", "market")
+        await page.type("#order-symbol", "AAPL")
+        await page.type("#order-quantity", "100")
+        await wait_warning(page, "buying_power", "$0.00")
+        await wait_text(page, "#chart-symbol", "AAPL")
+        await page.wait_for(f"document.querySelectorAll({json.dumps(CANDLES)}).length > 0",
+                            timeout_s=60, what="the chart's candles from the real stack")
         rejected = "#done-orders-body tr[data-state=rejected]"
         for _ in range(PRICING_ATTEMPTS):
             await page.evaluate("window.noticesSeen = []")

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 import yaml
 
-from compose.exceptions import ConfigError
+from compose.exceptions import ConfigError, ServiceStartError
 from compose.services import Endpoints, ServiceSpec, service_specs
 from compose.stack import SERVICE_NAMES, StackConfig, load_stack
+from compose.supervisor import Supervisor
 from gateways.http.config import HttpConfig, IdentityProviderConfig
+from gateways.simulator import bind_host
 from topologies.config import AccountTopologyConfig
 
 COMPOSE_FILE = Path(__file__).parents[3] / "compose" / "docker-compose.yml"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_embedded_default_needs_no_file() -> None:
@@ -169,50 +175,60 @@ def test_a_weak_or_unknown_sign_in_setting_is_refused(tmp_path: Path, text: str,
         load_stack(path, environ={})
 
 
-def _specs(tmp_path: Path, text: str) -> dict[str, ServiceSpec]:
+def _simulator_spec(stack: StackConfig) -> ServiceSpec:
+    specs = service_specs(stack, Endpoints("127.0.0.1:9092", ("dsn0", "dsn1"),
+                                           "redis://127.0.0.1:6379/0", "secret"))
+    return next(spec for spec in specs if spec.name == "simulator")
+
+
+def test_the_simulator_runs_with_the_bind_host_shim_for_its_host(tmp_path: Path) -> None:
+    """QuickFIX binds every interface: the simulator's process is given the shim that moves
+    its listener to the stack file's host (issue 14, item 3)."""
     path = tmp_path / "stack.toml"
-    path.write_text(f'[stack]\ndata_dir = "{tmp_path / "data"}"\n' + text)
-    specs = service_specs(load_stack(path, environ={}), Endpoints(
-        "127.0.0.1:9092", ("dsn0", "dsn1"), "redis://127.0.0.1:6379/0", "secret" * 6))
-    return {spec.name: spec for spec in specs}
+    path.write_text('[[market_makers]]\nname = "sim"\nhost = "127.0.0.3"\nport = 9878\n'
+                    'target_comp_id = "MM1"\nsimulator = true\n')
+    spec = _simulator_spec(load_stack(path, environ={}))
+    assert spec.config["host"] == spec.bind_host == "127.0.0.3"
+    env = spec.environment()
+    assert env[bind_host.HOST_VARIABLE] == "127.0.0.3"
+    shim = env["LD_PRELOAD"].split()[0]
+    assert Path(shim).is_file() and Path(shim).name == bind_host.shim_name(
+        bind_host.SOURCE.read_bytes())
+    # The spec reaches the child through its JSON file.
+    assert msgspec.json.decode(msgspec.json.encode(spec), type=ServiceSpec) == spec
+    everywhere = path.read_text().replace("127.0.0.3", "0.0.0.0")
+    path.write_text(everywhere)
+    assert _simulator_spec(load_stack(path, environ={})).environment() == {}
+    # The other services need nothing, and no simulator's host is resolved for them.
+    specs = service_specs(load_stack(environ={}), Endpoints("127.0.0.1:9092", ("a", "b"),
+                                                            "redis://127.0.0.1:1/0", "s"))
+    assert [spec.name for spec in specs if spec.bind_host] == ["simulator"]
+    assert all(spec.environment() == {} for spec in specs if spec.name != "simulator")
 
 
-def test_one_process_per_service_by_default_as_a_static_member(tmp_path: Path) -> None:
-    from sinks.config import SinkConfig
-    from topologies.config import AccountTopologyConfig
-
-    specs = _specs(tmp_path, "")
-    assert [name for name in specs if name.startswith(("accounts", "sinks", "http"))] == [
-        "sinks", "accounts", "http"]
-    accounts = msgspec.convert(specs["accounts"].config, AccountTopologyConfig, strict=False)
-    assert accounts.static_membership and accounts.peer_state_dirs == ()
-    assert accounts.state_dir == str(tmp_path / "data" / "state" / "accounts")
-    sinks = msgspec.convert(specs["sinks"].config, SinkConfig, strict=False)
-    assert sinks.static_membership and sinks.member_dir == str(tmp_path / "data" / "state"
-                                                               / "sinks")
-    assert not msgspec.convert(specs["http"].config, HttpConfig, strict=False).reuse_port
+def test_a_shim_that_cannot_be_built_stops_up_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bind_host, "cache_dirs", lambda: (tmp_path / "empty",))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    spec = _simulator_spec(load_stack(environ={}))  # describing the stack builds nothing
+    with pytest.raises(ServiceStartError, match=r"^simulator: cannot listen on 127\.0\.0\.1 "
+                                                r"only: no C compiler \(cc or gcc\) on PATH$"):
+        spec.environment()
+    # `up` stops there, before any service starts.
+    with pytest.raises(ServiceStartError, match="no C compiler"):
+        Supervisor([spec], tmp_path / "run", tmp_path / "logs")
 
 
-def test_processes_share_a_group_each_with_its_own_state_and_member_id(tmp_path: Path) -> None:
-    from sinks.config import SinkConfig
-    from topologies.config import AccountTopologyConfig
-
-    specs = _specs(tmp_path, "[accounts]\nprocesses = 3\n[sinks]\nprocesses = 2\n"
-                             "[http]\nprocesses = 2\nport = 9000\n")
-    state = tmp_path / "data" / "state"
-    accounts = [msgspec.convert(specs[name].config, AccountTopologyConfig, strict=False)
-                for name in ("accounts", "accounts-1", "accounts-2")]
-    assert [a.state_dir for a in accounts] == [str(state / n) for n in
-                                               ("accounts", "accounts-1", "accounts-2")]
-    assert all(not a.static_membership for a in accounts)  # state.member_id says why
-    assert {a.consumer_group for a in accounts} == {"accounts"}
-    for one in accounts:
-        assert set(one.peer_state_dirs) == {a.state_dir for a in accounts} - {one.state_dir}
-    sinks = [msgspec.convert(specs[name].config, SinkConfig, strict=False)
-             for name in ("sinks", "sinks-1")]
-    assert [s.member_dir for s in sinks] == [str(state / "sinks"), str(state / "sinks-1")]
-    assert all(not s.static_membership and s.shard is None for s in sinks)
-    gateways = [msgspec.convert(specs[name].config, HttpConfig, strict=False)
-                for name in ("http", "http-1")]
-    assert all(g.reuse_port and g.port == 9000 for g in gateways)
-    assert "accounts-3" not in specs and "sinks-2" not in specs and "http-2" not in specs
+def test_a_service_run_in_the_foreground_gets_its_environment_at_its_start() -> None:
+    """`brokerage run simulator` runs itself again (same pid) with the spec's environment:
+    a preload takes effect only when a process starts."""
+    script = ("import os; from compose.cli import _exec_with; "
+              "print(os.getpid(), os.environ.get('BROKERAGE_TEST_MARK'), flush=True); "
+              "_exec_with({'BROKERAGE_TEST_MARK': '1'}); print('after', os.getpid())")
+    environ = {key: value for key, value in os.environ.items() if key != "BROKERAGE_TEST_MARK"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    first, second, after = result.stdout.splitlines()
+    pid = first.split()[0]
+    assert (first, second, after) == (f"{pid} None", f"{pid} 1", f"after {pid}")
