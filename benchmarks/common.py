@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +44,12 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
     return ordered[index]
+
+
+def stop_stack(stack: Any, root: Path) -> None:
+    """Stop a benchmark's `brokerage up` (a StackProcess), say on stderr when it did not exit
+    cleanly, and remove its data dir."""
+    code = stack.stop()
+    if code != 0:
+        print(f"brokerage up exited {code}:\n{''.join(stack.output)[-3000:]}", file=sys.stderr)
+    shutil.rmtree(root, ignore_errors=True)

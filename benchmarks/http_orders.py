@@ -49,7 +49,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 
 import aiohttp  # noqa: E402
 
-from benchmarks.common import machine, percentile, process_cpu_s  # noqa: E402
+from benchmarks.common import machine, percentile, process_cpu_s, stop_stack  # noqa: E402
 from compose.embedded import free_port, start_embedded_servers  # noqa: E402
 from compose.kafka import create_topics  # noqa: E402
 from gateways.http.config import HttpConfig  # noqa: E402
@@ -602,11 +602,7 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
             "cpu": _cpu_report(load_cpu, load_s, idle_cpu, idle_s, result["requests"]),
         }
     finally:
-        code = stack.stop()
-        if code != 0:
-            print(f"brokerage up exited {code}:\n{''.join(stack.output)[-3000:]}",
-                  file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_stack(stack, root)
 
 
 def main() -> None:

@@ -67,7 +67,7 @@ import aiohttp  # noqa: E402
 import msgspec  # noqa: E402
 import psutil  # noqa: E402
 
-from benchmarks.common import machine, percentile  # noqa: E402
+from benchmarks.common import machine, percentile, stop_stack  # noqa: E402
 from benchmarks.http_orders import CpuMeter  # noqa: E402
 from compose.embedded import free_port  # noqa: E402
 from connectors.partitioning import SymbolPartitioner  # noqa: E402
@@ -1035,11 +1035,7 @@ def main() -> None:
         figures = run(stack, args)
         print(json.dumps(figures, indent=2), flush=True)
     finally:
-        code = stack.stop()
-        if code != 0:
-            print(f"brokerage up exited {code}:\n{''.join(stack.output)[-3000:]}",
-                  file=sys.stderr)
-        shutil.rmtree(root, ignore_errors=True)
+        stop_stack(stack, root)
 
 
 if __name__ == "__main__":

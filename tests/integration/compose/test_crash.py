@@ -163,17 +163,22 @@ class Client:
 
     # ---- setup -------------------------------------------------------------------------
 
+    def open_account(self, user_id: str, n: int) -> str:
+        """Account number `n` of `user_id`, opened (retried: the stack is up and healthy
+        here) and kept in the journal; returns its id."""
+        status, account = None, None
+        for _ in range(20):
+            status, account = self._call("POST", "/v1/accounts", {}, user_id, f"acct-{n}")
+            if status in (200, 201):
+                break
+            time.sleep(0.5)
+        assert status in (200, 201) and isinstance(account, dict), (status, account)
+        self.journal.accounts[account["account_id"]] = user_id
+        return str(account["account_id"])
+
     def open_accounts(self, count: int) -> None:
         for n in range(count):
-            user_id = f"crash-user-{n}"
-            status, account = None, None
-            for _ in range(20):  # bounded: the stack is up and healthy here
-                status, account = self._call("POST", "/v1/accounts", {}, user_id, f"acct-{n}")
-                if status in (200, 201):
-                    break
-                time.sleep(0.5)
-            assert status in (200, 201) and isinstance(account, dict), (status, account)
-            self.journal.accounts[account["account_id"]] = user_id
+            self.open_account(f"crash-user-{n}", n)
         for account_id in self.journal.accounts:
             self.new("deposit", account_id, {"amount": str(FIRST_DEPOSIT)})
 

@@ -199,16 +199,7 @@ def _open_accounts_on_every_partition(client: Client) -> dict[int, list[str]]:
     for n in range(ACCOUNTS_MAX):
         if all(len(ids) >= ACCOUNTS_PER_PARTITION for ids in by_partition.values()):
             break
-        user_id = f"scale-user-{n}"
-        status, account = None, None
-        for _ in range(20):  # bounded: the stack is up and healthy here
-            status, account = client._call("POST", "/v1/accounts", {}, user_id, f"acct-{n}")
-            if status in (200, 201):
-                break
-            time.sleep(0.5)
-        assert status in (200, 201) and isinstance(account, dict), (status, account)
-        account_id = account["account_id"]
-        client.journal.accounts[account_id] = user_id
+        account_id = client.open_account(f"scale-user-{n}", n)
         by_partition[account_partition(account_id, PARTITIONS)].append(account_id)
     assert all(by_partition.values()), f"a partition without accounts: {by_partition}"
     for account_id in client.journal.accounts:

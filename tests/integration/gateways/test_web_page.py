@@ -293,15 +293,7 @@ def test_web_page_shows_why_an_order_answered_202_was_rejected(
         await page.screenshot(tmp_path / "web_refused_after_202.png")
         assert page.errors() == [], page.errors()
 
-    async def main() -> None:
-        async with serving(config) as url, chromium() as page:
-            try:
-                await scenario(page, url)
-            except Exception:
-                print(f"failure screenshot: {await page.screenshot(tmp_path / 'failed.png')}")
-                raise
-
-    asyncio.run(main())
+    asyncio.run(run_in_browser(config, tmp_path, scenario))
     assert desk.errors == []
     assert [type(c) for c in desk.commands] == [PlaceOrder, PlaceOrder]
 
