@@ -5,11 +5,11 @@ crash test's, tests/integration/compose/test_crash.py):
 
 | kind | what | targets (one fault each) |
 |---|---|---|
-| kill_service | SIGKILL of a service; the supervisor restarts it | every service |
+| kill_service | SIGKILL of a service and what it started; restarted by the supervisor | all |
 | kill_shard | SIGKILL of a shard's PostgreSQL; restarted, it recovers from its WAL | every shard |
 | kill_redis | SIGKILL of Redis; restarted | redis |
 | kill_broker | SIGKILL of the broker; restarted empty: a new epoch | broker |
-| freeze | SIGSTOP of a service, SIGCONT after a few seconds | two services, drawn |
+| freeze | SIGSTOP of a service (with what it started), SIGCONT a few seconds later | two, drawn |
 | mm_duplicate | the market maker sends every execution report twice, for a few seconds | sim |
 | mm_delay | ... sends every report late (0.5-3 s) | sim |
 | mm_reorder | ... sends the fills of one answer in reverse order | sim |
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from compose.chaos.stack_process import StackProcess
+from compose.chaos.stack_process import StackProcess, freeze_and_kill
 from compose.exceptions import ComposeError
 
 SERVICES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data", "connectors", "http")
@@ -46,12 +46,14 @@ MM_DROP_EVERY_REPORTS = 10
 FIND_TIMEOUT_S = 30.0  # a target not running at its moment (restarting): how long to look
 
 KINDS: dict[str, str] = {
-    "kill_service": "SIGKILL of a service (each service once); the supervisor restarts it",
+    "kill_service": "SIGKILL of a service and what it started (each service once); the "
+                    "supervisor restarts it",
     "kill_shard": "SIGKILL of a shard's PostgreSQL (each shard once); restarted from its WAL",
     "kill_redis": "SIGKILL of Redis; restarted",
     "kill_broker": "SIGKILL of the broker; restarted empty (a new epoch)",
-    "freeze": f"SIGSTOP of a service, SIGCONT {FREEZE_S[0]:.0f}-{FREEZE_S[1]:.0f} s later "
-              f"({FREEZES} drawn from {', '.join(FREEZE_TARGETS)})",
+    "freeze": f"SIGSTOP of a service and what it started, SIGCONT "
+              f"{FREEZE_S[0]:.0f}-{FREEZE_S[1]:.0f} s later ({FREEZES} drawn from "
+              f"{', '.join(FREEZE_TARGETS)})",
     "mm_duplicate": "the market maker sends every execution report twice (a window)",
     "mm_delay": "the market maker sends every report late (a window)",
     "mm_reorder": "the market maker sends the fills of an answer in reverse order (a window)",
@@ -210,7 +212,7 @@ class Injector:
         self.say = say
         self.faults_file = stack.data_dir / "fix" / "simulator-sim" / "faults.json"
         self.drops = 0
-        self.frozen: list[psutil.Process] = []
+        self.frozen: dict[int, list[psutil.Process]] = {}  # frozen service's pid -> its tree
 
     def start(self, injection: Injection) -> None:
         """Inject; raises ComposeError when the target cannot be found."""
@@ -225,19 +227,29 @@ class Injector:
                                    f"brokerage up for {FIND_TIMEOUT_S:.0f} s")
             time.sleep(0.2)
         injection.pid = process.pid
+        # A service is its process and what it started (the sinks run a worker per shard):
+        # all of them are frozen, or killed as at one instant.
+        tree = [process]
+        if fault.kind in ("kill_service", "freeze"):
+            with contextlib.suppress(psutil.Error):
+                tree += process.children(recursive=True)
         if fault.kind == "freeze":
-            process.send_signal(signal.SIGSTOP)
-            self.frozen.append(process)
+            for member in tree:
+                with contextlib.suppress(psutil.Error):
+                    member.send_signal(signal.SIGSTOP)
+            self.frozen[process.pid] = tree
+        elif len(tree) > 1:
+            freeze_and_kill(tree)
         else:
             process.send_signal(signal.SIGKILL)
+        if len(tree) > 1:
+            injection.notes.append(f"{len(tree)} processes")
 
     def end(self, injection: Injection) -> None:
         """The end of a window: SIGCONT, or the market maker behaves again."""
         fault = injection.fault
-        if fault.kind == "freeze":
-            for process in list(self.frozen):
-                if process.pid == injection.pid:
-                    self._resume(process)
+        if fault.kind == "freeze" and injection.pid is not None:
+            self._resume(injection.pid)
         elif fault.kind.startswith("mm_"):
             self._write_faults({"drop_sessions": self.drops})
 
@@ -250,15 +262,15 @@ class Injector:
 
     def release_all(self) -> None:
         """SIGCONT whatever is still frozen, and the market maker's faults off."""
-        for process in list(self.frozen):
-            self._resume(process)
+        for pid in list(self.frozen):
+            self._resume(pid)
         with contextlib.suppress(OSError):
             self.faults_file.unlink()
 
-    def _resume(self, process: psutil.Process) -> None:
-        with contextlib.suppress(psutil.Error):
-            process.send_signal(signal.SIGCONT)
-        self.frozen.remove(process)
+    def _resume(self, pid: int) -> None:
+        for member in self.frozen.pop(pid, []):
+            with contextlib.suppress(psutil.Error):
+                member.send_signal(signal.SIGCONT)
 
     def _market_maker(self, fault: Fault) -> None:
         faults: dict[str, object] = {}

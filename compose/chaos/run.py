@@ -384,9 +384,10 @@ class KafkaCommandProducer:
 
         self.topic = prefix + Topic.ORDERS_COMMANDS
         # Not the idempotent producer: a broker restarted empty does not know its producer id
-        # (the consumer is idempotent by the command's key instead).
+        # (the consumer is idempotent by the command's key instead). Quiet: a broker down is
+        # one of the faults, and what it costs shows as commands published again.
         self.producer = Producer({"bootstrap.servers": bootstrap, "partitioner": "murmur2_random",
-                                  "log_level": 3})
+                                  "log_level": 0, "error_cb": lambda error: None})
         self.lock = threading.Lock()
 
     def publish(self, account_id: str, value: bytes) -> None:
