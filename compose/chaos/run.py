@@ -416,10 +416,16 @@ def load_figures(journal: Journal, states: Counter[str], load_s: float,
     kinds = Counter(r.kind for r in journal.requests)
     orders = [r for r in journal.requests if r.kind == "order"]
     types = Counter(f"{r.body['order_type']} {r.body['side']}" for r in orders)
+    outcomes: dict[str, Counter[str]] = {kind: Counter() for kind in sorted(kinds)}
+    for request in journal.requests:
+        outcomes[request.kind]["acknowledged" if request.acknowledged else
+                               "refused" if request.definite else "without_answer"] += 1
     return {
         "seconds": round(load_s, 1), "operations": ops,
         "accounts": len(journal.accounts), "requests": len(journal.requests),
         "requests_by_kind": dict(sorted(kinds.items())),
+        "outcomes_by_kind": {kind: dict(sorted(counts.items()))
+                             for kind, counts in outcomes.items()},
         "attempts": sum(r.attempts for r in journal.requests),
         "retried": sum(r.attempts > 1 for r in journal.requests),
         "orders": len(orders),
