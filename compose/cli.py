@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -89,6 +90,7 @@ def _report_readiness(running: RunningStack, started: dt.datetime, timeout_s: fl
 
 
 def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
+    from compose.services import check_connector_files
     from compose.up import (
         interrupt_on_stop_signals,
         running_stack,
@@ -97,6 +99,7 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
         wait_healthy,
     )
 
+    check_connector_files(stack)
     interrupt_on_stop_signals()
     started = dt.datetime.now(dt.UTC)
     _say(f"starting the stack in {stack.data_dir} ...")
@@ -126,14 +129,21 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
 # ---- endpoints of a running or external stack ------------------------------------------------
 
 
-def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
-    """External servers named by the stack, else those of the stack running on the data dir."""
+def _running_state(stack: StackConfig) -> dict[str, Any]:
+    """The stack file `up` keeps in the data dir (endpoints, process list), or {} when no
+    stack runs there."""
     state_file = stack.data_dir / "stack.json"
     running: dict[str, Any] = {}
     if state_file.exists():
         running = json.loads(state_file.read_text())
         if not _alive(running.get("pid")):
             running = {}  # left behind by a stack that was killed: its servers are gone
+    return running
+
+
+def _running_endpoints(stack: StackConfig) -> dict[str, Any]:
+    """External servers named by the stack, else those of the stack running on the data dir."""
+    running = _running_state(stack)
     endpoints = {
         "bootstrap_servers": stack.kafka.bootstrap_servers or running.get("bootstrap_servers"),
         "shard_dsns": list(stack.postgres.shard_dsns) or running.get("shard_dsns"),
@@ -225,6 +235,37 @@ def _report_undecided(dsn: str, stuck_s: float) -> int:
         _print(f"  {pending.stuck} commands accepted more than {stuck_s:.0f} s ago are not "
                "decided: the write path is stalled (see /healthz)")
     return pending.stuck
+
+
+def cmd_status(stack: StackConfig, args: argparse.Namespace) -> int:
+    """Every server, service and consumer group at a glance (compose/status.py): exit 0 when
+    every one is ok, 1 when something is down, degraded or stuck, 3 when no stack runs."""
+    from compose import status
+    from compose.up import http_url
+
+    try:
+        endpoints = _running_endpoints(stack)
+    except ComposeError as error:
+        if args.json:
+            _print(status.not_running_json(str(error)))
+        else:
+            print(f"brokerage: {error}", file=sys.stderr)
+        return status.NOT_RUNNING
+    running = _running_state(stack)
+    services = [entry.get("name") for entry in running.get("services", ())] \
+        or list(stack.stack.services)
+    url = running.get("http_url") or (http_url(stack) if "http" in services else None)
+    processes: dict[str, Any] = {kind: running[kind] for kind in ("services", "servers")
+                                 if kind in running}
+    observed = status.observe(endpoints, running.get("topic_prefix", stack.stack.topic_prefix),
+                              url, processes or None)
+    report = status.build_report(observed)
+    if args.json:
+        _print(json.dumps(report.to_builtins()))
+    else:
+        for line in status.render_table(report):
+            _print(line)
+    return status.exit_code(report)
 
 
 def cmd_market_status(stack: StackConfig, args: argparse.Namespace) -> int:
@@ -327,7 +368,7 @@ def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
 
     endpoints = _running_endpoints(stack)
     secret = stack.http.token_secret
-    if args.service == "http" and stack.http.demo_login and not secret:
+    if args.service.split("-")[0] == "http" and stack.http.demo_login and not secret:
         raise ConfigError("http.token_secret must be set to run the http service on its own "
                           "with http.demo_login on")
     specs = service_specs(stack, Endpoints(endpoints["bootstrap_servers"],
@@ -337,8 +378,21 @@ def cmd_run(stack: StackConfig, args: argparse.Namespace) -> int:
     if spec is None:
         raise ConfigError(f"service {args.service!r} is not in this stack: "
                           f"{[s.name for s in specs]}")
+    _exec_with(spec.environment())
     spec.run()
     return 0
+
+
+def _exec_with(extra: dict[str, str]) -> None:
+    """Run this command again, same pid, with `extra` in its environment (what the service
+    needs at its process's start, e.g. the simulator's LD_PRELOAD), unless it has it already:
+    then return."""
+    if all(os.environ.get(name) == value for name, value in extra.items()):
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **extra})
 
 
 def cmd_shard_rebuild(stack: StackConfig, args: argparse.Namespace) -> int:
@@ -452,6 +506,19 @@ def build_parser() -> argparse.ArgumentParser:
         "difference (default 120)")
     reconcile.set_defaults(handler=cmd_reconcile)
 
+    status = commands.add_parser(
+        "status", help="every server, service and consumer group of the running stack: up or "
+        "down, restarts, lag, stuck, last error",
+        description="Ask the running stack's broker (metadata), Redis (PING) and shards "
+        "(connect and a query) with /healthz's checks, sample every consumer group's lag, read "
+        "/healthz for its verdicts (a stage is stuck when it is behind and commits nothing for "
+        "30 s) and the stack file for the processes `brokerage up` supervises. Exit 0 when "
+        "every component is ok; 1 when something is down, degraded or stuck; 3 when no stack "
+        "runs on the data dir (one line).")
+    status.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of a table")
+    status.set_defaults(handler=cmd_status)
+
     for name, help_text in (("halt", "halt trading in a symbol"),
                             ("restrict", "allow closing trades only in a symbol"),
                             ("resume", "reopen a symbol")):
@@ -550,9 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_runtime_dir()
     args = build_parser().parse_args(argv)
     handler: Callable[[StackConfig, argparse.Namespace], int] = args.handler
+    from connectors.exceptions import ConnectorConfigError
+
     try:
         return handler(load_stack(args.stack), args)
-    except (ComposeError, ConfigError) as error:
+    except (ComposeError, ConfigError, ConnectorConfigError) as error:
         print(f"brokerage: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

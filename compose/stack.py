@@ -31,6 +31,7 @@ import msgspec
 
 from compose.exceptions import ConfigError
 from gateways.http.config import IdentityProviderConfig
+from state.domain.risk import QUOTE_AGE_MS_MAX
 
 SERVICE_NAMES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data", "connectors",
                  "http")
@@ -38,6 +39,8 @@ SERVICE_NAMES = ("accounts", "sinks", "simulator", "fix-gateway", "market-data",
 
 PORT_MIN, PORT_MAX = 1, 65535
 Port = Annotated[int, msgspec.Meta(ge=PORT_MIN, le=PORT_MAX)]
+# Processes of one service (scale-out inside its consumer group): at least one.
+Processes = Annotated[int, msgspec.Meta(ge=1, le=64)]
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -79,9 +82,15 @@ class HttpSection(_Section, frozen=True, kw_only=True):
     # A deployment's own sign-in ([http.identity]): its identity provider's tokens.
     identity: IdentityProviderConfig | None = None
     reply_wait_ms: int = 2000
+    # Per-user request budgets per second (orders and other writes; reads).
+    orders_per_s_max: int = 10
+    reads_per_s_max: int = 100
     # Durable intake: an acknowledged command without an outcome in its shard is re-published
     # at once after a broker epoch change, else once it is this old (gateways.http.journal).
     journal_replay_after_s: float = 5.0
+    # Gateway processes sharing `port` (SO_REUSEPORT: the kernel spreads connections over
+    # those alive); each reads every topic and shard it needs, so any of them serves any user.
+    processes: Processes = 1
 
 
 class MarketMakerSection(_Section, frozen=True, kw_only=True):
@@ -98,6 +107,17 @@ class MarketMakerSection(_Section, frozen=True, kw_only=True):
 class AccountsSection(_Section, frozen=True, kw_only=True):
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05
+    # A market or stop order's reference quote older than this is refused
+    # (stale_reference_price); the HTTP gateway gets the same value and publishes it.
+    quote_age_ms_max: Annotated[int, msgspec.Meta(gt=0)] = QUOTE_AGE_MS_MAX
+    # Account-topology processes sharing the partitions of its consumer group; when one dies
+    # the others take its partitions over (state from the changelog, else from the shard).
+    processes: Processes = 1
+
+
+class SinksSection(_Section, frozen=True, kw_only=True):
+    # Sink processes (each with a worker per shard) sharing each shard's consumer group.
+    processes: Processes = 1
 
 
 class ConnectorsSection(_Section, frozen=True, kw_only=True):
@@ -117,6 +137,7 @@ class StackConfig(_Section, frozen=True, kw_only=True):
     redis: RedisSection = RedisSection()
     http: HttpSection = HttpSection()
     accounts: AccountsSection = AccountsSection()
+    sinks: SinksSection = SinksSection()
     connectors: ConnectorsSection = ConnectorsSection()
     market_data: MarketDataSection = MarketDataSection()
     market_makers: tuple[MarketMakerSection, ...] = (

@@ -6,6 +6,7 @@ shard PostgreSQLs) that `brokerage up` started and starts one that died again on
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
@@ -48,16 +49,23 @@ def report_to_stderr(line: str) -> None:
     write_line(line, sys.stderr)
 
 
+def death(why: str) -> dict[str, str]:
+    """A process's last error as the stack file records it for `brokerage status`."""
+    return {"error": why, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+
+
 @dataclass
 class Supervised:
     spec: ServiceSpec
     spec_path: Path
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to ours for the child
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     restart_at: float = 0.0
     delay_s: float = RESTART_DELAY_S_MIN
     started_at: float = field(default=0.0)
+    last_error: dict[str, str] | None = None  # death(...) of its last unasked exit
 
     @property
     def name(self) -> str:
@@ -78,13 +86,16 @@ class Supervisor:
         for spec in specs:
             spec_path = run_dir / f"{spec.name}.json"
             spec_path.write_bytes(msgspec.json.encode(spec))
-            self.children.append(Supervised(spec, spec_path, log_dir / f"{spec.name}.log"))
+            # Before any service starts: a child that cannot get its environment stops `up`.
+            self.children.append(Supervised(spec, spec_path, log_dir / f"{spec.name}.log",
+                                            spec.environment()))
 
     def _start(self, child: Supervised) -> None:
         with open(child.log_path, "ab") as out:
             child.popen = subprocess.Popen(
                 [sys.executable, "-m", "compose.child", child.name, str(child.spec_path)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **child.env} if child.env else None,
                 preexec_fn=_die_with_parent)
         child.started_at = time.monotonic()
 
@@ -111,6 +122,7 @@ class Supervisor:
                 continue
             if child.restart_at == 0.0:
                 code = child.popen.returncode
+                child.last_error = death(f"exited with code {code}")
                 self._report(f"service {child.name} exited with code {code}; restarting in "
                              f"{child.delay_s:.1f} s (log {child.log_path})")
                 child.restart_at = now + child.delay_s
@@ -147,6 +159,7 @@ class WatchedServer:
     died_at: float = 0.0
     delay_s: float = RESTART_DELAY_S_MIN
     restarts: int = 0
+    last_error: dict[str, str] | None = None  # death(...) of its last death
 
 
 class ServerWatch:
@@ -185,6 +198,7 @@ class ServerWatch:
         self._report(f"server {watched.name} {why}; restarting in {watched.delay_s:.1f} s "
                      f"(log {child.log_path})")
         watched.died_at = now
+        watched.last_error = death(why)
         self._on_died(watched.name)
         watched.restart_at = time.monotonic() + watched.delay_s
         watched.delay_s = min(watched.delay_s * 2, RESTART_DELAY_S_MAX)
@@ -193,6 +207,7 @@ class ServerWatch:
         try:
             self.servers.restart(watched.name)
         except ComposeError as error:
+            watched.last_error = death(f"did not start again: {error}")
             self._report(f"server {watched.name} did not start again: {error}; retrying in "
                          f"{watched.delay_s:.1f} s")
             watched.restart_at = time.monotonic() + watched.delay_s

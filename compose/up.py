@@ -14,7 +14,9 @@ import time
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from compose.embedded import (
     EmbeddedServers,
@@ -44,6 +46,11 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # Services stopped because the broker died are restarted anyway and everything durable
 # survives SIGKILL: they get little time to go (one blocked on the dead broker uses it all).
 BROKER_LOST_STOP_TIMEOUT_S = 5.0
+
+
+def http_url(stack: StackConfig) -> str:
+    """Where the HTTP gateway of the stack answers."""
+    return f"http://{stack.http.host}:{stack.http.port}"
 
 
 def _token_secret(stack: StackConfig) -> str:
@@ -94,15 +101,23 @@ def _prepare(stack: StackConfig, endpoints: Endpoints) -> None:
 
 
 def _check_ports(stack: StackConfig) -> None:
+    """The ports the services will listen on, each on the host the stack file gives it."""
     wanted = []
     if "http" in stack.stack.services:
-        wanted.append(("http", stack.http.port))
+        wanted.append(("http", stack.http.host, stack.http.port))
     if "simulator" in stack.stack.services:
-        wanted += [(f"simulator {mm.name}", mm.port) for mm in stack.market_makers
+        wanted += [(f"simulator {mm.name}", mm.host, mm.port) for mm in stack.market_makers
                    if mm.simulator]
-    for name, port in wanted:
-        if port_open(port):
-            raise ServiceStartError(f"{name}: port {stack.http.host}:{port} is already in use")
+    for name, host, port in wanted:
+        if port_open(port, host):
+            raise ServiceStartError(f"{name}: port {host}:{port} is already in use")
+
+
+def write_stack_file(path: Path, content: Mapping[str, Any]) -> None:
+    """The stack file (`stack.json`), replaced whole: a reader never sees half of it."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(content))
+    os.replace(partial, path)
 
 
 @dataclass
@@ -111,15 +126,49 @@ class RunningStack:
     endpoints: Endpoints
     supervisor: Supervisor
     embedded: EmbeddedServers
+    # What the stack file holds besides the process list (endpoints, pid of `up`, ...).
+    stack_file: Path | None = None
+    stack_file_content: dict[str, Any] = field(default_factory=dict)
     watch: ServerWatch = field(init=False)
+    _recorded: dict[str, Any] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.watch = ServerWatch(self.embedded, self._server_died, self._server_started)
+        self.record()
 
     def poll(self) -> None:
         """Restart what died: embedded servers first, then services."""
         self.watch.poll()
         self.supervisor.poll()
+        self.record()
+
+    def processes(self) -> dict[str, list[dict[str, Any]]]:
+        """Every process `up` supervises: pid, running, restarts, last error (`brokerage
+        status` reads them from the stack file)."""
+        services = [{"name": child.name, "pid": child.popen.pid if child.popen else None,
+                     "running": child.alive(), "restarts": child.restarts,
+                     "last_error": child.last_error}
+                    for child in self.supervisor.children]
+        servers = []
+        for name, watched in self.watch.watched.items():
+            server = self.embedded.child(name)
+            servers.append({"name": name, "pid": server.popen.pid, "running": server.alive(),
+                            "restarts": watched.restarts, "last_error": watched.last_error})
+        return {"services": services, "servers": servers}
+
+    def record(self) -> None:
+        """The process list into the stack file, when it changed."""
+        if self.stack_file is None:
+            return
+        processes = self.processes()
+        if processes == self._recorded:
+            return
+        try:
+            write_stack_file(self.stack_file, {**self.stack_file_content, **processes})
+        except OSError as error:  # a full disk must not stop the supervision
+            report_to_stderr(f"cannot write {self.stack_file}: {error}")
+            return
+        self._recorded = processes
 
     def _server_died(self, name: str) -> None:
         if name == "broker":
@@ -142,7 +191,7 @@ class RunningStack:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.stack.http.host}:{self.stack.http.port}"
+        return http_url(self.stack)
 
     def urls(self) -> dict[str, str]:
         urls = {"kafka": self.endpoints.bootstrap_servers, "redis": self.endpoints.redis_url}
@@ -184,14 +233,18 @@ def running_stack(stack: StackConfig) -> Iterator[RunningStack]:
         try:
             endpoints = _endpoints(stack, embedded)
             _prepare(stack, endpoints)
-            (stack.data_dir / "stack.json").write_text(json.dumps({
+            stack_file = stack.data_dir / "stack.json"
+            content: dict[str, Any] = {
                 "bootstrap_servers": endpoints.bootstrap_servers,
                 "shard_dsns": list(endpoints.shard_dsns), "redis_url": endpoints.redis_url,
-                "topic_prefix": stack.stack.topic_prefix, "pid": os.getpid()}))
+                "topic_prefix": stack.stack.topic_prefix, "pid": os.getpid()}
+            if "http" in stack.stack.services:
+                content["http_url"] = http_url(stack)
+            write_stack_file(stack_file, content)
             supervisor = Supervisor(service_specs(stack, endpoints), stack.data_dir / "run",
                                     stack.data_dir / "logs")
             supervisor.start_all()
-            yield RunningStack(stack, endpoints, supervisor, embedded)
+            yield RunningStack(stack, endpoints, supervisor, embedded, stack_file, content)
         finally:
             if supervisor is not None:
                 supervisor.stop_all()

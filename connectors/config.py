@@ -68,6 +68,8 @@ def load_connector_file(path: str | Path) -> ConnectorConfig:
         data = _read(path)
     except (OSError, ValueError) as error:  # TOMLDecodeError and JSONDecodeError are ValueErrors
         raise ConnectorConfigError(f"{path}: cannot read: {error}") from error
+    except RecursionError as error:  # arrays nested hundreds deep: a traceback, not a line
+        raise ConnectorConfigError(f"{path}: cannot read: nested too deeply") from error
     try:
         config = msgspec.convert(data, ConnectorConfig)
     except (msgspec.ValidationError, ValueError) as error:

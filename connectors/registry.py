@@ -28,6 +28,8 @@ def parse_settings(config: ConnectorConfig, origin: Path | str | None = None) ->
         return msgspec.convert(config.settings, _SETTINGS[config.connector], strict=False)
     except (msgspec.ValidationError, ValueError) as error:
         raise ConnectorConfigError(f"{where}: settings: {error}") from error
+    except RecursionError as error:
+        raise ConnectorConfigError(f"{where}: settings: nested too deeply") from error
 
 
 def check_settings(config: ConnectorConfig, origin: Path) -> ConnectorConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import math
 from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -18,7 +19,7 @@ import msgspec
 from connectors.exceptions import ReplayFileError
 from connectors.runtime import Clock, Pause, Publish, Reject, Step
 from connectors.validation import MALFORMED, ValidationSettings, check_quote
-from state.messages import Quote
+from state.messages import Quote, Symbol
 
 _REQUIRED = ("symbol", "bid", "ask", "bid_size", "ask_size", "venue_time")
 _DECIMALS = ("bid", "ask", "bid_size", "ask_size", "last", "last_size")
@@ -30,14 +31,14 @@ class FileReplaySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     speed: float = 1.0  # 1: original pace, 10: ten times faster, 0: as fast as possible
     restamp: bool = True
     loop: bool = False
-    symbols: tuple[str, ...] = ()  # the known universe; empty: any well-formed symbol
+    symbols: tuple[Symbol, ...] = ()  # the known universe; empty: any well-formed symbol
     validation: ValidationSettings = ValidationSettings()
 
     def __post_init__(self) -> None:
         if self.format not in ("", "csv", "jsonl"):
             raise ValueError("format must be 'csv' or 'jsonl'")
-        if self.speed < 0:
-            raise ValueError("speed must not be negative")
+        if not math.isfinite(self.speed) or self.speed < 0:
+            raise ValueError("speed must be a finite number, not negative")
 
     @property
     def file_format(self) -> str:

@@ -4,6 +4,7 @@ the same prices and sizes (venue times differ: they are the publication time).""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import msgspec
 
 from connectors.runtime import Clock, Pause, Publish, Reject, Step
 from connectors.validation import ValidationSettings, check_quote
-from state.messages import Quote
+from state.messages import Quote, Symbol
 from state.topics import encode
 
 PACE_INTERVAL_S = 0.01  # quotes are released in small bursts every 10 ms at the configured rate
@@ -23,10 +24,10 @@ _CENT = Decimal("0.01")
 
 class SyntheticQuotesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
                               kw_only=True):
-    symbols: tuple[str, ...]
+    symbols: tuple[Symbol, ...]
     rate_per_s: float = 50.0  # across all symbols; 0: as fast as possible
     seed: int = 1
-    start_prices: dict[str, Decimal] = {}
+    start_prices: dict[Symbol, Decimal] = {}
     volatility_bps: float = 2.0  # standard deviation of one step of the mid price
     trade_probability: float = 0.3  # share of quotes that carry a trade print
     quotes_max: int = 0  # stop after this many quotes (0: never); for benchmarks and tests
@@ -35,10 +36,21 @@ class SyntheticQuotesSettings(msgspec.Struct, frozen=True, forbid_unknown_fields
     def __post_init__(self) -> None:
         if not self.symbols:
             raise ValueError("symbols must name at least one symbol")
+        # NaN and Infinity (TOML and JSON both write them) pass every comparison below, and
+        # the feed then died on its first quote.
+        for name in ("rate_per_s", "volatility_bps", "trade_probability"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number")
         if self.rate_per_s < 0 or self.quotes_max < 0:
             raise ValueError("rate_per_s and quotes_max must not be negative")
+        if self.volatility_bps < 0:
+            raise ValueError("volatility_bps must not be negative")
         if not 0 <= self.trade_probability <= 1:
             raise ValueError("trade_probability must be between 0 and 1")
+        bad = [symbol for symbol, price in self.start_prices.items()
+               if not price.is_finite() or price <= 0]
+        if bad:
+            raise ValueError(f"start_prices of {bad[:5]} must be positive finite prices")
 
 
 @dataclass

@@ -34,6 +34,13 @@ class ValidationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     cross_tolerance_bps: Decimal = Decimal(0)
     lock_allowed: bool = False
 
+    def __post_init__(self) -> None:
+        if self.stale_ms_max < 0 or self.future_ms_max < 0:
+            raise ValueError("stale_ms_max and future_ms_max must not be negative")
+        # A NaN tolerance made every crossed-quote check raise (decimal InvalidOperation).
+        if not self.cross_tolerance_bps.is_finite() or self.cross_tolerance_bps < 0:
+            raise ValueError("cross_tolerance_bps must be a finite number, not negative")
+
 
 def check_quote(quote: Quote, now: dt.datetime, rules: ValidationSettings,
                 known_symbols: frozenset[str] | None) -> str | None:

@@ -28,5 +28,10 @@ class SinkConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     # is the same static member); "" joins as a new dynamic member on each start. Two sinks
     # processes sharing the groups need dirs of their own.
     member_dir: str = ""
+    # A worker whose group has no other process joins as a static member (its member id as
+    # group.instance.id); with several sinks processes sharing the groups each joins as a
+    # dynamic member, which the broker expels once its session times out, so that the
+    # others take its partitions over (state.member_id says why).
+    static_membership: bool = True
     # Extra librdkafka settings (security, etc.) for a real cluster.
     kafka_extra: dict[str, str] = {}

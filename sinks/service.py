@@ -82,8 +82,20 @@ class OwnPartitionsApplication(Application):
         super().__init__(**kwargs)
         self._owned = owned
 
+    def _get_internal_consumer(self, on_error: Any = None,
+                               extra_config_overrides: dict[str, Any] | None = None) -> Any:
+        """Quix forces the range assignor (for co-partitioned state, which a sink has none
+        of): the assignment strategy of the consumer config stands instead."""
+        overrides = dict(extra_config_overrides or {})
+        overrides.pop("partition.assignment.strategy", None)
+        return super()._get_internal_consumer(on_error=on_error,
+                                              extra_config_overrides=overrides)
+
     def _on_assign(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
         kept = [tp for tp in topic_partitions if tp.partition in self._owned]
+        if topic_partitions:
+            log.info("shard sink %s: assigned %s", self._config.consumer_group,
+                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in kept) or "nothing")
         if topic_partitions and not kept:
             # Quix returns early on an empty list and librdkafka would then assign them all
             self._consumer.assign([])
@@ -125,8 +137,12 @@ def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
     group = f"{config.consumer_group}.shard{shard}"
     kafka: dict[str, str | int] = {
         "session.timeout.ms": config.session_timeout_ms,
-        "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100)}
-    if config.member_dir:
+        "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100),
+        # Round robin over both topics' partitions in order: with several sinks processes
+        # in the group each gets some of this shard's partitions (range would give one of
+        # them the shard's partitions of both topics and the other only partitions it drops).
+        "partition.assignment.strategy": "roundrobin"}
+    if config.member_dir and config.static_membership:
         kafka["group.instance.id"] = stable_member_id(
             str(Path(config.member_dir) / f"shard{shard}"), group)
     app = OwnPartitionsApplication(

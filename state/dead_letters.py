@@ -41,6 +41,9 @@ _WORDINGS = (
     (re.compile(r"^empty payload \(tombstone\)$"), TOMBSTONE),
     (re.compile(r"belongs to shard \d+, not to shard"), WRONG_SHARD),
     (re.compile(r"^JSON is malformed"), MALFORMED_JSON),
+    # msgspec's word for JSON cut short (and for an empty value): malformed, not a payload
+    # that is JSON of the wrong shape.
+    (re.compile(r"^Input data was truncated"), MALFORMED_JSON),
     (re.compile(r"^record timestamp -?\d+ ms is outside"), INVALID_TIMESTAMP),
 )
 # Connectors write a code of their own, alone or before a colon (`crossed_quote`,

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from state.domain.money import MAGNITUDE_DIGITS_MAX
 from state.exceptions import DecodeError
 from state.messages import (
     AccountEvent,
@@ -112,6 +113,10 @@ def decode(topic: Topic, raw: bytes | None) -> Any:
         message = _DECODERS[topic].decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise DecodeError(str(error)) from error
+    except RecursionError as error:
+        # A value nested thousands deep before the `type` tag: msgspec skips it recursively.
+        # Uncaught, it stopped the reader on this record.
+        raise DecodeError("JSON is malformed: nested too deeply") from error
     if topic in _EXTERNALLY_PRODUCED:
         _require_decimal_strings(message, raw)
     return message
@@ -134,6 +139,13 @@ def _require_decimal_strings(message: Any, raw: bytes) -> None:
         if not isinstance(fields.get(name), str):
             raise DecodeError(f"`{name}` must be a decimal string (e.g. \"10.50\"), "
                               f"not a JSON {type(fields.get(name)).__name__}")
+        value = getattr(message, name)
+        # "NaN", "Infinity" and "1e400" are decimal strings to msgspec: refused orders carried
+        # them into the shard, and every read of the account's orders was a 500 after.
+        if not value.is_finite() or (value and value.adjusted() >= MAGNITUDE_DIGITS_MAX):
+            raise DecodeError(f"`{name}` must be a decimal string of a finite number below "
+                              f"1e{MAGNITUDE_DIGITS_MAX} (e.g. \"10.50\"), not "
+                              f"{fields[name][:40]!r}")
 
 
 def dead_letter(

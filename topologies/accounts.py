@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from quixstreams import Application, State, message_context
 from quixstreams.models import Deserializer, SerializationContext, Serializer, Topic, TopicConfig
 from quixstreams.state.rocksdb import RocksDBOptions
@@ -48,8 +48,9 @@ from state.domain.account import (
 from state.domain.hydrate import AccountSnapshot, state_or_hydrated
 from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
+from state.fetch_wait import measured_wait_ms
 from state.liveness import GroupSampler, GroupStatus, Tracker
-from state.member_id import stable_member_id
+from state.member_id import MemberLock, peer_down, read_member_id, stable_member_id
 from state.messages import Alert, CommandRejected, ExecutionReport, MarketStatus
 from state.router import ShardRouter, account_partition
 from state.shard_store import account_is_open, load_account_snapshot
@@ -515,19 +516,114 @@ def _store_loads(raw: bytes) -> bytes:
     return raw
 
 
+FENCE_TIMEOUT_S = 10.0
+
+
+def fence_transactional_id(kafka: KafkaSettings, transactional_id: str) -> None:
+    """Abort what a dead producer under `transactional_id` left open: a producer initialised
+    under the same id bumps the id's epoch, and the broker aborts the old epoch's transaction
+    (it would otherwise hold the last stable offset of every partition it wrote to)."""
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers,
+                         "transactional.id": transactional_id, **kafka.extra})
+    producer.init_transactions(FENCE_TIMEOUT_S)
+
+
+class PeerFence:
+    """Fences the transactional id of each process of the group that is down (its member lock
+    is free), holding its lock meanwhile so that a restarting incarnation waits for it."""
+
+    def __init__(self, config: AccountTopologyConfig) -> None:
+        self._config = config
+
+    def fence_down_peers(self) -> list[str]:
+        fenced = []
+        for peer_dir in self._config.peer_state_dirs:
+            with peer_down(peer_dir) as down:
+                member = read_member_id(peer_dir, self._config.consumer_group)
+                if not down or member is None:
+                    continue
+                try:
+                    fence_transactional_id(self._config.kafka, member)
+                except KafkaException as error:
+                    log.warning("cannot fence %s, a process of the group that is down: %s",
+                                member, error)
+                    continue
+                fenced.append(member)
+        return fenced
+
+
+class AccountsApplication(Application):
+    """Quix's application, told of each assignment: it logs what the member holds, and when
+    the member gains partitions it first fences the group's processes that are down (their
+    open transaction would hold back those partitions' outputs and changelog)."""
+
+    def __init__(self, *, member: str, commands_topic: str, fence: PeerFence | None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._member = member
+        self._commands_topic = commands_topic
+        self._fence = fence
+        self._held: set[int] = set()
+
+    def _on_assign(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in topic_partitions
+                      if tp.topic == self._commands_topic}
+        if partitions:
+            gained = sorted(partitions - self._held)
+            fenced = self._fence.fence_down_peers() if gained and self._fence else []
+            log.info("account topology member %s: assigned partitions %s (gained %s)%s",
+                     self._member, sorted(partitions), gained,
+                     f"; fenced processes that are down: {fenced}" if fenced else "")
+            self._held = partitions
+        super()._on_assign(consumer, topic_partitions)
+
+    def _on_revoke(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
+        self._log_dropped("revoked", topic_partitions)
+        super()._on_revoke(consumer, topic_partitions)
+
+    def _on_lost(self, consumer: Any, topic_partitions: list[TopicPartition]) -> None:
+        self._log_dropped("lost", topic_partitions)
+        super()._on_lost(consumer, topic_partitions)
+
+    def _log_dropped(self, how: str, topic_partitions: list[TopicPartition]) -> None:
+        partitions = sorted({tp.partition for tp in topic_partitions
+                             if tp.topic == self._commands_topic})
+        if partitions:
+            log.info("account topology member %s: partitions %s %s", self._member,
+                     partitions, how)
+
+
+def member_id(config: AccountTopologyConfig) -> str:
+    """This process's member id (state.member_id), or a name for a member without a state
+    dir (tests)."""
+    if config.state_dir:
+        return stable_member_id(config.state_dir, config.consumer_group)
+    return f"{config.consumer_group}-{os.getpid()}"
+
+
 def create_application(config: AccountTopologyConfig) -> Application:
     kafka = config.kafka
+    inputs = [kafka.topic_prefix + t.Topic.ORDERS_COMMANDS, kafka.topic_prefix + t.Topic.EXECUTIONS]
     consumer_extra: dict[str, Any] = {
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
-        "fetch.wait.max.ms": kafka.fetch_wait_ms_max}
+        # Measured: a broker that lists a partition's batches on each fetch starves a wait
+        # shorter than that listing (state.fetch_wait; issue 11).
+        "fetch.wait.max.ms": measured_wait_ms(kafka.bootstrap_servers, inputs,
+                                              kafka.fetch_wait_ms_max, kafka.extra)}
     producer_extra: dict[str, Any] = {"partitioner": "murmur2_random"}
+    member = member_id(config)
     if config.state_dir:
-        member_id = stable_member_id(config.state_dir, config.consumer_group)
-        consumer_extra["group.instance.id"] = member_id
+        if config.static_membership:
+            consumer_extra["group.instance.id"] = member
         if config.processing_guarantee == "exactly-once":
-            producer_extra["transactional.id"] = member_id
-    return Application(
+            producer_extra["transactional.id"] = member
+    fence = PeerFence(config) if config.peer_state_dirs and \
+        config.processing_guarantee == "exactly-once" else None
+    return AccountsApplication(
+        member=member,
+        commands_topic=kafka.topic_prefix + t.Topic.ORDERS_COMMANDS,
+        fence=fence,
         broker_address=kafka.bootstrap_servers,
         consumer_group=config.consumer_group,
         auto_offset_reset="earliest",
@@ -547,6 +643,16 @@ def create_application(config: AccountTopologyConfig) -> Application:
 
 def run(config: AccountTopologyConfig) -> None:
     """Run the account topology until SIGTERM/SIGINT (Quix handles both)."""
+    # Held for the process's life: siblings on this data dir tell by it that it is alive.
+    lock = MemberLock(config.state_dir) if config.state_dir else None
+    if config.state_dir and config.processing_guarantee == "exactly-once":
+        # What the previous incarnation left open is aborted now, not at the first
+        # transaction after the group assigned partitions: readers of its partitions wait
+        # behind it meanwhile. (Quix's own producer does it at its first transaction anyway.)
+        try:
+            fence_transactional_id(config.kafka, member_id(config))
+        except KafkaException as error:
+            log.warning("could not abort what this member's previous run left open: %s", error)
     app = create_application(config)
     market = MarketStatusView(config.kafka)
     market.start()
@@ -571,3 +677,5 @@ def run(config: AccountTopologyConfig) -> None:
             watch.stop()
     finally:
         market.stop()
+        if lock is not None:
+            lock.release()

@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import msgspec
 
+from state.domain.risk import QUOTE_AGE_MS_MAX
+
 
 class _Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
@@ -32,6 +34,18 @@ class AccountTopologyConfig(_Config, frozen=True, kw_only=True):
     shard_dsns: tuple[str, ...] = ()
     partitions_per_shard: int = 1
     consumer_group: str = "accounts"
+    # The group's only process joins as a static member (its member id as group.instance.id:
+    # a restart takes its own place back); each of several processes sharing the group joins
+    # as a dynamic member, which the broker expels once its session times out, so that the
+    # others take its partitions over (state.member_id says why).
+    static_membership: bool = True
+    # The state dirs of the group's other processes on this data dir. A member assigned
+    # partitions fences the transactional id of each one that is down (state.member_id's
+    # lock tells), which aborts the transaction it died in: a broker that never times
+    # transactions out would otherwise hold those partitions' last stable offset, and every
+    # read_committed reader behind it (this member's changelog recovery included), until the
+    # dead process came back.
+    peer_state_dirs: tuple[str, ...] = ()
     processing_guarantee: str = "exactly-once"
     commit_interval_s: float = 0.05
     poll_timeout_s: float = 0.01
@@ -39,7 +53,7 @@ class AccountTopologyConfig(_Config, frozen=True, kw_only=True):
     notional_usd_max: Decimal = Decimal("1000000")
     quantity_max: Decimal = Decimal("100000")
     order_rate_per_s_max: int = 10
-    quote_age_ms_max: int = 60_000
+    quote_age_ms_max: int = QUOTE_AGE_MS_MAX
 
 
 class MarketDataConfig(_Config, frozen=True, kw_only=True):

@@ -422,7 +422,10 @@ def consumer_settings(config: MarketDataConfig, worker: int = 0) -> dict[str, An
         "enable.auto.commit": False, "auto.offset.reset": config.auto_offset_reset,
         "session.timeout.ms": session_ms, "heartbeat.interval.ms": max(session_ms // 3, 100),
         "fetch.wait.max.ms": max(kafka.fetch_wait_ms_max, FETCH_WAIT_MS_MAX)}
-    if config.state_dir:  # a restarted worker is the same static member (state.member_id)
+    # A lone worker restarted is the same static member (state.member_id); workers of a group
+    # of several join as dynamic members, which the broker expels when their session times
+    # out (Tansu 0.6 never expels a static one: state.member_id).
+    if config.state_dir and config.processes == 1:
         settings["group.instance.id"] = stable_member_id(
             str(Path(config.state_dir) / f"worker{worker}"), group)
     return {**settings, **kafka.extra}

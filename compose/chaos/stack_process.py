@@ -23,9 +23,11 @@ START_TIMEOUT_S = 120.0
 
 
 def write_stack_file(path: Path, fix_port: int, services: list[str] | None = None,
-                     http: dict[str, Any] | None = None) -> Path:
+                     http: dict[str, Any] | None = None,
+                     sections: dict[str, dict[str, Any]] | None = None) -> Path:
     """A stack file on loopback with the demo login on (the tests sign in with it); `http`
-    adds settings of its [http] section."""
+    adds settings of its [http] section, `sections` other sections (e.g. `{"accounts":
+    {"processes": 2}}`)."""
     lines = [
         "[stack]",
         "shards = 2",
@@ -36,6 +38,9 @@ def write_stack_file(path: Path, fix_port: int, services: list[str] | None = Non
     lines += ["", "[http]"]
     lines += [f"{name} = {json.dumps(value)}"
               for name, value in {"demo_login": True, **(http or {})}.items()]
+    for section, settings in (sections or {}).items():
+        lines += ["", f"[{section}]"]
+        lines += [f"{name} = {json.dumps(value)}" for name, value in settings.items()]
     lines += [
         "",
         "[[market_makers]]",

@@ -241,6 +241,20 @@ def seq_num(message: fix.Message) -> int:
     return int(text) if text else 0
 
 
+def _account_of(message: fix.Message, known: KnownOrder | None, cl_ord_id: str) -> str | None:
+    """The account a report is for: the one this gateway routed the order for. A market maker
+    naming another Account (1) on a report of our ClOrdID is refused (FixFieldError): the
+    report was forwarded under the named account, and a fill of the order was booked in an
+    account that never placed it."""
+    named = optional_field(message, ACCOUNT)
+    if known is None:
+        return named
+    if named and named != known.account_id:
+        raise FixFieldError(f"Account {named[:64]!r} is not the account of order {cl_ord_id} "
+                            f"({known.account_id})")
+    return known.account_id
+
+
 class KnownOrder:
     """What the gateway remembers of an order to fill gaps in what a report carries."""
 
@@ -273,7 +287,7 @@ def execution_report_from_fix(
     side = SIDE_FROM_FIX.get(field(message, SIDE))
     if side is None:
         raise FixFieldError(f"Side {field(message, SIDE)!r} is not handled")
-    account_id = optional_field(message, ACCOUNT) or (known.account_id if known else None)
+    account_id = _account_of(message, known, cl_ord_id)
     if not account_id:
         raise FixFieldError(f"report for unknown ClOrdID {cl_ord_id} carries no Account")
     transact = optional_field(message, TRANSACT_TIME)
@@ -316,7 +330,7 @@ def cancel_reject_from_fix(
     if orig_cl_ord_id in (None, "", "NONE"):
         orig_cl_ord_id = known.cl_ord_id
     return ExecutionReport(
-        account_id=optional_field(message, ACCOUNT) or known.account_id,
+        account_id=_account_of(message, known, cl_ord_id) or known.account_id,
         exec_id=f"{market_maker}:cxlrej:{cl_ord_id}",
         order_id=order_id_of_cl_ord_id(cl_ord_id),
         cl_ord_id=cl_ord_id,

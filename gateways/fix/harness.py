@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import os
 import signal
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from pathlib import Path
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from gateways.simulator import bind_host
+from gateways.simulator.config import SimulatorConfig
 from state.messages import ExecutionReport, Message, Quote
 from state.topics import Topic, decode, encode
 
@@ -66,13 +69,15 @@ class ServiceProcess:
 
 
 def launch(module: str, config: msgspec.Struct, log_path: Path) -> ServiceProcess:
-    """`python -m module CONFIG_JSON` in a child that dies with us."""
+    """`python -m module CONFIG_JSON` in a child that dies with us. A simulator gets the
+    bind-host shim, as the supervisor gives it, so that it listens on its config's host."""
+    extra = bind_host.environment(config.host) if isinstance(config, SimulatorConfig) else {}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         popen = subprocess.Popen(
             [sys.executable, "-m", module, msgspec.json.encode(config).decode()],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
+            env={**os.environ, **extra} if extra else None, preexec_fn=_die_with_parent)
     return ServiceProcess(module, popen, log_path)
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import msgspec
 import quickfix as fix
-from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 
 from gateways.exceptions import GatewayError
@@ -81,6 +81,7 @@ from gateways.fix.tracking import (
 from state.epoch import BrokerEpoch, read_epoch_record
 from state.exceptions import DecodeError, EpochUnavailable, ShardUnavailable
 from state.execution_booking import BookingReader, ExecutionRef, ShardOrder
+from state.fetch_wait import WideningReader
 from state.ids import cl_ord_id_for, order_id_of_cl_ord_id
 from state.member_id import stable_member_id
 from state.messages import (
@@ -243,23 +244,9 @@ class FixGateway:
             "linger.ms": 1,
             "acks": "all",
         })
-        self.consumer = Consumer({
-            "bootstrap.servers": config.bootstrap_servers,
-            "group.id": prefix + config.consumer_group,
-            "session.timeout.ms": config.session_timeout_ms,
-            # librdkafka beats every 3 s by default: a 3 s session would lapse between beats.
-            "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100),
-            # A restarted gateway is the same static member (state.member_id says why).
-            "group.instance.id": stable_member_id(str(self.store_dir),
-                                                  prefix + config.consumer_group),
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-            "enable.auto.offset.store": False,
-            "auto.commit.interval.ms": 200,
-            # The broker answers a fetch when data arrives or after this wait (or, on Tansu,
-            # only after it): the default (500 ms) would put that much on an order's way out.
-            "fetch.wait.max.ms": config.route_fetch_wait_ms,
-        })
+        # Starts at the configured wait and widens when the broker starves it (issue 11).
+        self.route_reader = WideningReader(self.route_topic, self._route_consumer,
+                                           config.route_fetch_wait_ms, commit=True)
         settings = load_settings(
             initiator_settings_text(self.specs.values(), self.store_dir, config.heartbeat_s,
                                     config.validate_messages),
@@ -274,6 +261,40 @@ class FixGateway:
         self._resume_from_delivered(delivered)
         self.prune(now_ms())
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
+
+    @property
+    def consumer(self) -> Consumer:
+        return self.route_reader.consumer
+
+    def _route_consumer(self, wait_ms: int) -> Consumer:
+        group = self.config.topic_prefix + self.config.consumer_group
+        return Consumer({
+            "bootstrap.servers": self.config.bootstrap_servers,
+            "group.id": group,
+            "session.timeout.ms": self.config.session_timeout_ms,
+            # librdkafka beats every 3 s by default: a 3 s session would lapse between beats.
+            "heartbeat.interval.ms": max(self.config.session_timeout_ms // 3, 100),
+            # A restarted gateway is the same static member (state.member_id says why).
+            "group.instance.id": stable_member_id(str(self.store_dir), group),
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": 200,
+            # The broker answers a fetch when data arrives or after this wait (or, on Tansu,
+            # only after it): the default (500 ms) would put that much on an order's way out.
+            "fetch.wait.max.ms": wait_ms,
+        })
+
+    def _route_starts(self, partitions: list[int]) -> dict[tuple[str, int], int]:
+        """Where reading `orders.route` resumes: the group's committed offset, else the start
+        of the partition (what auto.offset.reset=earliest would do)."""
+        wanted = [TopicPartition(self.route_topic, partition) for partition in partitions]
+        starts = {}
+        for tp in self.consumer.committed(wanted, timeout=10):
+            if tp.offset < 0:
+                tp.offset = self.consumer.get_watermark_offsets(tp, timeout=10)[0]
+            starts[(tp.topic, tp.partition)] = tp.offset
+        return starts
 
     def _resume_from_delivered(self, delivered: dict[str, int]) -> None:
         """Expect the first inbound message not yet on the topic, so the market maker
@@ -298,8 +319,7 @@ class FixGateway:
         partitions = metadata[self.route_topic].partitions
         if not partitions:
             raise GatewayError(f"topic {self.route_topic} does not exist")
-        self.consumer.assign([TopicPartition(self.route_topic, partition, OFFSET_STORED)
-                              for partition in sorted(partitions)])
+        self.route_reader.assign(self._route_starts(sorted(partitions)))
         self._read_epoch_now()
         self._recover_forwarded()
         self.initiator.start()
@@ -383,6 +403,7 @@ class FixGateway:
                 records = self.consumer.consume(num_messages=min(200, room), timeout=TICK_S)
                 self._handle_route_batch(records)
                 handled += records
+                self.route_reader.after_poll(bool(records))
             else:
                 time.sleep(TICK_S)  # every window full: the backlog waits in Kafka
             self.producer.poll(0)

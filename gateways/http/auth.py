@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -73,7 +74,8 @@ def _decode(token: str, key: Any, algorithms: Sequence[str], now_s: int, *,
         raise _invalid(f"invalid token: {error}") from error
     exp, nbf, sub = claims["exp"], claims.get("nbf", 0), claims["sub"]
     if not _is_time(exp) or not _is_time(nbf):
-        raise _invalid("malformed token times: exp and nbf must be numbers")
+        raise _invalid("malformed token times: exp and nbf must be Unix times (numbers of "
+                       "seconds up to year 9999)")
     if exp <= now_s:
         raise _expired()
     if nbf > now_s + _CLOCK_SKEW_S:
@@ -83,8 +85,14 @@ def _decode(token: str, key: Any, algorithms: Sequence[str], now_s: int, *,
     return Verified(sub, int(exp))
 
 
+# The latest time a token may name (9999-12-31T23:59:59Z): past it a time is not one a clock
+# reaches, and NaN or Infinity (JSON parsers take them) slipped through every comparison.
+_TIME_MAX_S = 253402300799
+
+
 def _is_time(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value <= _TIME_MAX_S)
 
 
 def verify_demo_token(secret: str, token: str, now_s: int) -> Verified:

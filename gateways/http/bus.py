@@ -9,6 +9,7 @@ confluent-kafka is blocking; each client gets a small thread and talks to asynci
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from gateways.exceptions import GatewayError
 from state import topics as t
 from state.exceptions import DecodeError
+from state.fetch_wait import WideningReader
 from state.messages import Message
 
 log = logging.getLogger(__name__)
@@ -148,14 +150,9 @@ class TopicTail:
         self._batch_wait_s = batch_wait_s
         self.malformed = 0
         self.records_read = 0
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"http-gateway-tail-{uuid.uuid4().hex}",  # never joined: we assign
-            "enable.auto.commit": False,
-            "session.timeout.ms": session_timeout_ms,
-            "fetch.wait.max.ms": fetch_wait_ms,
-            "fetch.error.backoff.ms": 50,
-        })
+        # Starts at `fetch_wait_ms` and widens when the broker starves it (issue 11).
+        self._reader = WideningReader(topic, functools.partial(
+            _tail_consumer, bootstrap_servers, session_timeout_ms), fetch_wait_ms)
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"tail-{family}", daemon=True)
 
@@ -168,12 +165,12 @@ class TopicTail:
         # Explicit start offsets from ListOffsets(latest): some brokers answer a little below
         # the true end, which only replays a few old records (harmless: nobody waits on them);
         # never above it.
-        assignment = []
+        starts = {}
         for partition in partitions:
             _low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(self._topic, partition), timeout=timeout_s)
-            assignment.append(TopicPartition(self._topic, partition, high))
-        self._consumer.assign(assignment)
+            starts[(self._topic, partition)] = high
+        self._reader.assign(starts)
         self._thread.start()
 
     def _run(self) -> None:
@@ -184,6 +181,7 @@ class TopicTail:
                 log.warning("tail %s: %s", self._topic, error)
                 time.sleep(0.2)
                 continue
+            self._reader.after_poll(bool(records))
             records = [record for record in records if not record.error()]
             self.records_read += len(records)
             if self._latest_per_key:
@@ -210,8 +208,24 @@ class TopicTail:
                                                    timeout=self._batch_wait_s)]
         return [first, *self._consumer.consume(num_messages=499, timeout=0)]
 
+    @property
+    def _consumer(self) -> Consumer:
+        return self._reader.consumer
+
     def close(self) -> None:
         self._running = False
         if self._thread.is_alive():
             self._thread.join(5)
-        self._consumer.close()
+        self._reader.close()
+
+
+def _tail_consumer(bootstrap_servers: str, session_timeout_ms: int, fetch_wait_ms: int
+                   ) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": f"http-gateway-tail-{uuid.uuid4().hex}",  # never joined: we assign
+        "enable.auto.commit": False,
+        "session.timeout.ms": session_timeout_ms,
+        "fetch.wait.max.ms": fetch_wait_ms,
+        "fetch.error.backoff.ms": 50,
+    })

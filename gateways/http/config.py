@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 
+from state.domain.risk import QUOTE_AGE_MS_MAX
+
 # Signature algorithms an identity provider's tokens may use: public-key ones only, so a key
 # published in a JWKS can never be taken for an HMAC secret (algorithm confusion).
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
@@ -32,6 +34,12 @@ class IdentityProviderConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=
 class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int
+    # Listen with SO_REUSEPORT: several gateway processes share the port, the kernel spreads
+    # new connections over those alive (a dead one's are refused or reset, and retried land
+    # on another). Every process reads the same topics and shards: nothing is kept per process
+    # that another would need (the intake journal is in the shards, each process tails all
+    # of orders.events and replays every shard's journal).
+    reuse_port: bool = False
     bootstrap_servers: str
     topic_prefix: str = ""
     shard_dsns: tuple[str, ...]
@@ -73,6 +81,10 @@ class HttpConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_onl
     journal_replay_batch_max: int = 500
     # Entries whose outcome the shard shows are deleted this long after it was seen.
     journal_retention_s: float = 3600.0
+    # The account topology's quote age limit (a market or stop order priced at an older quote
+    # is refused, stale_reference_price): GET /v1/quotes publishes it as `quote_age_ms_max`
+    # for clients to mark stale quotes. `brokerage up` passes both the same `[accounts]` value.
+    quote_age_ms_max: Annotated[int, msgspec.Meta(gt=0)] = QUOTE_AGE_MS_MAX
     # The FIX gateway's store: /metrics adds its best-execution figures when set.
     fix_store_dir: str | None = None
 

@@ -102,11 +102,15 @@ def watch_for(bootstrap_servers: str, topic_prefix: str = "") -> StageWatch:
     return StageWatch(lambda: GroupSampler(bootstrap_servers, topic_prefix=topic_prefix))
 
 
+# /healthz names each stage's check `stage:<group>`; `brokerage status` reads them back.
+STAGE_CHECK_PREFIX = "stage:"
+
+
 def stage_checks(statuses: list[GroupStatus]) -> dict[str, str]:
     """`stage:<group>` -> "ok", or "stuck: <partitions> <lag> behind for <s> s"."""
     checks: dict[str, str] = {}
     for status in statuses:
-        checks[f"stage:{status.group}"] = "ok" if not status.stuck else (
+        checks[f"{STAGE_CHECK_PREFIX}{status.group}"] = "ok" if not status.stuck else (
             f"stuck: {', '.join(f'{t}[{p}]' for t, p in status.stalled)} {status.lag} behind, "
             f"committed still for {status.stalled_for_s:.0f} s")
     return checks

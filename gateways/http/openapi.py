@@ -22,7 +22,9 @@ _DESCRIPTION = (
     "shard's bookkeeping (`last_event_id`, event `payload`) left the order, whose events carry "
     "their fill figures as fields; OrderAccepted has `state`; the portfolio's `ledger_offset` "
     "(a broker offset) is `ledger_seq` (the shard's, stable across broker restarts); accounts "
-    "have `status`; quotes and candles lose `type` and `v`. The WebSocket /v1/stream is "
+    "have `status`; quotes and candles lose `type` and `v`. Added in 1.2.0: QuoteList's "
+    "`quote_age_ms_max` (the risk check's quote age limit, for marking stale quotes) and the "
+    "`enum` of the candles' `interval`. The WebSocket /v1/stream is "
     "described by the AsyncAPI document at /v1/asyncapi.json.")
 
 
@@ -30,13 +32,21 @@ def _ref(kind: Any) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{kind.__name__}"}
 
 
+def _query_schema(values: tuple[str, ...] | None) -> dict[str, Any]:
+    """A query parameter's schema: a string, or one of `values` (the first the default)."""
+    if not values:
+        return {"type": "string"}
+    return {"type": "string", "enum": list(values), "default": values[0]}
+
+
 def _operation(route: Route) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
         for name in _PATH_PARAM.findall(route.path)
     ]
+    values = dict(route.query_values)
     parameters += [{"name": name, "in": "query", "required": required,
-                    "description": description, "schema": {"type": "string"}}
+                    "description": description, "schema": _query_schema(values.get(name))}
                    for name, required, description in route.query]
     if route.idempotency_key:
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": True,
@@ -84,7 +94,7 @@ def openapi_document() -> dict[str, Any]:
         "responses": {"101": {"description": "switching to WebSocket"}}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Brokerage API", "version": "1.1.0",
+        "info": {"title": "Brokerage API", "version": "1.2.0",
                  "description": _DESCRIPTION},
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {

@@ -13,9 +13,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
-import psycopg
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from gateways.fix.best_execution import best_execution_report, prometheus_text
 from gateways.http import answers
@@ -42,6 +40,14 @@ from gateways.http.validation import (
 from state.domain.money import money_text, price_text, shares_text
 from state.domain.risk import Reason
 from state.exceptions import StoreError
+from state.health import (
+    CHECK_TIMEOUT_S,
+    dependency_checks,
+    down_of,
+    overall,
+    redis_error,
+    shard_error,
+)
 from state.ids import order_id_for
 from state.intake_journal import JournalEntry, new_claim
 from state.messages import (
@@ -724,7 +730,8 @@ async def quotes(request: web.Request) -> web.Response:
     found = await gateway.quotes.get_many(symbols)
     return json_response(s.QuoteList(
         quotes=[answers.quote(found[symbol]) for symbol in symbols if symbol in found],
-        missing=[symbol for symbol in symbols if symbol not in found]))
+        missing=[symbol for symbol in symbols if symbol not in found],
+        quote_age_ms_max=gateway.config.quote_age_ms_max))
 
 
 async def candles(request: web.Request) -> web.Response:
@@ -759,7 +766,10 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only, and few: str.isdigit() takes "²" (int() refuses it) and int() refuses
+    # more than 4,300 digits; either was a 500.
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) \
+            or not low <= int(text) <= high:
         raise Problem(400, "invalid_parameter", f"{name} must be an integer in [{low}, {high}]",
                       field=name)
     return int(text)
@@ -769,45 +779,28 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 async def _check_shard(dsn: str) -> bool:
-    try:
-        conn = await psycopg.AsyncConnection.connect(dsn, connect_timeout=2, autocommit=True)
-    except psycopg.Error:
-        return False
-    try:
-        await conn.execute("SELECT 1")
-        return True
-    except psycopg.Error:
-        return False
-    finally:
-        await conn.close()
+    return await shard_error(dsn) is None
 
 
 async def _check_redis(gateway: Gateway) -> bool:
-    try:
-        return bool(await gateway.redis.ping())
-    except (RedisError, OSError):
-        return False
+    return await redis_error(gateway.redis) is None
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """The checks and their verdicts are state.health's, shared with `brokerage status`."""
     gateway = gateway_of(request)
     loop = asyncio.get_running_loop()
     names = ["broker", "redis"] + [f"shard{i}" for i in range(len(gateway.config.shard_dsns))]
     results = await asyncio.gather(
-        loop.run_in_executor(None, gateway.producer.broker_reachable, 2.0),
+        loop.run_in_executor(None, gateway.producer.broker_reachable, CHECK_TIMEOUT_S),
         _check_redis(gateway),
         *(_check_shard(dsn) for dsn in gateway.config.shard_dsns),
     )
-    checks = {name: "ok" if ok else "down" for name, ok in zip(names, results, strict=True)}
-    if checks["redis"] == "down":
-        # Orders go on without Redis (local budgets, the topology's idempotency, no
-        # reference prices): degraded, not down.
-        checks["redis"] = "degraded"
-    down = [name for name, state in checks.items() if state == "down"]
+    checks = dependency_checks(dict(zip(names, results, strict=True)))
+    down = down_of(checks)
     if down:
         raise Problem(503, "unhealthy", f"down: {', '.join(down)}", down=down, checks=checks)
-    degraded = any(state == "degraded" for state in checks.values())
-    return json_response({"status": "degraded" if degraded else "ok", "checks": checks})
+    return json_response({"status": overall(checks), "checks": checks})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -835,6 +828,8 @@ class Route:
     auth: bool = True
     idempotency_key: bool = False
     query: tuple[tuple[str, bool, str], ...] = ()  # (name, required, description)
+    # Query parameters that take one of a fixed set of values: (name, values), first the default.
+    query_values: tuple[tuple[str, tuple[str, ...]], ...] = ()
     tag: str = "api"
     description: str = ""
 
@@ -908,8 +903,9 @@ ROUTES: tuple[Route, ...] = (
           query=(("symbols", True, "comma-separated, e.g. AAPL,TSLA"),), tag="market"),
     Route("GET", "/v1/candles/{symbol}", candles, "OHLCV candles",
           responses=((200, s.CandleList),),
-          query=(("interval", False, "1m, 5m, 1h or 1d"), ("limit", False, "1-1000")),
-          tag="market"),
+          query=(("interval", False, "the candle width: " + ", ".join(CANDLE_INTERVALS)
+                  + f" (default {CANDLE_INTERVALS[0]})"), ("limit", False, "1-1000")),
+          query_values=(("interval", CANDLE_INTERVALS),), tag="market"),
     Route("GET", "/healthz", healthz, "Broker, Redis and every shard reachable",
           responses=((200, s.Health),), auth=False, tag="operations",
           description="503 when the broker or a shard is down; Redis down or slow is "

@@ -26,7 +26,9 @@ DecimalString = Annotated[str, msgspec.Meta(
 # The scales of figures in answers (state.domain.money): computed figures are rounded once,
 # with banker's rounding, and written with every place of their scale.
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
-PRICE_PATTERN = r"^[0-9]+\.([0-9]{2}|[0-9]{4})$"
+# Signed: an order refused at intake (a command produced straight to orders.commands) shows
+# the terms it was refused for, a negative price included.
+PRICE_PATTERN = r"^-?[0-9]+\.([0-9]{2}|[0-9]{4})$"
 SHARES_PATTERN = r"^-?[0-9]+\.[0-9]{6}$"
 AMOUNT_PATTERN = r"^-?[0-9]+\.([0-9]{2}|[0-9]{6})$"  # cents or shares, as its asset says
 MoneyText = Annotated[str, msgspec.Meta(
@@ -37,7 +39,7 @@ PriceText = Annotated[str, msgspec.Meta(
     pattern=PRICE_PATTERN,
     description="a price to its tick (Reg NMS Rule 612): 2 decimal places at $1.00 or more, "
                 "4 below, computed figures rounded half to even, e.g. \"210.05\", "
-                "\"0.4321\"")]
+                "\"0.4321\"; negative only on an order refused for it")]
 SharesText = Annotated[str, msgspec.Meta(
     pattern=SHARES_PATTERN,
     description="a share quantity: always 6 decimal places, e.g. \"2.500000\"")]
@@ -330,6 +332,12 @@ class QuoteView(Body, frozen=True):
 class QuoteList(Body, frozen=True):
     quotes: list[QuoteView]
     missing: list[str]
+    quote_age_ms_max: Annotated[int, msgspec.Meta(
+        gt=0,
+        description="added in 1.2.0: the risk check's quote age limit, in milliseconds: a "
+                    "market or stop order priced at a quote whose venue_time is older than "
+                    "this is refused with reason `stale_reference_price`; a client marks such "
+                    "quotes stale")]
 
 
 class CandleView(Body, frozen=True):

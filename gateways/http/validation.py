@@ -39,9 +39,17 @@ def parse_positive(field: str, text: str, maximum: Decimal) -> Decimal:
 
 
 def _places(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
+    """The decimal places `value` needs, exactly. (`normalize()` rounds to the context's 28
+    digits first: "1.0000000000000000000000000000001" came out as 0 places and its 31 were
+    sent on.)"""
+    _sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)
-    return max(0, -exponent)
+    places = -exponent
+    for digit in reversed(digits):  # trailing zeros need no place
+        if places <= 0 or digit:
+            break
+        places -= 1
+    return max(0, places)
 
 
 def check_tick(field: str, price: Decimal) -> None:

@@ -51,6 +51,11 @@ _ENCODER = msgspec.json.Encoder()
 SYMBOLS_PER_CONNECTION_MAX = 200
 ORDER_UPDATES_BUFFERED_MAX = 1000
 AUTH_TIMEOUT_S = 10.0
+# A frame over the body limit (HttpConfig.body_bytes_max) is refused with an `error` frame
+# `too_large`, and the connection stays open. aiohttp reads a frame up to this many bytes
+# before that check can run; past it, it closes the connection with 1009 (message too big), so
+# a connection's memory stays bounded whatever a client sends.
+FRAME_BYTES_HARD_MAX = 256 * 1024
 _CLOSE_TOO_SLOW = 4008
 _CLOSE_AUTH_TIMEOUT = 4001
 _CLOSE_TOKEN_EXPIRED = 4002  # the token that opened the stream expired
@@ -136,7 +141,7 @@ class StreamError(ServerFrame, frozen=True, tag="error"):
     """A client frame refused; the connection stays open. `detail` says what was expected."""
 
     code: Annotated[str, msgspec.Meta(
-        description="stable: malformed_json, invalid_message, not_authenticated, "
+        description="stable: malformed_json, invalid_message, too_large, not_authenticated, "
                     "missing_token, invalid_token, token_expired, already_authenticated, "
                     "identity_provider_unavailable, invalid_symbol, too_many_symbols, "
                     "store_unavailable",
@@ -228,7 +233,7 @@ def refusal(raw: str | bytes, reason: str) -> str:
     op's if it named none the gateway knows."""
     try:
         given = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested past the parser's depth
         given = None
     op = given.get("op") if isinstance(given, dict) else None
     where = f"the protocol: {ASYNCAPI_PATH}"
@@ -603,6 +608,8 @@ async def _handle(connection: Connection, gateway: Gateway, raw: str | bytes) ->
         raise Problem(400, "invalid_message", refusal(raw, str(error))) from error
     except msgspec.DecodeError as error:
         raise Problem(400, "malformed_json", refusal(raw, "not JSON")) from error
+    except RecursionError as error:  # a frame nested thousands deep: it ended the stream
+        raise Problem(400, "invalid_message", refusal(raw, "nested too deeply")) from error
     hub: StreamHub = gateway.hub
     if isinstance(op, PingOp):
         connection.send_later(frame("pong", at=gateway.clock()))
@@ -634,7 +641,8 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     # No permessage-deflate: its zlib state costs up to ~256 KB per connection, and quote
     # frames are small; memory per connection stays bounded whatever the client offers.
     ws = web.WebSocketResponse(heartbeat=config.ws_heartbeat_s,
-                               max_msg_size=config.body_bytes_max, compress=False)
+                               max_msg_size=max(FRAME_BYTES_HARD_MAX, config.body_bytes_max),
+                               compress=False)
     await ws.prepare(request)
     connection = Connection(ws, request.transport)
     hub: StreamHub = gateway.hub
@@ -647,6 +655,10 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
             if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             try:
+                size = _frame_bytes(message.data, config.body_bytes_max)
+                if size > config.body_bytes_max:
+                    raise Problem(413, "too_large", f"a frame is at most {config.body_bytes_max} "
+                                  f"bytes; this one had {size}")
                 await _handle(connection, gateway, message.data)
             except Problem as problem:
                 connection.send_later(frame("error", code=problem.code, detail=problem.detail))
@@ -662,6 +674,13 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await sender
     return ws
+
+
+def _frame_bytes(data: str | bytes, limit: int) -> int:
+    """A frame's size in bytes (a text frame's UTF-8, counted only when it may matter)."""
+    if isinstance(data, bytes) or len(data) > limit or len(data) * 4 <= limit:
+        return len(data)  # bytes; or a text frame past the limit, or far within it, either way
+    return len(data.encode("utf-8", "surrogatepass"))
 
 
 def _close_expired(connection: Connection) -> None:

@@ -1,4 +1,8 @@
-"""`python -m gateways.simulator CONFIG_JSON`: run the simulator with a JSON config."""
+"""`python -m gateways.simulator CONFIG_JSON`: run the simulator with a JSON config.
+
+Start it with the environment `bind_host.environment(config.host)` gives (the bind-host shim
+preloaded, as the supervisor and `gateways.fix.harness.launch` do): without it the simulator
+refuses to listen rather than bind every interface (exit 2, one line)."""
 
 from __future__ import annotations
 

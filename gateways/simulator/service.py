@@ -11,8 +11,10 @@ from pathlib import Path
 import quickfix as fix
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from gateways.exceptions import BindHostError
 from gateways.fix.runtime import stop_on_signals
 from gateways.fix.session import acceptor_settings_text, load_settings, session_comp_ids
+from gateways.simulator import bind_host
 from gateways.simulator.application import SimulatorApplication
 from gateways.simulator.book import Book
 from gateways.simulator.config import SimulatorConfig
@@ -26,13 +28,23 @@ log = logging.getLogger(__name__)
 
 
 def run(config: SimulatorConfig) -> None:
-    """Serve until SIGTERM/SIGINT."""
-    serve(config, stop_on_signals())
+    """Serve until SIGTERM/SIGINT. A listener that cannot bind where the config says ends the
+    process with one line (exit 2)."""
+    try:
+        serve(config, stop_on_signals())
+    except BindHostError as error:
+        log.critical("simulator %s: %s", config.sender_comp_id, error)
+        raise SystemExit(2) from None
 
 
 def serve(config: SimulatorConfig, stop: threading.Event,
           ready: threading.Event | None = None) -> None:
-    """Serve until `stop` is set (for callers that own the signals, e.g. tests in a thread)."""
+    """Serve until `stop` is set (for callers that own the signals, e.g. tests in a thread).
+
+    The QuickFIX acceptor binds every interface: it listens on `config.host` only through the
+    bind-host shim preloaded into this process (see `bind_host`), and without it refuses to
+    start (BindHostError) rather than listen everywhere."""
+    bind_host.require(config.host)
     store_dir = Path(config.store_dir)
     book = Book(config.price_improvement_bps, config.partial_fill_qty_min, config.known_symbols,
                 config.quote_wait_s)

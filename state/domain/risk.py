@@ -17,6 +17,11 @@ from enum import StrEnum
 from state.domain.money import ZERO, cents_up, is_price, is_share_quantity, tick_refusal
 from state.messages import OrderType, PlaceOrder, Side, SymbolStatus
 
+# A market or stop order's reference quote older than this is refused (stale_reference_price).
+# The stack file's `[accounts] quote_age_ms_max` sets it for the account topology and the HTTP
+# gateway alike; the gateway publishes it (GET /v1/quotes), so clients can mark stale quotes.
+QUOTE_AGE_MS_MAX = 60_000
+
 
 class Reason(StrEnum):
     """Stable reject reason codes (orders.events `reason`)."""
@@ -56,7 +61,7 @@ class RiskLimits:
     quantity_max: Decimal = Decimal("100000")
     order_rate_per_s_max: int = 10
     pdt_equity_usd_min: Decimal = Decimal("25000")
-    quote_age_ms_max: int = 60_000
+    quote_age_ms_max: int = QUOTE_AGE_MS_MAX
     # 4 or more day trades within 5 business days mark a pattern day trader.
     pdt_day_trades_min: int = 4
     pdt_window_business_days: int = 5

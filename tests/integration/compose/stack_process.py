@@ -5,10 +5,14 @@ imported from there and re-exported here for the tests that import them from thi
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 from compose.chaos.stack_process import (
     START_TIMEOUT_S,
@@ -21,9 +25,47 @@ from compose.chaos.stack_process import (
     write_stack_file,
 )
 
-__all__ = ["START_TIMEOUT_S", "StackProcess", "eventually", "exchange", "freeze_and_kill",
-           "http", "kill_whole_stack", "restart_stack", "start_stack", "stop_everything",
-           "write_stack_file"]
+__all__ = ["START_TIMEOUT_S", "Listener", "StackProcess", "eventually", "exchange",
+           "freeze_and_kill", "http", "kill_whole_stack", "listeners", "restart_stack",
+           "stack_listeners", "start_stack", "stop_everything", "write_stack_file"]
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket that accepts from the network: TCP listening, or UDP bound and unconnected."""
+
+    process: str
+    pid: int
+    kind: str
+    ip: str
+    port: int
+
+
+def listeners(processes: list[psutil.Process]) -> list[Listener]:
+    """Every listening socket of `processes`, IPv4 and IPv6."""
+    found = []
+    for process in processes:
+        try:
+            name = " ".join(process.cmdline()[:3])
+            sockets = process.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for sock in sockets:
+            tcp = sock.type == socket.SOCK_STREAM
+            if (tcp and sock.status == psutil.CONN_LISTEN) or (not tcp and not sock.raddr):
+                found.append(Listener(name, process.pid, "tcp" if tcp else "udp",
+                                      sock.laddr.ip, sock.laddr.port))
+    return found
+
+
+def stack_listeners(stack: StackProcess) -> list[Listener]:
+    """Every listening socket of every process of the stack: `brokerage up` and all below it
+    (servers, services and their workers)."""
+    try:
+        top = psutil.Process(stack.popen.pid)
+    except psutil.NoSuchProcess:
+        return []
+    return listeners([top, *stack.descendants()])
 
 
 def http(method: str, url: str, body: Any = None, token: str | None = None,

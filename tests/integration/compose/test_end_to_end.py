@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 import uuid
 from decimal import Decimal
@@ -19,7 +20,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.compose.stack_process import eventually, exchange, start_stack
+from compose.embedded import LOOPBACK
+from compose.stack import SERVICE_NAMES, load_stack
+from tests.integration.compose.stack_process import (
+    StackProcess,
+    eventually,
+    exchange,
+    stack_listeners,
+    start_stack,
+)
 from tests.openapi_answers import checked_http
 
 pytestmark = pytest.mark.integration
@@ -74,6 +83,7 @@ def test_market_buy_from_http_to_postgres(server_dir: Path) -> None:
 
         final = eventually(filled, timeout_s=60)
         assert Decimal(final["filled_quantity"]) == Decimal("10")
+        _every_listener_binds_where_the_stack_file_says(stack)
 
         def position() -> dict | None:
             code, body = http("GET", f"{base}/v1/portfolio?account_id={account_id}",
@@ -92,12 +102,33 @@ def test_market_buy_from_http_to_postgres(server_dir: Path) -> None:
         _day_end_expires_resting_orders(stack, base, token, account_id)
         _settlement_settles_todays_trades(stack, base, token, account_id)
         _reconcile_is_clean(stack)
+        _status_says_every_component_is_up(stack)
     finally:
         code = stack.stop()
         leftovers = [p for p in stack.descendants() if p.is_running()]
     assert code == 0, "".join(stack.output)
     assert not leftovers, leftovers
+    _status_of_a_stopped_stack_is_one_line(stack)
     _second_up_reuses_the_shards(server_dir / "data", account_id)
+
+
+def _every_listener_binds_where_the_stack_file_says(stack: StackProcess) -> None:
+    """Issue 14, item 3: no process of the stack listens beyond the host the stack file gives
+    (the QuickFIX acceptor of the simulator bound 0.0.0.0). The embedded servers, which the
+    stack file gives no host, listen on loopback."""
+    assert stack.stack_file is not None
+    config = load_stack(stack.stack_file, environ={})
+    hosts = {config.http.host, LOOPBACK, *(mm.host for mm in config.market_makers)}
+    assert hosts == {"127.0.0.1"}, hosts  # what the stack file under test says
+    endpoints = stack.endpoints()
+    expected = {stack.http_port, *(mm.port for mm in config.market_makers),
+                int(endpoints["bootstrap_servers"].rsplit(":", 1)[1]),
+                urllib.parse.urlsplit(endpoints["redis_url"]).port,
+                *(urllib.parse.urlsplit(dsn).port for dsn in endpoints["shard_dsns"])}
+    found = stack_listeners(stack)
+    assert expected <= {listener.port for listener in found}, (expected, found)
+    elsewhere = [listener for listener in found if listener.ip not in hosts]
+    assert not elsewhere, f"listening beyond {sorted(hosts)}: {elsewhere}"
 
 
 def _check_best_execution(stack, base: str) -> None:  # noqa: ANN001
@@ -169,6 +200,41 @@ def _reconcile_is_clean(stack) -> None:  # noqa: ANN001
         timeout=120, env={**os.environ, "BROKERAGE_DATA_DIR": str(stack.data_dir)})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "shard 0: clean" in result.stdout and "shard 1: clean" in result.stdout
+
+
+def _status(stack, *args: str) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
+    return subprocess.run(
+        [sys.executable, "-m", "compose.cli", "status", *args], capture_output=True, text=True,
+        timeout=60, env={**os.environ, "BROKERAGE_DATA_DIR": str(stack.data_dir)})
+
+
+def _status_says_every_component_is_up(stack) -> None:  # noqa: ANN001
+    result = _status(stack, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and not report["problems"], report
+    states = {(c["kind"], c["name"]): c["state"] for c in report["components"]}
+    servers = {name for kind, name in states if kind == "server"}
+    assert servers == {"broker", "redis", "shard0", "shard1"}, states
+    services = {name for kind, name in states if kind == "service"}
+    assert services == set(SERVICE_NAMES), states  # each of the default stack's services
+    assert all(state == "up" for (kind, _), state in states.items()
+               if kind in ("server", "service")), states
+    assert states[("gateway", "/healthz")] == "ok", states
+    groups = [c for c in report["components"] if c["kind"] == "group"]
+    assert groups and all(c["state"] in ("ok", "unknown") and isinstance(c["lag"], int)
+                          for c in groups), groups
+    table = _status(stack)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert table.stdout.splitlines()[-1] == f"ok: all {len(states)} components up", table.stdout
+    print(table.stdout)
+
+
+def _status_of_a_stopped_stack_is_one_line(stack) -> None:  # noqa: ANN001
+    result = _status(stack)
+    assert result.returncode == 3, result
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith("brokerage: no running stack in"), result.stderr
 
 
 def _second_up_reuses_the_shards(data_dir: Path, account_id: str) -> None:

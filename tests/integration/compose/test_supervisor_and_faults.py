@@ -3,6 +3,7 @@ leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,10 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from compose.embedded import LOOPBACK, data_dir_lock, free_port
+from compose.embedded import LOOPBACK, EmbeddedServers, data_dir_lock, free_port
 from compose.exceptions import DataDirBusy
-from compose.services import ServiceSpec
+from compose.services import Endpoints, ServiceSpec
+from compose.stack import load_stack
 from compose.supervisor import Supervisor
+from compose.up import RunningStack
 from tests.integration.compose.stack_process import eventually, write_stack_file
 
 pytestmark = pytest.mark.integration
@@ -42,9 +45,43 @@ def test_a_child_that_dies_is_reported_and_restarted(server_dir: Path) -> None:
         eventually(restarted, timeout_s=10)
         assert child.restarts == 1
         assert any("sleeper exited with code -9" in line for line in reports), reports
+        assert child.last_error is not None
+        assert child.last_error["error"] == "exited with code -9"
     finally:
         supervisor.stop_all()
     assert not child.alive()
+
+
+def test_the_stack_file_records_each_process_for_status(server_dir: Path) -> None:
+    """`brokerage status` reads the supervised processes from the stack file: pid, running,
+    restarts and last error, kept up to date as they die and come back."""
+    spec = ServiceSpec("sleeper", "compose.stack:RedisSection",
+                       "tests.integration.compose.sleeper:run", {})
+    supervisor = Supervisor([spec], server_dir / "run", server_dir / "logs", lambda line: None)
+    supervisor.start_all()
+    stack_file = server_dir / "stack.json"
+    running = RunningStack(load_stack(None, environ={}), Endpoints("b", (), "r", "s"),
+                           supervisor, EmbeddedServers(0, 0, []), stack_file, {"pid": 1})
+    try:
+        recorded = json.loads(stack_file.read_text())
+        first = supervisor.child("sleeper").popen
+        assert first is not None
+        assert recorded == {"pid": 1, "servers": [], "services": [
+            {"name": "sleeper", "pid": first.pid, "running": True, "restarts": 0,
+             "last_error": None}]}
+        first.kill()
+        first.wait(5)
+
+        def restarted() -> dict | None:
+            running.poll()
+            (entry,) = json.loads(stack_file.read_text())["services"]
+            return entry if entry["restarts"] == 1 and entry["running"] else None
+
+        entry = eventually(restarted, timeout_s=10)
+        assert entry["pid"] != first.pid
+        assert entry["last_error"]["error"] == "exited with code -9"
+    finally:
+        supervisor.stop_all()
 
 
 def _up(server_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

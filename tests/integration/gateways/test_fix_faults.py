@@ -165,6 +165,10 @@ def test_silent_market_maker_leads_to_status_cancel_and_alert(services, topics,
     events = TopicReader(services.bootstrap_servers, topics + Topic.ORDERS_EVENTS)
     link.start()
     try:
+        # Logged on first: an order routed before logon waits in QuickFIX's store and goes
+        # out as a resend after the logon's status requests (the market maker still reads it
+        # first, by sequence number), which would put 35=D after 35=H in the log below.
+        link.wait_logged_on(1, timeout_s=60)
         [order] = orders_for("s", 1, services)
         link.send([order])
         alerts: list[Alert] = []

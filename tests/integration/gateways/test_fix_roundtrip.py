@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from psutil import Process
 
 from compose.embedded import free_port
 from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
@@ -16,6 +17,7 @@ from gateways.simulator.config import SimulatorConfig
 from state.ids import account_id_for, order_id_for
 from state.messages import ExecType, ExecutionReport, OrderType, RouteNewOrder, Side, TimeInForce
 from state.topics import Topic
+from tests.integration.compose.stack_process import listeners
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +57,10 @@ def test_market_order_fills_into_executions(services, topics, tmp_path: Path) ->
                 [(account, market), (account, large)])
         reports: list[ExecutionReport] = list(reader.executions(until=6, timeout_s=30))
         assert len(reports) == 6, (reports, gateway.log_tail(), simulator.log_tail())
+        # QuickFIX binds every interface; the simulator listens on its config's host only
+        # (issue 14, item 3: `python -m gateways.simulator` runs itself with the bind shim).
+        assert [(s.kind, s.ip, s.port) for s in listeners([Process(simulator.popen.pid)])] \
+            == [("tcp", "127.0.0.1", port)]
     finally:
         reader.close()
         assert gateway.stop() == 0, gateway.log_tail()

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import pathlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from typing import Any
@@ -22,7 +24,7 @@ from compose.embedded import free_port
 from gateways.http.app import STATIC_DIR, create_app
 from gateways.http.config import HttpConfig
 from state import topics as t
-from state.messages import CancelOrder, Deposit, PlaceOrder
+from state.messages import CancelOrder, Candle, Deposit, PlaceOrder, Quote, Side
 from state.quote_cache import QuoteCache
 from state.shard_store import migrate
 from tests.integration.compose.stack_process import (
@@ -339,6 +341,15 @@ def test_web_page_on_the_real_stack_shows_why_an_order_answered_202_was_rejected
             f"/^[0-9]/.test({js('#watchlist-body tr[data-symbol=AAPL] .ask')}"
             "?.textContent.trim() ?? '')", timeout_s=60, what="an AAPL quote")
         assert await page.evaluate(RECORD_NOTICES)
+        # Before sending: the ticket warns that the buy is past buying power (none yet), and
+        # the chart draws the candles the real market data built for the ticket's symbol.
+        await page.choose("#order-type", "market")
+        await page.type("#order-symbol", "AAPL")
+        await page.type("#order-quantity", "100")
+        await wait_warning(page, "buying_power", "$0.00")
+        await wait_text(page, "#chart-symbol", "AAPL")
+        await page.wait_for(f"document.querySelectorAll({json.dumps(CANDLES)}).length > 0",
+                            timeout_s=60, what="the chart's candles from the real stack")
         rejected = "#done-orders-body tr[data-state=rejected]"
         for _ in range(PRICING_ATTEMPTS):
             await page.evaluate("window.noticesSeen = []")
@@ -433,3 +444,289 @@ def test_page_and_assets_are_served_and_kept_out_of_the_api() -> None:
                         if path == "/" or path.startswith("/static")]
 
     asyncio.run(main())
+
+
+# ---- the chart, stale quotes and the ticket's warnings (issue 14, "Beyond the anchors") ------
+
+
+def window_start(moment: dt.datetime, seconds: int) -> dt.datetime:
+    """The start of the epoch-aligned window of `seconds` holding `moment` (as market data)."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    into = (moment - epoch) % dt.timedelta(seconds=seconds)
+    return moment - into
+
+
+def candle(symbol: str, interval: str, seconds: int, start: dt.datetime,
+           prices: tuple[str, str, str, str]) -> Candle:
+    open_, high, low, close = (Decimal(p) for p in prices)
+    return Candle(symbol=symbol, interval=interval, start=start,
+                  end=start + dt.timedelta(seconds=seconds), open=open_, high=high, low=low,
+                  close=close, volume=Decimal(100), vwap=close, trades=1)
+
+
+def publish(services: Any, topics: str, cache: QuoteCache, live: Quote) -> None:
+    """A quote as the market-data side makes it known: the cache and the quotes topic."""
+    cache.put(live)
+    producer = Producer({"bootstrap.servers": services.bootstrap_servers, "linger.ms": 0})
+    producer.produce(topics + t.Topic.QUOTES, key=live.symbol.encode(), value=t.encode(live))
+    producer.flush(5)
+
+
+def quote_at(symbol: str, bid: str, ask: str, venue_time: dt.datetime,
+             last: str | None = None) -> Quote:
+    return msgspec.structs.replace(
+        quote(symbol, bid, ask), venue_time=venue_time,
+        last=None if last is None else Decimal(last),
+        last_size=None if last is None else Decimal(100))
+
+
+CANDLES = "#chart g.candle"
+LAST_CANDLE = "#chart g.candle:last-of-type"
+
+
+async def candle_data(page: Page) -> list[dict[str, str]]:
+    return list(await page.evaluate(
+        f"[...document.querySelectorAll({json.dumps(CANDLES)})].map((g) => ({{...g.dataset}}))"))
+
+
+async def wait_last_candle(page: Page, count: int, **fields: str) -> dict[str, str]:
+    """Once the chart shows `count` candles and its last one has `fields` (data-*)."""
+    checks = " && ".join(f"last.dataset.{name} === {json.dumps(value)}"
+                         for name, value in fields.items())
+    await page.wait_for(
+        f"(() => {{ const all = document.querySelectorAll({json.dumps(CANDLES)});"
+        f" const last = all[all.length - 1];"
+        f" return all.length === {count} && !!last && {checks or 'true'}; }})()",
+        what=f"{count} candles, the last with {fields}")
+    return (await candle_data(page))[-1]
+
+
+async def run_in_browser(config: HttpConfig, tmp_path: pathlib.Path,
+                         scenario: Any) -> None:
+    async with serving(config) as url, chromium() as page:
+        try:
+            await scenario(page, url)
+        except Exception:
+            print(f"failure screenshot: {await page.screenshot(tmp_path / 'failed.png')}")
+            raise
+
+
+@needs_chromium
+def test_web_page_charts_the_api_candles_and_keeps_them_live_from_the_stream(
+        services: Any, topics: str, fresh_databases: tuple[str, ...], desk: DeskResponder,
+        tmp_path: pathlib.Path) -> None:
+    """The chart draws GET /v1/candles/AAPL as SVG candlesticks with price labels; quotes on
+    the stream open a candle and move its close, high and low; the interval picker offers
+    what the API's OpenAPI document lists and charts the chosen interval's candles."""
+    config = gateway_config(services, topics, fresh_databases)
+    cache = QuoteCache(services.redis_url, topics)
+    minute = window_start(dt.datetime.now(dt.UTC), 60)
+    prices = [("209.00", "209.60", "208.90", "209.40"), ("209.40", "209.80", "209.20", "209.70"),
+              ("209.70", "209.90", "209.10", "209.20"), ("209.20", "209.50", "209.00", "209.45"),
+              ("209.45", "209.75", "209.30", "209.60")]
+    one_minute = [candle("AAPL", "1m", 60, minute - dt.timedelta(minutes=5 - i), p)
+                  for i, p in enumerate(prices)]
+    cache.put_candles(one_minute)  # no AAPL quote yet: the chart is the API's candles alone
+
+    async def scenario(page: Page, url: str) -> None:
+        await log_in_with_an_account(page, url, "erin")
+        helpers = await page.evaluate("""import('/static/js/decimal.js').then((d) => [
+            d.mean('209.40', '209.45'), d.mean('209.80', '209.90'), d.add('0.1', '0.2'),
+            d.subtract('162.20', '209.45'), d.subtract('4.000000', '0.500000')])""")
+        assert helpers == ["209.425", "209.85", "0.3", "-47.25", "3.500000"], helpers
+        await wait_text(page, "#chart-symbol", "AAPL")
+        await wait_last_candle(page, 5, close="209.60")
+        drawn = await candle_data(page)
+        assert [(c["open"], c["high"], c["low"], c["close"]) for c in drawn] == prices
+        starts = [dt.datetime.fromisoformat(c["start"].replace("Z", "+00:00")) for c in drawn]
+        assert starts == [c.start for c in one_minute]
+        # Price labels: round steps covering every low and high, the last close marked.
+        labels = await page.evaluate(
+            "[...document.querySelectorAll('#chart .price-label')].map((n) => n.textContent)")
+        assert len(labels) >= 3 and all(re.fullmatch(r"\d+\.\d{2}", x) for x in labels), labels
+        assert Decimal(labels[0]) <= Decimal("208.90") < Decimal("209.90") <= Decimal(labels[-1])
+        assert await page.text("#chart .last-price text") == "209.60"
+        assert await page.evaluate(f"{js('#chart .candle.down')} !== null")  # 209.70 -> 209.20
+        options = await page.evaluate(
+            "[...document.querySelectorAll('#chart-interval option')].map((o) => o.value)")
+        assert options == ["1m", "5m", "1h", "1d"], options  # the OpenAPI document's enum
+        assert await page.evaluate(f"{js('#chart-interval')}.value") == "1m"
+
+        # A quote of a later minute opens a candle at its trade price...
+        first = quote_at("AAPL", "209.90", "210.10", dt.datetime.now(dt.UTC), last="210.40")
+        await asyncio.get_running_loop().run_in_executor(
+            None, publish, services, topics, cache, first)
+        opened = await wait_last_candle(page, 6, open="210.40", close="210.40")
+        assert opened["high"] == opened["low"] == "210.40"
+        assert await page.evaluate(f"{js(LAST_CANDLE)}.classList.contains('live')")
+        # ... and the next one (no trade: the midpoint) moves its close and low.
+        second = quote_at("AAPL", "209.80", "209.90",
+                          first.venue_time + dt.timedelta(microseconds=1))
+        await asyncio.get_running_loop().run_in_executor(
+            None, publish, services, topics, cache, second)
+        await wait_last_candle(page, 6, open="210.40", high="210.40", low="209.85",
+                               close="209.85")
+        await wait_text(page, "#chart .last-price text", "209.85")
+        await wait_text(page, "#watchlist-body tr[data-symbol=AAPL] .ask", "209.90")
+        await page.screenshot(tmp_path / "web_chart_1m.png")
+
+        # Another interval: its candles from the API, the latest quote folded into the last.
+        five = window_start(second.venue_time, 300)
+        cache.put_candles([
+            candle("AAPL", "5m", 300, five - dt.timedelta(minutes=10),
+                   ("208.00", "208.90", "207.50", "208.80")),
+            candle("AAPL", "5m", 300, five - dt.timedelta(minutes=5),
+                   ("208.80", "209.60", "208.70", "209.50")),
+            candle("AAPL", "5m", 300, five, ("209.50", "210.50", "209.00", "210.00"))])
+        await page.choose("#chart-interval", "5m")
+        await wait_last_candle(page, 3, open="209.50", high="210.50", low="209.00",
+                               close="209.85")
+        assert [c["close"] for c in await candle_data(page)][:2] == ["208.80", "209.50"]
+
+        # The chart follows the ticket's symbol; a symbol without candles says so.
+        await page.type("#order-symbol", "MSFT")
+        await wait_text(page, "#chart-symbol", "MSFT")
+        await wait_text(page, "#chart .chart-empty", "No 5m candles for MSFT yet")
+        await page.screenshot(tmp_path / "web_chart.png")
+        assert page.errors() == [], page.errors()
+
+    asyncio.run(run_in_browser(config, tmp_path, scenario))
+    assert desk.errors == []
+
+
+def stale(row_or_ticket: str) -> str:
+    """JS: the element is marked stale and its badge shows."""
+    return (f"{js(row_or_ticket)}?.classList.contains('stale') && "
+            f"!{js(row_or_ticket + ' .stale-badge')}.hidden")
+
+
+def fresh(row_or_ticket: str) -> str:
+    return (f"!!{js(row_or_ticket)} && !{js(row_or_ticket)}.classList.contains('stale') && "
+            f"{js(row_or_ticket + ' .stale-badge')}.hidden")
+
+
+@needs_chromium
+def test_web_page_marks_a_quote_older_than_the_quote_age_limit_stale(
+        services: Any, topics: str, fresh_databases: tuple[str, ...], desk: DeskResponder,
+        tmp_path: pathlib.Path) -> None:
+    """The page learns the risk check's quote age limit from GET /v1/quotes (5 s here, not
+    the default minute) and marks an older quote stale, in the watchlist and in the ticket;
+    a fresh quote clears the mark, which comes back once that quote is past the limit."""
+    config = gateway_config(services, topics, fresh_databases, quote_age_ms_max=5000)
+    cache = QuoteCache(services.redis_url, topics)
+    ten_minutes_ago = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10)
+    cache.put(quote_at("AAPL", "209.40", "209.45", ten_minutes_ago))
+
+    async def scenario(page: Page, url: str) -> None:
+        await log_in_with_an_account(page, url, "frank")
+        row = "#watchlist-body tr[data-symbol=AAPL]"
+        await wait_text(page, f"{row} .ask", "209.45")
+        await page.wait_for(stale(row), what="the AAPL row marked stale")
+        assert "10 min old" in await page.evaluate(f"{js(row + ' .stale-badge')}.title")
+        await page.wait_for(stale("#ticket-quote"), what="the ticket's quote marked stale")
+        assert (await page.text("#ticket-quote")).startswith("AAPL bid 209.40 · ask 209.45")
+        await page.choose("#order-type", "market")
+        warning = await page.wait_for(
+            f"{js('#order-warning [data-kind=stale_quote]')}?.textContent",
+            what="the stale-quote warning")
+        assert "stale reference price" in warning, warning
+        answer = await page.evaluate(
+            "fetch('/v1/quotes?symbols=AAPL', {headers: {Authorization: 'Bearer ' + "
+            "JSON.parse(sessionStorage.getItem('brokerage.session')).token}})"
+            ".then((r) => r.json())")
+        assert answer["quote_age_ms_max"] == 5000, answer
+        await page.screenshot(tmp_path / "web_stale_quote.png")
+
+        # A fresh quote on the stream: no longer stale, anywhere.
+        now = quote_at("AAPL", "209.50", "209.55", dt.datetime.now(dt.UTC))
+        await asyncio.get_running_loop().run_in_executor(
+            None, publish, services, topics, cache, now)
+        await wait_text(page, f"{row} .ask", "209.55")
+        await page.wait_for(f"{fresh(row)} && {fresh('#ticket-quote')} && "
+                            f"{js('#order-warning')}.hidden", what="the stale marks cleared")
+        # No frame since: past the limit the same quote is marked stale again.
+        await page.wait_for(stale(row) + " && " + stale("#ticket-quote"), timeout_s=20,
+                            what="the quote marked stale again after 5 s")
+        assert page.errors() == [], page.errors()
+
+    asyncio.run(run_in_browser(config, tmp_path, scenario))
+    assert desk.errors == []
+
+
+WARNING = "#order-warning"
+
+
+def warning_of(kind: str) -> str:
+    """JS: the text of the ticket's shown warning of `kind`, else ''."""
+    return (f"(!{js(WARNING)}.hidden && {js(WARNING)}.offsetHeight > 0 && "
+            f"{js(f'{WARNING} [data-kind={kind}]')}?.textContent) || ''")
+
+
+async def wait_warning(page: Page, kind: str, *parts: str) -> str:
+    text = str(await page.wait_for(warning_of(kind), what=f"the {kind} warning"))
+    assert all(part in text for part in parts), (text, parts)
+    return text
+
+
+async def wait_no_warning(page: Page) -> None:
+    await page.wait_for(f"{js(WARNING)}.hidden && !{js(WARNING)}.children.length",
+                        what="no warning on the ticket")
+
+
+@needs_chromium
+def test_web_page_ticket_warns_before_an_order_past_buying_power_or_shares_held(
+        services: Any, topics: str, fresh_databases: tuple[str, ...], desk: DeskResponder,
+        tmp_path: pathlib.Path) -> None:
+    """Before sending, the ticket warns of a buy whose estimated cost (quantity x limit, or x
+    the ask for a market order) is past the portfolio's buying power, and of a sell of more
+    shares than held; a warned order can still be sent, and the server decides."""
+    config = gateway_config(services, topics, fresh_databases)
+    QuoteCache(services.redis_url, topics).put(quote("AAPL", "209.40", "209.45"))
+
+    async def scenario(page: Page, url: str) -> None:
+        await log_in_with_an_account(page, url, "grace")
+        await wait_text(page, "#watchlist-body tr[data-symbol=AAPL] .ask", "209.45")
+        await page.type("#deposit-amount", "1000.00")
+        await page.click("#deposit-submit")
+        await wait_text(page, "#pf-buying-power", "$1,000.00")
+
+        await page.choose("#order-type", "limit")
+        await page.type("#order-symbol", "AAPL")
+        await page.type("#order-quantity", "10")
+        await page.type("#order-limit", "209.50")
+        await wait_warning(page, "buying_power", "$2,095.00", "$1,000.00")
+        assert not await page.evaluate(f"{js('#order-submit')}.disabled")
+        await page.type("#order-quantity", "4")  # $838.00
+        await wait_no_warning(page)
+        await page.choose("#order-type", "market")
+        await page.type("#order-quantity", "5")  # at the ask: $1,047.25
+        await wait_warning(page, "buying_power", "$1,047.25", "$1,000.00")
+        await page.screenshot(tmp_path / "web_buying_power_warning.png")
+
+        # Within buying power: no warning; the market buy fills at the ask.
+        await page.type("#order-quantity", "4")
+        await wait_no_warning(page)
+        await page.click("#order-submit")
+        await wait_text(page, "#positions-body tr[data-symbol=AAPL] td:nth-child(2)", "4")
+        await wait_text(page, "#pf-buying-power", "$162.20")
+        await page.type("#order-quantity", "1")  # $209.45 now past the $162.20 left
+        await wait_warning(page, "buying_power", "$209.45", "$162.20")
+
+        # Sells: more than the 4 shares held is warned of, and can still be sent.
+        await page.click(".side-toggle label:nth-child(2)")
+        await page.wait_for(f"{js('#order-submit')}.textContent === 'Sell AAPL'",
+                            what="the ticket on the sell side")
+        await page.type("#order-quantity", "4")
+        await wait_no_warning(page)
+        await page.type("#order-quantity", "6")
+        await wait_warning(page, "shares", "Selling 6 AAPL", "4 AAPL")
+        await page.click("#order-submit")
+        refused = await wait_notice(page, "order_rejected")
+        assert "insufficient_shares" in refused, refused
+        assert page.errors() == [], page.errors()
+
+    asyncio.run(run_in_browser(config, tmp_path, scenario))
+    assert desk.errors == []
+    orders = [c for c in desk.commands if isinstance(c, PlaceOrder)]
+    assert [(o.side, o.quantity) for o in orders] == [(Side.BUY, Decimal(4)),
+                                                       (Side.SELL, Decimal(6))]

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 import yaml
 
-from compose.exceptions import ConfigError
-from compose.services import Endpoints, service_specs
+from compose.exceptions import ConfigError, ServiceStartError
+from compose.services import Endpoints, ServiceSpec, service_specs
 from compose.stack import SERVICE_NAMES, StackConfig, load_stack
+from compose.supervisor import Supervisor
 from gateways.http.config import HttpConfig, IdentityProviderConfig
+from gateways.simulator import bind_host
+from topologies.config import AccountTopologyConfig
 
 COMPOSE_FILE = Path(__file__).parents[3] / "compose" / "docker-compose.yml"
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_embedded_default_needs_no_file() -> None:
@@ -38,6 +45,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     ("[stack]\nservices = ['accounts', 'teleporter']\n", "teleporter"),
     ("[postgres]\nshard_dsns = ['postgresql://only/one']\n", "shard_dsns"),
     ("[stack\n", "stack.toml"),
+    ("[sinks]\nprocesses = 2\nworkers = 3\n", "workers"),
+    ("[accounts]\nprocesses = 0\n", r"accounts\.processes"),
+    ("[http]\nprocesses = 0\n", r"http\.processes"),
 ])
 def test_a_bad_stack_file_is_refused_with_what_and_where(tmp_path: Path, text: str,
                                                          named: str) -> None:
@@ -100,6 +110,27 @@ def _http_config(stack: StackConfig) -> HttpConfig:
     return msgspec.convert(spec.config, HttpConfig, strict=False)
 
 
+def test_the_quote_age_limit_is_one_setting_for_the_risk_check_and_the_gateway(
+        tmp_path: Path) -> None:
+    """The account topology refuses orders priced at quotes older than `quote_age_ms_max`;
+    the gateway gets the same value, which GET /v1/quotes publishes for stale marks."""
+    def limits(stack: StackConfig) -> tuple[int, int]:
+        specs = {spec.name: spec for spec in service_specs(
+            stack, Endpoints("127.0.0.1:9092", ("dsn0", "dsn1"), "redis://127.0.0.1:6379/0",
+                             "secret" * 6))}
+        accounts = msgspec.convert(specs["accounts"].config, AccountTopologyConfig,
+                                   strict=False)
+        return accounts.quote_age_ms_max, _http_config(stack).quote_age_ms_max
+
+    assert limits(load_stack(environ={})) == (60_000, 60_000)
+    path = tmp_path / "stack.toml"
+    path.write_text("[accounts]\nquote_age_ms_max = 15000\n")
+    assert limits(load_stack(path, environ={})) == (15_000, 15_000)
+    path.write_text("[accounts]\nquote_age_ms_max = 0\n")
+    with pytest.raises(ConfigError, match="quote_age_ms_max"):
+        load_stack(path, environ={})
+
+
 def test_the_demo_login_is_on_without_a_stack_file_and_off_in_one(tmp_path: Path) -> None:
     assert _http_config(load_stack(environ={})).demo_login
     path = tmp_path / "stack.toml"
@@ -142,3 +173,62 @@ def test_a_weak_or_unknown_sign_in_setting_is_refused(tmp_path: Path, text: str,
     path.write_text(text)
     with pytest.raises(ConfigError, match=rf"stack.toml.*{named}"):
         load_stack(path, environ={})
+
+
+def _simulator_spec(stack: StackConfig) -> ServiceSpec:
+    specs = service_specs(stack, Endpoints("127.0.0.1:9092", ("dsn0", "dsn1"),
+                                           "redis://127.0.0.1:6379/0", "secret"))
+    return next(spec for spec in specs if spec.name == "simulator")
+
+
+def test_the_simulator_runs_with_the_bind_host_shim_for_its_host(tmp_path: Path) -> None:
+    """QuickFIX binds every interface: the simulator's process is given the shim that moves
+    its listener to the stack file's host (issue 14, item 3)."""
+    path = tmp_path / "stack.toml"
+    path.write_text('[[market_makers]]\nname = "sim"\nhost = "127.0.0.3"\nport = 9878\n'
+                    'target_comp_id = "MM1"\nsimulator = true\n')
+    spec = _simulator_spec(load_stack(path, environ={}))
+    assert spec.config["host"] == spec.bind_host == "127.0.0.3"
+    env = spec.environment()
+    assert env[bind_host.HOST_VARIABLE] == "127.0.0.3"
+    shim = env["LD_PRELOAD"].split()[0]
+    assert Path(shim).is_file() and Path(shim).name == bind_host.shim_name(
+        bind_host.SOURCE.read_bytes())
+    # The spec reaches the child through its JSON file.
+    assert msgspec.json.decode(msgspec.json.encode(spec), type=ServiceSpec) == spec
+    everywhere = path.read_text().replace("127.0.0.3", "0.0.0.0")
+    path.write_text(everywhere)
+    assert _simulator_spec(load_stack(path, environ={})).environment() == {}
+    # The other services need nothing, and no simulator's host is resolved for them.
+    specs = service_specs(load_stack(environ={}), Endpoints("127.0.0.1:9092", ("a", "b"),
+                                                            "redis://127.0.0.1:1/0", "s"))
+    assert [spec.name for spec in specs if spec.bind_host] == ["simulator"]
+    assert all(spec.environment() == {} for spec in specs if spec.name != "simulator")
+
+
+def test_a_shim_that_cannot_be_built_stops_up_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bind_host, "cache_dirs", lambda: (tmp_path / "empty",))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    spec = _simulator_spec(load_stack(environ={}))  # describing the stack builds nothing
+    with pytest.raises(ServiceStartError, match=r"^simulator: cannot listen on 127\.0\.0\.1 "
+                                                r"only: no C compiler \(cc or gcc\) on PATH$"):
+        spec.environment()
+    # `up` stops there, before any service starts.
+    with pytest.raises(ServiceStartError, match="no C compiler"):
+        Supervisor([spec], tmp_path / "run", tmp_path / "logs")
+
+
+def test_a_service_run_in_the_foreground_gets_its_environment_at_its_start() -> None:
+    """`brokerage run simulator` runs itself again (same pid) with the spec's environment:
+    a preload takes effect only when a process starts."""
+    script = ("import os; from compose.cli import _exec_with; "
+              "print(os.getpid(), os.environ.get('BROKERAGE_TEST_MARK'), flush=True); "
+              "_exec_with({'BROKERAGE_TEST_MARK': '1'}); print('after', os.getpid())")
+    environ = {key: value for key, value in os.environ.items() if key != "BROKERAGE_TEST_MARK"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, env={**environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    first, second, after = result.stdout.splitlines()
+    pid = first.split()[0]
+    assert (first, second, after) == (f"{pid} None", f"{pid} 1", f"after {pid}")

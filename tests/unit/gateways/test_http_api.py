@@ -527,6 +527,7 @@ def test_quotes_candles_and_operations() -> None:
         body = await response.json()
         assert [q["symbol"] for q in body["quotes"]] == ["AAPL"] and body["missing"] == ["TSLA"]
         assert body["quotes"][0]["bid"] == "210.00"
+        assert body["quote_age_ms_max"] == 60_000  # the risk check's limit, for stale marks
         bad = await client.get("/v1/quotes?symbols=AAPL,$$$", headers=bearer("alice"))
         assert (await bad.json())["code"] == "invalid_symbol"
         candles = await client.get("/v1/candles/AAPL?interval=5m", headers=bearer("alice"))
@@ -543,10 +544,23 @@ def test_quotes_candles_and_operations() -> None:
         assert spec["openapi"].startswith("3.1")
         assert "post" in spec["paths"]["/v1/orders"]
         assert "OrderRequest" in spec["components"]["schemas"]
+        interval = next(p for p in spec["paths"]["/v1/candles/{symbol}"]["get"]["parameters"]
+                        if p["name"] == "interval")
+        assert interval["schema"] == {"type": "string", "enum": ["1m", "5m", "1h", "1d"],
+                                      "default": "1m"}
         unknown = await client.get("/v1/nothing")
         assert unknown.status == 404 and unknown.content_type == "application/problem+json"
 
     run(scenario)
+
+
+def test_quotes_publish_the_configured_quote_age_limit() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        response = await client.get("/v1/quotes?symbols=AAPL", headers=bearer("alice"))
+        body = await response.json()
+        assert body == {"quotes": [], "missing": ["AAPL"], "quote_age_ms_max": 5000}
+
+    run(scenario, quote_age_ms_max=5000)
 
 
 def test_healthz_names_what_is_down() -> None:

@@ -69,6 +69,13 @@ def _deposit_json(**fields: Any) -> bytes:
     (_deposit_json(amount=10.5), d.NOT_DECIMAL_STRING),
     (_deposit_json(type="teleport"), d.INVALID_PAYLOAD),
     (_deposit_json(v=2), d.INVALID_PAYLOAD),
+    # from the bad-input corpus (tests/bad_input.py)
+    (DEPOSIT[:-5], d.MALFORMED_JSON),  # cut short: was invalid_payload
+    (b"", d.MALFORMED_JSON),  # an empty value, not a tombstone: was invalid_payload
+    (b'{"x":' + b"[" * 20000 + b"]" * 20000 + b',"type":"deposit"}',
+     d.MALFORMED_JSON),  # was a RecursionError out of the decoder
+    (_deposit_json(amount="1e400"), d.NOT_DECIMAL_STRING),  # was decided, then 500 on reads
+    (_deposit_json(amount="1" + "0" * 15), d.NOT_DECIMAL_STRING),
 ])
 def test_the_decoders_errors_have_stable_reasons(raw: bytes | None, reason: str) -> None:
     assert d.reason_of(_decode_error(raw)) == reason

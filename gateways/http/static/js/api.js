@@ -93,7 +93,7 @@ export class Api {
                         + `?account_id=${encodeURIComponent(accountId)}`);
   }
 
-    cancelOrder(orderId, accountId) {
+  cancelOrder(orderId, accountId) {
     this.sentKeys.add(`cancel:${orderId}`); // the key the gateway gives a cancel without one
     return this.request("DELETE", `/v1/orders/${encodeURIComponent(orderId)}`
                         + `?account_id=${encodeURIComponent(accountId)}`);
@@ -109,5 +109,26 @@ export class Api {
 
   portfolio(accountId) {
     return this.request("GET", `/v1/portfolio?account_id=${encodeURIComponent(accountId)}`);
+  }
+
+  /** The latest quotes of `symbols`, and the quote age limit (`quote_age_ms_max`). */
+  quotes(symbols) {
+    return this.request("GET", `/v1/quotes?symbols=${symbols.map(encodeURIComponent).join(",")}`);
+  }
+
+  candles(symbol, interval, limit) {
+    return this.request("GET", `/v1/candles/${encodeURIComponent(symbol)}`
+                        + `?interval=${encodeURIComponent(interval)}&limit=${limit}`);
+  }
+
+  /** The candle intervals the API offers and its default, as its OpenAPI document says (the
+   * `enum` and `default` of GET /v1/candles/{symbol}'s `interval`), or null. */
+  async candleIntervals() {
+    const { body } = await this.request("GET", "/v1/openapi.json", { auth: false });
+    const parameters = body?.paths?.["/v1/candles/{symbol}"]?.get?.parameters ?? [];
+    const schema = parameters.find((p) => p.name === "interval" && p.in === "query")?.schema;
+    const values = schema?.enum;
+    if (!Array.isArray(values) || !values.length) return null;
+    return { values, default: values.includes(schema.default) ? schema.default : values[0] };
   }
 }

@@ -53,6 +53,43 @@ export function multiply(a, b) {
   return toText(x.units * y.units, x.scale + y.scale);
 }
 
+/** The exact sum of two decimal strings, as a decimal string; null if either is invalid. */
+export function add(a, b) {
+  const x = parse(a);
+  const y = parse(b);
+  if (!x || !y) return null;
+  const scale = Math.max(x.scale, y.scale);
+  return toText(rescale(x, scale) + rescale(y, scale), scale);
+}
+
+/** The exact difference a - b, as a decimal string; null if either is invalid. */
+export function subtract(a, b) {
+  const y = parse(b);
+  return y ? add(a, toText(-y.units, y.scale)) : null;
+}
+
+/** The exact midpoint (a + b) / 2 (one more decimal place when the sum is odd). */
+export function mean(a, b) {
+  const sum = parse(add(a, b));
+  if (!sum) return null;
+  return sum.units % 2n === 0n ? toText(sum.units / 2n, sum.scale)
+    : toText(sum.units * 5n, sum.scale + 1);
+}
+
+/** The decimal string of units / 10**scale (scale >= 0): `parse`'s inverse. */
+export function fromUnits(units, scale) {
+  return toText(units, scale);
+}
+
+/** The units of a decimal string at `scale` places (BigInt, exact when it has no more places
+ * than that; otherwise truncated toward zero); null if it is not a decimal. */
+export function unitsAt(text, scale) {
+  const value = parse(text);
+  if (!value) return null;
+  return value.scale <= scale ? rescale(value, scale)
+    : value.units / 10n ** BigInt(value.scale - scale);
+}
+
 function toText(units, scale) {
   const negative = units < 0n;
   let digits = (negative ? -units : units).toString();

@@ -1,7 +1,8 @@
-// The page: login, accounts, deposit, watchlist, order ticket, orders and portfolio, kept live by
-// the stream. Money stays in decimal strings from the API to the screen.
+// The page: login, accounts, deposit, watchlist, price chart, order ticket, orders and
+// portfolio, kept live by the stream. Money stays in decimal strings from the API to the screen.
 
 import { Api, ApiError } from "./api.js";
+import * as chart from "./chart.js";
 import * as dec from "./decimal.js";
 import { Stream } from "./stream.js";
 import * as views from "./views.js";
@@ -19,6 +20,15 @@ const PORTFOLIO_SETTLE_MS = 1500;
 const PORTFOLIO_QUOTE_REFRESH_MS = 2000;
 // After a 202 the risk answer comes later: over the stream, else found by polling the order.
 const AWAIT_POLL_MS = [1000, 2000, 3000, 5000, 8000, 13000];
+// Quotes age without a frame: how often the stale marks are looked at again.
+const STALE_CHECK_MS = 1000;
+// A quote that opened a new candle: the API's candles are read again this much later, so the
+// closed candle is the market-data topology's (the stream is conflated).
+const CHART_RELOAD_AFTER_ROLL_MS = 2000;
+// The chart follows the symbol typed in the ticket once typing pauses this long.
+const CHART_FOLLOW_TICKET_MS = 400;
+// GET /v1/quotes takes at most this many symbols.
+const QUOTE_SYMBOLS_MAX = 100;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -32,6 +42,14 @@ const state = {
   quotes: new Map(),
   watchlist: loadWatchlist(),
   portfolio: null,
+  // The risk check's quote age limit (GET /v1/quotes' quote_age_ms_max): null until known.
+  quoteAgeMsMax: null,
+  // The gateway's clock minus this browser's (from the stream's ping and pong).
+  clockOffsetMs: 0,
+  chart: {
+    symbol: null, interval: null, intervals: null,
+    candles: [], key: null, token: 0, reloadTimer: null, followTimer: null,
+  },
 };
 
 const api = new Api({ onUnauthorized: (error) => expire(error) });
@@ -42,6 +60,7 @@ const stream = new Stream({
     badge.textContent = linkState;
   },
   onQuote: receiveQuote,
+  onClock: (offsetMs) => { state.clockOffsetMs = offsetMs; },
   onOrder: receiveOrderEvent,
   onCommand: receiveCommandEvent,
   onError: (frame) => {
@@ -117,6 +136,7 @@ function logout(message) {
                          accountId: null, portfolio: null });
   state.orders.clear();
   forgetAwaited();
+  forgetChart();
   api.token = null;
   sessionStorage.removeItem(SESSION_KEY);
   $("#session").hidden = true;
@@ -138,9 +158,10 @@ async function enterApp() {
   clearTimeout(expiryTimer);
   const remainingMs = new Date(state.expiresAt).getTime() - Date.now();
   expiryTimer = setTimeout(() => logout("Your session expired."), Math.max(remainingMs, 0));
+  state.chart.symbol = SYMBOL_RE.test(ticketValues().symbol) ? ticketValues().symbol : null;
   renderWatchlist();
-  stream.start(state.token, state.watchlist);
-  await loadAccounts();
+  stream.start(state.token, wantedSymbols());
+  await Promise.all([loadQuotes(), startChart(), loadAccounts()]);
 }
 
 // ---- accounts ----------------------------------------------------------------------------
@@ -418,18 +439,65 @@ function updateTicket() {
   submit.style.background = submit.style.borderColor =
     values.side === "sell" ? "var(--sell)" : "var(--buy)";
   $("#order-estimate").textContent = estimate(values);
+  views.renderTicketQuote($("#ticket-quote"), values.symbol, state.quotes.get(values.symbol),
+                          staleAge(values.symbol), state.quoteAgeMsMax);
+  views.renderWarnings($("#order-warning"), ticketWarnings(values));
 }
 
-function estimate(values) {
-  if (!dec.isPlainPositive(values.quantity)) return "";
+/** The price the ticket's order is estimated at: its limit (limit, stop limit), its stop
+ * (stop), else the quote's ask for a buy and bid for a sell (market); null without one. */
+function ticketPrice(values) {
   const quote = state.quotes.get(values.symbol);
   const price = needsLimit(values.orderType) ? values.limitPrice
     : needsStop(values.orderType) ? values.stopPrice
       : quote ? (values.side === "sell" ? quote.bid : quote.ask) : "";
-  if (!dec.isDecimal(price)) return "";
+  return dec.isDecimal(price) ? price : null;
+}
+
+function estimate(values) {
+  if (!dec.isPlainPositive(values.quantity)) return "";
+  const price = ticketPrice(values);
+  if (!price) return "";
   const notional = dec.multiply(values.quantity, price);
   const label = values.side === "sell" ? "Estimated proceeds" : "Estimated cost";
   return `${label} ≈ $${dec.money(notional)}`;
+}
+
+/** What the ticket warns of before the order is sent, as [kind, text] pairs: a buy whose
+ * estimated cost is past buying power, a sell of more shares than the account has free, a
+ * market or stop order on a stale quote. Warnings only: the order may still be sent, and the
+ * risk check decides. */
+function ticketWarnings(values) {
+  const warnings = [];
+  const portfolio = state.portfolio;
+  const { quantity, symbol } = values;
+  if (portfolio && dec.isPlainPositive(quantity)) {
+    if (values.side === "buy") {
+      const price = ticketPrice(values);
+      const cost = price && dec.multiply(quantity, price);
+      if (cost && dec.compare(cost, portfolio.buying_power) > 0) {
+        warnings.push(["buying_power", `Estimated cost $${dec.money(cost)} is more than the `
+          + `buying power of $${dec.money(portfolio.buying_power)}: the order will likely be `
+          + "refused (insufficient buying power)."]);
+      }
+    } else {
+      const position = portfolio.positions.find((p) => p.symbol === symbol);
+      const free = position ? dec.subtract(position.quantity, position.quantity_held ?? "0") : "0";
+      if (dec.compare(quantity, free) > 0) {
+        const reserved = position && dec.sign(position.quantity_held ?? "0") > 0
+          ? ` (${dec.quantity(position.quantity_held)} reserved for open sells)` : "";
+        warnings.push(["shares", `Selling ${dec.quantity(quantity)} ${symbol}: the account has `
+          + `${dec.quantity(free)} ${symbol} to sell${reserved}; the order will likely be `
+          + "refused (insufficient shares)."]);
+      }
+    }
+  }
+  if (staleAge(symbol) !== null && (values.orderType === "market" || values.orderType === "stop")) {
+    warnings.push(["stale_quote", `The ${symbol} quote is older than `
+      + `${views.describeAge(state.quoteAgeMsMax)}: a ${values.orderType} order priced at it is `
+      + "refused (stale reference price) until a fresh quote comes."]);
+  }
+  return warnings;
 }
 
 /** The request body, or a message saying what is missing. */
@@ -520,6 +588,7 @@ async function refreshPortfolio() {
     if (accountId !== state.accountId) return;
     state.portfolio = body;
     views.renderPortfolio($("#portfolio-card"), body);
+    updateTicket(); // its warnings weigh the order against buying power and shares held
   } catch (error) {
     showProblem(error, "Portfolio");
   }
@@ -535,15 +604,64 @@ function schedulePortfolio() {
 // ---- watchlist ---------------------------------------------------------------------------
 
 function renderWatchlist() {
-  views.renderWatchlist($("#watchlist-body"), state.watchlist, state.quotes, {
+  const tbody = $("#watchlist-body");
+  views.renderWatchlist(tbody, state.watchlist, state.quotes, {
     onPick: pickSymbol,
     onRemove: (symbol) => {
       state.watchlist = state.watchlist.filter((s) => s !== symbol);
       saveWatchlist();
-      stream.unsubscribe([symbol]);
+      syncSubscriptions();
       renderWatchlist();
     },
   });
+  views.markStaleRows(tbody, staleAge, state.quoteAgeMsMax);
+  views.markSelectedRow(tbody, state.chart.symbol);
+}
+
+/** The symbols the stream should send quotes of: the watchlist's and the chart's. */
+function wantedSymbols() {
+  return [...new Set([...state.watchlist, state.chart.symbol].filter(Boolean))];
+}
+
+function syncSubscriptions() {
+  const wanted = new Set(wantedSymbols());
+  const added = [...wanted].filter((symbol) => !stream.symbols.has(symbol));
+  const dropped = [...stream.symbols].filter((symbol) => !wanted.has(symbol));
+  if (added.length) stream.subscribe(added);
+  if (dropped.length) stream.unsubscribe(dropped);
+}
+
+/** The latest quotes (the stream sends them too, on subscribing) and the quote age limit. */
+async function loadQuotes() {
+  const symbols = wantedSymbols().slice(0, QUOTE_SYMBOLS_MAX);
+  if (!symbols.length) return;
+  try {
+    const { body } = await api.quotes(symbols);
+    state.quoteAgeMsMax = Number.isInteger(body.quote_age_ms_max) ? body.quote_age_ms_max : null;
+    body.quotes.forEach(receiveQuote);
+    refreshStaleness();
+  } catch (error) {
+    showProblem(error, "Quotes");
+  }
+}
+
+/** How old a quote is by the gateway's clock (the browser's, corrected by the stream). */
+function quoteAgeMs(quote) {
+  return Date.now() + state.clockOffsetMs - Date.parse(quote.venue_time);
+}
+
+/** The age in ms of the symbol's quote when it is past the quote age limit, else null. */
+function staleAge(symbol) {
+  const quote = state.quotes.get(symbol);
+  if (!quote || state.quoteAgeMsMax === null) return null;
+  const age = quoteAgeMs(quote);
+  return age > state.quoteAgeMsMax ? age : null;
+}
+
+function refreshStaleness() {
+  if (!state.token) return;
+  views.markStaleRows($("#watchlist-body"), staleAge, state.quoteAgeMsMax);
+  updateTicket();
 }
 
 function pickSymbol(symbol) {
@@ -554,14 +672,18 @@ function pickSymbol(symbol) {
     $("#order-limit").value = side === "sell" ? quote.bid : quote.ask;
   }
   updateTicket();
+  selectChartSymbol(symbol);
   $("#order-quantity").focus();
 }
 
 function receiveQuote(quote) {
   const previous = state.quotes.get(quote.symbol);
+  if (previous && Date.parse(quote.venue_time) < Date.parse(previous.venue_time)) return;
   state.quotes.set(quote.symbol, quote);
   views.updateQuoteRow($("#watchlist-body"), quote, previous);
-  if (quote.symbol === ticketValues().symbol) $("#order-estimate").textContent = estimate(ticketValues());
+  views.markStaleRows($("#watchlist-body"), staleAge, state.quoteAgeMsMax);
+  if (quote.symbol === ticketValues().symbol) updateTicket();
+  if (quote.symbol === state.chart.symbol) foldIntoChart(quote);
   const held = state.portfolio?.positions.some((p) => p.symbol === quote.symbol);
   if (held && Date.now() - lastQuoteRefresh > PORTFOLIO_QUOTE_REFRESH_MS) {
     lastQuoteRefresh = Date.now();
@@ -579,9 +701,105 @@ function addToWatchlist(text) {
   if (!state.watchlist.includes(symbol)) {
     state.watchlist.push(symbol);
     saveWatchlist();
-    stream.subscribe([symbol]);
+    syncSubscriptions();
     renderWatchlist();
   }
+}
+
+// ---- chart -------------------------------------------------------------------------------
+
+/** The intervals the API offers (from its OpenAPI document) in the picker, then the chart. */
+async function startChart() {
+  const c = state.chart;
+  if (!c.intervals) {
+    try {
+      c.intervals = await api.candleIntervals();
+    } catch (error) {
+      if (!(error instanceof ApiError)) console.error(error);
+    }
+    // Without the document: the API's default interval only.
+    c.intervals = c.intervals ?? { values: ["1m"], default: "1m" };
+    c.interval = c.intervals.default;
+    views.renderIntervals($("#chart-interval"), c.intervals.values, c.interval);
+  }
+  await loadChart();
+}
+
+function forgetChart() {
+  const c = state.chart;
+  clearTimeout(c.reloadTimer);
+  clearTimeout(c.followTimer);
+  Object.assign(c, { symbol: null, candles: [], key: null, token: c.token + 1 });
+}
+
+async function selectChartSymbol(symbol) {
+  const c = state.chart;
+  clearTimeout(c.followTimer);
+  if (!SYMBOL_RE.test(symbol) || symbol === c.symbol) return;
+  c.symbol = symbol;
+  views.markSelectedRow($("#watchlist-body"), symbol);
+  syncSubscriptions();
+  await loadChart();
+}
+
+/** The ticket's symbol is charted once typing pauses. */
+function followTicketSymbol() {
+  const c = state.chart;
+  clearTimeout(c.followTimer);
+  const symbol = ticketValues().symbol;
+  if (SYMBOL_RE.test(symbol) && symbol !== c.symbol) {
+    c.followTimer = setTimeout(() => selectChartSymbol(symbol), CHART_FOLLOW_TICKET_MS);
+  }
+}
+
+/** The charted symbol's candles from the API; the candles this page built live past the API's
+ * last are kept, and the latest quote is folded in. */
+async function loadChart() {
+  const c = state.chart;
+  const { symbol, interval } = c;
+  clearTimeout(c.reloadTimer);
+  $("#chart-symbol").textContent = symbol ?? "";
+  if (!symbol || !interval) return;
+  const key = `${symbol} ${interval}`;
+  const token = ++c.token;
+  if (c.key !== key) $("#chart-status").textContent = `Loading ${symbol} ${interval} candles…`;
+  try {
+    const { body } = await api.candles(symbol, interval, chart.CANDLES_SHOWN);
+    if (token !== c.token) return;
+    const live = c.key === key ? c.candles.filter((candle) => candle.live) : [];
+    c.candles = chart.mergeCandles(body.candles, live);
+    c.key = key;
+    const quote = state.quotes.get(symbol);
+    const folded = quote && chart.foldQuote(c.candles, quote, interval);
+    if (folded) c.candles = folded.candles;
+    drawChart();
+  } catch (error) {
+    if (token !== c.token) return;
+    if (!(error instanceof ApiError)) console.error(error);
+    $("#chart-status").textContent = `Candles unavailable: ${error.message}`;
+  }
+}
+
+function foldIntoChart(quote) {
+  const c = state.chart;
+  if (c.key !== `${quote.symbol} ${c.interval}`) return; // still loading: folded once loaded
+  const folded = chart.foldQuote(c.candles, quote, c.interval);
+  if (!folded) return;
+  c.candles = folded.candles;
+  drawChart();
+  if (folded.opened) {
+    clearTimeout(c.reloadTimer);
+    c.reloadTimer = setTimeout(loadChart, CHART_RELOAD_AFTER_ROLL_MS);
+  }
+}
+
+function drawChart() {
+  const c = state.chart;
+  chart.renderChart($("#chart"), c.candles, { interval: c.interval, symbol: c.symbol });
+  const last = c.candles[c.candles.length - 1];
+  $("#chart-status").textContent = last
+    ? `${c.candles.length} × ${c.interval} candles · last ${dec.price(last.close)} · `
+      + `high ${dec.price(last.high)} · low ${dec.price(last.low)}` : "";
 }
 
 // ---- wiring ------------------------------------------------------------------------------
@@ -611,10 +829,16 @@ function start() {
     $("#watch-symbol").value = "";
   });
   on("#order-form", "submit", submitOrder);
+  on("#order-symbol", "input", followTicketSymbol);
+  on("#chart-interval", "change", (event) => {
+    state.chart.interval = event.target.value;
+    return loadChart();
+  });
   on("#order-form", "input", updateTicket);
   on("#order-form", "change", updateTicket);
   on("#deposit-form", "submit", submitDeposit);
   updateTicket();
+  setInterval(refreshStaleness, STALE_CHECK_MS);
 
   const saved = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
   if (saved?.token && new Date(saved.expiresAt).getTime() > Date.now()) {

@@ -1,5 +1,6 @@
 // The live stream, /v1/stream: authenticate, subscribe to the watchlist, and hand quote and
-// order frames to the page. Reconnects with backoff; resubscribes after each reconnect.
+// order frames to the page. Reconnects with backoff; resubscribes after each reconnect. Each
+// ping's pong carries the gateway's clock: the page learns how far its own clock is off.
 
 const PING_INTERVAL_MS = 20000;
 const RECONNECT_DELAYS_MS = [500, 1000, 2000, 5000, 10000];
@@ -7,7 +8,8 @@ const RECONNECT_DELAYS_MS = [500, 1000, 2000, 5000, 10000];
 export class Stream {
   /**
    * handlers: onQuote(quote), onOrder(event), onCommand(event), onError(frame),
-   * onState("connecting" | "live" | "offline"), onAuthenticated(frame)
+   * onState("connecting" | "live" | "offline"), onAuthenticated(frame),
+   * onClock(offsetMs): the gateway's clock minus this browser's, from a ping's round trip
    */
   constructor(handlers) {
     this.handlers = handlers;
@@ -18,6 +20,7 @@ export class Stream {
     this.pingTimer = null;
     this.reconnectTimer = null;
     this.authenticated = false;
+    this.pingSentAt = null;
   }
 
   start(token, symbols) {
@@ -83,7 +86,11 @@ export class Stream {
         this.handlers.onAuthenticated?.(frame);
         if (this.symbols.size) this.send({ op: "subscribe", quotes: [...this.symbols] });
         clearInterval(this.pingTimer);
-        this.pingTimer = setInterval(() => this.send({ op: "ping" }), PING_INTERVAL_MS);
+        this.ping();
+        this.pingTimer = setInterval(() => this.ping(), PING_INTERVAL_MS);
+        break;
+      case "pong":
+        this.pong(frame);
         break;
       case "quote":
         this.handlers.onQuote?.(frame.quote);
@@ -98,8 +105,22 @@ export class Stream {
         this.handlers.onError?.(frame);
         break;
       default:
-        break; // heartbeat, pong, subscribed
+        break; // heartbeat, subscribed
     }
+  }
+
+  ping() {
+    this.pingSentAt = Date.now();
+    this.send({ op: "ping" });
+  }
+
+  /** The gateway's clock at the middle of the round trip, against this browser's. */
+  pong(frame) {
+    const at = Date.parse(frame.at);
+    if (this.pingSentAt === null || Number.isNaN(at)) return;
+    const now = Date.now();
+    this.handlers.onClock?.(at - (this.pingSentAt + now) / 2);
+    this.pingSentAt = null;
   }
 
   closed(socket) {

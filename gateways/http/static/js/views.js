@@ -45,9 +45,9 @@ export function renderAccounts(select, accounts, selected) {
 export function renderWatchlist(tbody, symbols, quotes, { onPick, onRemove }) {
   tbody.replaceChildren(...symbols.map((symbol) => {
     const row = el("tr", { className: "watch-row", dataset: { symbol },
-                           title: "Click to trade", onclick: () => onPick(symbol) },
-      cell(symbol, "symbol"), cell("—", "num bid"), cell("—", "num ask"), cell("—", "num last"),
-      cell("—", "num time"),
+                           title: "Click to trade and chart", onclick: () => onPick(symbol) },
+      el("td", { className: "symbol" }, symbol, " ", staleBadge()), cell("—", "num bid"),
+      cell("—", "num ask"), cell("—", "num last"), cell("—", "num time"),
       el("td", { className: "num" }, el("button", {
         type: "button", className: "remove", title: `Remove ${symbol}`, "aria-label": `remove ${symbol}`,
         onclick: (event) => { event.stopPropagation(); onRemove(symbol); },
@@ -81,6 +81,72 @@ function fillQuoteRow(row, quote, previous) {
 export function updateQuoteRow(tbody, quote, previous) {
   const row = tbody.querySelector(`tr[data-symbol="${CSS.escape(quote.symbol)}"]`);
   if (row) fillQuoteRow(row, quote, previous);
+}
+
+function staleBadge() {
+  return el("span", { className: "stale-badge", hidden: true }, "stale");
+}
+
+/** "45 s", "3 min", "2 h": how old a quote is. */
+export function describeAge(ms) {
+  const seconds = Math.max(0, Math.round(ms / 1000));
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${Math.round(seconds / 3600)} h`;
+}
+
+function showStale(node, badge, ageMs, limitMs) {
+  const stale = ageMs !== null;
+  node.classList.toggle("stale", stale);
+  badge.hidden = !stale;
+  badge.title = stale ? `quote ${describeAge(ageMs)} old; older than ${describeAge(limitMs)}, `
+    + "a market or stop order priced at it is refused (stale reference price)" : "";
+}
+
+/** Mark the watchlist rows whose quote is past the quote age limit: `ageOf(symbol)` is the
+ * quote's age in ms when it is stale, else null. */
+export function markStaleRows(tbody, ageOf, limitMs) {
+  for (const row of tbody.querySelectorAll("tr.watch-row")) {
+    showStale(row, row.querySelector(".stale-badge"), ageOf(row.dataset.symbol), limitMs);
+  }
+}
+
+/** The charted symbol's row stands out. */
+export function markSelectedRow(tbody, symbol) {
+  for (const row of tbody.querySelectorAll("tr.watch-row")) {
+    row.classList.toggle("selected", row.dataset.symbol === symbol);
+  }
+}
+
+/** The ticket's line for its symbol's quote: bid, ask and time, and the stale badge. */
+export function renderTicketQuote(root, symbol, quote, staleAgeMs, limitMs) {
+  const text = root.querySelector("#ticket-quote-text");
+  if (!quote) {
+    text.textContent = symbol ? `${symbol}: no quote yet` : "";
+  } else {
+    text.textContent = `${quote.symbol} bid ${dec.price(quote.bid)} · ask ${dec.price(quote.ask)}`
+      + ` · ${clock(quote.venue_time)}`;
+  }
+  showStale(root, root.querySelector("#ticket-stale"), quote ? staleAgeMs : null, limitMs);
+}
+
+/** What the ticket warns of before sending: [kind, text] pairs (none: hidden). Rewritten only
+ * when they change (the ticket is looked at again every second; a screen reader announces
+ * each change once). */
+export function renderWarnings(container, warnings) {
+  const shown = JSON.stringify(warnings);
+  if (container.dataset.shown === shown) return;
+  container.dataset.shown = shown;
+  container.replaceChildren(...warnings.map(([kind, text]) => el("div", { dataset: { kind } },
+                                                                  text)));
+  container.hidden = warnings.length === 0;
+}
+
+// ---- chart -----------------------------------------------------------------------------
+
+export function renderIntervals(select, intervals, selected) {
+  select.replaceChildren(...intervals.map((interval) => el("option", {
+    value: interval, selected: interval === selected }, interval)));
 }
 
 // ---- orders ----------------------------------------------------------------------------

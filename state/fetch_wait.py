@@ -1,0 +1,209 @@
+"""Fetch waits chosen by measurement, and widened when the broker starves a reader (issue 11).
+
+The embedded broker (Tansu 0.6.0, memory engine) lists every batch object of a partition on
+each fetch that finds new data, and answers empty once that listing outlasts the fetch wait;
+between passes it sleeps half the wait left. Its partitions only grow (no retention), so a
+reader with a short wait that falls behind a large partition gets nothing ever again, while
+every empty answer still carries the partition's high watermark: 60,000 one-record batches
+gave nothing in 6 s at 10 ms, the first record after 2.8 s at 40 ms and after 57 ms at 160 ms.
+A short wait is what keeps the order path fast at the tail, so readers start short and widen
+only when starved: behind (the high watermark past what they read) and given nothing for
+`STARVED_S`. The new wait comes from a measurement: the time the broker takes to list the
+reader's largest partition (a ListOffsets lists the same objects), times `LISTING_TO_WAIT`.
+On Apache Kafka a fetch is answered from an index; a reader there is never starved this way
+and keeps its wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+STARVED_S = 2.0
+WAIT_MS_MAX = 2_000
+# The pass that notices new data runs with half the wait left or less, and a loaded machine
+# lists slower than the measurement did.
+LISTING_TO_WAIT = 4
+
+PartitionKey = tuple[str, int]
+
+log = logging.getLogger(__name__)
+
+
+class ReaderConsumer(Protocol):
+    """What is used of confluent_kafka.Consumer."""
+
+    def assignment(self) -> list[Any]: ...
+
+    def position(self, partitions: list[Any]) -> list[Any]: ...
+
+    def get_watermark_offsets(self, partition: Any, timeout: float = ...,
+                              cached: bool = ...) -> tuple[int, int]: ...
+
+
+def wider_wait(listing_ms: float, wait_ms: int, wait_ms_max: int = WAIT_MS_MAX) -> int:
+    """The fetch wait for a reader starved at `wait_ms` when listing its largest partition
+    takes `listing_ms`: room for the listing, at least twice the old wait (a measurement on
+    a quiet moment can be short), at most `wait_ms_max`."""
+    return int(min(max(LISTING_TO_WAIT * listing_ms, 2 * wait_ms), wait_ms_max))
+
+
+def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int,
+                     extra: Mapping[str, Any] | None = None) -> int:
+    """The fetch wait for a reader that cannot reopen its consumer (a Quix app fixes its
+    consumer's settings when it starts): `wait_ms`, or room for the broker's listing of the
+    largest partition of `topics` when that is wider. A member its stall watch restarted
+    (starved, it stood still behind its input) measures again and starts wider."""
+    from confluent_kafka import Consumer, KafkaException
+
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers,
+                         "group.id": "fetch-wait-probe", **(extra or {})})
+    try:
+        found = consumer.list_topics(timeout=10).topics
+        keys = [(topic, partition) for topic in topics if topic in found
+                for partition in found[topic].partitions]
+        listed_ms = listing_ms(consumer, keys)
+    except KafkaException as error:  # the app's own start reports a broker it cannot reach
+        log.warning("fetch wait not measured (%s): %d ms", error, wait_ms)
+        return wait_ms
+    finally:
+        consumer.close()
+    return int(min(max(wait_ms, LISTING_TO_WAIT * listed_ms), WAIT_MS_MAX))
+
+
+@dataclass
+class Starvation:
+    """Behind its input and given nothing for `starved_s`: the reader needs a wider wait."""
+
+    starved_s: float = STARVED_S
+    _since_s: float | None = None
+
+    def observe(self, now_s: float, got_records: bool, behind: bool) -> bool:
+        if got_records or not behind:
+            self._since_s = None
+            return False
+        if self._since_s is None:
+            self._since_s = now_s
+        if now_s - self._since_s < self.starved_s:
+            return False
+        self._since_s = None
+        return True
+
+
+def next_offsets(consumer: ReaderConsumer, starts: Mapping[PartitionKey, int]
+                 ) -> dict[PartitionKey, int]:
+    """Per assigned partition, the next offset to read: the consumer's position once it read
+    something there, else where the reader started it (`starts`)."""
+    found: dict[PartitionKey, int] = {}
+    for tp in consumer.position(consumer.assignment()):
+        key = (tp.topic, tp.partition)
+        if tp.offset >= 0:
+            found[key] = tp.offset
+        elif key in starts:
+            found[key] = starts[key]
+    return found
+
+
+def is_behind(consumer: ReaderConsumer, starts: Mapping[PartitionKey, int]) -> bool:
+    """Some assigned partition's high watermark, as the last fetch answer gave it, is past
+    the next offset to read. No broker request."""
+    from confluent_kafka import TopicPartition
+
+    for (topic, partition), offset in next_offsets(consumer, starts).items():
+        _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                    cached=True)
+        if high > offset:
+            return True
+    return False
+
+
+def listing_ms(consumer: ReaderConsumer, keys: Iterable[PartitionKey],
+               timeout_s: float = 10.0) -> float:
+    """The longest time the broker took to answer ListOffsets for one of the partitions, in
+    ms: it lists a partition's batch objects for it as it does for a fetch."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    longest_ms = 0.0
+    for topic, partition in keys:
+        started_s = time.monotonic()
+        try:
+            consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s,
+                                           cached=False)
+        except KafkaException:
+            continue  # no answer: the next starvation measures again
+        longest_ms = max(longest_ms, (time.monotonic() - started_s) * 1000)
+    return longest_ms
+
+
+class WideningReader:
+    """A consumer that reads assigned partitions and, once starved (behind and given nothing
+    for `starved_s`), is closed and made again with a wider fetch wait at the offsets it would
+    have read next. `make(wait_ms)` builds the consumer; with `commit`, the old consumer's
+    stored offsets are committed before it closes (readers that commit under a group)."""
+
+    def __init__(self, name: str, make: Callable[[int], Any], wait_ms: int, *,
+                 commit: bool = False, starved_s: float = STARVED_S,
+                 wait_ms_max: int = WAIT_MS_MAX) -> None:
+        self.name = name
+        self.wait_ms = wait_ms
+        self._make = make
+        self._commit = commit
+        self._wait_ms_max = wait_ms_max
+        self._starvation = Starvation(starved_s)
+        self._starts: dict[PartitionKey, int] = {}
+        self.consumer = make(wait_ms)
+
+    def assign(self, starts: Mapping[PartitionKey, int]) -> None:
+        """Read each partition from its offset (a real offset, not a logical one: starvation
+        is judged against it until the first record)."""
+        from confluent_kafka import TopicPartition
+
+        self._starts = dict(starts)
+        self.consumer.assign([TopicPartition(topic, partition, offset)
+                              for (topic, partition), offset in sorted(self._starts.items())])
+
+    def after_poll(self, got_records: bool, now_s: float | None = None) -> bool:
+        """Call after each poll; True when the reader was starved and now reads with a wider
+        wait. A broker error while judging or reopening is logged; the reader goes on."""
+        from confluent_kafka import KafkaException
+
+        try:
+            return self._widen_if_starved(got_records, now_s)
+        except KafkaException as error:
+            log.warning("%s: could not judge or widen the fetch wait: %s", self.name, error)
+            return False
+
+    def _widen_if_starved(self, got_records: bool, now_s: float | None) -> bool:
+        behind = not got_records and is_behind(self.consumer, self._starts)
+        now_s = time.monotonic() if now_s is None else now_s
+        if not self._starvation.observe(now_s, got_records, behind):
+            return False
+        if self.wait_ms >= self._wait_ms_max:
+            return False
+        offsets = next_offsets(self.consumer, self._starts)
+        listed_ms = listing_ms(self.consumer, offsets)
+        wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
+        log.warning("%s: behind and given nothing for %.0f s (the broker lists a partition in "
+                    "%.0f ms): reading with a %d ms fetch wait, was %d ms", self.name,
+                    self._starvation.starved_s, listed_ms, wait_ms, self.wait_ms)
+        self._reopen(offsets, wait_ms)
+        return True
+
+    def _reopen(self, offsets: dict[PartitionKey, int], wait_ms: int) -> None:
+        from confluent_kafka import KafkaException
+
+        if self._commit:
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException:
+                pass  # nothing stored since the last commit: the group's offsets stand
+        self.consumer.close()
+        self.consumer = self._make(wait_ms)
+        self.wait_ms = wait_ms
+        self.assign(offsets)
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,74 @@
+"""A reader starved by the embedded broker widens its fetch wait and reads on (issue 11).
+
+Tansu lists every batch object of a partition on each fetch that finds data and answers empty
+once the listing outlasts the fetch wait. 40,000 one-record batches take tens of ms to list on
+any machine (about 0.5-2 us an object), so a reader behind them with a 1 ms wait gets nothing;
+the WideningReader notices (behind, nothing for the starvation time), measures the listing,
+reopens with a wider wait at the offsets it would have read next, and reads every record.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from state.fetch_wait import LISTING_TO_WAIT, WideningReader, measured_wait_ms
+
+pytestmark = pytest.mark.integration
+
+BATCHES = 40_000
+TAIL = 50  # the records the reader is behind by
+START_WAIT_MS = 1
+READ_TIMEOUT_S = 90.0
+
+
+def _produce_one_record_batches(bootstrap: str, topic: str, count: int) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0,
+                         "batch.num.messages": 1})
+    for n in range(count):
+        while True:
+            try:
+                producer.produce(topic, str(n).encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if n % 1000 == 0:
+            producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def test_a_reader_starved_behind_a_large_partition_widens_its_wait_and_reads_on(
+        services) -> None:  # type: ignore[no-untyped-def]
+    bootstrap = services.bootstrap_servers
+    topic = f"fw{uuid.uuid4().hex[:8]}.big"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"retention.ms": "-1"})])[topic].result()
+    try:
+        _produce_one_record_batches(bootstrap, topic, BATCHES)
+
+        def make(wait_ms: int) -> Consumer:
+            return Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
+                             "enable.auto.commit": False, "fetch.wait.max.ms": wait_ms})
+
+        reader = WideningReader(topic, make, START_WAIT_MS, starved_s=1.0)
+        reader.assign({(topic, 0): BATCHES - TAIL})
+        values: list[int] = []
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        try:
+            while len(values) < TAIL and time.monotonic() < deadline:
+                records = reader.consumer.consume(num_messages=100, timeout=0.1)
+                values += [int(r.value()) for r in records if r.error() is None]
+                reader.after_poll(bool(records))
+            assert values == list(range(BATCHES - TAIL, BATCHES)), values[:5]
+            assert reader.wait_ms > START_WAIT_MS  # it was starved, and widened
+        finally:
+            reader.close()
+        # A reader that cannot reopen (a Quix app) measures at start: past the listing.
+        assert measured_wait_ms(bootstrap, [topic], START_WAIT_MS) > LISTING_TO_WAIT
+        assert measured_wait_ms(bootstrap, [f"{topic}.none"], 25) == 25
+    finally:
+        admin.delete_topics([topic])[topic].result()
