@@ -415,6 +415,22 @@ def cmd_shard_rebuild(stack: StackConfig, args: argparse.Namespace) -> int:
 # ---- parser --------------------------------------------------------------------------------
 
 
+def cmd_chaos(stack: StackConfig, args: argparse.Namespace) -> int:
+    """A seeded fault run on an embedded stack of its own (the stack file is not used)."""
+    from compose.chaos.run import ChaosOptions, draw_seed, main_json
+
+    if args.minutes <= 0 or args.workers < 1 or args.accounts < 1 or args.rate <= 0:
+        raise ComposeError("--minutes, --rate, --workers and --accounts must be positive")
+    progress = args.progress if args.progress is not None else (
+        sys.stderr.isatty() and args.minutes >= 2)
+    options = ChaosOptions(
+        seed=args.seed if args.seed is not None else draw_seed(), minutes=args.minutes,
+        faults=args.faults, accounts=args.accounts, workers=args.workers, rate=args.rate,
+        data_dir=args.data_dir, keep=args.keep, progress=progress,
+        recovery_timeout_s=args.recovery_timeout_s)
+    return main_json(options, _print)
+
+
 def _add_bounds(parser: argparse.ArgumentParser) -> None:
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--from-offset", type=int, default=None,
@@ -537,6 +553,47 @@ def build_parser() -> argparse.ArgumentParser:
         "improvement per share against the NBBO at routing, time to fill)")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.set_defaults(handler=cmd_report)
+
+    from compose.chaos.faults import KINDS
+
+    chaos = commands.add_parser(
+        "chaos", help="a seeded fault run: the embedded stack under load, single-component "
+        "faults, then an independent audit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Start an embedded stack of its own (on a fresh data dir, free loopback "
+        "ports), run a load of many accounts on every shard with every request retried under "
+        "its idempotency key, inject the chosen faults at seeded moments (one at a time, each "
+        "with its recovery time: until a new order on every shard fills), then audit the "
+        "records (client answers, the market maker's book, the shards) and run reconcile. "
+        "Prints one JSON document; exit 0 only if everything passed. The same seed replays "
+        "the same faults and load.\n\nfault kinds (kind or kind:target, comma-separated; "
+        "'all' for every kind):\n" + "\n".join(f"  {kind:<16} {what}"
+                                                  for kind, what in KINDS.items()))
+    chaos.add_argument("--seed", type=int, default=None,
+                       help="decides the load and the fault schedule (default: drawn, printed)")
+    chaos.add_argument("--minutes", type=float, default=5.0,
+                       help="how long the load runs (default 5); faults fall in its first "
+                       "80%%, the settling and the audit come after")
+    chaos.add_argument("--faults", default="all",
+                       help="fault kinds, e.g. kill_service,kill_broker,freeze:accounts "
+                       "(default: all)")
+    chaos.add_argument("--accounts", type=int, default=16, help="load accounts (default 16)")
+    chaos.add_argument("--workers", type=int, default=4,
+                       help="concurrent load clients (default 4)")
+    chaos.add_argument("--rate", type=float, default=8.0,
+                       help="operations a second, all workers together (default 8)")
+    chaos.add_argument("--recovery-timeout-s", type=float, default=180.0,
+                       help="a fault after which no new order fills for this long is a "
+                       "failure (default 180)")
+    chaos.add_argument("--data-dir", type=Path, default=None,
+                       help="where the stack's data goes (default: a fresh temporary dir, "
+                       "removed after a passing run)")
+    chaos.add_argument("--keep", action="store_true",
+                       help="keep the data dir, journal and audit of a passing run too")
+    chaos.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="a progress bar on standard error (default: on a terminal, for "
+                       "runs of 2 minutes or more)")
+    chaos.set_defaults(handler=cmd_chaos)
 
     db = commands.add_parser("db", help="shard database tasks")
     db_commands = db.add_subparsers(dest="db_command", required=True)

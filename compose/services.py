@@ -153,7 +153,9 @@ def _simulators(stack: StackConfig, endpoints: Endpoints, data_dir: Path) -> lis
                   "topic_prefix": stack.stack.topic_prefix, "host": mm.host, "port": mm.port,
                   # the acceptor's view of the session is the initiator's, mirrored
                   "sender_comp_id": mm.target_comp_id, "target_comp_id": mm.sender_comp_id,
-                  "store_dir": str(data_dir / "fix" / f"simulator-{mm.name}")}
+                  "store_dir": str(data_dir / "fix" / f"simulator-{mm.name}"),
+                  # faults switched while it runs (`brokerage chaos` writes this file)
+                  "faults_file": str(data_dir / "fix" / f"simulator-{mm.name}" / "faults.json")}
         name = "simulator" if len(specs) == 0 else f"simulator-{mm.name}"
         specs.append(ServiceSpec(name, "gateways.simulator.config:SimulatorConfig",
                                  "gateways.simulator.service:run", config, bind_host=mm.host))

@@ -45,6 +45,7 @@ from state.shard_store import (
     ShardMessage,
     Source,
     StreamPlan,
+    balance_differences,
     compare_shards,
     connect,
     decode_for_shard,
@@ -53,7 +54,7 @@ from state.shard_store import (
     migrate,
     plan_stream_comparison,
     reconcile_stream_transactions,
-    reconcile_with_stream,
+    stream_comparison_snapshot,
     write_chunked,
 )
 
@@ -378,16 +379,18 @@ def reconcile_shard_with_stream(bootstrap_servers: str, topic_prefix: str, dsn: 
     named and not read (their offsets mean nothing in this log). Never waits for an offset of
     another epoch."""
     postings_topic = topic_prefix + t.Topic.LEDGER_POSTINGS
-    landed = {partition: row for (topic, partition), row in landed_offsets(dsn).items()
+    # Balances and offsets of one moment; the stream is then read up to those offsets.
+    snapshot = stream_comparison_snapshot(dsn)
+    landed = {partition: row for (topic, partition), row in snapshot.landed.items()
               if topic == postings_topic}
-    plan = plan_stream_comparison(partitions, landed, landed_epochs(dsn), current)
+    plan = plan_stream_comparison(partitions, landed, snapshot.epochs, current)
     notes: list[str] = []
     differences: list[str] = []
     if plan.whole_shard:
         streamed = stream_balances(bootstrap_servers, topic_prefix, sorted(plan.compared),
                                    offsets_max=plan.compared, idle_s=idle_s,
                                    stall_s=stall_s) if plan.compared else {}
-        differences = reconcile_with_stream(dsn, streamed)
+        differences = balance_differences(snapshot.balances, streamed)
         return StreamReconciliation(plan, differences, notes)
     if current is None:
         notes.append(f"the broker has {describe_current(current)}; no stored offset refers "

@@ -622,12 +622,22 @@ def recompute_positions(conn: psycopg.Connection) -> dict[tuple[str, str], tuple
     return positions
 
 
+def snapshot_connection(dsn: str) -> psycopg.Connection:
+    """A read-only connection whose transaction reads one snapshot of the shard (REPEATABLE
+    READ): on a live shard the sink lands batches meanwhile, and statements that each saw
+    the shard at another moment (balances before a batch, entries after it) would differ."""
+    conn = connect(dsn)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    conn.read_only = True
+    return conn
+
+
 def reconcile(dsn: str) -> list[str]:
     """Every difference found in one shard (empty: clean): materialised balances against the
     entries, transactions that do not sum to zero per asset (or have no entries), and
-    positions against the entries."""
+    positions against the entries; all read in one snapshot."""
     differences: list[str] = []
-    with connect(dsn) as conn:
+    with snapshot_connection(dsn) as conn:
         materialised = {(row[0], row[1]): row[2] for row in
                         conn.execute("SELECT ledger_account, asset, balance "
                                      "FROM account_balances")}
@@ -654,11 +664,43 @@ def reconcile_with_stream(dsn: str,
     """Differences between one shard's materialised balances and the balances the account
     topology's stream implies for the same partitions ((ledger_account, asset) -> amount,
     folded from `ledger.postings`); a missing key counts as zero. Meaningful once the sink
-    has landed what the stream holds (or when the stream side is cut at `sink_offsets`)."""
+    has landed what the stream holds (on a live shard: `stream_comparison_snapshot` reads the
+    balances and the offsets to cut the stream at in one snapshot)."""
     with connect(dsn) as conn:
         materialised = {(row[0], row[1]): row[2] for row in
                         conn.execute("SELECT ledger_account, asset, balance "
                                      "FROM account_balances")}
+    return balance_differences(materialised, balances_from_stream)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamComparisonSnapshot:
+    """What a comparison with the stream reads of a shard, at one moment: its materialised
+    balances, how far it has landed each input partition (with the epoch), and the epochs it
+    has landed records under."""
+
+    balances: dict[tuple[str, str], Decimal]
+    landed: dict[tuple[str, int], Landed]
+    epochs: dict[str, dt.datetime]
+
+
+def stream_comparison_snapshot(dsn: str) -> StreamComparisonSnapshot:
+    """The balances and the landed offsets in one snapshot: read apart, a batch landed in
+    between (a resting order filling while reconcile runs) shows in the balances but lies past
+    the offsets the stream is cut at, and counts as a difference that is none."""
+    with snapshot_connection(dsn) as conn:
+        balances = {(row[0], row[1]): row[2] for row in
+                    conn.execute("SELECT ledger_account, asset, balance FROM account_balances")}
+        landed = {(row[0], row[1]): Landed(row[2], row[3]) for row in
+                  conn.execute("SELECT topic, partition, offset_max, epoch FROM sink_offsets")}
+        epochs = {row[0]: row[1] for row in
+                  conn.execute("SELECT epoch, first_seen_at FROM broker_epochs")}
+    return StreamComparisonSnapshot(balances, landed, epochs)
+
+
+def balance_differences(materialised: Mapping[tuple[str, str], Decimal],
+                        balances_from_stream: Mapping[tuple[str, str], Decimal]) -> list[str]:
+    """The shard's balances against the stream's, each difference in words."""
     differences = []
     for key in sorted(set(materialised) | set(balances_from_stream)):
         stored, streamed = materialised.get(key, ZERO), balances_from_stream.get(key, ZERO)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import heapq
 import itertools
 import logging
@@ -17,6 +18,7 @@ from gateways.fix import fixmsg
 from gateways.fix.session import session_comp_ids, session_key
 from gateways.simulator.book import Book, NewOrder, ReplaceRequest, Report
 from gateways.simulator.config import SimulatorConfig
+from gateways.simulator.faults import Faults, faults_of
 from gateways.simulator.store import BookStore
 from state.messages import ExecType
 
@@ -158,6 +160,9 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
         self.sender = DelayedSender()
         self.reports_sent = 0
         self.logged_on: set[str] = set()
+        self.sessions: dict[str, fix.SessionID] = {}  # every session that logged on, by key
+        # What the config sets, or the faults file (gateways.simulator.faults) meanwhile.
+        self.faults: Faults = faults_of(config)
 
     # ---- QuickFIX callbacks ------------------------------------------------------------
 
@@ -166,6 +171,7 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
 
     def onLogon(self, session_id: fix.SessionID) -> None:  # noqa: N802
         self.logged_on.add(session_key(session_id))
+        self.sessions[session_key(session_id)] = copy_session_id(session_id)
         log.info("simulator logon %s", session_key(session_id))
 
     def onLogout(self, session_id: fix.SessionID) -> None:  # noqa: N802
@@ -274,14 +280,15 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
         return fix.SessionID("FIX.4.4", self.config.sender_comp_id, targets[0])
 
     def deliver(self, reports: list[Report], session_id: fix.SessionID) -> None:
+        faults = self.faults
         if self.config.silent or not reports:
             return
-        if self.config.out_of_order_reports:
+        if faults.out_of_order_reports:
             reports = _fills_reversed(reports)
-        if self.config.duplicate_reports:
+        if faults.duplicate_reports:
             reports = [copy for report in reports for copy in (report, report)]
-        if self.config.latency_ms > 0:
-            self.sender.schedule(self.config.latency_ms / 1000,
+        if faults.latency_ms > 0:
+            self.sender.schedule(faults.latency_ms / 1000,
                                  lambda: self._send(reports, session_id))
         else:
             self._send(reports, session_id)
@@ -291,9 +298,17 @@ class SimulatorApplication(fix.Application):  # type: ignore[misc]
         for report in reports:
             fix.Session.sendToTarget(report_message(report, now), session_id)
             self.reports_sent += 1
-            every = self.config.drop_session_every_reports
+            every = self.faults.drop_session_every_reports
             if every and self.reports_sent % every == 0:
                 self.sender.schedule(0, lambda: self._drop(session_id))
+
+    def set_faults(self, faults: Faults, drop_sessions: int = 0) -> None:
+        """Faults from now on (the faults file changed); `drop_sessions` > 0 drops every
+        logged-on session once, off the caller's thread."""
+        self.faults = faults
+        if drop_sessions:
+            for key in sorted(self.logged_on):
+                self.sender.schedule(0, functools.partial(self._drop, self.sessions[key]))
 
     def _drop(self, session_id: fix.SessionID) -> None:
         session = fix.Session.lookupSession(session_id)

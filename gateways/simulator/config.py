@@ -25,6 +25,9 @@ class SimulatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
     known_symbols: tuple[str, ...] = ()  # empty: any symbol with a quote
     # Fault: drop the session (disconnect) after every this many reports; 0 never does.
     drop_session_every_reports: int = 0
+    # Faults switched while the simulator runs (gateways/simulator/faults.py): this JSON file
+    # is read when it changes; empty: none but the settings above.
+    faults_file: str = ""
     sessions: int = 1  # counterparty sessions: target_comp_id, then target_comp_id_2, ...
     heartbeat_s: int = 5
     validate_messages: bool = True

@@ -18,6 +18,7 @@ from gateways.simulator import bind_host
 from gateways.simulator.application import SimulatorApplication
 from gateways.simulator.book import Book
 from gateways.simulator.config import SimulatorConfig
+from gateways.simulator.faults import FaultSwitch
 from gateways.simulator.store import BookStore
 from state.exceptions import DecodeError
 from state.messages import MarketStatus, Quote
@@ -50,6 +51,7 @@ def serve(config: SimulatorConfig, stop: threading.Event,
     store = BookStore(store_dir)
     book.load(store.load())
     app = SimulatorApplication(config, book, store)
+    switch = FaultSwitch(Path(config.faults_file) if config.faults_file else None, app.faults)
     settings = load_settings(
         acceptor_settings_text("FIX.4.4", config.sender_comp_id,
                                session_comp_ids(config.target_comp_id, config.sessions),
@@ -75,6 +77,9 @@ def serve(config: SimulatorConfig, stop: threading.Event,
             for record in consumer.consume(num_messages=500, timeout=0.05):
                 _on_market_data(app, record)
             _expire_held(app)
+            switched = switch.poll()
+            if switched is not None:
+                app.set_faults(*switched)
     finally:
         acceptor.stop()
         app.sender.stop()

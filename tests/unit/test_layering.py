@@ -56,6 +56,15 @@ def test_folders_import_only_what_the_flow_allows(package: str) -> None:
     assert not wrong, "\n".join(wrong)
 
 
+@pytest.mark.parametrize("package", PACKAGES)
+def test_product_code_imports_neither_tests_nor_benchmarks(package: str) -> None:
+    """What ships (`brokerage chaos` included) runs without the repository's tests/ and
+    benchmarks/: what they share with product code lives in the product (compose/chaos/)."""
+    wrong = [f"{path.relative_to(ROOT)} imports {name}" for path in _sources(package)
+             for name in _imports(path) if name.split(".")[0] in ("tests", "benchmarks")]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_pure_core_does_no_io() -> None:
     wrong = []
     for path in _sources("state/domain"):

@@ -35,19 +35,18 @@ import psutil
 import psycopg
 import pytest
 
-from compose.embedded import free_port
-from state.router import account_partition
-from tests.integration.compose.auditor import AuditReport, Request
-from tests.integration.compose.stack_process import (
+from compose.chaos.auditor import AuditReport, Request
+from compose.chaos.client import FIRST_DEPOSIT, Client
+from compose.chaos.stack_process import (
     StackProcess,
     freeze_and_kill,
     start_stack,
     write_stack_file,
 )
+from compose.embedded import free_port
+from state.router import account_partition
 from tests.integration.compose.test_crash import (
-    FIRST_DEPOSIT,
     RETRY_TIMEOUT_S,
-    Client,
     _assert_audited,
     _audit,
     _healthy,
@@ -199,7 +198,7 @@ def _open_accounts_on_every_partition(client: Client) -> dict[int, list[str]]:
     for n in range(ACCOUNTS_MAX):
         if all(len(ids) >= ACCOUNTS_PER_PARTITION for ids in by_partition.values()):
             break
-        account_id = client.open_account(f"scale-user-{n}", n)
+        account_id = client.open_account(f"scale-user-{n}", f"acct-{n}")
         by_partition[account_partition(account_id, PARTITIONS)].append(account_id)
     assert all(by_partition.values()), f"a partition without accounts: {by_partition}"
     for account_id in client.journal.accounts:

@@ -19,12 +19,12 @@ import psutil
 import psycopg
 import pytest
 
-from tests.integration.compose.auditor import TERMINAL_STATES, AuditReport
-from tests.integration.compose.stack_process import StackProcess, start_stack
+from compose.chaos.auditor import TERMINAL_STATES, AuditReport
+from compose.chaos.client import Client
+from compose.chaos.stack_process import StackProcess, start_stack
 from tests.integration.compose.test_crash import (
     ACCOUNTS,
     RETRY_TIMEOUT_S,
-    Client,
     _assert_audited,
     _audit,
     _healthy,

@@ -15,6 +15,7 @@ from state.shard_schema import MIGRATIONS
 from state.shard_store import (
     Landed,
     Source,
+    balance_differences,
     compare_shards,
     landed_epochs,
     landed_offsets,
@@ -24,6 +25,8 @@ from state.shard_store import (
     reconcile_stream_transactions,
     reconcile_with_stream,
     schema_version,
+    snapshot_connection,
+    stream_comparison_snapshot,
     write_batch,
 )
 from tests.integration.sinks.ledger_builders import (
@@ -215,6 +218,29 @@ def test_reconcile_with_stream_compares_with_the_balances_the_postings_imply(sha
     differences = reconcile_with_stream(shard, ledger.balances(postings))  # one not landed
     assert f"stream balance user:{ACC}:cash USD: shard 5700.00, stream 6950.00" in differences
     assert len(differences) == 4  # cash, shares and both sides of the market maker's
+
+
+def test_reconcile_reads_a_live_shard_in_one_snapshot(shard) -> None:
+    """A batch the sink lands while reconcile reads (a resting order filling) is in none of
+    its reads: balances, entries and offsets are of one moment (`brokerage chaos` found
+    reconcile reporting such a fill as a difference with the stream)."""
+    postings, events = _story()
+    sources = {p.txn_id: Source("ledger.postings", 0, n) for n, p in enumerate(postings)}
+    with psycopg.connect(shard) as conn:
+        write_batch(conn, postings[:-1], events, sources, epoch="e1")
+    with snapshot_connection(shard) as snapshot:
+        (before,) = snapshot.execute("SELECT count(*) FROM ledger_transactions").fetchone()
+        with psycopg.connect(shard) as conn:  # the sink, meanwhile
+            write_batch(conn, postings[-1:], [], sources, epoch="e1")
+        (after,) = snapshot.execute("SELECT count(*) FROM ledger_transactions").fetchone()
+        (offset,) = snapshot.execute("SELECT offset_max FROM sink_offsets").fetchone()
+    assert (before, after, offset) == (3, 3, 2)
+    read = stream_comparison_snapshot(shard)
+    assert read.landed[("ledger.postings", 0)] == Landed(3, "e1")
+    assert set(read.epochs) == {"e1"}
+    assert balance_differences(read.balances, ledger.balances(postings)) == []
+    assert balance_differences(read.balances, ledger.balances(postings[:-1]))
+    assert reconcile(shard) == []
 
 
 def _offsets_at(conn: psycopg.Connection, partition: int, offset: int, epoch: str) -> None:
