@@ -683,6 +683,14 @@ class FixGateway:
             return
         cl_ord_id = fixmsg.optional_field(message, fixmsg.CL_ORD_ID) or ""
         known = self._known(order_id_of_cl_ord_id(cl_ord_id))
+        if kind == fixmsg.MSG_ORDER_CANCEL_REJECT and known is None and self._closed_here(
+                cl_ord_id):
+            # A cancel or replace that met the order's last fill: "too late" is the market
+            # maker's true answer, and the order it names is already final here and in the
+            # account, so nothing is left to refuse (not an unusable report).
+            log.info("OrderCancelReject of %s on %s: its order is already closed here",
+                     cl_ord_id, key)
+            return
         received = utc_now()
         ord_status: str | None = None
         try:
@@ -753,6 +761,11 @@ class FixGateway:
             # A refused cancel or replace leaves the order as it was.
             report = replace_exec_type(report, ExecType.CANCEL_REJECTED)
         self._accept_report(report, key, seq)
+
+    def _closed_here(self, cl_ord_id: str) -> bool:
+        order_id = order_id_of_cl_ord_id(cl_ord_id)
+        with self.lock:
+            return order_id in self.routed_orders and order_id not in self.orders
 
     def _known(self, order_id: str) -> fixmsg.KnownOrder | None:
         order = self.orders.get(order_id)

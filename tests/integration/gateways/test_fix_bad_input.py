@@ -29,7 +29,7 @@ from gateways.fix.config import FixGatewayConfig, MarketMakerConfig
 from gateways.fix.harness import ServiceProcess, TopicReader, launch, produce
 from gateways.fix.session import acceptor_settings_text, load_settings, session_key
 from gateways.simulator.application import report_message
-from gateways.simulator.book import Report
+from gateways.simulator.book import CxlRejReason, Report
 from state.ids import account_id_for
 from state.messages import (
     Alert,
@@ -274,6 +274,31 @@ def test_a_resent_fill_of_a_closed_order_is_dropped_quietly(rig: Rig) -> None:
     rig.until(lambda: any(a.order_id == sentinel for a in rig.alerts))
     assert [a.code for a in rig.alerts if a.order_id != sentinel] == [], rig.alerts
     assert [r.exec_id for r in rig.reports_of(known.order_id)].count(fill.exec_id) == 1
+
+
+def test_a_too_late_replace_reject_of_a_filled_order_is_dropped_quietly(rig: Rig) -> None:
+    """A replace that met the order's last fill: the market maker answers OrderCancelReject
+    "too late" after the order closed here. That is its true answer, not an unusable report:
+    no alert, and nothing forwarded for the closed order."""
+    known = rig.order("late", "FILL")
+    rig.route(known)
+    rig.until(lambda: any(r.exec_type is ExecType.TRADE and r.leaves_qty == 0
+                          for r in rig.reports_of(known.order_id)))
+    forwarded = len(rig.reports_of(known.order_id))
+    too_late = Report(cl_ord_id=f"{known.order_id}.1", order_id=f"X-{known.cl_ord_id}",
+                      exec_id="", exec_type=ExecType.CANCEL_REJECTED, ord_status="2",
+                      account="", symbol="FILL", side=Side.BUY, order_qty=known.quantity,
+                      last_qty=Decimal(0), last_px=Decimal(0), cum_qty=known.quantity,
+                      leaves_qty=Decimal(0), avg_px=Decimal(0),
+                      orig_cl_ord_id=known.cl_ord_id, rej_reason=CxlRejReason.TOO_LATE,
+                      kind="cancel_reject", response_to="2")
+    rig.peer.app.send(report_message(too_late, now()))
+    sentinel = "ord_sentinel_after_too_late"  # an alert that must come after the reject's
+    rig.peer.app.send(report_message(report(sentinel, "S-2", ExecType.NEW, "AAPL", "",
+                                            Decimal(5)), now()))
+    rig.until(lambda: any(a.order_id == sentinel for a in rig.alerts))
+    assert [a.code for a in rig.alerts if a.order_id != sentinel] == [], rig.alerts
+    assert len(rig.reports_of(known.order_id)) == forwarded
 
 
 def test_rejects_of_orders_and_cancels_become_executions(rig: Rig) -> None:
