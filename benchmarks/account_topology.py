@@ -354,6 +354,27 @@ def _compare(bootstrap: str, guarantee: str, args: argparse.Namespace, work: Pat
         "runs_orders_per_s": [run["orders_per_s"] for run in runs],
         "runs_bare_records_per_s": [round(rate.per_s, 1) for rate in bares],
         "latency": latency,
+        "goals": _goals(best, bare),
+    }
+
+
+# Issue 15's goals for the account topology alone, in one process.
+GOAL_ORDERS_PER_S_MIN = 6000  # orders with their fills
+GOAL_INPUT_OVER_BARE_MIN = 0.30
+
+
+def _goals(best: dict[str, Any], bare: Rate) -> dict[str, Any]:
+    over_bare = best["input_records_per_s"] / bare.per_s
+    return {
+        "orders_with_fills_per_s": {
+            "figure": best["orders_per_s"], "goal_min": GOAL_ORDERS_PER_S_MIN,
+            "met": best["orders_per_s"] >= GOAL_ORDERS_PER_S_MIN,
+            "from": "the best topology run, each order a command and its fill"},
+        "input_records_over_bare_passthrough": {
+            "figure": round(over_bare, 3), "goal_min": GOAL_INPUT_OVER_BARE_MIN,
+            "met": over_bare >= GOAL_INPUT_OVER_BARE_MIN,
+            "from": f"{best['input_records_per_s']} input records/s over the bare app's "
+                    f"{round(bare.per_s, 1)} records/s, measured alternately in this run"},
     }
 
 

@@ -20,7 +20,15 @@ order during the load and per second while idle just before it, and each request
 split at its command's broker timestamp (intake: HTTP, auth, Redis, produce call; answer:
 the rest: broker, account topology, commit, events tail, reply).
 
+`--stack --order-kind market` sends market buys of 1 share instead: each is held, routed over
+FIX, filled by the simulator and booked, and the run also times each order from its send to
+its `filled` event in the shard (`fills_booked_in_shard`). `--rate R` makes the load open-loop
+(request i due at start + i/R, latency from that due time). The output ends with `goals`:
+issue 15's figures this run can speak to (orders/s and fill p99 closed loop, fill p99 at a
+light rate, CPU ms per order above idle, idle cores), each with its goal and denominator.
+
 Usage: python benchmarks/http_orders.py [--stack] [--requests N] [--concurrency C] [--seconds S]
+       [--order-kind resting|market] [--rate R]
 """
 
 from __future__ import annotations
@@ -263,7 +271,13 @@ async def _stack_setup(base: str, users: int, concurrency: int
     return list(made), str(limit_price)
 
 
-def _order_body(account_id: str, limit_price: str) -> bytes:
+def _order_body(account_id: str, limit_price: str, kind: str) -> bytes:
+    """A resting limit buy (one funds hold), or a market buy of 1 share (hold, route, fill at
+    the simulator, booking, release)."""
+    if kind == "market":
+        return json.dumps({"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
+                           "order_type": "market", "quantity": "1",
+                           "time_in_force": "day"}).encode()
     return json.dumps({"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
                        "order_type": "limit", "quantity": "1", "limit_price": limit_price,
                        "time_in_force": "day"}).encode()
@@ -271,13 +285,16 @@ def _order_body(account_id: str, limit_price: str) -> bytes:
 
 def _client_worker(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
                    run_id: str, indexes: range, concurrency: int, start_at: float,
-                   deadline: float) -> dict[str, Any]:
+                   deadline: float, kind: str = "resting",
+                   rate_per_s: float | None = None) -> dict[str, Any]:
     """One load-generator process: `concurrency` clients on one keep-alive connection pool,
     bodies encoded once per account, each request's wall-clock send and answer times kept
-    (to split its latency into stages against the records' broker timestamps)."""
+    (to split its latency into stages against the records' broker timestamps). With
+    `rate_per_s` the load is open-loop: request i is due at start + i / rate, and its latency
+    counts from that due time, so a backlog in the client is counted, not hidden."""
     import asyncio as aio
 
-    bodies = [_order_body(account_id, limit_price) for _auth, account_id in users]
+    bodies = [_order_body(account_id, limit_price, kind) for _auth, account_id in users]
     headers = [{**auth, "Content-Type": "application/json"} for auth, _account in users]
     sent: list[tuple[str, float, float, int]] = []
     statuses: Counter[int] = Counter()
@@ -295,6 +312,12 @@ def _client_worker(base: str, users: list[tuple[dict[str, str], str]], limit_pri
                     user = index % len(users)
                     key = f"{run_id}-{index}"
                     started = time.time()
+                    if rate_per_s is not None:
+                        due = start_at + index / rate_per_s
+                        if due > deadline:
+                            return
+                        await aio.sleep(max(0.0, due - started))
+                        started = due
                     async with session.post(url, data=bodies[user], headers={
                             **headers[user], "Idempotency-Key": key}) as response:
                         await response.read()
@@ -313,9 +336,11 @@ def _client_worker(base: str, users: list[tuple[dict[str, str], str]], limit_pri
 
 def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
                 requests: int, concurrency: int, seconds: float,
-                processes: int) -> dict[str, Any]:
+                processes: int, kind: str = "resting",
+                rate_per_s: float | None = None) -> dict[str, Any]:
     """POST /v1/orders from `processes` load-generator processes with `concurrency` clients
-    in all, round robin over the users, until `requests` were sent or `seconds` passed."""
+    in all, round robin over the users, until `requests` were sent or `seconds` passed
+    (open-loop at `rate_per_s` when given)."""
     from concurrent.futures import ProcessPoolExecutor
 
     run_id = uuid.uuid4().hex[:8]
@@ -325,7 +350,7 @@ def _stack_load(base: str, users: list[tuple[dict[str, str], str]], limit_price:
         futures = [pool.submit(_client_worker, base, users, limit_price, run_id,
                                range(worker, requests, processes),
                                concurrency // processes + (worker < concurrency % processes),
-                               start_at, start_at + seconds)
+                               start_at, start_at + seconds, kind, rate_per_s)
                    for worker in range(processes)]
         parts = [future.result() for future in futures]
     sent = [record for part in parts for record in part["sent"]]
@@ -394,6 +419,92 @@ def _stages(stack: Any, sent: list[tuple[str, float, float, int]],
                "p99": round(percentile(values, 0.99) * 1000, 1),
                "mean": round(statistics.fmean(values) * 1000, 1) if values else None}
         for name, values in stages.items()}}
+
+
+def _fills_booked(stack: Any, users: list[tuple[dict[str, str], str]],
+                  sent: list[tuple[str, float, float, int]],
+                  timeout_s: float = 60.0) -> dict[str, Any]:
+    """Order placed to fill booked in its shard, per acknowledged market order: the shard's
+    `recorded_at` of the order's `filled` event (the sink transaction's start, so a few ms
+    early at most) minus the request's send (or due) time. Same clock: one machine. Waits
+    (bounded) until every acknowledged order has its fill in the shards."""
+    import psycopg
+
+    from state.ids import order_id_for
+
+    accounts = [account_id for _auth, account_id in users]
+    started_of: dict[str, float] = {}
+    for key, started, _answered, status in sent:
+        if status in (201, 202):
+            index = int(key.rsplit("-", 1)[1])
+            started_of[order_id_for(accounts[index % len(accounts)], key)] = started
+    booked: dict[str, float] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and len(booked) < len(started_of):
+        wanted = [order_id for order_id in started_of if order_id not in booked]
+        for dsn in stack.endpoints()["shard_dsns"]:
+            with psycopg.connect(dsn, connect_timeout=10) as conn:
+                rows = conn.execute(
+                    "SELECT order_id, extract(epoch FROM recorded_at)::float8 FROM order_events"
+                    " WHERE order_id = ANY(%s) AND event_type = 'order_event'"
+                    " AND state = 'filled'", (wanted,)).fetchall()
+            booked.update({order_id: float(at) for order_id, at in rows})
+        if len(booked) < len(started_of):
+            time.sleep(0.5)
+    latencies = [booked[order_id] - started for order_id, started in started_of.items()
+                 if order_id in booked]
+    return {"acknowledged": len(started_of), "filled_in_shard": len(booked),
+            "not_filled": len(started_of) - len(booked),
+            "ms": {"p50": round(percentile(latencies, 0.5) * 1000, 1) if latencies else None,
+                   "p99": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
+                   "max": round(max(latencies) * 1000, 1) if latencies else None}}
+
+
+# Issue 15's goals for the whole stack (exactly-once, 2 cores).
+GOAL_ORDERS_PER_S_MIN = 1000
+GOAL_FILL_P99_MS_MAX = 100  # at that throughput
+GOAL_LIGHT_FILL_P99_MS_MAX = 50  # at 200 orders/s, placed to fill booked in the shard
+GOAL_CPU_MS_PER_ORDER_ABOVE_IDLE_MAX = 1.2
+GOAL_IDLE_CORES_MAX = 0.15
+
+
+def _goals(args: argparse.Namespace, result: dict[str, Any], cpu: dict[str, Any],
+           fills: dict[str, Any] | None) -> dict[str, Any]:
+    """Each goal this run can speak to: the figure, the goal, whether it was met, and the
+    denominator it came from (all from this run)."""
+    goals: dict[str, Any] = {
+        "idle_stack_cores": {
+            "figure": cpu["total_idle_cpu_s_per_s"], "goal_max": GOAL_IDLE_CORES_MAX,
+            "met": cpu["total_idle_cpu_s_per_s"] <= GOAL_IDLE_CORES_MAX,
+            "from": f"{cpu['idle_s']} s with no load, every process of the stack"},
+        "cpu_ms_per_order_above_idle": {
+            "figure": cpu["total_ms_per_order_above_idle"],
+            "goal_max": GOAL_CPU_MS_PER_ORDER_ABOVE_IDLE_MAX,
+            "met": cpu["total_ms_per_order_above_idle"] <= GOAL_CPU_MS_PER_ORDER_ABOVE_IDLE_MAX,
+            "from": f"{cpu['total_cpu_s']} CPU s over {cpu['load_s']} s for {cpu['orders']} "
+                    f"orders, less the idle rate"},
+    }
+    if args.order_kind != "market" or fills is None:
+        return goals
+    p99 = fills["ms"]["p99"]
+    if args.rate is None:
+        goals["orders_per_s"] = {
+            "figure": result["requests_per_s"], "goal_min": GOAL_ORDERS_PER_S_MIN,
+            "met": result["requests_per_s"] >= GOAL_ORDERS_PER_S_MIN,
+            "from": f"{result['requests']} orders in {result['elapsed_s']} s, closed loop, "
+                    f"{args.concurrency} clients"}
+        goals["fill_p99_ms_at_that_rate"] = {
+            "figure": p99, "goal_max": GOAL_FILL_P99_MS_MAX,
+            "met": p99 is not None and p99 <= GOAL_FILL_P99_MS_MAX and not fills["not_filled"],
+            "from": f"{fills['filled_in_shard']} of {fills['acknowledged']} fills booked"}
+    else:
+        goals[f"fill_p99_ms_at_{args.rate:g}_per_s"] = {
+            "figure": p99, "goal_max": GOAL_LIGHT_FILL_P99_MS_MAX if args.rate <= 200 else None,
+            "met": (p99 is not None and p99 <= GOAL_LIGHT_FILL_P99_MS_MAX
+                    and not fills["not_filled"]) if args.rate <= 200 else None,
+            "from": f"{fills['filled_in_shard']} of {fills['acknowledged']} fills booked, "
+                    f"open loop at {args.rate:g}/s from each order's due time"}
+    return goals
 
 
 def _stack_services(stack: Any) -> dict[int, str]:
@@ -555,7 +666,7 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
         users, limit_price = asyncio.run(_stack_setup(base, users_count, args.concurrency))
         setup_s = time.monotonic() - setup_started
         _stack_load(base, users, limit_price, args.warmup, args.concurrency, 30,
-                    args.client_processes)
+                    args.client_processes, args.order_kind)
         meter = CpuMeter(stack)
         meter.start()  # the stack's fixed cost: pollers, heartbeats, the quote feed
         time.sleep(args.idle_seconds)
@@ -567,13 +678,15 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
             profiles["http"] = args.profile_gateway
         profilers = _profile(stack, profiles, args.seconds)
         result = _stack_load(base, users, limit_price, args.requests, args.concurrency,
-                             args.seconds, args.client_processes)
+                             args.seconds, args.client_processes, args.order_kind, args.rate)
         load_cpu, load_s = meter.stop({"load-generator": result.pop("_load_generator_cpu_s")})
         load_average_after = os.getloadavg()
         sent = result.pop("_sent")
         for profiler in profilers:
             profiler.wait(args.seconds + 30)
         stages = _stages(stack, sent)
+        fills = _fills_booked(stack, users, sent) if args.order_kind == "market" else None
+        cpu = _cpu_report(load_cpu, load_s, idle_cpu, idle_s, result["requests"])
         return {
             "benchmark": "http_orders", "mode": "stack", "machine": machine(),
             "setup": {
@@ -584,8 +697,12 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
                                      "commit_interval_s": args.commit_interval_s},
                 "concurrency": args.concurrency, "users": users_count,
                 "accounts_per_user": 1, "deposit_usd": DEPOSIT_USD,
-                "order": f"limit buy 1 {STACK_SYMBOL} @ {limit_price} (half the bid: it "
-                         "rests), time_in_force day",
+                "order": (f"market buy 1 {STACK_SYMBOL}, time_in_force day (it fills)"
+                          if args.order_kind == "market" else
+                          f"limit buy 1 {STACK_SYMBOL} @ {limit_price} (half the bid: it "
+                          "rests), time_in_force day"),
+                "load": (f"open loop at {args.rate:g} orders/s" if args.rate is not None
+                         else f"closed loop, {args.concurrency} clients"),
                 "answer": "201 = the account topology's first answering event "
                           "(funds_held) within reply_wait_ms; 202 = none within it",
                 "limits": "defaults, none raised: 10 orders/s per user (gateway) and per "
@@ -599,7 +716,9 @@ def run_stack(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_1m_5m_15m": {"before_load": load_average_before,
                                        "after_load": load_average_after},
             "latency_stages": stages,
-            "cpu": _cpu_report(load_cpu, load_s, idle_cpu, idle_s, result["requests"]),
+            "fills_booked_in_shard": fills,
+            "cpu": cpu,
+            "goals": _goals(args, result, cpu, fills),
         }
     finally:
         stop_stack(stack, root)
@@ -622,6 +741,12 @@ def main() -> None:
                         help="--stack: the account topology's, set in the stack file")
     parser.add_argument("--commit-interval-s", type=float, default=0.05,
                         help="--stack: the account topology's, set in the stack file")
+    parser.add_argument("--order-kind", choices=("resting", "market"), default="resting",
+                        help="--stack: resting limit buys (one hold each) or market buys that "
+                             "fill (placed to fill booked in the shard is timed)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="--stack: open loop at this many orders/s (latency from each "
+                             "order's due time) instead of closed loop")
     parser.add_argument("--client-processes", type=int, default=2,
                         help="--stack: load-generator processes (the clients split among them)")
     parser.add_argument("--idle-seconds", type=float, default=5.0,
