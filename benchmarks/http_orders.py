@@ -427,7 +427,10 @@ def _fills_booked(stack: Any, users: list[tuple[dict[str, str], str]],
     """Order placed to fill booked in its shard, per acknowledged market order: the shard's
     `recorded_at` of the order's `filled` event (the sink transaction's start, so a few ms
     early at most) minus the request's send (or due) time. Same clock: one machine. Waits
-    (bounded) until every acknowledged order has its fill in the shards."""
+    (bounded) until every acknowledged order has its fill in the shards. Split at the fill
+    event's `occurred_at` (the execution record's time: when the FIX gateway produced the
+    market maker's fill): to the fill report (HTTP, topology, route, FIX, market maker), then
+    booking (topology, its commit, the sinks' batch, PostgreSQL)."""
     import psycopg
 
     from state.ids import order_id_for
@@ -439,25 +442,37 @@ def _fills_booked(stack: Any, users: list[tuple[dict[str, str], str]],
             index = int(key.rsplit("-", 1)[1])
             started_of[order_id_for(accounts[index % len(accounts)], key)] = started
     booked: dict[str, float] = {}
+    reported: dict[str, float] = {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and len(booked) < len(started_of):
         wanted = [order_id for order_id in started_of if order_id not in booked]
         for dsn in stack.endpoints()["shard_dsns"]:
             with psycopg.connect(dsn, connect_timeout=10) as conn:
                 rows = conn.execute(
-                    "SELECT order_id, extract(epoch FROM recorded_at)::float8 FROM order_events"
+                    "SELECT order_id, extract(epoch FROM recorded_at)::float8,"
+                    " extract(epoch FROM occurred_at)::float8 FROM order_events"
                     " WHERE order_id = ANY(%s) AND event_type = 'order_event'"
                     " AND state = 'filled'", (wanted,)).fetchall()
-            booked.update({order_id: float(at) for order_id, at in rows})
+            booked.update({order_id: float(at) for order_id, at, _ in rows})
+            reported.update({order_id: float(at) for order_id, _, at in rows})
         if len(booked) < len(started_of):
             time.sleep(0.5)
-    latencies = [booked[order_id] - started for order_id, started in started_of.items()
-                 if order_id in booked]
+    done = [order_id for order_id in started_of if order_id in booked]
+    latencies = [booked[o] - started_of[o] for o in done]
+    to_report = [reported[o] - started_of[o] for o in done]
+    booking = [booked[o] - reported[o] for o in done]
     return {"acknowledged": len(started_of), "filled_in_shard": len(booked),
-            "not_filled": len(started_of) - len(booked),
-            "ms": {"p50": round(percentile(latencies, 0.5) * 1000, 1) if latencies else None,
-                   "p99": round(percentile(latencies, 0.99) * 1000, 1) if latencies else None,
-                   "max": round(max(latencies) * 1000, 1) if latencies else None}}
+            "not_filled": len(started_of) - len(booked), "ms": _p50_p99(latencies),
+            "stages_ms": {"to_fill_report": _p50_p99(to_report),
+                          "booking": _p50_p99(booking)}}
+
+
+def _p50_p99(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": round(percentile(values, 0.5) * 1000, 1),
+            "p99": round(percentile(values, 0.99) * 1000, 1),
+            "max": round(max(values) * 1000, 1)}
 
 
 # Issue 15's goals for the whole stack (exactly-once, 2 cores).
@@ -607,7 +622,7 @@ def _profile(stack: Any, services: dict[str, str], seconds: float) -> list[Any]:
     for pid, name in _stack_services(stack).items():
         if name in services and name not in ("postgres", "tansu", "redis-server"):
             profilers.append(subprocess.Popen(
-                [shutil.which("py-spy") or "py-spy", "record", "--pid", str(pid),
+                [_py_spy(), "record", "--pid", str(pid),
                  "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
                  "--nonblocking", "--output", f"{services[name]}.{pid}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -615,6 +630,12 @@ def _profile(stack: Any, services: dict[str, str], seconds: float) -> list[Any]:
     if missing:
         raise RuntimeError(f"no {sorted(missing)} among the stack's processes")
     return profilers
+
+
+def _py_spy() -> str:
+    """py-spy of the bench extra: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
 
 
 def _service_name(cmdline: list[str]) -> str:

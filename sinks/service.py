@@ -43,6 +43,7 @@ from sinks.shard_sink import ShardSink
 from state import topics as t
 from state.epoch import epoch_topic, read_epoch
 from state.exceptions import EpochUnavailable
+from state.fetch_wait import measured_wait_ms
 from state.member_id import stable_member_id
 from state.router import ShardRouter
 
@@ -141,7 +142,10 @@ def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
         # Round robin over both topics' partitions in order: with several sinks processes
         # in the group each gets some of this shard's partitions (range would give one of
         # them the shard's partitions of both topics and the other only partitions it drops).
-        "partition.assignment.strategy": "roundrobin"}
+        "partition.assignment.strategy": "roundrobin",
+        "fetch.wait.max.ms": measured_wait_ms(
+            config.bootstrap_servers, [config.topic_prefix + family for family in INPUT_TOPICS],
+            config.fetch_wait_ms, config.kafka_extra)}
     if config.member_dir and config.static_membership:
         kafka["group.instance.id"] = stable_member_id(
             str(Path(config.member_dir) / f"shard{shard}"), group)
