@@ -159,6 +159,13 @@ def _topology(config: AccountTopologyConfig) -> None:
     run(config)
 
 
+def _run_group(prefix: str) -> str:
+    """A consumer group of the run's own. Each run's topology is a static member (it has a
+    state dir), and the embedded broker never expires a static member that is gone: a second
+    run in the first one's group waited forever for it to rejoin and was given nothing."""
+    return f"accounts-{prefix.rstrip('.')}"
+
+
 def _workload(accounts: int, orders: int, t0_ms: int) -> list[tuple[str, Message, int]]:
     """(topic kind, message, timestamp ms): deposits, then each buy followed by its fill."""
     now = dt.datetime.now(dt.UTC)
@@ -240,7 +247,8 @@ def run_throughput(bootstrap: str, guarantee: str, commit_s: float, accounts: in
                             session_timeout_ms=6000),
         state_dir=str(state_dir / prefix), account_partitions=PARTITIONS,
         processing_guarantee=guarantee, commit_interval_s=commit_s,
-        order_rate_per_s_max=1_000_000, notional_usd_max=Decimal("1e12"))
+        order_rate_per_s_max=1_000_000, notional_usd_max=Decimal("1e12"),
+        consumer_group=_run_group(prefix))
     process = _start(_topology, config)
     total = accounts * orders
     try:
@@ -266,7 +274,7 @@ def run_latency(bootstrap: str, guarantee: str, commit_s: float, rate: float, se
                             session_timeout_ms=6000),
         state_dir=str(state_dir / prefix), account_partitions=PARTITIONS,
         processing_guarantee=guarantee, commit_interval_s=commit_s,
-        order_rate_per_s_max=1_000_000)
+        order_rate_per_s_max=1_000_000, consumer_group=_run_group(prefix))
     producer = _producer(bootstrap)
     now = dt.datetime.now(dt.UTC)
     accounts = [f"acc_lat{i}" for i in range(32)]
