@@ -208,13 +208,20 @@ class Client:
             body["stop_price"] = str(stop.quantize(CENT, ROUND_DOWN))
         return self.new("order", account_id, body)
 
-    def one_op(self) -> None:
+    def draw(self) -> tuple[str, str, float, Decimal, Decimal]:
+        """An operation's account, symbol and roll, drawn from the seed, and the symbol's
+        bid and ask as last read."""
         rng = self.rng
         account_id = rng.choice(sorted(self.journal.accounts))
         symbol = rng.choice(SYMBOLS)
         roll = rng.random()
         self.refresh_quotes()
         bid, ask = self.quotes.get(symbol, (Decimal("20"), Decimal("20")))
+        return account_id, symbol, roll, bid, ask
+
+    def one_op(self) -> None:
+        rng = self.rng
+        account_id, symbol, roll, bid, ask = self.draw()
 
         def order(side: str, order_type: str, quantity: int, limit: Decimal | None = None,
                   tif: str = "day") -> Request:
@@ -330,11 +337,7 @@ class ChaosClient(Client):
 
     def one_op(self) -> None:
         rng = self.rng
-        account_id = rng.choice(sorted(self.journal.accounts))
-        symbol = rng.choice(SYMBOLS)
-        roll = rng.random()
-        self.refresh_quotes()
-        bid, ask = self.quotes.get(symbol, (Decimal("20"), Decimal("20")))
+        account_id, symbol, roll, bid, ask = self.draw()
         held = self.shares_believed(account_id, symbol)
 
         def rest(placed: Request) -> None:
