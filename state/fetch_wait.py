@@ -10,6 +10,8 @@ A short wait is what keeps the order path fast at the tail, so readers start sho
 only when starved: behind (the high watermark past what they read) and given nothing for
 `STARVED_S`. The new wait comes from a measurement: the time the broker takes to list the
 reader's largest partition (a ListOffsets lists the same objects), times `LISTING_TO_WAIT`.
+A widened reader that has stayed at the tail for `NARROW_AFTER_S` measures again and narrows
+when the listing allows, so a burst or a loaded moment does not slow the tail for good.
 On Apache Kafka a fetch is answered from an index; a reader there is never starved this way
 and keeps its wait.
 """
@@ -31,6 +33,11 @@ LISTING_TO_WAIT = 4
 # every partition's position and watermark, which cost a reader polling every 10 ms 6 % of its
 # CPU under load (issue 15), and starvation takes `STARVED_S` to matter anyway.
 BEHIND_CHECK_S = 0.25
+# A widened reader that has been at the tail this long measures the listing again and narrows
+# when the broker lists faster than when it widened (a burst or a loaded machine is over):
+# at the tail a wide wait costs up to half of it per record, since the broker checks for new
+# data at about half of the wait left.
+NARROW_AFTER_S = 30.0
 
 PartitionKey = tuple[str, int]
 
@@ -53,6 +60,12 @@ def wider_wait(listing_ms: float, wait_ms: int, wait_ms_max: int = WAIT_MS_MAX) 
     takes `listing_ms`: room for the listing, at least twice the old wait (a measurement on
     a quiet moment can be short), at most `wait_ms_max`."""
     return int(min(max(LISTING_TO_WAIT * listing_ms, 2 * wait_ms), wait_ms_max))
+
+
+def narrower_wait(listing_ms: float, wait_ms: int, first_wait_ms: int) -> int:
+    """The fetch wait a widened reader at the tail goes back to: room for the listing as
+    measured now, never below the wait it started with, never above the one it has."""
+    return int(min(max(LISTING_TO_WAIT * listing_ms, first_wait_ms), wait_ms))
 
 
 def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int,
@@ -150,9 +163,13 @@ class WideningReader:
 
     def __init__(self, name: str, make: Callable[[int], Any], wait_ms: int, *,
                  commit: bool = False, starved_s: float = STARVED_S,
-                 wait_ms_max: int = WAIT_MS_MAX) -> None:
+                 wait_ms_max: int = WAIT_MS_MAX, narrow_after_s: float = NARROW_AFTER_S
+                 ) -> None:
         self.name = name
         self.wait_ms = wait_ms
+        self._first_wait_ms = wait_ms
+        self._narrow_after_s = narrow_after_s
+        self._tail_since_s: float | None = None
         self._make = make
         self._commit = commit
         self._wait_ms_max = wait_ms_max
@@ -172,25 +189,29 @@ class WideningReader:
 
     def after_poll(self, got_records: bool, now_s: float | None = None) -> bool:
         """Call after each poll; True when the reader was starved and now reads with a wider
-        wait. A broker error while judging or reopening is logged; the reader goes on."""
+        wait (a widened reader long at the tail may narrow again: False). A broker error while
+        judging or reopening is logged; the reader goes on."""
         from confluent_kafka import KafkaException
 
+        now_s = time.monotonic() if now_s is None else now_s
         try:
-            return self._widen_if_starved(got_records, now_s)
+            if got_records:
+                self._starvation.observe(now_s, True, False)
+                return False
+            if now_s < self._next_check_s:
+                return False
+            self._next_check_s = now_s + BEHIND_CHECK_S
+            behind = is_behind(self.consumer, self._starts)
+            if self._starvation.observe(now_s, False, behind):
+                return self._widen()
+            self._narrow_if_long_at_tail(now_s, behind)
+            return False
         except KafkaException as error:
-            log.warning("%s: could not judge or widen the fetch wait: %s", self.name, error)
+            log.warning("%s: could not judge or change the fetch wait: %s", self.name, error)
             return False
 
-    def _widen_if_starved(self, got_records: bool, now_s: float | None) -> bool:
-        now_s = time.monotonic() if now_s is None else now_s
-        if got_records:
-            self._starvation.observe(now_s, True, False)
-            return False
-        if self.wait_ms >= self._wait_ms_max or now_s < self._next_check_s:
-            return False
-        self._next_check_s = now_s + BEHIND_CHECK_S
-        behind = is_behind(self.consumer, self._starts)
-        if not self._starvation.observe(now_s, got_records, behind):
+    def _widen(self) -> bool:
+        if self.wait_ms >= self._wait_ms_max:
             return False
         offsets = next_offsets(self.consumer, self._starts)
         listed_ms = listing_ms(self.consumer, offsets)
@@ -200,6 +221,25 @@ class WideningReader:
                     self._starvation.starved_s, listed_ms, wait_ms, self.wait_ms)
         self._reopen(offsets, wait_ms)
         return True
+
+    def _narrow_if_long_at_tail(self, now_s: float, behind: bool) -> None:
+        if behind or self.wait_ms <= self._first_wait_ms:
+            self._tail_since_s = None
+            return
+        if self._tail_since_s is None:
+            self._tail_since_s = now_s
+        if now_s - self._tail_since_s < self._narrow_after_s:
+            return
+        self._tail_since_s = now_s  # measured now: the next look is as far off
+        offsets = next_offsets(self.consumer, self._starts)
+        listed_ms = listing_ms(self.consumer, offsets)
+        wait_ms = narrower_wait(listed_ms, self.wait_ms, self._first_wait_ms)
+        if wait_ms >= self.wait_ms:
+            return
+        log.warning("%s: at the tail for %.0f s (the broker lists a partition in %.0f ms): "
+                    "reading with a %d ms fetch wait, was %d ms", self.name,
+                    self._narrow_after_s, listed_ms, wait_ms, self.wait_ms)
+        self._reopen(offsets, wait_ms)
 
     def _reopen(self, offsets: dict[PartitionKey, int], wait_ms: int) -> None:
         from confluent_kafka import KafkaException

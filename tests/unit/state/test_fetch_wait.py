@@ -1,12 +1,21 @@
 """When a reader's fetch wait widens (state.fetch_wait): starved means behind and given
-nothing for the whole starvation time; the new wait leaves room for the broker's listing."""
+nothing for the whole starvation time; the new wait leaves room for the broker's listing. A
+widened reader long at the tail narrows again when the listing allows."""
 
 from __future__ import annotations
 
+from confluent_kafka import TopicPartition
 from hypothesis import given
 from hypothesis import strategies as st
 
-from state.fetch_wait import LISTING_TO_WAIT, WAIT_MS_MAX, Starvation, wider_wait
+from state.fetch_wait import (
+    LISTING_TO_WAIT,
+    WAIT_MS_MAX,
+    Starvation,
+    WideningReader,
+    narrower_wait,
+    wider_wait,
+)
 
 
 def test_starved_only_after_the_whole_time_behind_with_nothing() -> None:
@@ -43,3 +52,78 @@ def test_a_wider_wait_leaves_room_for_the_listing_and_at_least_doubles(
     assert wider <= WAIT_MS_MAX
     assert wider >= min(2 * wait_ms, WAIT_MS_MAX)
     assert wider >= min(int(LISTING_TO_WAIT * listing_ms), WAIT_MS_MAX)
+
+
+@given(st.floats(0, 10_000, allow_nan=False), st.integers(1, 100),
+       st.integers(1, WAIT_MS_MAX))
+def test_a_narrower_wait_stays_between_the_first_wait_and_the_current_one(
+        listing_ms: float, first_wait_ms: int, wait_ms: int) -> None:
+    narrower = narrower_wait(listing_ms, max(wait_ms, first_wait_ms), first_wait_ms)
+    assert first_wait_ms <= narrower <= max(wait_ms, first_wait_ms)
+    if LISTING_TO_WAIT * listing_ms <= first_wait_ms:
+        assert narrower == first_wait_ms
+
+
+class _Partition:
+    """One partition as a consumer sees it: where the reader is and the high watermark."""
+
+    def __init__(self) -> None:
+        self.position = 100
+        self.high = 100
+
+
+class _FakeConsumer:
+    """The part of a confluent_kafka.Consumer a WideningReader uses, over one partition; it
+    answers at once, so a listing measures about 0 ms."""
+
+    def __init__(self, partition: _Partition, wait_ms: int, made: list[int]) -> None:
+        self._partition = partition
+        made.append(wait_ms)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self._partition.position = partitions[0].offset
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("t", 0)]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition("t", 0, self._partition.position)]
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = 1.0,
+                              cached: bool = False) -> tuple[int, int]:
+        return 0, self._partition.high
+
+    def commit(self, asynchronous: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _poll_empty(reader: WideningReader, since_s: float, until_s: float) -> float:
+    now_s = since_s
+    while now_s < until_s:
+        reader.after_poll(False, now_s)
+        now_s += 0.1
+    return now_s
+
+
+def test_a_widened_reader_long_at_the_tail_narrows_back_to_its_first_wait() -> None:
+    partition, made = _Partition(), []
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            narrow_after_s=30.0)
+    reader.assign({("t", 0): 100})
+    partition.high = 200  # behind, and given nothing
+    now_s = _poll_empty(reader, 0.0, 2.5)
+    assert reader.wait_ms == 20 and made == [10, 20]
+    partition.position = 200  # caught up: at the tail
+    now_s = _poll_empty(reader, now_s, now_s + 29.0)
+    assert reader.wait_ms == 20, "narrowed before NARROW_AFTER_S at the tail"
+    partition.high = 250  # behind again for a moment: the time at the tail starts over
+    now_s = _poll_empty(reader, now_s, now_s + 0.5)
+    partition.position = 250
+    now_s = _poll_empty(reader, now_s, now_s + 29.0)
+    assert reader.wait_ms == 20
+    _poll_empty(reader, now_s, now_s + 2.0)
+    assert reader.wait_ms == 10 and made == [10, 20, 10]
+    assert partition.position == 250, "reopened where it would have read next"
