@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from state import topics as t
 from state.ids import order_id_for
@@ -117,6 +118,17 @@ UPDATE intake_journal
        SELECT * FROM unnest(%(accounts)s::text[], %(keys)s::text[]))
 """
 
+# Place orders whose order id (derived from the key) is already on record: the key named an
+# order before, and every faster memory of it (Redis, the journal, the account topology) may
+# have expired. Their terms, and whether a replace ever changed them.
+_ORDERS_ON_RECORD_SQL = """
+SELECT o.order_id, o.symbol, o.side, o.order_type, o.time_in_force, o.quantity,
+       o.limit_price, o.stop_price,
+       EXISTS (SELECT 1 FROM order_events e
+                WHERE e.order_id = o.order_id AND e.reason = 'replaced') AS replaced
+  FROM orders o WHERE o.order_id = ANY(%(order_ids)s)
+"""
+
 _PRUNE_SQL = """
 DELETE FROM intake_journal WHERE (account_id, idempotency_key) IN (
     SELECT account_id, idempotency_key FROM intake_journal
@@ -176,21 +188,34 @@ def _keys(entries: list[DueEntry]) -> dict[str, Any]:
 
 
 async def journal(conn: psycopg.AsyncConnection[Any], entry: JournalEntry, claim: str,
-                  epoch: str | None) -> None:
-    """Write the entry (a key already journaled keeps its row; `claim` becomes its claim)."""
-    await journal_many(conn, [(entry, claim)], epoch)
+                  epoch: str | None) -> dict[str, Any] | None:
+    """Write the entry (a key already journaled keeps its row; `claim` becomes its claim);
+    a place order whose order is already on record is not written: its terms instead."""
+    return (await journal_many(conn, [(entry, claim)], epoch)).get(entry.order_id or "")
 
 
 async def journal_many(conn: psycopg.AsyncConnection[Any],
-                       entries: Sequence[tuple[JournalEntry, str]], epoch: str | None) -> None:
+                       entries: Sequence[tuple[JournalEntry, str]], epoch: str | None
+                       ) -> dict[str, dict[str, Any]]:
     """`journal` of several (entry, claim) pairs in one database transaction: one commit (and
-    one WAL flush) for all of them, the statements pipelined."""
-    async with conn.transaction(), conn.cursor() as cursor:
-        await cursor.executemany(_JOURNAL_SQL, [{
-            "a": entry.account_id, "k": entry.idempotency_key, "type": entry.command_type,
-            "order_id": entry.order_id, "payload": entry.payload,
-            "submitted_at": entry.submitted_at, "claim": claim, "epoch": epoch}
-            for entry, claim in entries])
+    one WAL flush) for all of them, the statements pipelined. Returns the terms of the orders
+    already on record, by order id; their entries are not written."""
+    order_ids = [entry.order_id for entry, _ in entries if entry.order_id is not None]
+    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
+        on_record: dict[str, dict[str, Any]] = {}
+        if order_ids:
+            await cursor.execute(_ORDERS_ON_RECORD_SQL, {"order_ids": order_ids})
+            on_record = {row.pop("order_id"): row for row in await cursor.fetchall()}
+        fresh = [(entry, claim) for entry, claim in entries
+                 if entry.order_id is None or entry.order_id not in on_record]
+        if fresh:
+            await cursor.executemany(_JOURNAL_SQL, [{
+                "a": entry.account_id, "k": entry.idempotency_key,
+                "type": entry.command_type, "order_id": entry.order_id,
+                "payload": entry.payload, "submitted_at": entry.submitted_at,
+                "claim": claim, "epoch": epoch}
+                for entry, claim in fresh])
+    return on_record
 
 
 async def withdraw(conn: psycopg.AsyncConnection[Any], account_id: str, key: str,

@@ -41,6 +41,9 @@ EPOCH_READ_TIMEOUT_S = 5.0
 PRUNE_BATCH_MAX = 1000
 
 
+# What a journal write resolves to: None, or the terms of the order already on record.
+_Written = asyncio.Future[dict[str, Any] | None]
+
 class ShardJournal:
     """The journal tables of every shard, one small connection pool each. A shard that cannot
     be written raises ShardUnavailable (a StoreError: the gateway answers 503)."""
@@ -53,7 +56,7 @@ class ShardJournal:
         # replayer re-publishes at once what was produced under an older one.
         self.epoch: str | None = None
         # Group commit per shard: entries waiting for the commit in flight to finish.
-        self._waiting: list[list[tuple[ij.JournalEntry, str, asyncio.Future[None]]]] = [
+        self._waiting: list[list[tuple[ij.JournalEntry, str, _Written]]] = [
             [] for _ in self._dsns]
         self._committing = [False] * len(self._dsns)
 
@@ -82,18 +85,19 @@ class ShardJournal:
         except (psycopg.Error, PoolTimeout) as error:
             raise ShardUnavailable(f"journal of shard {shard}: {error}") from error
 
-    async def write(self, entry: ij.JournalEntry, claim: str) -> None:
-        """Journal the entry; returns once it is committed. Entries of one shard that arrive
-        while a commit is in flight wait for it and then go in together, in one database
-        transaction (group commit): one WAL flush for many requests under load, no added
-        wait when idle."""
+    async def write(self, entry: ij.JournalEntry, claim: str) -> dict[str, Any] | None:
+        """Journal the entry; returns once it is committed: None, or for a place order whose
+        order is already on record, that order's terms (the entry is not journaled). Entries
+        of one shard that arrive while a commit is in flight wait for it and then go in
+        together, in one database transaction (group commit): one WAL flush for many requests
+        under load, no added wait when idle."""
         shard = self.router.shard_of_account(entry.account_id)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: _Written = asyncio.get_running_loop().create_future()
         self._waiting[shard].append((entry, claim, done))
         if not self._committing[shard]:
             self._committing[shard] = True
             asyncio.get_running_loop().create_task(self._commit_waiting(shard))
-        await done
+        return await done
 
     async def _commit_waiting(self, shard: int) -> None:
         try:
@@ -101,7 +105,8 @@ class ShardJournal:
                 batch, self._waiting[shard] = self._waiting[shard], []
                 try:
                     async with self.connection(shard) as conn:
-                        await ij.journal_many(conn, [(e, c) for e, c, _ in batch], self.epoch)
+                        on_record = await ij.journal_many(
+                            conn, [(e, c) for e, c, _ in batch], self.epoch)
                 except Exception as error:  # noqa: BLE001 - every waiter gets the failure
                     failure: Exception = error
                     if isinstance(error, psycopg.Error | PoolTimeout):
@@ -110,9 +115,9 @@ class ShardJournal:
                         if not done.done():
                             done.set_exception(failure)
                     continue
-                for _, _, done in batch:
+                for entry, _, done in batch:
                     if not done.done():
-                        done.set_result(None)
+                        done.set_result(on_record.get(entry.order_id or ""))
         finally:
             self._committing[shard] = False
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from gateways.exceptions import KeyNamedAnOrder
 from gateways.fix.best_execution import best_execution_report, prometheus_text
 from gateways.http import answers
 from gateways.http import schemas as s
@@ -31,6 +32,7 @@ from gateways.http.replies import (
     answers_replace,
 )
 from gateways.http.validation import (
+    ValidOrder,
     ValidReplace,
     check_replace_fits,
     parse_amount,
@@ -189,17 +191,26 @@ async def send_command(gateway: Gateway, message: Message, account_id: str) -> N
 
 
 async def _journal(gateway: Gateway, message: Message) -> str | None:
+    """Journal the command; returns its claim. A place order whose key already named an order
+    in the shard is not journaled (KeyNamedAnOrder): the account topology forgets keys after
+    days and closed orders after dozens, the order id derives from the key alone, and the
+    shard keeps the first row of each id, so the order would take the old one's ids and the
+    shard would disagree with the account's books. The journal's transaction looks it up."""
     if gateway.journal is None:
         return None
     claim = new_claim()
     assert isinstance(message, COMMANDS), f"{type(message).__name__} is not a command"
+    entry = JournalEntry.of(message)
     try:
-        await gateway.journal.write(JournalEntry.of(message), claim)
+        on_record = await gateway.journal.write(entry, claim)
     except StoreError as error:
         gateway.metrics.commands.inc(outcome="journal_unavailable")
         raise Problem(503, "store_unavailable",
                       f"the command could not be journaled; nothing was sent: {error}",
                       headers={"Retry-After": "1"}) from error
+    if on_record is not None:
+        assert entry.order_id is not None, "only a place order's key names an order"
+        raise KeyNamedAnOrder(entry.order_id, on_record)
     return claim
 
 
@@ -343,10 +354,21 @@ async def _money(request: web.Request, kind: str) -> web.Response:
                             submitted_at=gateway.clock(), user_id=user_id)
     reply = {"account_id": account_id, "idempotency_key": key, "kind": kind,
              "amount": money_text(amount)}
-    if first is False:  # a retry: the first request's outcome, when the shard has it
-        recorded = await _recorded_outcome(gateway, account_id, key)
-        if recorded is not None:
+    recorded = await _recorded_outcome(gateway, account_id, key)
+    if first is False and recorded is not None:  # a retry: the first request's outcome
+        return _money_reply(reply, recorded, retry=True)
+    if recorded is not None and recorded["type"] == "command_accepted":
+        # Redis forgot the key (or cannot tell), the shard did not: the same request again
+        # gets its first answer; another one would be booked under the first one's ids.
+        if (recorded.get("command_type"), _decimal(recorded.get("amount"))) == (
+                type(command).__struct_config__.tag, amount):
             return _money_reply(reply, recorded, retry=True)
+        if first:
+            await gateway.idempotency.release(f"{kind}:{account_id}", key, fingerprint)
+        raise Problem(409, "idempotency_key_reused",
+                      f"this Idempotency-Key named another command of this account "
+                      f"({recorded.get('command_type')} of {recorded.get('amount')}): "
+                      "use a new key", reason=Reason.DUPLICATE_IDEMPOTENCY_KEY)
     try:
         # A replay is sent again: the topology books a key once, so a duplicate is harmless
         # and its answer is the one the first request got. (`first` is None when Redis could
@@ -459,6 +481,15 @@ async def place_order(request: web.Request) -> web.Response:
             **_reference(quote, body.side),
         )
         answer = await request_reply(gateway, command, account_id, key, answers_placement)
+    except KeyNamedAnOrder as named:  # Redis, the journal and the topology forgot the key
+        if _same_order(named.terms, symbol, body, valid):
+            return await _replayed_order(gateway, account_id, order_id, key)
+        if claimed:
+            await gateway.idempotency.release(scope, key, fingerprint)
+        raise Problem(409, "idempotency_key_reused",
+                      f"this Idempotency-Key named another order of this account ({order_id}); "
+                      "an order's key names it for good: use a new key",
+                      order_id=order_id) from named
     except Exception:
         if claimed:
             await gateway.idempotency.release(scope, key, fingerprint)  # nothing was taken
@@ -475,6 +506,27 @@ async def place_order(request: web.Request) -> web.Response:
             raise _rejected(order_id, account_id, answer.reason or "rejected", answer.detail)
         return json_response(answers.order_from_event(answer), 201, location)
     return json_response(_pending_order(order_id, account_id, key), 202, location)
+
+
+def _same_order(terms: dict[str, Any], symbol: str, body: s.OrderRequest,
+                valid: ValidOrder) -> bool:
+    """The request is the order on record (a retry after every memory of its key expired):
+    the same instrument, side, type and time in force, and the same size and prices unless
+    a replace changed them since."""
+    fixed = ((terms["symbol"], terms["side"], terms["order_type"], terms["time_in_force"])
+             == (symbol, _text(body.side), _text(body.order_type), _text(body.time_in_force)))
+    sized = ((_decimal(terms["quantity"]), _decimal(terms["limit_price"]),
+              _decimal(terms["stop_price"]))
+             == (valid.quantity, valid.limit_price, valid.stop_price))
+    return fixed and (sized or bool(terms["replaced"]))
+
+
+def _text(value: Any) -> str:
+    return str(getattr(value, "value", value))
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
 
 
 def _pending_order(order_id: str, account_id: str, key: str) -> s.OrderAccepted:

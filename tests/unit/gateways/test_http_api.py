@@ -595,3 +595,65 @@ def test_cancel_unknown_and_foreign_orders_are_404() -> None:
         assert done.status == 409
 
     run(scenario, reply_wait_ms=20)
+
+
+def test_an_order_key_every_memory_forgot_still_names_its_order() -> None:
+    """Redis's record of a key expires after a day and the topology forgets keys after days
+    (and closed orders after dozens), but the order id derives from the key alone: the
+    gateway asks the shard, so the key still names its order. The same order again is that
+    order; another one is 409 and nothing is sent (it would take the old order's ids)."""
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.quotes.quotes["AAPL"] = quote("AAPL", "209.40", "209.45")
+        fakes.producer.respond = accept_everything
+        account_id = await new_account(client)
+        assert (await place(client, account_id, "k1")).status == 201
+        order_id = order_id_for(account_id, "k1")
+        fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(
+            account_id, order_id, state="filled")
+        fakes.idempotency.records.clear()  # Redis's record expired
+        again = await place(client, account_id, "k1")
+        assert again.status == 200 and (await again.json())["order_id"] == order_id
+        fakes.idempotency.records.clear()
+        other = await place(client, account_id, "k1", quantity="11")
+        assert other.status == 409, await other.text()
+        assert (await other.json())["code"] == "idempotency_key_reused"
+        assert fakes.idempotency.records == {}, "the other body's claim was not released"
+        fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(
+            account_id, order_id, quantity=Decimal(12),
+            events=[{"event_id": f"{order_id}:3", "seq": 3, "state": "funds_held",
+                     "occurred_at": NOW, "reason": "replaced", "payload": {}}])
+        replaced_since = await place(client, account_id, "k1")
+        assert replaced_since.status == 200, await replaced_since.text()
+        assert len(fakes.producer.produced) == 1
+
+    run(scenario)
+
+
+def test_a_money_key_every_memory_forgot_still_names_its_command() -> None:
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.producer.respond = accept_everything
+        account_id = await new_account(client)
+        path = f"/v1/accounts/{account_id}/deposits"
+        headers = {**bearer("alice"), "Idempotency-Key": "d1"}
+        assert (await client.post(path, json={"amount": "100.00"}, headers=headers)).status == 201
+        fakes.reader.outcomes[(account_id, "d1")] = {
+            "type": "command_accepted", "status": "accepted", "command_type": "deposit",
+            "txn_id": "txn-1", "amount": "100.00"}
+        fakes.idempotency.records.clear()  # Redis's record expired
+        again = await client.post(path, json={"amount": "100"}, headers=headers)
+        assert again.status == 200 and (await again.json())["txn_id"] == "txn-1"
+        other = await client.post(path, json={"amount": "200.00"}, headers=headers)
+        assert other.status == 409 and (await other.json())["code"] == "idempotency_key_reused"
+        withdrawal = await client.post(f"/v1/accounts/{account_id}/withdrawals",
+                                       json={"amount": "100.00"}, headers=headers)
+        assert withdrawal.status == 409, "a key names one command of the account, any kind"
+        # A refused command booked nothing: its key may carry another request.
+        fakes.reader.outcomes[(account_id, "d2")] = {
+            "type": "command_rejected", "status": "rejected", "command_type": "deposit",
+            "reason": "deposit_limit"}
+        retried = await client.post(path, json={"amount": "50.00"},
+                                    headers={**bearer("alice"), "Idempotency-Key": "d2"})
+        assert retried.status == 201, await retried.text()
+        assert [type(m).__name__ for _, _, m in fakes.producer.produced] == ["Deposit", "Deposit"]
+
+    run(scenario)

@@ -308,7 +308,7 @@ def test_without_redis_the_topology_catches_a_reused_key() -> None:
         assert pending.status == 202
         order_id = order_id_for(account_id, "k2")
         fakes.reader.orders_by_id[(account_id, order_id)] = shard_order(
-            account_id, order_id, state="routed")
+            account_id, order_id, state="routed", quantity=Decimal(12))
         known = await place(client, account_id, "k2", quantity="12")
         assert known.status == 200 and (await known.json())["order_id"] == order_id
         text = await (await client.get("/metrics")).text()

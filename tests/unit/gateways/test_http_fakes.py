@@ -131,18 +131,27 @@ class FakeJournal:
     """The intake journal's rules in memory: one row per (account, key), the first body kept,
     the latest request's claim; `failing` as a shard that cannot be written."""
 
-    def __init__(self, producer: FakeProducer) -> None:
+    def __init__(self, producer: FakeProducer, reader: FakeReader) -> None:
         self.rows: dict[tuple[str, str], dict[str, Any]] = {}
         self.failing = False
         self._producer = producer
+        self._reader = reader
 
-    async def write(self, entry: JournalEntry, claim: str) -> None:
+    async def write(self, entry: JournalEntry, claim: str) -> dict[str, Any] | None:
         if self.failing:
             raise ShardUnavailable("journal: fake shard down")
+        order = self._reader.orders_by_id.get((entry.account_id, entry.order_id or ""))
+        if order is not None:  # the key named an order on record: not journaled
+            terms = {name: order[name] for name in (
+                "symbol", "side", "order_type", "time_in_force", "quantity", "limit_price",
+                "stop_price")}
+            return {**terms, "replaced": any(event.get("reason") == "replaced"
+                                             for event in order["events"])}
         row = self.rows.setdefault((entry.account_id, entry.idempotency_key), {
             "entry": entry, "decided": False, "published": 0,
             "produced_before": len(self._producer.produced)})
         row["claim"] = claim
+        return None
 
     async def withdraw(self, account_id: str, key: str, claim: str) -> bool:
         row = self.rows.get((account_id, key))
@@ -194,7 +203,7 @@ class Fakes:
         self.producer = FakeProducer()
         self.limiter = FakeLimiter()
         self.idempotency = FakeIdempotency()
-        self.journal = FakeJournal(self.producer)
+        self.journal = FakeJournal(self.producer, self.reader)
 
     async def backends(self, app: web.Application) -> AsyncIterator[None]:
         gateway = app[GATEWAY]
