@@ -187,19 +187,13 @@ def _keys(entries: list[DueEntry]) -> dict[str, Any]:
             "keys": [e.idempotency_key for e in entries]}
 
 
-async def journal(conn: psycopg.AsyncConnection[Any], entry: JournalEntry, claim: str,
-                  epoch: str | None) -> dict[str, Any] | None:
-    """Write the entry (a key already journaled keeps its row; `claim` becomes its claim);
-    a place order whose order is already on record is not written: its terms instead."""
-    return (await journal_many(conn, [(entry, claim)], epoch)).get(entry.order_id or "")
-
-
 async def journal_many(conn: psycopg.AsyncConnection[Any],
                        entries: Sequence[tuple[JournalEntry, str]], epoch: str | None
                        ) -> dict[str, dict[str, Any]]:
-    """`journal` of several (entry, claim) pairs in one database transaction: one commit (and
-    one WAL flush) for all of them, the statements pipelined. Returns the terms of the orders
-    already on record, by order id; their entries are not written."""
+    """Write each (entry, claim) pair (a key already journaled keeps its row; `claim` becomes
+    its claim) in one database transaction: one commit (and one WAL flush) for all of them,
+    the statements pipelined. A place order whose order is already on record is not written:
+    returns the terms of those orders, by order id."""
     order_ids = [entry.order_id for entry, _ in entries if entry.order_id is not None]
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cursor:
         on_record: dict[str, dict[str, Any]] = {}

@@ -44,6 +44,7 @@ PRUNE_BATCH_MAX = 1000
 # What a journal write resolves to: None, or the terms of the order already on record.
 _Written = asyncio.Future[dict[str, Any] | None]
 
+
 class ShardJournal:
     """The journal tables of every shard, one small connection pool each. A shard that cannot
     be written raises ShardUnavailable (a StoreError: the gateway answers 503)."""

@@ -514,15 +514,11 @@ def _same_order(terms: dict[str, Any], symbol: str, body: s.OrderRequest,
     the same instrument, side, type and time in force, and the same size and prices unless
     a replace changed them since."""
     fixed = ((terms["symbol"], terms["side"], terms["order_type"], terms["time_in_force"])
-             == (symbol, _text(body.side), _text(body.order_type), _text(body.time_in_force)))
+             == (symbol, body.side, body.order_type, body.time_in_force))  # StrEnums
     sized = ((_decimal(terms["quantity"]), _decimal(terms["limit_price"]),
               _decimal(terms["stop_price"]))
              == (valid.quantity, valid.limit_price, valid.stop_price))
     return fixed and (sized or bool(terms["replaced"]))
-
-
-def _text(value: Any) -> str:
-    return str(getattr(value, "value", value))
 
 
 def _decimal(value: Any) -> Decimal | None:
