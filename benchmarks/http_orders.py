@@ -274,13 +274,11 @@ async def _stack_setup(base: str, users: int, concurrency: int
 def _order_body(account_id: str, limit_price: str, kind: str) -> bytes:
     """A resting limit buy (one funds hold), or a market buy of 1 share (hold, route, fill at
     the simulator, booking, release)."""
-    if kind == "market":
-        return json.dumps({"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
-                           "order_type": "market", "quantity": "1",
-                           "time_in_force": "day"}).encode()
-    return json.dumps({"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
-                       "order_type": "limit", "quantity": "1", "limit_price": limit_price,
-                       "time_in_force": "day"}).encode()
+    body = {"account_id": account_id, "symbol": STACK_SYMBOL, "side": "buy",
+            "order_type": "market", "quantity": "1", "time_in_force": "day"}
+    if kind != "market":
+        body |= {"order_type": "limit", "limit_price": limit_price}
+    return json.dumps(body).encode()
 
 
 def _client_worker(base: str, users: list[tuple[dict[str, str], str]], limit_price: str,
