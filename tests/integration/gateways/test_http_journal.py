@@ -149,10 +149,12 @@ def test_acknowledged_commands_survive_a_broker_reset(
             async def decided(client: TestClient) -> dict[str, Any]:
                 async def readable() -> bool:
                     # Readable at once from the journal (state pending); decided once the
-                    # replayed command's events land.
+                    # replayed command's events land. They may land in two sink batches, so
+                    # `validated` can be read between them: wait for the decided state.
                     got = await client.get(f"/v1/orders/{order_id}?account_id={account_id}",
                                            headers=alice)
-                    return got.status == 200 and (await got.json())["state"] != "pending"
+                    return got.status == 200 and (await got.json())["state"] in (
+                        "funds_held", "routed")
 
                 await wait_until(readable, "the replayed order to be decided")
                 order = await (await client.get(
