@@ -601,6 +601,17 @@ def member_id(config: AccountTopologyConfig) -> str:
     return f"{config.consumer_group}-{os.getpid()}"
 
 
+def exactly_once_linger_ms(commit_interval_s: float) -> int:
+    """How long the producer may hold an output under exactly-once: until the checkpoint.
+    Nothing it writes is readable before its transaction commits, and Quix flushes the
+    producer before every commit, so holding records until then delays nothing, and each
+    checkpoint writes one batch per partition instead of one per 5 ms (librdkafka's default):
+    measured at saturation, 355 produce requests/s became 197 and the broker's CPU per order
+    fell a fifth (issue 15). Each batch is also one object the embedded broker lists on every
+    fetch of its partition (issue 11)."""
+    return max(5, round(commit_interval_s * 1000))
+
+
 def create_application(config: AccountTopologyConfig) -> Application:
     kafka = config.kafka
     inputs = [kafka.topic_prefix + t.Topic.ORDERS_COMMANDS, kafka.topic_prefix + t.Topic.EXECUTIONS]
@@ -612,6 +623,8 @@ def create_application(config: AccountTopologyConfig) -> Application:
         "fetch.wait.max.ms": measured_wait_ms(kafka.bootstrap_servers, inputs,
                                               kafka.fetch_wait_ms_max, kafka.extra)}
     producer_extra: dict[str, Any] = {"partitioner": "murmur2_random"}
+    if config.processing_guarantee == "exactly-once":
+        producer_extra["linger.ms"] = exactly_once_linger_ms(config.commit_interval_s)
     member = member_id(config)
     if config.state_dir:
         if config.static_membership:
