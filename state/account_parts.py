@@ -13,7 +13,13 @@ one value (as before) every message rewrote all of it, to the store and to its c
   change (a key deleted from the middle, one moved) rewrites the ring, past its old head;
 - `meta` (META_KEY): the rings' bounds, the account's write count and the writer's stamp,
   written on every write: the shell trusts a decoded account it keeps in memory only while the
-  store's meta is exactly the one it wrote (`Stored.meta_bytes`).
+  store's meta is exactly the one it wrote (`Stored.meta_bytes`);
+- forgotten keys (`k/<idempotency key>`): the record of each idempotency key the commands ring
+  dropped, written once as it is dropped and never deleted. The ring is bounded (the account
+  decodes it on every read); this is not, but it is read one key at a time, only for a command
+  whose key the ring does not hold, so that a key used again after the ring forgot it is still
+  known (the ids of a command derive from its key: a second command under it would reuse the
+  first one's order, event and transaction ids).
 
 Pure: the shell (topologies.accounts) reads with a `get` it passes in and applies a `Plan`'s
 sets and deletes. There is no iteration over a store's keys, hence the explicit bounds.
@@ -36,6 +42,7 @@ CORE_KEY = "core"
 SINGLE_VALUE_KEY = "account"  # the whole account as one value (`state_to_bytes`), before parts
 COMMANDS_PREFIX = "c/"
 CLOSED_ORDERS_PREFIX = "o/"
+FORGOTTEN_PREFIX = "k/"
 
 _V = TypeVar("_V")
 
@@ -73,6 +80,7 @@ class _RingChange(NamedTuple):
     bounds: tuple[int, int]
     writes: list[tuple[int, tuple[str, Any]]]  # (n, entry)
     deletes: range
+    dropped: list[str]  # keys the ring held and no longer holds
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -80,6 +88,7 @@ _META_DECODER = msgspec.msgpack.Decoder(Meta)
 _CORE_DECODER = msgspec.msgpack.Decoder(AccountState)
 _COMMAND_DECODER = msgspec.msgpack.Decoder(tuple[str, CommandRecord])
 _CLOSED_ORDER_DECODER = msgspec.msgpack.Decoder(tuple[str, Order])
+_RECORD_DECODER = msgspec.msgpack.Decoder(CommandRecord)
 
 
 def command_key(n: int) -> str:
@@ -88,6 +97,16 @@ def command_key(n: int) -> str:
 
 def closed_order_key(n: int) -> str:
     return f"{CLOSED_ORDERS_PREFIX}{n}"
+
+
+def forgotten_key(idempotency_key: str) -> str:
+    return f"{FORGOTTEN_PREFIX}{idempotency_key}"
+
+
+def forgotten_sets(records: dict[str, CommandRecord], keys: list[str]
+                   ) -> list[tuple[str, bytes]]:
+    """The writes that keep `keys` (with their records) as forgotten keys."""
+    return [(forgotten_key(key), _ENCODER.encode(records[key])) for key in keys]
 
 
 def core_bytes(state: AccountState) -> bytes:
@@ -126,6 +145,8 @@ def plan(before: Stored | None, after: AccountState, stamp: bytes) -> Plan | Non
         sets.append((CORE_KEY, core))
     sets += [(command_key(n), _ENCODER.encode(entry)) for n, entry in commands.writes]
     sets += [(closed_order_key(n), _ENCODER.encode(entry)) for n, entry in closed.writes]
+    if before is not None:
+        sets += forgotten_sets(before.state.commands, commands.dropped)
     deletes = [command_key(n) for n in commands.deletes]
     deletes += [closed_order_key(n) for n in closed.deletes]
     return Plan(sets, deletes, Stored(after, meta, meta_bytes, core))
@@ -151,7 +172,7 @@ def _ring_change(old: dict[str, _V], new: dict[str, _V], bounds: tuple[int, int]
     appended = len(new) - kept
     new_keys = list(new)
     if appended < 0 or new_keys[:kept] != list(islice(old, pruned, None)):
-        return _rewrite(new, bounds)
+        return _rewrite(old, new, bounds)
     new_values = list(new.values())
     old_values = islice(old.values(), pruned, None)
     writes: list[tuple[int, tuple[str, Any]]] = []
@@ -160,14 +181,16 @@ def _ring_change(old: dict[str, _V], new: dict[str, _V], bounds: tuple[int, int]
         writes = [(tail + pruned + i, (new_keys[i], value)) for i, (value, was) in
                   enumerate(zip(new_values[:kept], old_values, strict=True)) if value is not was]
     writes += [(head + i, (new_keys[kept + i], new_values[kept + i])) for i in range(appended)]
-    return _RingChange((tail + pruned, head + appended), writes, range(tail, tail + pruned))
+    return _RingChange((tail + pruned, head + appended), writes, range(tail, tail + pruned),
+                       list(islice(old, pruned)))
 
 
-def _rewrite(new: dict[str, _V], bounds: tuple[int, int]) -> _RingChange:
+def _rewrite(old: dict[str, _V], new: dict[str, _V], bounds: tuple[int, int]) -> _RingChange:
     """The ring written afresh past its old head (so no entry is both written and deleted)."""
     tail, head = bounds
     writes = [(head + i, entry) for i, entry in enumerate(new.items())]
-    return _RingChange((head, head + len(new)), writes, range(tail, head))
+    return _RingChange((head, head + len(new)), writes, range(tail, head),
+                       [key for key in old if key not in new])
 
 
 # ---- reading ----------------------------------------------------------------------------
@@ -184,6 +207,12 @@ def load(meta_bytes: bytes, get: Callable[[str], bytes | None]) -> Stored:
     state.closed_orders = _ring(get, closed_order_key, meta.closed_orders,
                                 _CLOSED_ORDER_DECODER)
     return Stored(state, meta, meta_bytes, core)
+
+
+def forgotten(get: Callable[[str], bytes | None], idempotency_key: str) -> CommandRecord | None:
+    """The record of a key the commands ring dropped, if it ever held it."""
+    raw = get(forgotten_key(idempotency_key))
+    return None if raw is None else _RECORD_DECODER.decode(raw)
 
 
 def _ring(get: Callable[[str], bytes | None], key_of: Callable[[int], str],

@@ -22,7 +22,7 @@ from psycopg import sql
 from state import ledger_accounts as la
 from state import topics as t
 from state.domain import shard_snapshot as snap
-from state.domain.hydrate import AccountSnapshot, SnapshotJournaled
+from state.domain.hydrate import AccountSnapshot, SnapshotCommand, SnapshotJournaled
 from state.exceptions import DecodeError, StoreError
 from state.intake_journal import undecided_of_account
 from state.messages import (
@@ -920,6 +920,14 @@ SELECT ledger_account, asset, sum(amount) FROM ledger_entries
 """
 
 
+# Keys of commands first seen before the lookback (the snapshot's commands cover the rest).
+_SNAPSHOT_FORGOTTEN_SQL = """
+SELECT idempotency_key, min(occurred_at) FROM order_events
+ WHERE account_id = %(a)s AND occurred_at < %(commands_since)s AND idempotency_key IS NOT NULL
+ GROUP BY idempotency_key ORDER BY min(occurred_at), idempotency_key
+"""
+
+
 def account_is_open(dsn: str, account_id: str) -> bool:
     """Whether the account was opened (`POST /v1/accounts` wrote its row in its shard)."""
     with connect(dsn) as conn:
@@ -974,10 +982,13 @@ def load_account_snapshot(dsn: str, account_id: str) -> AccountSnapshot | None:
                 SnapshotJournaled(idempotency_key=key, command_type=kind, submitted_at=at,
                                   payload=bytes(payload) if kind == "place_order" else None)
                 for key, kind, at, payload in undecided_of_account(conn, account_id))
+            forgotten = tuple(
+                SnapshotCommand(idempotency_key=key, command_type="command", seen_at=at)
+                for key, at in conn.execute(_SNAPSHOT_FORGOTTEN_SQL, params))
     snapshot = snap.snapshot_from_records(account_id, balances, clearing, transactions, events)
-    if snapshot is None or not journaled:
+    if snapshot is None or not (journaled or forgotten):
         return snapshot
-    return msgspec.structs.replace(snapshot, journaled=journaled)
+    return msgspec.structs.replace(snapshot, journaled=journaled, forgotten=forgotten)
 
 
 _EVENT_DECODER = msgspec.json.Decoder(AccountEvent)

@@ -45,7 +45,7 @@ from state.domain.account import (
     decide,
     state_from_bytes,
 )
-from state.domain.hydrate import AccountSnapshot, state_or_hydrated
+from state.domain.hydrate import AccountSnapshot, forgotten_records, state_or_hydrated
 from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
 from state.fetch_wait import measured_wait_ms
@@ -286,7 +286,12 @@ class AccountStep:
             refusal = _refused_unknown(message, now)
             return [Output(self._prefix + t.topic_for(refusal), t.encode(refusal))]
         market = self._market.context() if self._market else _ALL_OPEN
-        account, outputs = decide(loaded.account, message, now, market, self._limits)
+        forgotten = None
+        if not isinstance(message, ExecutionReport) and \
+                message.idempotency_key not in loaded.account.commands:
+            forgotten = parts.forgotten(state.get, message.idempotency_key)
+        account, outputs = decide(loaded.account, message, now, market, self._limits,
+                                  forgotten)
         self._store(message.account_id, state, loaded, account)
         return [Output(self._prefix + t.topic_for(out), t.encode(out)) for out in outputs]
 
@@ -337,6 +342,10 @@ class AccountStep:
         if snapshot is None and not self._is_open(account_id):
             return None
         account = state_or_hydrated(None, lambda: snapshot, account_id, now)
+        if snapshot is not None:  # keys the rebuilt state does not keep still name commands
+            records = forgotten_records(snapshot, account)
+            for key, value in parts.forgotten_sets(records, list(records)):
+                state.set(key, value)
         return _Loaded(account, None, single_value=False)
 
     def _store(self, account_id: str, state: State, loaded: _Loaded,

@@ -35,7 +35,11 @@ A fill for an order no longer kept is booked as a fill for an unknown order, wit
 
 What is forgotten leaves a watermark, so a duplicate older than the memory never applies twice:
 `commands_forgotten_until` is the latest `submitted_at` of a dropped idempotency key, and a
-command with an unknown key submitted at or before it is refused (`command_too_old`);
+command with an unknown key submitted at or before it is refused (`command_too_old`). A dropped
+key's record is also kept outside the state (`state.account_parts`), and the shell passes it in
+(`forgotten`) for a command whose key the state no longer holds: a key names one command of its
+account for good, so a later command under it is the same command again (no effect) or is
+refused (`duplicate_idempotency_key`), whatever its `submitted_at`;
 `executions_forgotten_until` is the latest `transact_time` of a dropped order's (or unknown
 order's) executions, and a report for an unknown order from at or before it is not booked but
 raised as a critical alert (`execution_for_forgotten_order`) for an operator to look at.
@@ -160,8 +164,10 @@ def decide(
     now: dt.datetime,
     market: MarketContext,
     limits: RiskLimits,
+    forgotten: CommandRecord | None = None,
 ) -> tuple[AccountState, list[Output]]:
-    """The next state of the account and the messages to publish. Does not change `state`."""
+    """The next state of the account and the messages to publish. Does not change `state`.
+    `forgotten`: for a command, the record of its key when the state dropped it (retention)."""
     assert message.account_id == state.account_id, (
         f"message for {message.account_id} given to account {state.account_id}"
     )
@@ -172,7 +178,7 @@ def decide(
     if isinstance(message, ExecutionReport):
         _on_execution(step, message)
     else:
-        _on_command(step, message)
+        _on_command(step, message, forgotten)
     _prune(step.state, now)
     _check_step(state, step)
     return step.state, step.outputs
@@ -244,18 +250,23 @@ def _remember_latest_copy(state: AccountState, command: Command, seen: CommandRe
             seen, submitted_at=submitted_at)
 
 
-def _on_command(step: Step, command: Command) -> None:
+def _refuse_reused_key(step: Step, command: Command, seen: CommandRecord, digest: str,
+                       detail: str) -> None:
+    order_id = None
+    if isinstance(command, PlaceOrder):
+        order_id = order_id_for(step.state.account_id, command.idempotency_key)
+    reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
+                   f"key already used by another {seen.command_type}{detail}",
+                   order_id=order_id, event_suffix=digest[:8])
+
+
+def _on_command(step: Step, command: Command, dropped: CommandRecord | None) -> None:
     state = step.state
     digest = body_digest(command)
     seen = state.commands.get(command.idempotency_key) or _kept_order_record(state, command)
     if seen is not None:
         if seen.digest != digest:
-            order_id = None
-            if isinstance(command, PlaceOrder):
-                order_id = order_id_for(state.account_id, command.idempotency_key)
-            reject_command(step, command, Reason.DUPLICATE_IDEMPOTENCY_KEY,
-                            f"key already used by another {seen.command_type}",
-                            order_id=order_id, event_suffix=digest[:8])
+            _refuse_reused_key(step, command, seen, digest, "")
         if seen.digest == digest:
             _remember_latest_copy(state, command, seen)
             if isinstance(command, PlaceOrder):
@@ -266,6 +277,11 @@ def _on_command(step: Step, command: Command) -> None:
         reject_command(step, command, Reason.COMMAND_TOO_OLD,
                         f"submitted at or before {forgotten.isoformat()}, keys of which are "
                         "no longer remembered", event_suffix="too_old")
+        return
+    if dropped is not None:  # its ids are the first command's: never applied a second time
+        if dropped.digest != digest:
+            _refuse_reused_key(step, command, dropped, digest,
+                               f" (first seen {dropped.seen_at.isoformat()})")
         return
     state.commands[command.idempotency_key] = CommandRecord(
         command_type=command_type_of(command), digest=digest, seen_at=step.now,

@@ -22,6 +22,10 @@ cannot tell is taken on the safe side, so that nothing is applied twice:
   on record, so it was never applied and deciding it now applies it once.
 - an idempotency key whose body the shard does not record gets the digest `UNKNOWN_DIGEST` (or
   a best guess): any reuse of that key is refused as a different body, never applied again.
+- every other key the shard shows the account used (`forgotten`, from before the lookback, and
+  the snapshot's commands the rebuilt state does not keep) is given back as a forgotten key
+  (`forgotten_records`, which the shell stores as `state.account_parts` does a key the state
+  dropped): a key names one command for good, across a broker reset too.
 - the settled/unsettled split of a sell's reserve is the ledger's, capped by the shares bought on
   trade dates not yet settled (settlement converts held unsettled shares without a ledger leg of
   the order); any excess counted as unsettled settles at the next settlement.
@@ -77,6 +81,7 @@ __all__ = [
     "SnapshotFill",
     "SnapshotJournaled",
     "SnapshotOrder",
+    "forgotten_records",
     "hydrate",
     "state_or_hydrated",
 ]
@@ -174,6 +179,8 @@ class AccountSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # fills less what settlement moved out, i.e. what its unsettled lots must add up to.
     clearing_outstanding: dict[str, dict[str, Decimal]] = msgspec.field(default_factory=dict)
     journaled: tuple[SnapshotJournaled, ...] = ()  # by submission
+    # Keys the account used before the commands' lookback (digest unknown).
+    forgotten: tuple[SnapshotCommand, ...] = ()
 
 
 # ---- the shell's entry ----------------------------------------------------------------------
@@ -220,6 +227,21 @@ def hydrate(snapshot: AccountSnapshot, now: dt.datetime) -> AccountState:
                                                [snapshot.as_of])
     check_invariants(state)
     return state
+
+
+def forgotten_records(snapshot: AccountSnapshot, state: AccountState
+                      ) -> dict[str, CommandRecord]:
+    """The keys the snapshot shows the account used whose records `state` (hydrated from it)
+    does not keep, each with what is known of its command."""
+    records: dict[str, CommandRecord] = {}
+    for command in (*snapshot.commands, *snapshot.forgotten):
+        key = command.idempotency_key
+        if key in state.commands or key in records:
+            continue
+        seen_at = _utc(command.seen_at)
+        records[key] = CommandRecord(command_type=command.command_type, digest=command.digest,
+                                     seen_at=seen_at, submitted_at=seen_at)
+    return records
 
 
 def _with_journaled_terms(snapshot: AccountSnapshot) -> list[SnapshotOrder]:

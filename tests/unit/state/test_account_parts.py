@@ -79,11 +79,16 @@ class Shell:
         self.store: Store = {}
         self.writes = 0
         self.stored: Stored | None = None
+        self.forgotten: dict[str, CommandRecord] = {}  # every key the ring dropped, as dropped
         self.write(state)
 
     def write(self, state: AccountState) -> parts.Plan | None:
         self.writes += 1
         plan = parts.plan(self.stored, state, self.writes.to_bytes(8, "big"))
+        if self.stored is not None:
+            before = self.stored.state.commands
+            self.forgotten.update((key, before[key]) for key in before
+                                  if key not in state.commands)
         if plan is not None:
             apply(self.store, plan)
             self.stored = plan.stored
@@ -98,7 +103,10 @@ class Shell:
         live = {parts.META_KEY, parts.CORE_KEY}
         live |= {parts.command_key(n) for n in range(*loaded.meta.commands)}
         live |= {parts.closed_order_key(n) for n in range(*loaded.meta.closed_orders)}
+        live |= {parts.forgotten_key(key) for key in self.forgotten}
         assert set(self.store) == live, set(self.store) ^ live
+        for key, dropped in self.forgotten.items():
+            assert parts.forgotten(self.store.get, key) == dropped, key
 
 
 # ---- properties -----------------------------------------------------------------------------
@@ -209,9 +217,11 @@ def test_appends_and_prunes_write_one_entry_each(steps: list[tuple[str, int, int
             continue
         prefix = parts.COMMANDS_PREFIX if ring == "commands" else parts.CLOSED_ORDERS_PREFIX
         entries = [key for key, _ in plan.sets if key.startswith(prefix)]
+        kept = [key for key, _ in plan.sets if key.startswith(parts.FORGOTTEN_PREFIX)]
         assert len(entries) <= appended, entries
         assert len(plan.deletes) <= pruned, plan.deletes
-        assert {key for key, _ in plan.sets} - set(entries) <= {parts.META_KEY}
+        assert len(kept) == (len(plan.deletes) if ring == "commands" else 0), kept
+        assert {key for key, _ in plan.sets} - set(entries) - set(kept) <= {parts.META_KEY}
 
 
 # ---- examples -------------------------------------------------------------------------------
@@ -234,11 +244,13 @@ def test_an_append_writes_as_much_whatever_the_ring_holds() -> None:
         plan = shell.write(_append_one_command(state, 99_999, prune=full))
         assert plan is not None
         written[commands] = written_bytes(plan)
-        assert [key for key, _ in plan.sets] == [parts.META_KEY, parts.command_key(commands)]
+        forgotten = [parts.forgotten_key("k0")] if full else []
+        assert [key for key, _ in plan.sets] == [parts.META_KEY, parts.command_key(commands),
+                                                 *forgotten]
         assert plan.deletes == ([parts.command_key(0)] if full else [])
     small, large = written.values()
-    assert large - small <= 8, written  # only the ring bounds' integers grow
-    assert large < 200, written  # a meta and one record
+    assert large - small <= 80, written  # the ring bounds' integers and the dropped key's record
+    assert large < 300, written  # a meta and two records
     assert len(state_to_bytes(account(IDEMPOTENCY_KEYS_MAX, CLOSED_ORDERS_MAX))) > 100 * large
 
 
@@ -251,7 +263,7 @@ def test_a_key_deleted_from_the_middle_rewrites_its_ring_past_its_head() -> None
     assert plan is not None
     assert plan.deletes == [parts.command_key(n) for n in range(5)]
     assert [key for key, _ in plan.sets] == [parts.META_KEY] + [
-        parts.command_key(n) for n in range(5, 9)]
+        parts.command_key(n) for n in range(5, 9)] + [parts.forgotten_key("k2")]
     assert plan.stored.meta.commands == (5, 9)
     assert plan.stored.meta.closed_orders == (0, 3)
 

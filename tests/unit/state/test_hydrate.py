@@ -18,16 +18,26 @@ import pytest
 
 from state import ledger_accounts as la
 from state.domain import ledger
-from state.domain.account import AccountState, Output, check_invariants, decide
+from state.domain.account import (
+    AccountState,
+    MarketContext,
+    Output,
+    RiskLimits,
+    check_invariants,
+    decide,
+)
 from state.domain.hydrate import (
     UNKNOWN_DIGEST,
     AccountSnapshot,
+    SnapshotCommand,
     SnapshotFill,
+    forgotten_records,
     hydrate,
     state_or_hydrated,
     unsettled_lots,
 )
-from state.domain.shard_snapshot import snapshot_from_records
+from state.domain.risk import Reason
+from state.domain.shard_snapshot import COMMANDS_LOOKBACK, snapshot_from_records
 from state.ids import order_id_for
 from state.messages import (
     Alert,
@@ -179,7 +189,22 @@ def snapshot_of(account_id: str, outputs: Sequence[Output]) -> AccountSnapshot |
             balances.setdefault(owner[1], {})[asset] = amount
         elif account.startswith("clearing:"):
             clearing.setdefault(account, {})[asset] = amount
-    return snapshot_from_records(account_id, balances, clearing, transactions, events)
+    snapshot = snapshot_from_records(account_id, balances, clearing, transactions, events)
+    if snapshot is None:
+        return None
+    return msgspec.structs.replace(snapshot, forgotten=forgotten_keys(snapshot.as_of, events))
+
+
+def forgotten_keys(as_of: dt.datetime, events: Sequence[Output]) -> tuple[SnapshotCommand, ...]:
+    """The keys of events from before the commands' lookback, each at its first event."""
+    cutoff = as_of - COMMANDS_LOOKBACK
+    first: dict[str, dt.datetime] = {}
+    for event in events:
+        key = getattr(event, "idempotency_key", None)
+        if key is not None and event.occurred_at < cutoff:
+            first[key] = min(first.get(key, event.occurred_at), event.occurred_at)
+    return tuple(SnapshotCommand(idempotency_key=key, command_type="command", seen_at=at)
+                 for key, at in sorted(first.items(), key=lambda item: (item[1], item[0])))
 
 
 def nonzero(balances: dict[str, dict[str, Decimal]]) -> dict[tuple[str, str], Decimal]:
@@ -548,3 +573,25 @@ def test_open_business_at_the_restart_goes_on_as_before(case: str) -> None:
             order, reference_price=None, last_transact_time=state.open_orders[
                 order_id].last_transact_time), order_id
     assert continued(state, after) == continued(original.state, after)
+
+
+def test_keys_the_rebuilt_state_does_not_keep_still_name_their_commands(
+        original: Driver) -> None:
+    """d0 was deposited before the commands' lookback: the rebuilt state does not hold its key,
+    and a deposit under it with another amount, submitted after the snapshot, would be booked
+    under d0's transaction id (the shard keeps d0's). Given back as forgotten, it is refused."""
+    snapshot = snapshot_of(ACCOUNT, original.outputs)
+    assert snapshot is not None
+    state = hydrate(snapshot, on(THURSDAY, 8))
+    records = forgotten_records(snapshot, state)
+    assert "d0" in records and "d0" not in state.commands
+    assert not set(records) & set(state.commands)
+    assert records["d0"].digest == UNKNOWN_DIGEST
+    again = deposit("d0", "7.00", on(THURSDAY, 9))
+    limits, market = RiskLimits(), MarketContext()
+    _, booked = decide(state, again, on(THURSDAY, 9), market, limits)
+    assert any(isinstance(o, LedgerTransaction) for o in booked)  # what happened before
+    after, refused = decide(state, again, on(THURSDAY, 9), market, limits, records["d0"])
+    assert [(type(o).__name__, o.reason) for o in refused] == [
+        ("CommandRejected", Reason.DUPLICATE_IDEMPOTENCY_KEY)]
+    assert after.balance(la.CASH) == state.balance(la.CASH)

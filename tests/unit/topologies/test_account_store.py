@@ -31,6 +31,8 @@ from state.domain.account import (
     RiskLimits,
     state_to_bytes,
 )
+from state.domain.hydrate import AccountSnapshot, SnapshotCommand
+from state.domain.risk import Reason
 from state.messages import Command, ExecType, ExecutionReport
 from topologies.accounts import AccountStep, Output
 
@@ -122,9 +124,12 @@ def test_an_order_on_full_rings_writes_a_few_entries_not_the_account(full: Accou
     commands = full.step._cache.get(ACCOUNT, full.state.store[parts.META_KEY])
     assert commands is not None
     tail, head = commands.meta.commands
-    # the place_order: its idempotency record appended, the oldest pruned; the open order
+    # the place_order: its idempotency record appended, the oldest pruned (its key kept as
+    # forgotten); the open order
+    dropped = [key for key, _ in place_writes.sets if key.startswith(parts.FORGOTTEN_PREFIX)]
+    assert len(dropped) == 1, dropped
     assert [key for key, _ in place_writes.sets] == [parts.META_KEY, parts.CORE_KEY,
-                                                     parts.command_key(head - 1)]
+                                                     parts.command_key(head - 1), *dropped]
     assert place_writes.deletes == [parts.command_key(tail - 1)]
     # the acknowledgement: the open order's exec_ids (core)
     assert [key for key, _ in new_writes.sets] == [parts.META_KEY, parts.CORE_KEY]
@@ -225,3 +230,24 @@ def test_a_ring_entry_missing_from_the_store_is_a_broken_invariant() -> None:
     del account.state.store[parts.command_key(0)]
     with pytest.raises(AssertionError, match="c/0"):
         run(new_step(), deposit("dep-3", "1.00", T0), account.clock, account.state)
+
+
+def test_a_rebuilt_account_keeps_the_keys_its_state_does_not_hold() -> None:
+    """The broker forgot the account; the shard shows a key from before the lookback. The step
+    stores it as forgotten while it rebuilds the account, so a command under it is refused
+    (it would be booked under the first command's ids)."""
+    old_at = T0 - dt.timedelta(days=10)
+    snapshot = AccountSnapshot(
+        account_id=ACCOUNT, as_of=T0, balances={la.CASH: {la.USD: D("100.00")}},
+        forgotten=(SnapshotCommand(idempotency_key="old-dep", command_type="command",
+                                   seen_at=old_at),))
+    step = AccountStep(PREFIX, None, LIMITS, snapshot_loader=lambda account_id: snapshot)
+    state = DictState()
+    later = T0 + dt.timedelta(minutes=1)  # submitted after the snapshot: not too old
+    out = run(step, deposit("new-dep", "1.00", later), later, state)
+    assert any(output.topic == PREFIX + t.Topic.LEDGER_POSTINGS for output in out), out
+    assert parts.forgotten(state.store.get, "old-dep") is not None
+    refused = run(step, deposit("old-dep", "5.00", later), later, state)
+    assert [t.decode(t.Topic.ORDERS_EVENTS, output.payload).reason for output in refused] == [
+        Reason.DUPLICATE_IDEMPOTENCY_KEY]
+    assert stored(state).balance(la.CASH) == D("101.00")

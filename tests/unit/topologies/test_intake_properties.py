@@ -17,10 +17,12 @@ and every output goes through the output serializers (`output_serdes`).
   txn_id never names two transactions), and (nothing fills: no executions) its cash plus held
   cash is the deposits less the withdrawals it accepted, cash never negative.
 
-One bug found here is left as a strict xfail (a fix is a design decision): a command decided
-after its idempotency key was forgotten reuses the ids of the key's first use (the property
-above draws new keys once days pass). A record time a datetime cannot hold, which raised, is
-now dead-lettered (`invalid_timestamp`, outside 2000-01-01..2200-01-01).
+Bugs found here: a command decided after its idempotency key was forgotten reused the ids of
+the key's first use (state 6.01, ledger 1.01: the shard keeps the first transaction of a
+txn_id); the key's record is now kept once the state drops it (`state.account_parts`), and the
+command is refused or, the same body again, has no effect. A record time a datetime cannot
+hold, which raised, is now dead-lettered (`invalid_timestamp`, outside
+2000-01-01..2200-01-01).
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ from state import account_parts as parts
 from state import ledger_accounts as la
 from state import topics as t
 from state.domain import ledger
-from state.domain.account import AccountState, RiskLimits, check_invariants
+from state.domain.account import (
+    IDEMPOTENCY_KEYS_MAX,
+    AccountState,
+    RiskLimits,
+    check_invariants,
+)
+from state.domain.risk import Reason
 from state.ids import order_id_for
 from state.messages import (
     CancelOrder,
@@ -413,8 +421,8 @@ def _check_books(intake: Intake, books: dict[str, Books]) -> None:
 def test_commands_touch_only_opened_accounts_and_keep_their_books(
         opened: set[str], data: st.DataObject, steps: int) -> None:
     """Actions drawn one by one. The keys of new commands change whenever days pass, and what
-    is sent again from before is a key's first submission: a key is never used again, nor a
-    later copy under it sent, once it may have been forgotten (the xfails below)."""
+    is sent again from before is a key's first submission (a key used again once forgotten is
+    `test_a_forgotten_key_used_again_keeps_the_books`)."""
     intake = Intake(opened)
     books = {account: Books({}, {}) for account in ACCOUNTS}
     sent: list[Command] = []  # what may be sent again
@@ -467,14 +475,19 @@ DAY_MS = 86_400_000
 
 
 @pytest.mark.parametrize("sends", [
-    pytest.param(
+    pytest.param(  # was booked under the first use's txn_id: state 6.01, ledger 1.01
         [("k0", "0.01", 0, 0), ("k1", "1.00", 3 * DAY_MS + 1000, 3 * DAY_MS + 1000),
          ("k0", "5.00", 3 * DAY_MS + 2000, 3 * DAY_MS + 2000)],
-        id="key-used-again",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "bug: a key used again once forgotten (IDEMPOTENCY_RETENTION) is a new command, "
-            "booked under the txn_id and event_id of the key's first use; the shard keeps the "
-            "first of each (ON CONFLICT DO NOTHING): state 6.01, ledger 1.01"))),
+        id="key-used-again"),
+    pytest.param(  # the same body again, submitted anew: had its effect once
+        [("k0", "0.01", 0, 0), ("k1", "1.00", 3 * DAY_MS + 1000, 3 * DAY_MS + 1000),
+         ("k0", "0.01", 3 * DAY_MS + 2000, 3 * DAY_MS + 2000)],
+        id="same-body-submitted-again"),
+    pytest.param(  # past the count bound, not the time: the 500th key pushes k0 out
+        [("k0", "0.01", 0, 0),
+         *[(f"n{i}", "0.01", 1000 + i, 1000 + i) for i in range(IDEMPOTENCY_KEYS_MAX)],
+         ("k0", "5.00", 2000 + IDEMPOTENCY_KEYS_MAX, 2000 + IDEMPOTENCY_KEYS_MAX)],
+        id="key-used-again-past-the-count"),
     pytest.param(
         [("k0", "0.01", 0, 0), ("k0", "0.01", 1, 1),
          ("k1", "1.00", 3 * DAY_MS + 1000, 3 * DAY_MS + 1000),
@@ -483,14 +496,23 @@ DAY_MS = 86_400_000
 ])
 def test_a_forgotten_key_used_again_keeps_the_books(
         sends: list[tuple[str, str, int, int]]) -> None:
-    """Deposits (key, amount, submitted, at: ms after T0) to one opened account."""
+    """Deposits (key, amount, submitted, at: ms after T0) to one opened account. The last one
+    under a key seen before with another amount is refused, whenever it comes."""
     intake = Intake({"acc_a1"})
     books = {account: Books({}, {}) for account in ACCOUNTS}
+    first: dict[str, str] = {}
+    last: list[Any] = []
     for key, amount, submitted_ms, at_ms in sends:
-        for output in _decoded(intake.send(_deposit_at(key, amount, T0_MS + submitted_ms),
-                                           T0_MS + at_ms)):
+        last = _decoded(intake.send(_deposit_at(key, amount, T0_MS + submitted_ms),
+                                    T0_MS + at_ms))
+        for output in last:
             books["acc_a1"].note(output)
+        first.setdefault(key, amount)
     _check_books(intake, books)
+    key, amount, _, _ = sends[-1]
+    if amount != first[key]:
+        assert [(type(o).__name__, o.reason) for o in last] == [
+            ("CommandRejected", Reason.DUPLICATE_IDEMPOTENCY_KEY)], last
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)
