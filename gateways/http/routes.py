@@ -471,7 +471,14 @@ async def place_order(request: web.Request) -> web.Response:
     claimed, quote = await _admit_order(gateway, user_id, now, scope, key, fingerprint,
                                         symbol)
     if claimed is False:
-        return await _replayed_order(gateway, account_id, order_id, key)
+        replayed = await _replay_on_record(gateway, account_id, order_id, key)
+        if replayed is not None:
+            return replayed
+        # Redis saw this request before, but neither the shard nor the journal holds its
+        # order: the first attempt died before its command was durable (it claimed the key,
+        # then its process was killed). Answering 202 now would acknowledge an order that
+        # will never exist; it is sent as a first attempt is (a second copy, if the first
+        # one is still on its way, is harmless: one journal row a key, one decision a key).
     try:
         command = PlaceOrder(
             account_id=account_id, idempotency_key=key, symbol=symbol, side=body.side,
@@ -496,7 +503,7 @@ async def place_order(request: web.Request) -> web.Response:
         raise
     location = {"Location": f"/v1/orders/{order_id}"}
     await refuse_reused_key(gateway, answer, claimed, scope, key, fingerprint)
-    if answer is None and claimed is None:
+    if answer is None and claimed is not True:
         # The topology answers nothing to a replay of the same body: it may be one.
         return await _replayed_order(gateway, account_id, order_id, key)
     if isinstance(answer, CommandRejected):
@@ -580,6 +587,16 @@ async def _replayed_order(gateway: Gateway, account_id: str, order_id: str,
                              {"Location": f"/v1/orders/{order_id}"})
     return json_response(_pending_order(order_id, account_id, key), 202,
                          {"Location": f"/v1/orders/{order_id}"})
+
+
+async def _replay_on_record(gateway: Gateway, account_id: str, order_id: str,
+                            key: str) -> web.Response | None:
+    """A retry's answer when its order is durable: in the shard (as `_replayed_order`), or
+    journaled (202: the journal publishes it until it is decided); None when it is neither."""
+    if await gateway.reader.order(account_id, order_id) is None and (
+            await gateway.reader.journaled_order(account_id, order_id) is None):
+        return None
+    return await _replayed_order(gateway, account_id, order_id, key)
 
 
 async def _find_order(gateway: Gateway, user_id: str, order_id: str,

@@ -9,9 +9,11 @@ from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from gateways.http import schemas as s
 from gateways.http.app import create_app
 from gateways.http.auth import issue_token
 from state.ids import order_id_for
@@ -213,6 +215,29 @@ def test_same_key_same_body_is_the_same_order_and_another_body_is_409() -> None:
         other = await place(client, account_id, "k1", quantity="11")
         assert other.status == 409
         assert (await other.json())["code"] == "idempotency_key_reused"
+        assert len(fakes.producer.produced) == 1
+
+    run(scenario)
+
+
+def test_a_retry_whose_first_attempt_died_before_the_journal_sends_the_order() -> None:
+    """The first attempt claimed the key in Redis, then its process was killed before the
+    journal held the command (seen in the scale-out test: the retry was answered 202 and the
+    order never existed). Neither the shard nor the journal has it: the retry sends it."""
+    async def scenario(client: TestClient, fakes: Fakes) -> None:
+        fakes.quotes.quotes["AAPL"] = quote("AAPL", "209.40", "209.45")
+        fakes.producer.respond = accept_everything
+        account_id = await new_account(client)
+        body = msgspec.json.decode(msgspec.json.encode({**ORDER, "account_id": account_id}),
+                                   type=s.OrderRequest)
+        fingerprint = msgspec.json.Encoder(decimal_format="string").encode(body).decode()
+        fakes.idempotency.records[(f"order:{account_id}", "k1")] = fingerprint  # died here
+        retried = await place(client, account_id, "k1")
+        assert retried.status == 201, await retried.text()
+        assert [m.idempotency_key for _, _, m in fakes.producer.produced] == ["k1"]
+        assert (account_id, "k1") in fakes.journal.rows
+        again = await place(client, account_id, "k1")  # journaled now: answered from it
+        assert again.status == 202
         assert len(fakes.producer.produced) == 1
 
     run(scenario)

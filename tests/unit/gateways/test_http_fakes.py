@@ -61,6 +61,8 @@ class FakeReader:
         self.portfolios: dict[str, dict[str, Any]] = {}
         self.outcomes: dict[tuple[str, str], dict[str, Any]] = {}
         self.journaled_orders: dict[tuple[str, str], dict[str, Any]] = {}
+        # The journal's rows, as the shard holds them (Fakes wires the FakeJournal's in).
+        self.journal_entries: Callable[[], list[JournalEntry]] = list
 
     async def create_account(self, user_id: str, account_id: str, shard: int) -> dict[str, Any]:
         account = self.accounts.setdefault(account_id, {
@@ -85,7 +87,11 @@ class FakeReader:
         return self.orders_by_id.get((account_id, order_id))
 
     async def journaled_order(self, account_id: str, order_id: str) -> dict[str, Any] | None:
-        return self.journaled_orders.get((account_id, order_id))
+        found = self.journaled_orders.get((account_id, order_id))
+        if found is None and any(entry.order_id == order_id and entry.account_id == account_id
+                                 for entry in self.journal_entries()):
+            return {"order_id": order_id, "account_id": account_id, "state": "pending"}
+        return found
 
     async def command_outcome(self, account_id: str, key: str) -> dict[str, Any] | None:
         return self.outcomes.get((account_id, key))
@@ -204,6 +210,7 @@ class Fakes:
         self.limiter = FakeLimiter()
         self.idempotency = FakeIdempotency()
         self.journal = FakeJournal(self.producer, self.reader)
+        self.reader.journal_entries = lambda: [row["entry"] for row in self.journal.rows.values()]
 
     async def backends(self, app: web.Application) -> AsyncIterator[None]:
         gateway = app[GATEWAY]
