@@ -39,7 +39,7 @@ command with an unknown key submitted at or before it is refused (`command_too_o
 key's record is also kept outside the state (`state.account_parts`), and the shell passes it in
 (`forgotten`) for a command whose key the state no longer holds: a key names one command of its
 account for good, so a later command under it is the same command again (no effect) or is
-refused (`duplicate_idempotency_key`), whatever its `submitted_at`;
+refused (`Reason.DUPLICATE_IDEMPOTENCY_KEY`), whatever its `submitted_at`;
 `executions_forgotten_until` is the latest `transact_time` of a dropped order's (or unknown
 order's) executions, and a report for an unknown order from at or before it is not booked but
 raised as a critical alert (`execution_for_forgotten_order`) for an operator to look at.
