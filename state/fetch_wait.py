@@ -7,9 +7,14 @@ reader with a short wait that falls behind a large partition gets nothing ever a
 every empty answer still carries the partition's high watermark: 60,000 one-record batches
 gave nothing in 6 s at 10 ms, the first record after 2.8 s at 40 ms and after 57 ms at 160 ms.
 A short wait is what keeps the order path fast at the tail, so readers start short and widen
-only when starved: behind (the high watermark past what they read) and given nothing for
-`STARVED_S`. The new wait comes from a measurement: the time the broker takes to list the
-reader's largest partition (a ListOffsets lists the same objects), times `LISTING_TO_WAIT`.
+only when starved: behind (the high watermark past what they read) for `STARVED_S` without once
+catching up, whether or not records came meanwhile. Given nothing is the plain case; fed
+slower than the input grows is the other: a pass whose listing is cut short by the wait left
+returns nothing, so a 10 ms reader of a partition the broker lists in 20-40 ms still got a
+record now and then, never went 2 s without one, and never widened, while the broker spent
+1.1 cores on listings it threw away (a loaded soak, 2026-12-04: POST p99 1.3 s at minute 38).
+The new wait comes from a measurement: the time the broker takes to list the reader's largest
+partition (a ListOffsets lists the same objects), times `LISTING_TO_WAIT`.
 A widened reader that has stayed at the tail for `NARROW_AFTER_S` measures again and narrows
 when the listing allows, so a burst or a loaded moment does not slow the tail for good.
 On Apache Kafka a fetch is answered from an index; a reader there is never starved this way
@@ -93,13 +98,15 @@ def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int
 
 @dataclass
 class Starvation:
-    """Behind its input and given nothing for `starved_s`: the reader needs a wider wait."""
+    """Behind its input for `starved_s` without once being caught up: the reader needs a
+    wider wait. Records that came meanwhile do not count: a reader the broker feeds slower
+    than its input grows is starved too."""
 
     starved_s: float = STARVED_S
     _since_s: float | None = None
 
-    def observe(self, now_s: float, got_records: bool, behind: bool) -> bool:
-        if got_records or not behind:
+    def observe(self, now_s: float, behind: bool) -> bool:
+        if not behind:
             self._since_s = None
             return False
         if self._since_s is None:
@@ -195,14 +202,13 @@ class WideningReader:
 
         now_s = time.monotonic() if now_s is None else now_s
         try:
-            if got_records:
-                self._starvation.observe(now_s, True, False)
+            if got_records:  # judged on empty polls: one that got records may still be behind
                 return False
             if now_s < self._next_check_s:
                 return False
             self._next_check_s = now_s + BEHIND_CHECK_S
             behind = is_behind(self.consumer, self._starts)
-            if self._starvation.observe(now_s, False, behind):
+            if self._starvation.observe(now_s, behind):
                 return self._widen()
             self._narrow_if_long_at_tail(now_s, behind)
             return False

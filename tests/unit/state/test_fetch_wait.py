@@ -1,6 +1,7 @@
-"""When a reader's fetch wait widens (state.fetch_wait): starved means behind and given
-nothing for the whole starvation time; the new wait leaves room for the broker's listing. A
-widened reader long at the tail narrows again when the listing allows."""
+"""When a reader's fetch wait widens (state.fetch_wait): starved means behind for the whole
+starvation time without once catching up, whether or not records came meanwhile; the new wait
+leaves room for the broker's listing. A widened reader long at the tail narrows again when the
+listing allows."""
 
 from __future__ import annotations
 
@@ -18,31 +19,28 @@ from state.fetch_wait import (
 )
 
 
-def test_starved_only_after_the_whole_time_behind_with_nothing() -> None:
+def test_starved_only_after_the_whole_time_behind() -> None:
     starvation = Starvation(starved_s=2.0)
-    assert not starvation.observe(0.0, got_records=False, behind=True)
-    assert not starvation.observe(1.9, got_records=False, behind=True)
-    assert starvation.observe(2.0, got_records=False, behind=True)
+    assert not starvation.observe(0.0, behind=True)
+    assert not starvation.observe(1.9, behind=True)
+    assert starvation.observe(2.0, behind=True)
     # Judged again from scratch after a verdict.
-    assert not starvation.observe(2.1, got_records=False, behind=True)
-    assert starvation.observe(4.5, got_records=False, behind=True)
+    assert not starvation.observe(2.1, behind=True)
+    assert starvation.observe(4.5, behind=True)
 
 
-def test_a_record_or_being_caught_up_starts_the_clock_again() -> None:
+def test_being_caught_up_starts_the_clock_again() -> None:
     starvation = Starvation(starved_s=2.0)
-    starvation.observe(0.0, got_records=False, behind=True)
-    starvation.observe(1.5, got_records=True, behind=False)
-    assert not starvation.observe(3.0, got_records=False, behind=True)
-    assert not starvation.observe(4.9, got_records=False, behind=True)
-    starvation.observe(5.0, got_records=False, behind=False)  # at the tail: nothing to get
-    assert not starvation.observe(6.0, got_records=False, behind=True)
-    assert starvation.observe(8.0, got_records=False, behind=True)
+    starvation.observe(0.0, behind=True)
+    starvation.observe(1.5, behind=False)  # at the tail: nothing to get
+    assert not starvation.observe(3.0, behind=True)
+    assert not starvation.observe(4.9, behind=True)
+    assert starvation.observe(5.0, behind=True)
 
 
 def test_idle_at_the_tail_is_never_starved() -> None:
     starvation = Starvation(starved_s=2.0)
-    assert not any(starvation.observe(float(t), got_records=False, behind=False)
-                   for t in range(100))
+    assert not any(starvation.observe(float(t), behind=False) for t in range(100))
 
 
 @given(st.floats(0, 10_000, allow_nan=False), st.integers(1, WAIT_MS_MAX))
@@ -127,3 +125,32 @@ def test_a_widened_reader_long_at_the_tail_narrows_back_to_its_first_wait() -> N
     _poll_empty(reader, now_s, now_s + 2.0)
     assert reader.wait_ms == 10 and made == [10, 20, 10]
     assert partition.position == 250, "reopened where it would have read next"
+
+
+def test_a_reader_fed_now_and_then_but_never_caught_up_widens() -> None:
+    """A record every 0.5 s while the input grows faster: never 2 s without a record (the old
+    rule never widened it; the broker spent 1.1 cores on listings it threw away), yet behind
+    the whole time."""
+    partition, made = _Partition(), []
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10)
+    reader.assign({("t", 0): 100})
+    now_s = 0.0
+    while now_s < 2.6:
+        partition.high += 3  # the input grows
+        partition.position += 1  # a record arrives, fewer than came in
+        reader.after_poll(True, now_s)
+        now_s = _poll_empty(reader, now_s + 0.1, now_s + 0.5)
+    assert reader.wait_ms == 20 and made == [10, 20]
+
+
+def test_a_reader_that_keeps_up_under_load_keeps_its_wait() -> None:
+    partition, made = _Partition(), []
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10)
+    reader.assign({("t", 0): 100})
+    now_s = 0.0
+    while now_s < 10.0:
+        partition.high += 3
+        partition.position = partition.high  # it reads all there is
+        reader.after_poll(True, now_s)
+        now_s = _poll_empty(reader, now_s + 0.1, now_s + 0.3)
+    assert reader.wait_ms == 10 and made == [10]
