@@ -163,8 +163,8 @@ def listing_ms(consumer: ReaderConsumer, keys: Iterable[PartitionKey],
 
 
 class WideningReader:
-    """A consumer that reads assigned partitions and, once starved (behind and given nothing
-    for `starved_s`), is closed and made again with a wider fetch wait at the offsets it would
+    """A consumer that reads assigned partitions and, once starved (behind for `starved_s`
+    without catching up), is closed and made again with a wider fetch wait at the offsets it would
     have read next. `make(wait_ms)` builds the consumer; with `commit`, the old consumer's
     stored offsets are committed before it closes (readers that commit under a group)."""
 
@@ -222,8 +222,8 @@ class WideningReader:
         offsets = next_offsets(self.consumer, self._starts)
         listed_ms = listing_ms(self.consumer, offsets)
         wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
-        log.warning("%s: behind and given nothing for %.0f s (the broker lists a partition in "
-                    "%.0f ms): reading with a %d ms fetch wait, was %d ms", self.name,
+        log.warning("%s: behind for %.0f s without catching up (the broker lists a partition "
+                    "in %.0f ms): reading with a %d ms fetch wait, was %d ms", self.name,
                     self._starvation.starved_s, listed_ms, wait_ms, self.wait_ms)
         self._reopen(offsets, wait_ms)
         return True
