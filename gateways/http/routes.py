@@ -580,23 +580,28 @@ async def _replayed_order(gateway: Gateway, account_id: str, order_id: str,
                           key: str) -> web.Response:
     """Same key, same body: the order as the shard knows it, or 202 while it catches up."""
     order = await gateway.reader.order(account_id, order_id)
-    if order is not None:
-        if order.get("state") == OrderState.REJECTED:
-            raise _rejected(order_id, account_id, order.get("reason") or "rejected", None)
-        return json_response(answers.order(order), 200,
-                             {"Location": f"/v1/orders/{order_id}"})
-    return json_response(_pending_order(order_id, account_id, key), 202,
-                         {"Location": f"/v1/orders/{order_id}"})
+    return _replay_answer(order, account_id, order_id, key)
 
 
 async def _replay_on_record(gateway: Gateway, account_id: str, order_id: str,
                             key: str) -> web.Response | None:
     """A retry's answer when its order is durable: in the shard (as `_replayed_order`), or
     journaled (202: the journal publishes it until it is decided); None when it is neither."""
-    if await gateway.reader.order(account_id, order_id) is None and (
-            await gateway.reader.journaled_order(account_id, order_id) is None):
+    order = await gateway.reader.order(account_id, order_id)
+    if order is None and await gateway.reader.journaled_order(account_id, order_id) is None:
         return None
-    return await _replayed_order(gateway, account_id, order_id, key)
+    return _replay_answer(order, account_id, order_id, key)
+
+
+def _replay_answer(order: dict[str, Any] | None, account_id: str, order_id: str,
+                   key: str) -> web.Response:
+    """The shard's order (200, or its refusal), or 202 while it is not there yet."""
+    location = {"Location": f"/v1/orders/{order_id}"}
+    if order is not None:
+        if order.get("state") == OrderState.REJECTED:
+            raise _rejected(order_id, account_id, order.get("reason") or "rejected", None)
+        return json_response(answers.order(order), 200, location)
+    return json_response(_pending_order(order_id, account_id, key), 202, location)
 
 
 async def _find_order(gateway: Gateway, user_id: str, order_id: str,
