@@ -131,12 +131,15 @@ def steady_rate(arrivals: list[Arrival], low: float = 0.1, high: float = 0.9) ->
     return Rate(count / (last.at_s - first.at_s), count / cpu_s if cpu_s > 0 else float("nan"))
 
 
-def _bare(bootstrap: str, prefix: str, guarantee: str, commit_s: float) -> None:
+def _bare(bootstrap: str, prefix: str, guarantee: str, commit_s: float, state_dir: Path
+          ) -> None:
     from quixstreams import Application
     from quixstreams.models import TopicConfig
 
     # the account topology's consumer and producer settings (topologies.accounts)
+    # Quix's default state dir is ./state, which from the checkout is the state package.
     app = Application(broker_address=bootstrap, consumer_group=prefix + "bare",
+                      state_dir=str(state_dir / (prefix + "bare")),
                       auto_offset_reset="earliest", processing_guarantee=guarantee,  # type: ignore[arg-type]
                       commit_interval=commit_s, loglevel="WARNING",
                       consumer_poll_timeout=POLL_TIMEOUT_S,
@@ -208,7 +211,8 @@ def _stop(process: BaseProcess) -> None:
         process.kill()
 
 
-def run_bare(bootstrap: str, guarantee: str, commit_s: float, count: int) -> Rate:
+def run_bare(bootstrap: str, guarantee: str, commit_s: float, count: int, state_dir: Path
+             ) -> Rate:
     prefix = f"b{uuid.uuid4().hex[:6]}."
     spec = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
     create_topics(bootstrap, [TopicSpec(prefix + "bare.in", PARTITIONS, spec),
@@ -221,7 +225,7 @@ def run_bare(bootstrap: str, guarantee: str, commit_s: float, count: int) -> Rat
                          value=payload.replace(b'"k"', f'"k{i}"'.encode()))
         producer.poll(0)
     producer.flush(60)
-    process = _start(_bare, bootstrap, prefix, guarantee, commit_s)
+    process = _start(_bare, bootstrap, prefix, guarantee, commit_s, state_dir)
     try:
         arrivals = _arrivals(bootstrap, prefix + "bare.out", lambda _: True, count, 300,
                              process.pid)
@@ -345,7 +349,7 @@ def _compare(bootstrap: str, guarantee: str, args: argparse.Namespace, work: Pat
     bares: list[Rate] = []
     runs: list[dict[str, Any]] = []
     for _ in range(args.repeat):
-        bares.append(run_bare(bootstrap, guarantee, args.commit_interval_s, count))
+        bares.append(run_bare(bootstrap, guarantee, args.commit_interval_s, count, work))
         runs.append(run_throughput(bootstrap, guarantee, args.commit_interval_s,
                                    args.accounts, args.orders, work))
     bare = max(bares, key=lambda rate: rate.per_s)

@@ -15,6 +15,12 @@ record now and then, never went 2 s without one, and never widened, while the br
 1.1 cores on listings it threw away (a loaded soak, 2026-12-04: POST p99 1.3 s at minute 38).
 The new wait comes from a measurement: the time the broker takes to list the reader's largest
 partition (a ListOffsets lists the same objects), times `LISTING_TO_WAIT`.
+A reader need not wait to be starved, either: every `MEASURE_EVERY_S` it times the listing of
+its largest partition and widens when that takes more than half its wait (`LISTING_WASTES`):
+the pass that notices new data has half the wait left or less, so the broker would be cutting
+that reader's listings short and throwing them away. Starvation is the later, surer sign;
+this one comes minutes sooner as a partition grows (in both loaded soaks of 2026-12-04 the
+events tail's listing passed half its 10 ms wait long before it widened).
 A widened reader that has stayed at the tail for `NARROW_AFTER_S` measures again and narrows
 when the listing allows, so a burst or a loaded moment does not slow the tail for good.
 On Apache Kafka a fetch is answered from an index; a reader there is never starved this way
@@ -43,6 +49,10 @@ BEHIND_CHECK_S = 0.25
 # at the tail a wide wait costs up to half of it per record, since the broker checks for new
 # data at about half of the wait left.
 NARROW_AFTER_S = 30.0
+# How often a reader times the listing of its largest partition (one ListOffsets), and the
+# share of its wait past which that listing is wasted: see the module's docstring.
+MEASURE_EVERY_S = 30.0
+LISTING_WASTES = 0.5
 
 PartitionKey = tuple[str, int]
 
@@ -144,6 +154,19 @@ def is_behind(consumer: ReaderConsumer, starts: Mapping[PartitionKey, int]) -> b
     return False
 
 
+def largest_partition(consumer: ReaderConsumer, keys: Iterable[PartitionKey]
+                      ) -> list[PartitionKey]:
+    """Of `keys`, the partition with the highest high watermark as the last fetch answer gave
+    it (none when no answer gave one): the one the broker takes longest to list. No broker
+    request."""
+    from confluent_kafka import TopicPartition
+
+    found = [(consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1],
+              (topic, partition)) for topic, partition in keys]
+    found = [(high, key) for high, key in found if high >= 0]
+    return [max(found)[1]] if found else []
+
+
 def listing_ms(consumer: ReaderConsumer, keys: Iterable[PartitionKey],
                timeout_s: float = 10.0) -> float:
     """The longest time the broker took to answer ListOffsets for one of the partitions, in
@@ -164,13 +187,17 @@ def listing_ms(consumer: ReaderConsumer, keys: Iterable[PartitionKey],
 
 class WideningReader:
     """A consumer that reads assigned partitions and, once starved (behind for `starved_s`
-    without catching up), is closed and made again with a wider fetch wait at the offsets it would
-    have read next. `make(wait_ms)` builds the consumer; with `commit`, the old consumer's
-    stored offsets are committed before it closes (readers that commit under a group)."""
+    without catching up) or once the broker's listing of its largest partition takes more than
+    half its wait (timed every `measure_every_s` by `measure`), is closed and made again with a
+    wider fetch wait at the offsets it would have read next. `make(wait_ms)` builds the
+    consumer; with `commit`, the old consumer's stored offsets are committed before it closes
+    (readers that commit under a group)."""
 
     def __init__(self, name: str, make: Callable[[int], Any], wait_ms: int, *,
                  commit: bool = False, starved_s: float = STARVED_S,
-                 wait_ms_max: int = WAIT_MS_MAX, narrow_after_s: float = NARROW_AFTER_S
+                 wait_ms_max: int = WAIT_MS_MAX, narrow_after_s: float = NARROW_AFTER_S,
+                 measure_every_s: float = MEASURE_EVERY_S,
+                 measure: Callable[[Any, Iterable[PartitionKey]], float] = listing_ms
                  ) -> None:
         self.name = name
         self.wait_ms = wait_ms
@@ -182,6 +209,9 @@ class WideningReader:
         self._wait_ms_max = wait_ms_max
         self._starvation = Starvation(starved_s)
         self._next_check_s = 0.0
+        self._measure_every_s = measure_every_s
+        self._next_measure_s = 0.0
+        self._measure = measure
         self._starts: dict[PartitionKey, int] = {}
         self.consumer = make(wait_ms)
 
@@ -202,6 +232,10 @@ class WideningReader:
 
         now_s = time.monotonic() if now_s is None else now_s
         try:
+            if now_s >= self._next_measure_s:
+                self._next_measure_s = now_s + self._measure_every_s
+                if self._widen_if_listing_wasted():
+                    return True
             if got_records:  # judged on empty polls: one that got records may still be behind
                 return False
             if now_s < self._next_check_s:
@@ -220,11 +254,25 @@ class WideningReader:
         if self.wait_ms >= self._wait_ms_max:
             return False
         offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = listing_ms(self.consumer, offsets)
+        listed_ms = self._measure(self.consumer, offsets)
         wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
         log.warning("%s: behind for %.0f s without catching up (the broker lists a partition "
                     "in %.0f ms): reading with a %d ms fetch wait, was %d ms", self.name,
                     self._starvation.starved_s, listed_ms, wait_ms, self.wait_ms)
+        self._reopen(offsets, wait_ms)
+        return True
+
+    def _widen_if_listing_wasted(self) -> bool:
+        if self.wait_ms >= self._wait_ms_max:
+            return False
+        offsets = next_offsets(self.consumer, self._starts)
+        listed_ms = self._measure(self.consumer, largest_partition(self.consumer, offsets))
+        if listed_ms <= LISTING_WASTES * self.wait_ms:
+            return False
+        wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
+        log.warning("%s: the broker lists its largest partition in %.0f ms, more than %d %% "
+                    "of the %d ms fetch wait: reading with a %d ms wait", self.name, listed_ms,
+                    LISTING_WASTES * 100, self.wait_ms, wait_ms)
         self._reopen(offsets, wait_ms)
         return True
 
@@ -238,7 +286,7 @@ class WideningReader:
             return
         self._tail_since_s = now_s  # measured now: the next look is as far off
         offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = listing_ms(self.consumer, offsets)
+        listed_ms = self._measure(self.consumer, offsets)
         wait_ms = narrower_wait(listed_ms, self.wait_ms, self._first_wait_ms)
         if wait_ms >= self.wait_ms:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -41,34 +42,71 @@ def _produce_one_record_batches(bootstrap: str, topic: str, count: int) -> None:
     assert producer.flush(60) == 0
 
 
-def test_a_reader_starved_behind_a_large_partition_widens_its_wait_and_reads_on(
-        services) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def big_topic(services):  # type: ignore[no-untyped-def]
+    """A partition of `BATCHES` one-record batches, values 0.. in order."""
     bootstrap = services.bootstrap_servers
     topic = f"fw{uuid.uuid4().hex[:8]}.big"
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(topic, 1, 1, config={"retention.ms": "-1"})])[topic].result()
     try:
         _produce_one_record_batches(bootstrap, topic, BATCHES)
-
-        def make(wait_ms: int) -> Consumer:
-            return Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
-                             "enable.auto.commit": False, "fetch.wait.max.ms": wait_ms})
-
-        reader = WideningReader(topic, make, START_WAIT_MS, starved_s=1.0)
-        reader.assign({(topic, 0): BATCHES - TAIL})
-        values: list[int] = []
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        try:
-            while len(values) < TAIL and time.monotonic() < deadline:
-                records = reader.consumer.consume(num_messages=100, timeout=0.1)
-                values += [int(r.value()) for r in records if r.error() is None]
-                reader.after_poll(bool(records))
-            assert values == list(range(BATCHES - TAIL, BATCHES)), values[:5]
-            assert reader.wait_ms > START_WAIT_MS  # it was starved, and widened
-        finally:
-            reader.close()
-        # A reader that cannot reopen (a Quix app) measures at start: past the listing.
-        assert measured_wait_ms(bootstrap, [topic], START_WAIT_MS) > LISTING_TO_WAIT
-        assert measured_wait_ms(bootstrap, [f"{topic}.none"], 25) == 25
+        yield topic
     finally:
         admin.delete_topics([topic])[topic].result()
+
+
+def _consumer_maker(bootstrap: str, topic: str) -> Callable[[int], Consumer]:
+    def make(wait_ms: int) -> Consumer:
+        return Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": wait_ms})
+    return make
+
+
+def test_a_reader_starved_behind_a_large_partition_widens_its_wait_and_reads_on(
+        services, big_topic) -> None:  # type: ignore[no-untyped-def]
+    bootstrap, topic = services.bootstrap_servers, big_topic
+    reader = WideningReader(topic, _consumer_maker(bootstrap, topic), START_WAIT_MS,
+                            starved_s=1.0)
+    reader.assign({(topic, 0): BATCHES - TAIL})
+    values: list[int] = []
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    try:
+        while len(values) < TAIL and time.monotonic() < deadline:
+            records = reader.consumer.consume(num_messages=100, timeout=0.1)
+            values += [int(r.value()) for r in records if r.error() is None]
+            reader.after_poll(bool(records))
+        assert values == list(range(BATCHES - TAIL, BATCHES)), values[:5]
+        assert reader.wait_ms > START_WAIT_MS  # it was starved, and widened
+    finally:
+        reader.close()
+    # A reader that cannot reopen (a Quix app) measures at start: past the listing.
+    assert measured_wait_ms(bootstrap, [topic], START_WAIT_MS) > LISTING_TO_WAIT
+    assert measured_wait_ms(bootstrap, [f"{topic}.none"], 25) == 25
+
+
+def test_a_reader_at_the_tail_of_a_large_partition_widens_before_it_is_starved(
+        services, big_topic) -> None:  # type: ignore[no-untyped-def]
+    """At the tail the broker does not list (nothing to get), so the reader is never behind
+    for long; but each record that comes is a listing its 1 ms wait cuts short. It times the
+    listing, widens, and reads what comes next."""
+    bootstrap, topic = services.bootstrap_servers, big_topic
+    reader = WideningReader(topic, _consumer_maker(bootstrap, topic), START_WAIT_MS,
+                            starved_s=READ_TIMEOUT_S, measure_every_s=0.5)
+    reader.assign({(topic, 0): BATCHES})
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    try:
+        while reader.wait_ms == START_WAIT_MS and time.monotonic() < deadline:
+            records = reader.consumer.consume(num_messages=100, timeout=0.1)
+            assert not records, "read past the tail"
+            reader.after_poll(False)
+        assert reader.wait_ms > 2 * START_WAIT_MS, "did not widen at the tail"
+        _produce_one_record_batches(bootstrap, topic, 1)  # value 0, at offset BATCHES
+        got: list[int] = []
+        while not got and time.monotonic() < deadline:
+            got = [r.offset() for r in reader.consumer.consume(num_messages=10, timeout=0.1)
+                   if r.error() is None]
+            reader.after_poll(bool(got))
+        assert got == [BATCHES], got
+    finally:
+        reader.close()

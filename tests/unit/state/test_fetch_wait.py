@@ -14,6 +14,7 @@ from state.fetch_wait import (
     WAIT_MS_MAX,
     Starvation,
     WideningReader,
+    largest_partition,
     narrower_wait,
     wider_wait,
 )
@@ -154,3 +155,67 @@ def test_a_reader_that_keeps_up_under_load_keeps_its_wait() -> None:
         reader.after_poll(True, now_s)
         now_s = _poll_empty(reader, now_s + 0.1, now_s + 0.3)
     assert reader.wait_ms == 10 and made == [10]
+
+
+class _Listing:
+    """The broker's listing time as a reader measures it, set by the test; counts the
+    measurements and the partitions they asked for."""
+
+    def __init__(self, listing_ms: float) -> None:
+        self.listing_ms = listing_ms
+        self.asked: list[list[tuple[str, int]]] = []
+
+    def __call__(self, consumer: object, keys: object) -> float:
+        self.asked.append(list(keys))  # type: ignore[call-overload]
+        return self.listing_ms
+
+
+def test_a_reader_whose_listing_outgrows_half_its_wait_widens_before_it_is_starved() -> None:
+    """At the tail, never behind for long: the starvation rule would never widen it, while
+    the broker cut the listings of its fetches short (a pass that notices new data has half
+    the wait left or less)."""
+    partition, made, listing = _Partition(), [], _Listing(4.0)
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            measure=listing)
+    reader.assign({("t", 0): 100})
+    now_s = _poll_empty(reader, 0.0, 31.0)
+    assert reader.wait_ms == 10, "widened at a listing under half the wait"
+    assert len(listing.asked) == 2 and listing.asked[0] == [("t", 0)], \
+        "measured more often than every MEASURE_EVERY_S, or not the largest partition"
+    listing.listing_ms = 6.0
+    now_s = _poll_empty(reader, now_s, now_s + 30.0)
+    assert reader.wait_ms == 24 and made == [10, 24], "not widened to 4x the listing"
+    assert partition.position == 100, "reopened elsewhere than where it would have read next"
+    # Half of 24 ms is room enough for 6 ms, and narrowing wants a listing under a quarter.
+    now_s = _poll_empty(reader, now_s, now_s + 95.0)
+    assert reader.wait_ms == 24 and made == [10, 24]
+    listing.listing_ms = 1.0  # the loaded moment is over
+    _poll_empty(reader, now_s, now_s + 31.0)
+    assert reader.wait_ms == 10 and made == [10, 24, 10]
+
+
+def test_a_reader_widened_to_the_widest_wait_stays_there() -> None:
+    partition, made, listing = _Partition(), [], _Listing(5_000.0)
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            measure=listing)
+    reader.assign({("t", 0): 100})
+    _poll_empty(reader, 0.0, 200.0)
+    assert made == [10, WAIT_MS_MAX]
+
+
+class _Watermarks:
+    def __init__(self, highs: dict[tuple[str, int], int]) -> None:
+        self._highs = highs
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float = 1.0,
+                              cached: bool = False) -> tuple[int, int]:
+        assert cached, "asked the broker; the last fetch answers say it"
+        return 0, self._highs[(partition.topic, partition.partition)]
+
+
+def test_the_largest_partition_is_the_one_with_the_highest_watermark_known() -> None:
+    keys = [("t", 0), ("t", 1), ("u", 0)]
+    highs = _Watermarks({("t", 0): 10, ("t", 1): 900, ("u", 0): -1001})
+    assert largest_partition(highs, keys) == [("t", 1)]  # type: ignore[arg-type]
+    unknown = _Watermarks({key: -1001 for key in keys})
+    assert largest_partition(unknown, keys) == []  # type: ignore[arg-type]
