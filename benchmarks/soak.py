@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import signal
 import sys
 import tempfile
 import threading
@@ -264,6 +265,8 @@ def main() -> None:
     parser.add_argument("--grow-per-s", type=float, default=0.0)
     parser.add_argument("--data-dir", default="")
     args = parser.parse_args()
+    # Stopped with SIGTERM, the soak still stops the stack it started (the finally below).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         data_dir = Path(args.data_dir) if args.data_dir else Path(scratch) / "data"
         stack = start_stack(data_dir)

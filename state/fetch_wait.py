@@ -83,16 +83,27 @@ def narrower_wait(listing_ms: float, wait_ms: int, first_wait_ms: int) -> int:
     return int(min(max(LISTING_TO_WAIT * listing_ms, first_wait_ms), wait_ms))
 
 
+def probe_consumer(bootstrap_servers: str, extra: Mapping[str, Any] | None = None) -> Any:
+    """A consumer that only times ListOffsets, on broker connections of its own. A reader's
+    own connection has its fetch in flight, and the embedded broker answers a connection's
+    requests in order, so a ListOffsets sent there first waits out that fetch: measured there,
+    the "listing" grew with the wait it was meant to size (a loaded soak, 2026-12-04: 8 ms at a
+    10 ms wait, 485 ms at 502 ms, on partitions that took a few ms to list)."""
+    from confluent_kafka import Consumer
+
+    return Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "fetch-wait-probe",
+                     **(extra or {})})
+
+
 def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int,
                      extra: Mapping[str, Any] | None = None) -> int:
     """The fetch wait for a reader that cannot reopen its consumer (a Quix app fixes its
     consumer's settings when it starts): `wait_ms`, or room for the broker's listing of the
     largest partition of `topics` when that is wider. A member its stall watch restarted
     (starved, it stood still behind its input) measures again and starts wider."""
-    from confluent_kafka import Consumer, KafkaException
+    from confluent_kafka import KafkaException
 
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers,
-                         "group.id": "fetch-wait-probe", **(extra or {})})
+    consumer = probe_consumer(bootstrap_servers, extra)
     try:
         found = consumer.list_topics(timeout=10).topics
         keys = [(topic, partition) for topic in topics if topic in found
@@ -190,11 +201,12 @@ class WideningReader:
     without catching up) or once the broker's listing of its largest partition takes more than
     half its wait (timed every `measure_every_s` by `measure`), is closed and made again with a
     wider fetch wait at the offsets it would have read next. `make(wait_ms)` builds the
-    consumer; with `commit`, the old consumer's stored offsets are committed before it closes
-    (readers that commit under a group)."""
+    consumer; `probe()` the consumer the listings are timed with (`probe_consumer`: not the
+    reader's own, whose fetch in flight would be timed too); with `commit`, the old consumer's
+    stored offsets are committed before it closes (readers that commit under a group)."""
 
     def __init__(self, name: str, make: Callable[[int], Any], wait_ms: int, *,
-                 commit: bool = False, starved_s: float = STARVED_S,
+                 probe: Callable[[], Any], commit: bool = False, starved_s: float = STARVED_S,
                  wait_ms_max: int = WAIT_MS_MAX, narrow_after_s: float = NARROW_AFTER_S,
                  measure_every_s: float = MEASURE_EVERY_S,
                  measure: Callable[[Any, Iterable[PartitionKey]], float] = listing_ms
@@ -212,6 +224,8 @@ class WideningReader:
         self._measure_every_s = measure_every_s
         self._next_measure_s = 0.0
         self._measure = measure
+        self._make_probe = probe
+        self._probe: Any = None
         self._starts: dict[PartitionKey, int] = {}
         self.consumer = make(wait_ms)
 
@@ -254,7 +268,7 @@ class WideningReader:
         if self.wait_ms >= self._wait_ms_max:
             return False
         offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = self._measure(self.consumer, offsets)
+        listed_ms = self._listing_ms(offsets)
         wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
         log.warning("%s: behind for %.0f s without catching up (the broker lists a partition "
                     "in %.0f ms): reading with a %d ms fetch wait, was %d ms", self.name,
@@ -262,11 +276,16 @@ class WideningReader:
         self._reopen(offsets, wait_ms)
         return True
 
+    def _listing_ms(self, keys: Iterable[PartitionKey]) -> float:
+        if self._probe is None:
+            self._probe = self._make_probe()
+        return self._measure(self._probe, keys)
+
     def _widen_if_listing_wasted(self) -> bool:
         if self.wait_ms >= self._wait_ms_max:
             return False
         offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = self._measure(self.consumer, largest_partition(self.consumer, offsets))
+        listed_ms = self._listing_ms(largest_partition(self.consumer, offsets))
         if listed_ms <= LISTING_WASTES * self.wait_ms:
             return False
         wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
@@ -286,7 +305,7 @@ class WideningReader:
             return
         self._tail_since_s = now_s  # measured now: the next look is as far off
         offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = self._measure(self.consumer, offsets)
+        listed_ms = self._listing_ms(offsets)
         wait_ms = narrower_wait(listed_ms, self.wait_ms, self._first_wait_ms)
         if wait_ms >= self.wait_ms:
             return
@@ -310,3 +329,5 @@ class WideningReader:
 
     def close(self) -> None:
         self.consumer.close()
+        if self._probe is not None:
+            self._probe.close()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -81,7 +82,7 @@ from gateways.fix.tracking import (
 from state.epoch import BrokerEpoch, read_epoch_record
 from state.exceptions import DecodeError, EpochUnavailable, ShardUnavailable
 from state.execution_booking import BookingReader, ExecutionRef, ShardOrder
-from state.fetch_wait import WideningReader
+from state.fetch_wait import WideningReader, probe_consumer
 from state.ids import cl_ord_id_for, order_id_of_cl_ord_id
 from state.member_id import stable_member_id
 from state.messages import (
@@ -245,8 +246,9 @@ class FixGateway:
             "acks": "all",
         })
         # Starts at the configured wait and widens when the broker starves it (issue 11).
-        self.route_reader = WideningReader(self.route_topic, self._route_consumer,
-                                           config.route_fetch_wait_ms, commit=True)
+        self.route_reader = WideningReader(
+            self.route_topic, self._route_consumer, config.route_fetch_wait_ms, commit=True,
+            probe=functools.partial(probe_consumer, config.bootstrap_servers))
         settings = load_settings(
             initiator_settings_text(self.specs.values(), self.store_dir, config.heartbeat_s,
                                     config.validate_messages),

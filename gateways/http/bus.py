@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from gateways.exceptions import GatewayError
 from state import topics as t
 from state.exceptions import DecodeError
-from state.fetch_wait import WideningReader
+from state.fetch_wait import WideningReader, probe_consumer
 from state.messages import Message
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,9 @@ class TopicTail:
         self.malformed = 0
         self.records_read = 0
         # Starts at `fetch_wait_ms` and widens when the broker starves it (issue 11).
-        self._reader = WideningReader(topic, functools.partial(
-            _tail_consumer, bootstrap_servers, session_timeout_ms), fetch_wait_ms)
+        self._reader = WideningReader(
+            topic, functools.partial(_tail_consumer, bootstrap_servers, session_timeout_ms),
+            fetch_wait_ms, probe=functools.partial(probe_consumer, bootstrap_servers))
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"tail-{family}", daemon=True)
 

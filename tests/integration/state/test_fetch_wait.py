@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from state.fetch_wait import LISTING_TO_WAIT, WideningReader, measured_wait_ms
+from state.fetch_wait import LISTING_TO_WAIT, WideningReader, measured_wait_ms, probe_consumer
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_a_reader_starved_behind_a_large_partition_widens_its_wait_and_reads_on(
         services, big_topic) -> None:  # type: ignore[no-untyped-def]
     bootstrap, topic = services.bootstrap_servers, big_topic
     reader = WideningReader(topic, _consumer_maker(bootstrap, topic), START_WAIT_MS,
-                            starved_s=1.0)
+                            starved_s=1.0, probe=lambda: probe_consumer(bootstrap))
     reader.assign({(topic, 0): BATCHES - TAIL})
     values: list[int] = []
     deadline = time.monotonic() + READ_TIMEOUT_S
@@ -92,7 +92,8 @@ def test_a_reader_at_the_tail_of_a_large_partition_widens_before_it_is_starved(
     listing, widens, and reads what comes next."""
     bootstrap, topic = services.bootstrap_servers, big_topic
     reader = WideningReader(topic, _consumer_maker(bootstrap, topic), START_WAIT_MS,
-                            starved_s=READ_TIMEOUT_S, measure_every_s=0.5)
+                            starved_s=READ_TIMEOUT_S, measure_every_s=0.5,
+                            probe=lambda: probe_consumer(bootstrap))
     reader.assign({(topic, 0): BATCHES})
     deadline = time.monotonic() + READ_TIMEOUT_S
     try:

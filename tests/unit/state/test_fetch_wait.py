@@ -110,6 +110,7 @@ def _poll_empty(reader: WideningReader, since_s: float, until_s: float) -> float
 def test_a_widened_reader_long_at_the_tail_narrows_back_to_its_first_wait() -> None:
     partition, made = _Partition(), []
     reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            probe=lambda: _FakeConsumer(partition, 0, []),
                             narrow_after_s=30.0)
     reader.assign({("t", 0): 100})
     partition.high = 200  # behind, and given nothing
@@ -133,7 +134,8 @@ def test_a_reader_fed_now_and_then_but_never_caught_up_widens() -> None:
     rule never widened it; the broker spent 1.1 cores on listings it threw away), yet behind
     the whole time."""
     partition, made = _Partition(), []
-    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10)
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            probe=lambda: _FakeConsumer(partition, 0, []))
     reader.assign({("t", 0): 100})
     now_s = 0.0
     while now_s < 2.6:
@@ -146,7 +148,8 @@ def test_a_reader_fed_now_and_then_but_never_caught_up_widens() -> None:
 
 def test_a_reader_that_keeps_up_under_load_keeps_its_wait() -> None:
     partition, made = _Partition(), []
-    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10)
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            probe=lambda: _FakeConsumer(partition, 0, []))
     reader.assign({("t", 0): 100})
     now_s = 0.0
     while now_s < 10.0:
@@ -164,9 +167,11 @@ class _Listing:
     def __init__(self, listing_ms: float) -> None:
         self.listing_ms = listing_ms
         self.asked: list[list[tuple[str, int]]] = []
+        self.timed_on: list[object] = []
 
     def __call__(self, consumer: object, keys: object) -> float:
         self.asked.append(list(keys))  # type: ignore[call-overload]
+        self.timed_on.append(consumer)
         return self.listing_ms
 
 
@@ -175,8 +180,14 @@ def test_a_reader_whose_listing_outgrows_half_its_wait_widens_before_it_is_starv
     the broker cut the listings of its fetches short (a pass that notices new data has half
     the wait left or less)."""
     partition, made, listing = _Partition(), [], _Listing(4.0)
+    probes: list[_FakeConsumer] = []
+
+    def probe() -> _FakeConsumer:
+        probes.append(_FakeConsumer(partition, 0, []))
+        return probes[-1]
+
     reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
-                            measure=listing)
+                            probe=probe, measure=listing)
     reader.assign({("t", 0): 100})
     now_s = _poll_empty(reader, 0.0, 31.0)
     assert reader.wait_ms == 10, "widened at a listing under half the wait"
@@ -192,11 +203,15 @@ def test_a_reader_whose_listing_outgrows_half_its_wait_widens_before_it_is_starv
     listing.listing_ms = 1.0  # the loaded moment is over
     _poll_empty(reader, now_s, now_s + 31.0)
     assert reader.wait_ms == 10 and made == [10, 24, 10]
+    # Timed on a connection of its own: the reader's has a fetch in flight, which the broker
+    # answers first.
+    assert len(probes) == 1 and all(on is probes[0] for on in listing.timed_on)
 
 
 def test_a_reader_widened_to_the_widest_wait_stays_there() -> None:
     partition, made, listing = _Partition(), [], _Listing(5_000.0)
     reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            probe=lambda: _FakeConsumer(partition, 0, []),
                             measure=listing)
     reader.assign({("t", 0): 100})
     _poll_empty(reader, 0.0, 200.0)
