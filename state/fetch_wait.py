@@ -23,13 +23,19 @@ this one comes minutes sooner as a partition grows (in both loaded soaks of 2026
 events tail's listing passed half its 10 ms wait long before it widened).
 A widened reader that has stayed at the tail for `NARROW_AFTER_S` measures again and narrows
 when the listing allows, so a burst or a loaded moment does not slow the tail for good.
+A Quix app cannot reopen its consumer: it measures its wait as it starts (`measured_wait_ms`),
+and a `ListingWatch` tells it when two looks in a row found that wait outgrown, so that it
+restarts with a wider one. Every listing is timed on a probe consumer of its own
+(`probe_consumer` says why).
 On Apache Kafka a fetch is answered from an index; a reader there is never starved this way
 and keeps its wait.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -108,13 +114,101 @@ def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int
         found = consumer.list_topics(timeout=10).topics
         keys = [(topic, partition) for topic in topics if topic in found
                 for partition in found[topic].partitions]
-        listed_ms = listing_ms(consumer, keys)
+        listed_ms = smallest_listing_ms(consumer, keys)
     except KafkaException as error:  # the app's own start reports a broker it cannot reach
         log.warning("fetch wait not measured (%s): %d ms", error, wait_ms)
         return wait_ms
     finally:
         consumer.close()
     return int(min(max(wait_ms, LISTING_TO_WAIT * listed_ms), WAIT_MS_MAX))
+
+
+def smallest_listing_ms(probe: Any, keys: Iterable[PartitionKey], samples: int = 3,
+                        timeout_s: float = 10.0) -> float:
+    """The broker's listing of the largest of `keys` (by high watermark), in ms: each is timed
+    once, the largest again to `samples` in all, and the shortest of those is taken. A loaded
+    machine only adds time to a sample, so the shortest is the listing's best estimate."""
+    from confluent_kafka import KafkaException, TopicPartition
+
+    def timed(key: PartitionKey) -> tuple[float, int]:
+        started_s = time.monotonic()
+        _low, high = probe.get_watermark_offsets(TopicPartition(*key), timeout=timeout_s,
+                                                 cached=False)
+        return (time.monotonic() - started_s) * 1000, high
+
+    sizes: list[tuple[int, float, PartitionKey]] = []
+    for key in keys:
+        try:
+            ms, high = timed(key)
+        except KafkaException:
+            continue  # no answer: measured again at the next look
+        sizes.append((high, ms, key))
+    if not sizes:
+        return 0.0
+    _high, best_ms, largest = max(sizes)
+    for _ in range(samples - 1):
+        with contextlib.suppress(KafkaException):
+            best_ms = min(best_ms, timed(largest)[0])
+    return best_ms
+
+
+class ListingWatch:
+    """For a reader that cannot reopen its consumer (a Quix app fixes its consumer's fetch wait
+    when it starts): a thread that times the broker's listing of the largest partition of
+    `topics` on `probe()` every `interval_s`, and calls `on_wasted(listing_ms)` once when two
+    looks in a row found it longer than `LISTING_WASTES` of `wait_ms`: the reader's fetches
+    are then cut short and their listings thrown away (module docstring). The account topology
+    stops for its supervisor to start it again, and it measures its wait as it starts."""
+
+    def __init__(self, probe: Callable[[], Any], topics: Iterable[str], wait_ms: int,
+                 on_wasted: Callable[[float], None], *, interval_s: float = MEASURE_EVERY_S,
+                 wait_ms_max: int = WAIT_MS_MAX,
+                 measure: Callable[[Any, Iterable[PartitionKey]], float] = smallest_listing_ms
+                 ) -> None:
+        self._make_probe = probe
+        self._probe: Any = None
+        self._topics = list(topics)
+        self.wait_ms = wait_ms
+        self._on_wasted = on_wasted
+        self._interval_s = interval_s
+        self._wait_ms_max = wait_ms_max
+        self._measure = measure
+        self._wasted_looks = 0
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="listing-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self._interval_s) and not self.fired:
+                try:
+                    self.check()
+                except Exception as error:  # noqa: BLE001 - the broker did not answer: next time
+                    log.warning("listing watch: cannot time the listing: %s", error)
+        finally:
+            if self._probe is not None:
+                self._probe.close()
+
+    def check(self) -> None:
+        if self.fired or self.wait_ms >= self._wait_ms_max:
+            return
+        if self._probe is None:
+            self._probe = self._make_probe()
+        found = self._probe.list_topics(timeout=10).topics
+        keys = [(topic, partition) for topic in self._topics if topic in found
+                for partition in found[topic].partitions]
+        listed_ms = self._measure(self._probe, keys)
+        self._wasted_looks = self._wasted_looks + 1 if listed_ms > LISTING_WASTES * self.wait_ms \
+            else 0
+        if self._wasted_looks >= 2:
+            self.fired = True
+            self._on_wasted(listed_ms)
 
 
 @dataclass
@@ -165,37 +259,6 @@ def is_behind(consumer: ReaderConsumer, starts: Mapping[PartitionKey, int]) -> b
     return False
 
 
-def largest_partition(consumer: ReaderConsumer, keys: Iterable[PartitionKey]
-                      ) -> list[PartitionKey]:
-    """Of `keys`, the partition with the highest high watermark as the last fetch answer gave
-    it (none when no answer gave one): the one the broker takes longest to list. No broker
-    request."""
-    from confluent_kafka import TopicPartition
-
-    found = [(consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1],
-              (topic, partition)) for topic, partition in keys]
-    found = [(high, key) for high, key in found if high >= 0]
-    return [max(found)[1]] if found else []
-
-
-def listing_ms(consumer: ReaderConsumer, keys: Iterable[PartitionKey],
-               timeout_s: float = 10.0) -> float:
-    """The longest time the broker took to answer ListOffsets for one of the partitions, in
-    ms: it lists a partition's batch objects for it as it does for a fetch."""
-    from confluent_kafka import KafkaException, TopicPartition
-
-    longest_ms = 0.0
-    for topic, partition in keys:
-        started_s = time.monotonic()
-        try:
-            consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s,
-                                           cached=False)
-        except KafkaException:
-            continue  # no answer: the next starvation measures again
-        longest_ms = max(longest_ms, (time.monotonic() - started_s) * 1000)
-    return longest_ms
-
-
 class WideningReader:
     """A consumer that reads assigned partitions and, once starved (behind for `starved_s`
     without catching up) or once the broker's listing of its largest partition takes more than
@@ -209,7 +272,7 @@ class WideningReader:
                  probe: Callable[[], Any], commit: bool = False, starved_s: float = STARVED_S,
                  wait_ms_max: int = WAIT_MS_MAX, narrow_after_s: float = NARROW_AFTER_S,
                  measure_every_s: float = MEASURE_EVERY_S,
-                 measure: Callable[[Any, Iterable[PartitionKey]], float] = listing_ms
+                 measure: Callable[[Any, Iterable[PartitionKey]], float] = smallest_listing_ms
                  ) -> None:
         self.name = name
         self.wait_ms = wait_ms
@@ -285,7 +348,7 @@ class WideningReader:
         if self.wait_ms >= self._wait_ms_max:
             return False
         offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = self._listing_ms(largest_partition(self.consumer, offsets))
+        listed_ms = self._listing_ms(offsets)
         if listed_ms <= LISTING_WASTES * self.wait_ms:
             return False
         wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)

@@ -17,6 +17,7 @@ written in parts by its next message.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import itertools
 import logging
 import os
@@ -48,7 +49,7 @@ from state.domain.account import (
 from state.domain.hydrate import AccountSnapshot, forgotten_records, state_or_hydrated
 from state.domain.risk import Reason
 from state.exceptions import DecodeError, ShardUnavailable, StoreError
-from state.fetch_wait import measured_wait_ms
+from state.fetch_wait import LISTING_WASTES, ListingWatch, measured_wait_ms, probe_consumer
 from state.liveness import GroupSampler, GroupStatus, Tracker
 from state.member_id import MemberLock, peer_down, read_member_id, stable_member_id
 from state.messages import Alert, CommandRejected, ExecutionReport, MarketStatus
@@ -486,20 +487,35 @@ class GroupStallWatch:
             self._on_stuck(status)
 
 
-def _stop_wedged(app: Application) -> Callable[[GroupStatus], None]:
+def _stop_for_restart(app: Application) -> None:
     """Stop the application (the supervisor starts the process again, which rejoins the group
-    afresh); if its loop does not come back to stop, exit the process."""
+    afresh and measures its fetch wait again); if its loop does not come back to stop, exit
+    the process."""
+    app.stop()
+    timer = threading.Timer(STOP_GRACE_S, _exit_unstopped)
+    timer.daemon = True
+    timer.start()
+
+
+def _stop_wedged(app: Application) -> Callable[[GroupStatus], None]:
     def stop(status: GroupStatus) -> None:
         log.critical("account topology wedged: %s; stopping for a restart", status.to_builtins())
-        app.stop()
-        timer = threading.Timer(STOP_GRACE_S, _exit_wedged)
-        timer.daemon = True
-        timer.start()
+        _stop_for_restart(app)
 
     return stop
 
 
-def _exit_wedged() -> None:
+def _stop_to_widen(app: Application, wait_ms: int) -> Callable[[float], None]:
+    def stop(listing_ms: float) -> None:
+        log.warning("the broker lists an input partition in %.0f ms, more than %d %% of the "
+                    "%d ms fetch wait: stopping to start again with a wider one", listing_ms,
+                    LISTING_WASTES * 100, wait_ms)
+        _stop_for_restart(app)
+
+    return stop
+
+
+def _exit_unstopped() -> None:
     log.critical("account topology did not stop in %.0f s; exiting", STOP_GRACE_S)
     logging.shutdown()
     os._exit(70)
@@ -621,16 +637,26 @@ def exactly_once_linger_ms(commit_interval_s: float) -> int:
     return max(5, round(commit_interval_s * 1000))
 
 
-def create_application(config: AccountTopologyConfig) -> Application:
+def input_topics(config: AccountTopologyConfig) -> list[str]:
+    prefix = config.kafka.topic_prefix
+    return [prefix + t.Topic.ORDERS_COMMANDS, prefix + t.Topic.EXECUTIONS]
+
+
+def fetch_wait_ms(config: AccountTopologyConfig) -> int:
+    """Measured: a broker that lists a partition's batches on each fetch starves a wait
+    shorter than that listing (state.fetch_wait; issue 11)."""
     kafka = config.kafka
-    inputs = [kafka.topic_prefix + t.Topic.ORDERS_COMMANDS, kafka.topic_prefix + t.Topic.EXECUTIONS]
+    return measured_wait_ms(kafka.bootstrap_servers, input_topics(config),
+                            kafka.fetch_wait_ms_max, kafka.extra)
+
+
+def create_application(config: AccountTopologyConfig, wait_ms: int | None = None
+                       ) -> Application:
+    kafka = config.kafka
     consumer_extra: dict[str, Any] = {
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": max(kafka.session_timeout_ms // 3, 100),
-        # Measured: a broker that lists a partition's batches on each fetch starves a wait
-        # shorter than that listing (state.fetch_wait; issue 11).
-        "fetch.wait.max.ms": measured_wait_ms(kafka.bootstrap_servers, inputs,
-                                              kafka.fetch_wait_ms_max, kafka.extra)}
+        "fetch.wait.max.ms": fetch_wait_ms(config) if wait_ms is None else wait_ms}
     producer_extra: dict[str, Any] = {"partitioner": "murmur2_random"}
     if config.processing_guarantee == "exactly-once":
         producer_extra["linger.ms"] = exactly_once_linger_ms(config.commit_interval_s)
@@ -675,7 +701,8 @@ def run(config: AccountTopologyConfig) -> None:
             fence_transactional_id(config.kafka, member_id(config))
         except KafkaException as error:
             log.warning("could not abort what this member's previous run left open: %s", error)
-    app = create_application(config)
+    wait_ms = fetch_wait_ms(config)
+    app = create_application(config, wait_ms)
     market = MarketStatusView(config.kafka)
     market.start()
     try:
@@ -693,10 +720,16 @@ def run(config: AccountTopologyConfig) -> None:
                                  extra=config.kafka.extra),
             config.consumer_group, _stop_wedged(app))
         watch.start()
+        # Quix fixes the consumer's fetch wait at start: outgrown, it is widened by a restart.
+        listings = ListingWatch(
+            functools.partial(probe_consumer, config.kafka.bootstrap_servers, config.kafka.extra),
+            input_topics(config), wait_ms, _stop_to_widen(app, wait_ms))
+        listings.start()
         try:
             app.run()
         finally:
             watch.stop()
+            listings.stop()
     finally:
         market.stop()
         if lock is not None:

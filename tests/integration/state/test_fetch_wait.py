@@ -17,7 +17,14 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from state.fetch_wait import LISTING_TO_WAIT, WideningReader, measured_wait_ms, probe_consumer
+from state.fetch_wait import (
+    LISTING_TO_WAIT,
+    LISTING_WASTES,
+    ListingWatch,
+    WideningReader,
+    measured_wait_ms,
+    probe_consumer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +118,21 @@ def test_a_reader_at_the_tail_of_a_large_partition_widens_before_it_is_starved(
         assert got == [BATCHES], got
     finally:
         reader.close()
+
+
+def test_a_reader_that_cannot_reopen_is_told_its_wait_is_outgrown(
+        services, big_topic) -> None:  # type: ignore[no-untyped-def]
+    """The account topology's case (Quix fixes its consumer's wait at start): the watch times
+    the broker's listing of the largest input partition on a probe and tells it to restart."""
+    bootstrap = services.bootstrap_servers
+    told: list[float] = []
+    watch = ListingWatch(lambda: probe_consumer(bootstrap), [big_topic], START_WAIT_MS,
+                         told.append, interval_s=0.2)
+    watch.start()
+    try:
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while not told and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert told and told[0] > START_WAIT_MS * LISTING_WASTES, told
+    finally:
+        watch.stop()

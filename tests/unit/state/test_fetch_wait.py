@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from state.fetch_wait import (
     LISTING_TO_WAIT,
     WAIT_MS_MAX,
+    ListingWatch,
     Starvation,
     WideningReader,
-    largest_partition,
     narrower_wait,
+    smallest_listing_ms,
     wider_wait,
 )
 
@@ -192,7 +193,7 @@ def test_a_reader_whose_listing_outgrows_half_its_wait_widens_before_it_is_starv
     now_s = _poll_empty(reader, 0.0, 31.0)
     assert reader.wait_ms == 10, "widened at a listing under half the wait"
     assert len(listing.asked) == 2 and listing.asked[0] == [("t", 0)], \
-        "measured more often than every MEASURE_EVERY_S, or not the largest partition"
+        "measured more often than every MEASURE_EVERY_S, or not its partitions"
     listing.listing_ms = 6.0
     now_s = _poll_empty(reader, now_s, now_s + 30.0)
     assert reader.wait_ms == 24 and made == [10, 24], "not widened to 4x the listing"
@@ -218,19 +219,71 @@ def test_a_reader_widened_to_the_widest_wait_stays_there() -> None:
     assert made == [10, WAIT_MS_MAX]
 
 
-class _Watermarks:
-    def __init__(self, highs: dict[tuple[str, int], int]) -> None:
+class _Metadata:
+    def __init__(self, topics: dict[str, int]) -> None:
+        self.topics = {name: type("T", (), {"partitions": dict.fromkeys(range(count))})()
+                       for name, count in topics.items()}
+
+
+class _Probe:
+    """A probe consumer: topics' metadata and watermarks; records what it was asked."""
+
+    def __init__(self, topics: dict[str, int], highs: dict[tuple[str, int], int]) -> None:
+        self._metadata = _Metadata(topics)
         self._highs = highs
+        self.asked: list[tuple[str, int]] = []
+        self.closed = False
+
+    def list_topics(self, timeout: float = 1.0) -> _Metadata:
+        return self._metadata
 
     def get_watermark_offsets(self, partition: TopicPartition, timeout: float = 1.0,
                               cached: bool = False) -> tuple[int, int]:
-        assert cached, "asked the broker; the last fetch answers say it"
-        return 0, self._highs[(partition.topic, partition.partition)]
+        assert not cached, "a probe's cached watermarks say nothing"
+        key = (partition.topic, partition.partition)
+        self.asked.append(key)
+        return 0, self._highs[key]
+
+    def close(self) -> None:
+        self.closed = True
 
 
-def test_the_largest_partition_is_the_one_with_the_highest_watermark_known() -> None:
-    keys = [("t", 0), ("t", 1), ("u", 0)]
-    highs = _Watermarks({("t", 0): 10, ("t", 1): 900, ("u", 0): -1001})
-    assert largest_partition(highs, keys) == [("t", 1)]  # type: ignore[arg-type]
-    unknown = _Watermarks({key: -1001 for key in keys})
-    assert largest_partition(unknown, keys) == []  # type: ignore[arg-type]
+def test_the_listing_is_sampled_again_on_the_largest_partition_only() -> None:
+    probe = _Probe({"a": 2, "b": 1}, {("a", 0): 5, ("a", 1): 700, ("b", 0): 30})
+    listed_ms = smallest_listing_ms(probe, [("a", 0), ("a", 1), ("b", 0)], samples=3)
+    assert listed_ms >= 0
+    assert probe.asked == [("a", 0), ("a", 1), ("b", 0), ("a", 1), ("a", 1)]
+
+
+def _watch(listings: list[float], wait_ms: int, fired: list[float]) -> tuple[ListingWatch,
+                                                                              _Probe]:
+    probe = _Probe({"in": 2, "other": 1}, {})
+    keys_seen: list[list[tuple[str, int]]] = []
+
+    def measure(consumer: object, keys: object) -> float:
+        assert consumer is probe
+        keys_seen.append(list(keys))  # type: ignore[call-overload]
+        assert keys_seen[-1] == [("in", 0), ("in", 1)], "timed partitions of other topics"
+        return listings.pop(0)
+
+    return ListingWatch(lambda: probe, ["in"], wait_ms, fired.append, measure=measure), probe
+
+
+def test_a_reader_that_cannot_reopen_is_told_when_two_looks_find_its_wait_outgrown() -> None:
+    fired: list[float] = []
+    watch, _probe = _watch([4.0, 6.0, 4.0, 6.0, 7.0, 9.0], 10, fired)
+    for _ in range(4):
+        watch.check()
+    assert fired == [], "told after one look over half the wait (a loaded moment)"
+    watch.check()
+    assert fired == [7.0] and watch.fired
+    watch.check()  # told once: the restart measures again
+    assert fired == [7.0]
+
+
+def test_a_reader_at_the_widest_wait_is_not_told() -> None:
+    fired: list[float] = []
+    watch, _probe = _watch([5_000.0] * 3, WAIT_MS_MAX, fired)
+    for _ in range(3):
+        watch.check()
+    assert fired == []
