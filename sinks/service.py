@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -43,7 +45,7 @@ from sinks.shard_sink import ShardSink
 from state import topics as t
 from state.epoch import epoch_topic, read_epoch
 from state.exceptions import EpochUnavailable
-from state.fetch_wait import measured_wait_ms
+from state.fetch_wait import LISTING_WASTES, ListingWatch, measured_wait_ms, probe_consumer
 from state.member_id import stable_member_id
 from state.router import ShardRouter
 
@@ -128,6 +130,17 @@ def learn_epoch(config: SinkConfig, stop: threading.Event) -> str | None:
     return None
 
 
+def input_topics(config: SinkConfig) -> list[str]:
+    return [config.topic_prefix + family for family in INPUT_TOPICS]
+
+
+def fetch_wait_ms(config: SinkConfig) -> int:
+    """The configured wait, or room for the broker's listing of the inputs when that is
+    wider (state.fetch_wait; issue 11)."""
+    return measured_wait_ms(config.bootstrap_servers, input_topics(config),
+                            config.fetch_wait_ms, config.kafka_extra)
+
+
 def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
                       ) -> tuple[Application, ShardSink, Producer]:
     assert 0 <= shard < len(config.shard_dsns), (
@@ -136,6 +149,7 @@ def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
     # librdkafka's default heartbeat interval (3 s) equals a 3 s session timeout: the session
     # would expire between two heartbeats. Beat three times per session.
     group = f"{config.consumer_group}.shard{shard}"
+    wait_ms = fetch_wait_ms(config)
     kafka: dict[str, str | int] = {
         "session.timeout.ms": config.session_timeout_ms,
         "heartbeat.interval.ms": max(config.session_timeout_ms // 3, 100),
@@ -143,9 +157,7 @@ def build_application(config: SinkConfig, shard: int, state_dir: str, epoch: str
         # in the group each gets some of this shard's partitions (range would give one of
         # them the shard's partitions of both topics and the other only partitions it drops).
         "partition.assignment.strategy": "roundrobin",
-        "fetch.wait.max.ms": measured_wait_ms(
-            config.bootstrap_servers, [config.topic_prefix + family for family in INPUT_TOPICS],
-            config.fetch_wait_ms, config.kafka_extra)}
+        "fetch.wait.max.ms": wait_ms}
     if config.member_dir and config.static_membership:
         kafka["group.instance.id"] = stable_member_id(
             str(Path(config.member_dir) / f"shard{shard}"), group)
@@ -192,11 +204,32 @@ def run_shard(config: SinkConfig, shard: int) -> None:
         return  # stopped while waiting for the epoch
     with tempfile.TemporaryDirectory(prefix=f"shard-sink{shard}-") as state_dir:
         app, sink, dlq = build_application(config, shard, state_dir, epoch)
+        # Quix fixes the consumer's fetch wait at start: outgrown, it is widened by a restart
+        # (the supervisor below starts a worker that returned again).
+        listings = ListingWatch(
+            functools.partial(probe_consumer, config.bootstrap_servers, config.kafka_extra),
+            input_topics(config), app_fetch_wait_ms(app), _stop_to_widen(app, shard))
+        listings.start()
         try:
             app.run()  # Quix handles SIGTERM/SIGINT: it commits what it has and returns
         finally:
+            listings.stop()
             sink.close()
             dlq.flush(10)
+
+
+def app_fetch_wait_ms(app: Application) -> int:
+    return int(app.config.consumer_extra_config["fetch.wait.max.ms"])
+
+
+def _stop_to_widen(app: Application, shard: int) -> Callable[[float], None]:
+    def stop(listing_ms: float) -> None:
+        log.warning("shard %d sink: the broker lists an input partition in %.0f ms, more than "
+                    "%d %% of the %d ms fetch wait: stopping to start again with a wider one",
+                    shard, listing_ms, LISTING_WASTES * 100, app_fetch_wait_ms(app))
+        app.stop()
+
+    return stop
 
 
 # ---- the supervisor of the per-shard workers ---------------------------------------------
