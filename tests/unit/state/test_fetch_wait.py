@@ -287,3 +287,18 @@ def test_a_reader_at_the_widest_wait_is_not_told() -> None:
     for _ in range(3):
         watch.check()
     assert fired == []
+
+
+def test_a_reader_does_not_reopen_to_narrow_by_a_little() -> None:
+    partition, made, listing = _Partition(), [], _Listing(5.5)
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            probe=lambda: _FakeConsumer(partition, 0, []), measure=listing)
+    reader.assign({("t", 0): 100})
+    now_s = _poll_empty(reader, 0.0, 1.0)
+    assert made == [10, 22]
+    listing.listing_ms = 4.5  # room for 18 ms: not a quarter narrower
+    now_s = _poll_empty(reader, now_s, now_s + 65.0)
+    assert made == [10, 22]
+    listing.listing_ms = 1.0
+    _poll_empty(reader, now_s, now_s + 31.0)
+    assert made == [10, 22, 10]
