@@ -93,6 +93,7 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
     from compose.services import check_connector_files
     from compose.up import (
         interrupt_on_stop_signals,
+        renew_on_sigusr1,
         running_stack,
         serve_until_signalled,
         stop_on_signals,
@@ -114,7 +115,12 @@ def cmd_up(stack: StackConfig, args: argparse.Namespace) -> int:
             return 1
         _say(f"all {len(running.supervisor.children)} services healthy in {elapsed_s:.1f} s")
         stop = stop_on_signals()
+        renew_on_sigusr1(running)
         _report_readiness(running, started, args.ready_timeout_s, stop)
+        if (renewal := running.next_broker_renewal()) is not None:
+            _say(f"the embedded broker is renewed daily at "
+                 f"{stack.kafka.embedded_renew_at_utc} UTC, next {renewal:%Y-%m-%d %H:%M} UTC "
+                 f"(now: kill -USR1 {os.getpid()})")
         if args.check:
             _say("check passed; stopping")
             return 0

@@ -30,6 +30,7 @@ from typing import Annotated, Any
 import msgspec
 
 from compose.exceptions import ConfigError
+from compose.renewal import time_of_day
 from gateways.http.config import IdentityProviderConfig
 from state.domain.risk import QUOTE_AGE_MS_MAX
 
@@ -60,6 +61,8 @@ class KafkaSection(_Section, frozen=True, kw_only=True):
     bootstrap_servers: str = ""
     session_timeout_ms: int = 3000
     extra: dict[str, str] = {}
+    # The embedded broker is renewed daily at this hour, UTC (compose/renewal.py); "" = never.
+    embedded_renew_at_utc: str = "22:00"
 
 
 class PostgresSection(_Section, frozen=True, kw_only=True):
@@ -153,6 +156,10 @@ class StackConfig(_Section, frozen=True, kw_only=True):
         if self.http.demo_login and self.http.identity is not None:
             raise ValueError("http.demo_login lets anyone sign in as any user id, the identity "
                              "provider's users included: turn it off to use http.identity")
+        try:
+            time_of_day(self.kafka.embedded_renew_at_utc)
+        except ValueError as error:
+            raise ValueError(f"kafka.embedded_renew_at_utc: {error}") from None
         if self.postgres.shard_dsns and len(self.postgres.shard_dsns) != self.stack.shards:
             raise ValueError(f"postgres.shard_dsns names {len(self.postgres.shard_dsns)} "
                              f"servers for {self.stack.shards} shards")

@@ -27,6 +27,7 @@ from compose.embedded import (
 )
 from compose.exceptions import ServiceStartError
 from compose.kafka import prepare_topics
+from compose.renewal import next_renewal, time_of_day
 from compose.services import Endpoints, feed_symbols, service_specs
 from compose.stack import StackConfig
 from compose.supervisor import ServerWatch, Supervisor, report_to_stderr
@@ -131,16 +132,56 @@ class RunningStack:
     stack_file_content: dict[str, Any] = field(default_factory=dict)
     watch: ServerWatch = field(init=False)
     _recorded: dict[str, Any] | None = field(init=False, default=None)
+    # When the embedded broker last started empty, and whether its renewal was asked for
+    # (SIGUSR1): compose/renewal.py.
+    broker_started_at: dt.datetime = field(init=False,
+                                           default_factory=lambda: dt.datetime.now(dt.UTC))
+    renewal_asked: threading.Event = field(init=False, default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.watch = ServerWatch(self.embedded, self._server_died, self._server_started)
         self.record()
 
     def poll(self) -> None:
-        """Restart what died: embedded servers first, then services."""
+        """Restart what died: embedded servers first, then services; renew the embedded
+        broker when it is due."""
         self.watch.poll()
         self.supervisor.poll()
         self.record()
+        if self._renewal_due():
+            self.renew_broker()
+
+    @property
+    def has_embedded_broker(self) -> bool:
+        return any(child.name == "broker" for child in self.embedded.children)
+
+    def next_broker_renewal(self) -> dt.datetime | None:
+        if not self.has_embedded_broker:
+            return None
+        return next_renewal(self.broker_started_at,
+                            time_of_day(self.stack.kafka.embedded_renew_at_utc))
+
+    def _renewal_due(self) -> bool:
+        if self.renewal_asked.is_set():
+            self.renewal_asked.clear()
+            if self.has_embedded_broker:
+                return True
+            report_to_stderr("no embedded broker to renew: kafka.bootstrap_servers names one")
+            return False
+        due = self.next_broker_renewal()
+        return due is not None and dt.datetime.now(dt.UTC) >= due
+
+    def renew_broker(self) -> None:
+        """The services stopped cleanly, then the broker: the watch starts it again empty and
+        `_server_started` makes the topics and starts the services (compose/renewal.py)."""
+        report_to_stderr(f"renewing the embedded broker (it started "
+                         f"{self.broker_started_at:%Y-%m-%d %H:%M} UTC): services stopped, "
+                         "the broker started empty, topics made again, services started")
+        self.supervisor.stop_all()
+        broker = self.embedded.child("broker")
+        broker.stop()
+        self.broker_started_at = dt.datetime.now(dt.UTC)  # not again if the start fails
+        self.watch.poll()  # seen dead: started again, then `_server_started`
 
     def processes(self) -> dict[str, list[dict[str, Any]]]:
         """Every process `up` supervises: pid, running, restarts, last error (`brokerage
@@ -183,6 +224,7 @@ class RunningStack:
         reconnect by themselves."""
         if name != "broker":
             return
+        self.broker_started_at = dt.datetime.now(dt.UTC)
         epoch = _prepare_topics(self.stack, self.endpoints)
         _drop_stream_state(self.stack)
         self.supervisor.start_all()
@@ -324,6 +366,11 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
+def renew_on_sigusr1(running: RunningStack) -> None:
+    """SIGUSR1 asks for the embedded broker's renewal now (compose/renewal.py)."""
+    signal.signal(signal.SIGUSR1, lambda *_: running.renewal_asked.set())
+
+
 def serve_until_signalled(running: RunningStack, stop: threading.Event) -> None:
     """Supervise until `stop` is set (by a stop signal)."""
     while not stop.wait(0.5):
@@ -331,4 +378,5 @@ def serve_until_signalled(running: RunningStack, stop: threading.Event) -> None:
 
 
 __all__ = ["interrupt_on_stop_signals", "ready_symbols", "running_stack", "wait_healthy",
-           "wait_ready", "serve_until_signalled", "stop_on_signals", "wait_until"]
+           "wait_ready", "serve_until_signalled", "stop_on_signals", "wait_until",
+           "renew_on_sigusr1"]

@@ -248,6 +248,62 @@ def test_a_killed_broker_is_a_new_epoch_and_orders_are_decided(stack: StackProce
           f"SIGKILL")
 
 
+def test_the_renewed_broker_is_a_new_epoch_and_the_books_go_on(stack: StackProcess) -> None:
+    """SIGUSR1 asks `brokerage up` for the daily renewal now (compose/renewal.py): services
+    stopped cleanly, the broker started empty. A resting order from before is still open with
+    its funds held, and a new one is decided against the cash that is left."""
+    endpoints = stack.endpoints()
+    before = read_epoch(endpoints["bootstrap_servers"], endpoints["topic_prefix"])
+    old_broker = _broker(stack)
+    token = _login(stack)
+    account = _account(stack, token, "100.00")
+    account_id = account["account_id"]
+    status, resting = _post_until_answered(stack, "/v1/orders", _resting_buy(account_id), token,
+                                           f"before-renewal-{uuid.uuid4().hex[:8]}")
+    assert status in (201, 202), resting
+
+    def state_of(order_id: str) -> str | None:
+        code, found = http("GET", f"{stack.base_url}/v1/orders/{order_id}"
+                           f"?account_id={account_id}", token=token)
+        return found.get("state") if code == 200 else None
+
+    eventually(lambda: state_of(resting["order_id"]) == "routed", timeout_s=RECOVERY_TIMEOUT_S,
+               interval_s=0.5)
+
+    def held() -> tuple[Decimal, Decimal] | None:
+        code, portfolio = http("GET", f"{stack.base_url}/v1/portfolio?account_id={account_id}",
+                               token=token)
+        return (Decimal(portfolio["cash"]), Decimal(portfolio["cash_held"])) \
+            if code == 200 else None
+
+    cash_before = eventually(held, timeout_s=RECOVERY_TIMEOUT_S, interval_s=0.5)
+    assert sum(cash_before) == Decimal("100.00") and cash_before[1] > 0, cash_before
+
+    seen = len(stack.output)
+    asked_at = time.monotonic()
+    os.kill(stack.popen.pid, signal.SIGUSR1)
+    stack.read_until("renewing the embedded broker", timeout_s=RECOVERY_TIMEOUT_S)
+    stack.read_until("broker epoch", timeout_s=RECOVERY_TIMEOUT_S)
+    assert not old_broker.is_running()
+    after = read_epoch(endpoints["bootstrap_servers"], endpoints["topic_prefix"])
+    assert after is not None and after != before
+    eventually(lambda: _healthy(stack), timeout_s=RECOVERY_TIMEOUT_S, interval_s=0.5)
+    healthy_s = time.monotonic() - asked_at
+    assert not any("exited with code" in line for line in stack.output[seen:]
+                   if "service " in line), "a service died instead of being stopped"
+
+    # The account as the shard had it: cash and the resting buy's hold.
+    eventually(lambda: held() == cash_before, timeout_s=RECOVERY_TIMEOUT_S, interval_s=0.5)
+    status, second = _post_until_answered(
+        stack, "/v1/orders", {**_resting_buy(account_id), "limit_price": "0.50"}, token,
+        f"after-renewal-{uuid.uuid4().hex[:8]}")
+    assert status in (201, 202), second
+    eventually(lambda: state_of(second["order_id"]) == "routed", timeout_s=RECOVERY_TIMEOUT_S,
+               interval_s=0.5)
+    assert state_of(resting["order_id"]) == "routed"
+    print(f"renewal: healthy {healthy_s:.1f} s after SIGUSR1, two resting orders routed")
+
+
 # ---- the watch alone -----------------------------------------------------------------------
 
 
