@@ -391,6 +391,7 @@ class WideningReader:
         self.consumer.close()
         self.consumer = self._make(wait_ms)
         self.wait_ms = wait_ms
+        self._tail_since_s = None  # time at the tail counts from the new wait on
         self.assign(offsets)
 
     def close(self) -> None:
