@@ -305,18 +305,20 @@ def test_a_reader_does_not_reopen_to_narrow_by_a_little() -> None:
 
 
 def test_time_at_the_tail_counts_from_the_widening_on() -> None:
-    """At the tail for 20 s, then widened: narrowing waits 30 s more, not 10 (a soak narrowed
-    17 s after widening, on the listing of a loaded moment)."""
-    partition, made, listing = _Partition(), [], _Listing(1.0)
+    """A widened reader at the tail for 30 s and widened again then: narrowing waits 30 s
+    more, not none (a soak narrowed 17 s after a widening, on the listing of a quieter
+    moment)."""
+    partition, made, listing = _Partition(), [], _Listing(5.5)
     reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
                             probe=lambda: _FakeConsumer(partition, 0, []), measure=listing)
     reader.assign({("t", 0): 100})
-    now_s = _poll_empty(reader, 0.0, 20.0)
-    listing.listing_ms = 8.0
-    now_s = _poll_empty(reader, now_s, 30.05)  # the look at 30 s widens
-    assert made == [10, 32]
+    now_s = _poll_empty(reader, 0.0, 29.95)
+    assert made == [10, 22]
+    listing.listing_ms = 12.0
+    now_s = _poll_empty(reader, now_s, 30.05)  # the look at 30 s widens again
+    assert made == [10, 22, 48]
     listing.listing_ms = 1.0
     now_s = _poll_empty(reader, now_s, 59.5)  # 29 s at the tail since the widening
-    assert made == [10, 32]
+    assert made == [10, 22, 48]
     _poll_empty(reader, now_s, 61.0)
-    assert made == [10, 32, 10]
+    assert made == [10, 22, 48, 10]
