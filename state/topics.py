@@ -178,8 +178,9 @@ _RETAIN_FOREVER = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.polic
 # serves for charts; a day is enough to rebuild it.
 # The embedded broker (Tansu 0.6.0 memory engine) enforces neither (its maintain() does
 # nothing, DeleteRecords is todo!() and drops the connection, a topic created with
-# retention.ms=1 kept every record); Apache Kafka and Redpanda do. See connectors/service.py
-# LINGER_MS for what keeps the embedded broker's cost of the growing quotes topic down.
+# retention.ms=1 kept every record); Apache Kafka and Redpanda do. On the embedded broker
+# `brokerage up` renews the whole broker daily (compose/renewal.py), so it holds at most a day;
+# see connectors/service.py LINGER_MS for what keeps the cost of a day's quotes down.
 _RETAIN_QUOTES = {"retention.ms": str(3600 * 1000), "retention.bytes": str(256 * 2**20),
                   "cleanup.policy": "delete"}
 _RETAIN_CANDLES = {"retention.ms": str(24 * 3600 * 1000), "retention.bytes": str(64 * 2**20),
