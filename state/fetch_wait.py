@@ -104,6 +104,13 @@ def probe_consumer(bootstrap_servers: str, extra: Mapping[str, Any] | None = Non
                      **(extra or {})})
 
 
+def partitions_of(consumer: Any, topics: Iterable[str]) -> list[PartitionKey]:
+    """Every partition of those of `topics` the broker has (one metadata request)."""
+    found = consumer.list_topics(timeout=10).topics
+    return [(topic, partition) for topic in topics if topic in found
+            for partition in found[topic].partitions]
+
+
 def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int,
                      extra: Mapping[str, Any] | None = None) -> int:
     """The fetch wait for a reader that cannot reopen its consumer (a Quix app fixes its
@@ -114,10 +121,7 @@ def measured_wait_ms(bootstrap_servers: str, topics: Iterable[str], wait_ms: int
 
     consumer = probe_consumer(bootstrap_servers, extra)
     try:
-        found = consumer.list_topics(timeout=10).topics
-        keys = [(topic, partition) for topic in topics if topic in found
-                for partition in found[topic].partitions]
-        listed_ms = smallest_listing_ms(consumer, keys)
+        listed_ms = smallest_listing_ms(consumer, partitions_of(consumer, topics))
     except KafkaException as error:  # the app's own start reports a broker it cannot reach
         log.warning("fetch wait not measured (%s): %d ms", error, wait_ms)
         return wait_ms
@@ -203,10 +207,7 @@ class ListingWatch:
             return
         if self._probe is None:
             self._probe = self._make_probe()
-        found = self._probe.list_topics(timeout=10).topics
-        keys = [(topic, partition) for topic in self._topics if topic in found
-                for partition in found[topic].partitions]
-        listed_ms = self._measure(self._probe, keys)
+        listed_ms = self._measure(self._probe, partitions_of(self._probe, self._topics))
         self._wasted_looks = self._wasted_looks + 1 if listed_ms > LISTING_WASTES * self.wait_ms \
             else 0
         if self._wasted_looks >= 2:

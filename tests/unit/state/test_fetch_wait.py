@@ -176,6 +176,16 @@ class _Listing:
         return self.listing_ms
 
 
+def _measured_reader(partition: _Partition, made: list[int], listing: _Listing
+                     ) -> WideningReader:
+    """A reader over `partition` at offset 100, starting at a 10 ms wait, whose listings
+    `listing` times; each consumer it makes is noted in `made` by its wait."""
+    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
+                            probe=lambda: _FakeConsumer(partition, 0, []), measure=listing)
+    reader.assign({("t", 0): 100})
+    return reader
+
+
 def test_a_reader_whose_listing_outgrows_half_its_wait_widens_before_it_is_starved() -> None:
     """At the tail, never behind for long: the starvation rule would never widen it, while
     the broker cut the listings of its fetches short (a pass that notices new data has half
@@ -291,9 +301,7 @@ def test_a_reader_at_the_widest_wait_is_not_told() -> None:
 
 def test_a_reader_does_not_reopen_to_narrow_by_a_little() -> None:
     partition, made, listing = _Partition(), [], _Listing(5.5)
-    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
-                            probe=lambda: _FakeConsumer(partition, 0, []), measure=listing)
-    reader.assign({("t", 0): 100})
+    reader = _measured_reader(partition, made, listing)
     now_s = _poll_empty(reader, 0.0, 1.0)
     assert made == [10, 22]
     listing.listing_ms = 4.5  # room for 18 ms: not a quarter narrower
@@ -309,9 +317,7 @@ def test_time_at_the_tail_counts_from_the_widening_on() -> None:
     more, not none (a soak narrowed 17 s after a widening, on the listing of a quieter
     moment)."""
     partition, made, listing = _Partition(), [], _Listing(5.5)
-    reader = WideningReader("t", lambda wait_ms: _FakeConsumer(partition, wait_ms, made), 10,
-                            probe=lambda: _FakeConsumer(partition, 0, []), measure=listing)
-    reader.assign({("t", 0): 100})
+    reader = _measured_reader(partition, made, listing)
     now_s = _poll_empty(reader, 0.0, 29.95)
     assert made == [10, 22]
     listing.listing_ms = 12.0
