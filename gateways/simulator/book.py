@@ -179,6 +179,10 @@ class Book:
         # Orders waiting for a first quote, by order_id: the expiry check looks at these
         # only, not at every order the book has ever had.
         self.held: dict[str, SimOrder] = {}
+        # Open orders by symbol, then order_id: a quote looks at its symbol's resting orders
+        # only (every order ever received would make each quote cost more than the last).
+        # `_report` keeps it, since every change of an order's status is reported.
+        self.resting: dict[str, dict[str, SimOrder]] = {}
         self.dirty: dict[str, SimOrder] = {}  # changed since take_dirty(), by order_id
         self._unknown_status = 0
 
@@ -190,6 +194,7 @@ class Book:
                 self.orders[alias] = order
             if order.held:
                 self.held[order.order_id] = order
+            self._index(order)
 
     def take_dirty(self) -> list[SimOrder]:
         dirty, self.dirty = list(self.dirty.values()), {}
@@ -399,11 +404,14 @@ class Book:
         return None
 
     def _open_orders(self, symbol: str) -> list[SimOrder]:
-        seen: dict[str, SimOrder] = {}
-        for order in self.orders.values():
-            if order.open and order.request.symbol == symbol:
-                seen[order.order_id] = order
-        return list(seen.values())
+        return list(self.resting.get(symbol, {}).values())
+
+    def _index(self, order: SimOrder) -> None:
+        symbol = order.request.symbol
+        if order.open:
+            self.resting.setdefault(symbol, {})[order.order_id] = order
+        elif order.order_id in self.resting.get(symbol, {}):
+            del self.resting[symbol][order.order_id]
 
     def _execution_price(self, order: SimOrder) -> Decimal | None:
         """The price the order fills at now, or None while it must rest."""
@@ -448,6 +456,7 @@ class Book:
                 cl_ord_id: str | None = None, fix_exec_type: str | None = None) -> Report:
         order.reports += 1
         self.dirty[order.order_id] = order
+        self._index(order)
         request = order.request
         return Report(
             cl_ord_id=cl_ord_id or order.cl_ord_id, order_id=order.order_id,

@@ -222,3 +222,24 @@ def test_a_held_order_survives_a_restart(tmp_path) -> None:  # noqa: ANN001
                              T0 + dt.timedelta(seconds=1))
     assert [(r.exec_type, r.exec_id) for r in reports] == [
         (ExecType.NEW, "S-w-2"), (ExecType.TRADE, "S-w-3")]
+
+
+def test_a_quote_looks_only_at_its_symbols_open_orders() -> None:
+    """The resting index holds exactly the open orders, whatever ended the others: a quote's
+    cost follows what rests, not every order the book ever had."""
+    b = book()
+    b.on_quote("MSFT", Decimal("400.00"), Decimal("400.10"))
+    b.new_order(order("filled"))
+    b.new_order(order("ioc", kind=OrderType.LIMIT, limit_price=Decimal("1.00"),
+                      time_in_force=TimeInForce.IOC))
+    b.new_order(order("cancelled", kind=OrderType.LIMIT, limit_price=Decimal("200.00")))
+    b.cancel("cancelled-x", "cancelled")
+    b.new_order(order("rests", kind=OrderType.LIMIT, limit_price=Decimal("209.50")))
+    b.new_order(order("other", symbol="MSFT", kind=OrderType.LIMIT,
+                      limit_price=Decimal("399.00")))
+    scanned = {o.order_id for o in b.orders.values() if o.open}
+    assert {i for orders in b.resting.values() for i in orders} == scanned
+    assert list(b.resting["AAPL"]) == ["S-rests"]
+    fills = b.on_quote("AAPL", Decimal("209.40"), Decimal("209.45"))
+    assert [r.cl_ord_id for r in fills] == ["rests"]
+    assert b.resting["AAPL"] == {} and list(b.resting["MSFT"]) == ["S-other"]
