@@ -612,8 +612,9 @@ def _cpu_report(load: dict[str, float], load_s: float, idle: dict[str, float], i
 
 
 def _profile(stack: Any, services: dict[str, str], seconds: float) -> list[Any]:
-    """py-spy (collapsed stacks, idle frames dropped) on each named service's process during
-    the load: {service: output path}."""
+    """py-spy (collapsed stacks of the thread holding the GIL) on each named service's process
+    during the load: {service: output path}. Only GIL holders, since librdkafka's and psycopg's
+    waits release it but py-spy's idle detection counts a thread blocked in C as busy."""
     import subprocess
 
     profilers = []
@@ -622,7 +623,7 @@ def _profile(stack: Any, services: dict[str, str], seconds: float) -> list[Any]:
             profilers.append(subprocess.Popen(
                 [_py_spy(), "record", "--pid", str(pid),
                  "--duration", str(int(seconds)), "--rate", "200", "--format", "raw",
-                 "--nonblocking", "--output", f"{services[name]}.{pid}"],
+                 "--nonblocking", "--gil", "--output", f"{services[name]}.{pid}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     missing = set(services) - set(_stack_services(stack).values())
     if missing:

@@ -83,7 +83,7 @@ def test_admission_spends_claims_and_reads_the_quote_in_one_call(services: Any) 
 
 
 class _DownRedis:
-    """A client whose every call fails, as a stopped Redis does."""
+    """A client whose every round trip fails, as a stopped Redis does."""
 
     calls = 0
 
@@ -92,6 +92,18 @@ class _DownRedis:
             _DownRedis.calls += 1
             raise ConnectionError("Redis is down")
         return call
+
+    def pipeline(self, transaction: bool = True) -> Any:
+        return _DownPipeline()
+
+
+class _DownPipeline:
+    def evalsha(self, *_: Any) -> None:
+        pass
+
+    async def execute(self, raise_on_error: bool = True) -> Any:
+        _DownRedis.calls += 1
+        raise ConnectionError("Redis is down")
 
 
 def test_without_redis_admission_counts_locally_and_cannot_tell() -> None:
@@ -116,3 +128,47 @@ def test_without_redis_admission_counts_locally_and_cannot_tell() -> None:
     text = metrics.render()
     for feature in ("rate_limit", "idempotency", "quotes"):
         assert f'gateway_redis_fallbacks_total{{feature="{feature}"}}' in text
+
+
+async def _concurrent(redis_url: str, prefix: str) -> dict[str, Any]:
+    """Forty orders of one user at once (a budget of 25), half of them on one key, with the
+    script flushed from Redis first (a restarted Redis): they go out together."""
+    client = aioredis.Redis.from_url(redis_url)
+    metrics = Metrics()
+    breaker = RedisBreaker(1.0)
+    limiter = RateLimiter(client, prefix, breaker, metrics.redis_fallbacks)
+    records = IdempotencyRecords(client, prefix, 60, breaker, metrics.redis_fallbacks)
+    admission = OrderAdmission(client, prefix, limiter, records, breaker,
+                               metrics.redis_fallbacks)
+    await client.script_flush()
+
+    async def one(i: int) -> str:
+        key = "same" if i % 2 else f"k{i}"
+        try:
+            answer = await admission.admit("u1", 25, NOW_MS, "order:a1", key, "body",
+                                           "AAPL")
+        except Problem as problem:
+            return str(problem.status)
+        return {True: "claimed", False: "replayed", None: "unknown"}[answer.claimed]
+
+    try:
+        answers = await asyncio.gather(*(one(i) for i in range(40)))
+        count = int(await client.get(limiter.window_key("u1", "orders", NOW_MS)) or 0)
+    finally:
+        await client.aclose()
+    return {"answers": answers, "round_trips": admission.round_trips, "count": count,
+            "degraded": breaker.degraded}
+
+
+def test_orders_admitted_at_once_get_the_answers_they_would_one_by_one(services: Any) -> None:
+    seen = asyncio.run(_concurrent(services.redis_url, f"adm{uuid.uuid4().hex[:6]}."))
+    answers = seen["answers"]
+    assert not seen["degraded"]
+    # Every call ran the script once, in call order: the first 25 spent the budget.
+    assert seen["count"] == 40
+    assert answers[25:] == ["429"] * 15
+    assert answers[:25].count("claimed") == 14  # 13 distinct keys and the first "same"
+    assert answers[:25].count("replayed") == 11  # "same" again with the same body
+    assert answers[1] == "claimed"
+    # One pipeline, refused as a whole for the unknown script, then sent again once loaded.
+    assert seen["round_trips"] == 2
