@@ -332,16 +332,10 @@ class WideningReader:
             return False
 
     def _widen(self) -> bool:
-        if self.wait_ms >= self._wait_ms_max:
-            return False
-        offsets = next_offsets(self.consumer, self._starts)
-        listed_ms = self._listing_ms(offsets)
-        wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
-        log.warning("%s: behind for %.0f s without catching up (the broker lists a partition "
-                    "in %.0f ms): reading with a %d ms fetch wait, was %d ms", self.name,
-                    self._starvation.starved_s, listed_ms, wait_ms, self.wait_ms)
-        self._reopen(offsets, wait_ms)
-        return True
+        """Starved: wider, whatever the listing takes."""
+        return self._widen_after_listing(lambda listed_ms: (
+            f"behind for {self._starvation.starved_s:.0f} s without catching up (the broker "
+            f"lists a partition in {listed_ms:.0f} ms)"))
 
     def _listing_ms(self, keys: Iterable[PartitionKey]) -> float:
         if self._probe is None:
@@ -349,16 +343,25 @@ class WideningReader:
         return self._measure(self._probe, keys)
 
     def _widen_if_listing_wasted(self) -> bool:
+        def wasted(listed_ms: float) -> str | None:
+            if listed_ms <= LISTING_WASTES * self.wait_ms:
+                return None
+            return (f"the broker lists its largest partition in {listed_ms:.0f} ms, more than "
+                    f"{LISTING_WASTES * 100:.0f} % of the {self.wait_ms} ms fetch wait")
+        return self._widen_after_listing(wasted)
+
+    def _widen_after_listing(self, why: Callable[[float], str | None]) -> bool:
+        """Time the listing; when `why` gives a reason for it, reopen with a wider wait."""
         if self.wait_ms >= self._wait_ms_max:
             return False
         offsets = next_offsets(self.consumer, self._starts)
         listed_ms = self._listing_ms(offsets)
-        if listed_ms <= LISTING_WASTES * self.wait_ms:
+        reason = why(listed_ms)
+        if reason is None:
             return False
         wait_ms = wider_wait(listed_ms, self.wait_ms, self._wait_ms_max)
-        log.warning("%s: the broker lists its largest partition in %.0f ms, more than %d %% "
-                    "of the %d ms fetch wait: reading with a %d ms wait", self.name, listed_ms,
-                    LISTING_WASTES * 100, self.wait_ms, wait_ms)
+        log.warning("%s: %s: reading with a %d ms fetch wait, was %d ms", self.name, reason,
+                    wait_ms, self.wait_ms)
         self._reopen(offsets, wait_ms)
         return True
 
