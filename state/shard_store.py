@@ -18,6 +18,7 @@ from typing import TypeVar
 import msgspec
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from state import ledger_accounts as la
 from state import topics as t
@@ -118,9 +119,14 @@ CREATE TEMP TABLE IF NOT EXISTS stage_event (
     ord integer, event_id text, account_id text, event_type text, order_id text, seq integer,
     state text, previous_state text, reason text, detail text, cause_id text,
     idempotency_key text, occurred_at timestamptz, payload jsonb, source_topic text,
-    source_partition integer, source_offset bigint, symbol text, side text, order_type text,
-    time_in_force text, quantity numeric, limit_price numeric, stop_price numeric,
-    filled_quantity numeric, average_fill_price numeric, held_amount numeric
+    source_partition integer, source_offset bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_order (
+    order_id text, account_id text, symbol text, side text, order_type text,
+    time_in_force text, quantity numeric, limit_price numeric, stop_price numeric, state text,
+    filled_quantity numeric, average_fill_price numeric, held_amount numeric, reason text,
+    idempotency_key text, seq integer, last_event_id text, created_at timestamptz,
+    updated_at timestamptz
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -164,19 +170,16 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 # Latest state wins by seq, so a replay or a late duplicate never moves an order backwards.
+# stage_order holds one row per order: its latest event of the batch (`_latest_orders`).
 _UPSERT_ORDERS_SQL = """
 INSERT INTO orders (order_id, account_id, symbol, side, order_type, time_in_force, quantity,
                     limit_price, stop_price, state, filled_quantity, average_fill_price,
                     held_amount, reason, idempotency_key, seq, last_event_id, created_at,
                     updated_at)
-SELECT DISTINCT ON (s.order_id)
-       s.order_id, s.account_id, s.symbol, s.side, s.order_type, s.time_in_force, s.quantity,
-       s.limit_price, s.stop_price, s.state, s.filled_quantity, s.average_fill_price,
-       s.held_amount, s.reason, s.idempotency_key, s.seq, s.event_id,
-       min(s.occurred_at) OVER (PARTITION BY s.order_id), s.occurred_at
-  FROM stage_event s
- WHERE s.event_type = 'order_event'
- ORDER BY s.order_id, s.seq DESC
+SELECT order_id, account_id, symbol, side, order_type, time_in_force, quantity, limit_price,
+       stop_price, state, filled_quantity, average_fill_price, held_amount, reason,
+       idempotency_key, seq, last_event_id, created_at, updated_at
+  FROM stage_order ORDER BY order_id
 ON CONFLICT (order_id) DO UPDATE SET
     state = excluded.state, filled_quantity = excluded.filled_quantity,
     average_fill_price = excluded.average_fill_price, held_amount = excluded.held_amount,
@@ -347,44 +350,98 @@ def _write_ledger_staged(conn: psycopg.Connection, postings: Sequence[LedgerTran
     return new_ids, int(rows[0][1]) if rows else 0
 
 
-def _event_row(ord_: int, event: AccountEvent, source: Source | None) -> tuple[object, ...]:
-    order_id = getattr(event, "order_id", None)
-    common = (ord_, event.event_id, event.account_id, type(event).__struct_config__.tag,
-              order_id)
-    where = ((source.topic, source.partition, source.offset) if source
-             else (None, None, None))
-    payload = _JSON.encode(event).decode()
+EVENT_COPY_COLUMNS = ("event_id", "account_id", "event_type", "order_id", "seq", "state",
+                      "previous_state", "reason", "detail", "cause_id", "idempotency_key",
+                      "occurred_at", "payload", "source_topic", "source_partition",
+                      "source_offset")
+EVENT_COPY_TYPES = ("text", "text", "text", "text", "int4", "text", "text", "text", "text",
+                    "text", "text", "timestamptz", "jsonb", "text", "int4", "int8")
+ORDER_COPY_COLUMNS = ("order_id", "account_id", "symbol", "side", "order_type",
+                      "time_in_force", "quantity", "limit_price", "stop_price", "state",
+                      "filled_quantity", "average_fill_price", "held_amount", "reason",
+                      "idempotency_key", "seq", "last_event_id", "created_at", "updated_at")
+ORDER_COPY_TYPES = ("text", "text", "text", "text", "text", "text", "numeric", "numeric",
+                    "numeric", "text", "numeric", "numeric", "numeric", "text", "text", "int4",
+                    "text", "timestamptz", "timestamptz")
+
+
+def event_copy_rows(events: Sequence[AccountEvent], sources: Mapping[str, Source]
+                    ) -> Iterator[CopyRow]:
+    """Rows of order_events, in EVENT_COPY_COLUMNS order."""
+    for event in events:
+        source = sources.get(event.event_id)
+        where = (source.topic, source.partition, source.offset) if source else _NO_SOURCE
+        yield (event.event_id, event.account_id, type(event).__struct_config__.tag,
+               getattr(event, "order_id", None), *_event_facts(event), event.occurred_at,
+               Jsonb(event, _JSON.encode), *where)
+
+
+def _event_facts(event: AccountEvent) -> tuple[object, ...]:
+    """seq, state, previous_state, reason, detail, cause_id, idempotency_key."""
     if isinstance(event, OrderEvent):
-        return (*common, event.seq, event.state.value,
+        return (event.seq, event.state.value,
                 event.previous_state.value if event.previous_state else None,
-                event.reason, event.detail, event.cause_id, event.idempotency_key,
-                event.occurred_at, payload, *where, event.symbol, event.side.value,
-                event.order_type.value, event.time_in_force.value, event.quantity,
-                event.limit_price, event.stop_price, event.filled_quantity,
-                event.average_fill_price, event.held_amount)
+                event.reason, event.detail, event.cause_id, event.idempotency_key)
     if isinstance(event, CommandRejected):
-        why: tuple[object, ...] = (event.reason, event.detail, None, event.idempotency_key)
-    elif isinstance(event, CommandAccepted):
-        why = (None, event.command_type, event.txn_id, event.idempotency_key)
-    elif isinstance(event, Alert):
-        why = (event.code, event.detail, event.exec_id, None)
-    else:
-        raise AssertionError(f"not an account event: {type(event).__name__}")
-    return (*common, None, None, None, *why, event.occurred_at, payload, *where,
-            *([None] * 10))
+        return (None, None, None, event.reason, event.detail, None, event.idempotency_key)
+    if isinstance(event, CommandAccepted):
+        return (None, None, None, None, event.command_type, event.txn_id,
+                event.idempotency_key)
+    if isinstance(event, Alert):
+        return (None, None, None, event.code, event.detail, event.exec_id, None)
+    raise AssertionError(f"not an account event: {type(event).__name__}")
+
+
+def _latest_orders(events: Sequence[AccountEvent]) -> Iterator[CopyRow]:
+    """Rows of stage_order: each order's event of highest seq in `events`, created at its
+    earliest event of them (the upsert keeps the earliest it has seen)."""
+    latest: dict[str, OrderEvent] = {}
+    created: dict[str, dt.datetime] = {}
+    for event in events:
+        if not isinstance(event, OrderEvent):
+            continue
+        order_id = event.order_id
+        if order_id not in latest or event.seq > latest[order_id].seq:
+            latest[order_id] = event
+        if order_id not in created or event.occurred_at < created[order_id]:
+            created[order_id] = event.occurred_at
+    for order_id, event in latest.items():
+        yield (order_id, event.account_id, event.symbol, event.side.value,
+               event.order_type.value, event.time_in_force.value, event.quantity,
+               event.limit_price, event.stop_price, event.state.value, event.filled_quantity,
+               event.average_fill_price, event.held_amount, event.reason,
+               event.idempotency_key, event.seq, event.event_id, created[order_id],
+               event.occurred_at)
 
 
 def _write_events(conn: psycopg.Connection, events: Sequence[AccountEvent],
                   sources: Mapping[str, Source]) -> int:
+    """Fast path as for the ledger: COPY straight into order_events; when any event is there
+    already, the staged path (ON CONFLICT) lands the batch instead. Then each order's latest
+    state, one row per order."""
     if not events:
         return 0
+    try:
+        with conn.transaction(), conn.cursor() as cur:  # a savepoint
+            _copy_rows(cur, "order_events", EVENT_COPY_COLUMNS, EVENT_COPY_TYPES,
+                       event_copy_rows(events, sources))
+        inserted = len(events)
+    except psycopg.errors.UniqueViolation:
+        inserted = _write_events_staged(conn, events, sources)
     with conn.cursor() as cur:
-        with cur.copy("COPY stage_event FROM STDIN") as copy:
-            for ord_, event in enumerate(events):
-                copy.write_row(_event_row(ord_, event, sources.get(event.event_id)))
-        inserted = cur.execute(_INSERT_EVENTS_SQL).rowcount
+        _copy_rows(cur, "stage_order", ORDER_COPY_COLUMNS, ORDER_COPY_TYPES,
+                   _latest_orders(events))
         cur.execute(_UPSERT_ORDERS_SQL)
-    return max(inserted, 0)
+    return inserted
+
+
+def _write_events_staged(conn: psycopg.Connection, events: Sequence[AccountEvent],
+                         sources: Mapping[str, Source]) -> int:
+    with conn.cursor() as cur:
+        _copy_rows(cur, "stage_event", EVENT_COPY_COLUMNS, EVENT_COPY_TYPES,
+                   ((ord_, *row) for ord_, row in enumerate(event_copy_rows(events, sources))),
+                   first=("ord",))
+        return max(cur.execute(_INSERT_EVENTS_SQL).rowcount, 0)
 
 
 def _record_offsets(conn: psycopg.Connection, sources: Iterable[Source], epoch: str) -> None:

@@ -306,3 +306,28 @@ def test_stream_transactions_must_be_in_the_shard_with_the_same_legs(shard) -> N
         f"stream transaction {postings[-1].txn_id} (ledger.postings[1]@3): not in the shard",
         f"stream transaction {postings[0].txn_id} (ledger.postings[1]@0): its entries differ "
         "from the shard's"]
+
+
+def test_a_batch_partly_landed_lands_the_rest_once_and_keeps_each_order_latest(shard) -> None:
+    """Events are copied straight in; one already there sends the batch the staged way, which
+    lands only the new ones. Each order keeps its latest state and its first time, whatever
+    batch they came in, and each event its payload as the topic carried it."""
+    placed = order_event(ACC, "p1", 1, OrderState.PENDING, when=at(1))
+    routed = order_event(ACC, "p1", 2, OrderState.ROUTED, when=at(2))
+    filled = order_event(ACC, "p1", 3, OrderState.FILLED, filled="10", when=at(3))
+    other = order_event(ACC, "p2", 1, OrderState.PENDING, when=at(4))
+    with psycopg.connect(shard) as conn:
+        assert write_batch(conn, [], [routed, placed]).events_inserted == 2
+        assert write_batch(conn, [], [placed, filled, other]).events_inserted == 2
+        orders = conn.execute("SELECT order_id, state, seq, filled_quantity, created_at,"
+                              " updated_at, last_event_id FROM orders ORDER BY created_at"
+                              ).fetchall()
+        payload = conn.execute("SELECT payload::text FROM order_events WHERE event_id = %s",
+                               (filled.event_id,)).fetchone()
+        count = conn.execute("SELECT count(*) FROM order_events").fetchone()
+    assert orders == [
+        (placed.order_id, "filled", 3, Decimal(10), at(1), at(3), filled.event_id),
+        (other.order_id, "pending", 1, Decimal(0), at(4), at(4), other.event_id)]
+    assert payload is not None and msgspec.json.decode(payload[0]) == msgspec.json.decode(
+        msgspec.json.encode(filled))
+    assert count == (4,)
