@@ -277,6 +277,9 @@ class ScriptBatches:
                 try:
                     replies = await self._send(batch)
                 except (RedisError, OSError) as error:
+                    # The calls queued meanwhile get the same answer now: they would wait
+                    # out another timeout on a Redis that just failed one.
+                    batch, self._waiting = batch + self._waiting, []
                     replies = [error] * len(batch)
                 except asyncio.CancelledError:
                     for call in [*batch, *self._waiting]:

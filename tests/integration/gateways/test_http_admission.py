@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateways.http.limits import (
     IdempotencyRecords,
@@ -172,3 +174,46 @@ def test_orders_admitted_at_once_get_the_answers_they_would_one_by_one(services:
     assert answers[1] == "claimed"
     # One pipeline, refused as a whole for the unknown script, then sent again once loaded.
     assert seen["round_trips"] == 2
+
+
+async def _frozen_redis_scenario() -> dict[str, Any]:
+    """A Redis that takes the connection and never answers (frozen): the order whose batch
+    is out and one that came meanwhile both fall back when that batch times out; the second
+    is not sent to wait out a timeout of its own."""
+    received = asyncio.Event()
+    writers: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while await reader.read(65536):
+            received.set()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # As the gateway's client (app.py): no retries, every wait bounded.
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5,
+                            socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    metrics = Metrics()
+    breaker = RedisBreaker(60.0)
+    limiter = RateLimiter(client, "", breaker, metrics.redis_fallbacks)
+    records = IdempotencyRecords(client, "", 60, breaker, metrics.redis_fallbacks)
+    admission = OrderAdmission(client, "", limiter, records, breaker, metrics.redis_fallbacks)
+    try:
+        first = asyncio.ensure_future(
+            admission.admit("u1", 5, NOW_MS, "order:a1", "k1", "b1", "AAPL"))
+        await received.wait()  # the first batch is out
+        second = await admission.admit("u1", 5, NOW_MS, "order:a1", "k2", "b2", "AAPL")
+        return {"first": await first, "second": second, "round_trips": admission.round_trips,
+                "degraded": breaker.degraded}
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await client.aclose()
+
+
+def test_orders_queued_behind_a_batch_redis_fails_fall_back_with_it() -> None:
+    seen = asyncio.run(_frozen_redis_scenario())
+    assert seen["first"].claimed is None and seen["second"].claimed is None
+    assert seen["degraded"]
+    assert seen["round_trips"] == 1
