@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,22 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"nproc": os.cpu_count(), "cpu_model": model or platform.processor(),
-            "python": platform.python_version(), "load_average_1m": os.getloadavg()[0]}
+            "python": platform.python_version(), "load_average_1m": os.getloadavg()[0],
+            "reference_loop_ms": reference_loop_ms()}
+
+
+def reference_loop_ms() -> float:
+    """The same pure-Python work timed (median of 5, in ms): how fast one core of this shared
+    machine is right now. CPU-per-unit figures scale with it, so two runs' figures compare
+    only beside their references."""
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+        times.append(time.perf_counter() - started)
+    return round(statistics.median(times) * 1000, 2)
 
 
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
