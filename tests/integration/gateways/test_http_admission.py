@@ -34,14 +34,20 @@ def _quote() -> Quote:
                  venue_time=dt.datetime(2024, 1, 2, 15, tzinfo=dt.UTC))
 
 
-async def _scenario(redis_url: str, prefix: str) -> dict[str, Any]:
-    client = aioredis.Redis.from_url(redis_url)
+def _admission(client: Any, prefix: str, retry_after_s: float = 1.0
+               ) -> tuple[OrderAdmission, RateLimiter, IdempotencyRecords, RedisBreaker]:
+    """The gateway's admission on `client`, with the limiter, records and breaker it uses."""
     metrics = Metrics()
-    breaker = RedisBreaker(1.0)
+    breaker = RedisBreaker(retry_after_s)
     limiter = RateLimiter(client, prefix, breaker, metrics.redis_fallbacks)
     records = IdempotencyRecords(client, prefix, 60, breaker, metrics.redis_fallbacks)
-    admission = OrderAdmission(client, prefix, limiter, records, breaker,
-                               metrics.redis_fallbacks)
+    return (OrderAdmission(client, prefix, limiter, records, breaker, metrics.redis_fallbacks),
+            limiter, records, breaker)
+
+
+async def _scenario(redis_url: str, prefix: str) -> dict[str, Any]:
+    client = aioredis.Redis.from_url(redis_url)
+    admission, limiter, records, breaker = _admission(client, prefix)
     seen: dict[str, Any] = {}
     try:
         first = await admission.admit("u1", 3, NOW_MS, "order:a1", "k1", "body-1", "AAPL")
@@ -136,12 +142,7 @@ async def _concurrent(redis_url: str, prefix: str) -> dict[str, Any]:
     """Forty orders of one user at once (a budget of 25), half of them on one key, with the
     script flushed from Redis first (a restarted Redis): they go out together."""
     client = aioredis.Redis.from_url(redis_url)
-    metrics = Metrics()
-    breaker = RedisBreaker(1.0)
-    limiter = RateLimiter(client, prefix, breaker, metrics.redis_fallbacks)
-    records = IdempotencyRecords(client, prefix, 60, breaker, metrics.redis_fallbacks)
-    admission = OrderAdmission(client, prefix, limiter, records, breaker,
-                               metrics.redis_fallbacks)
+    admission, limiter, records, breaker = _admission(client, prefix)
     await client.script_flush()
 
     async def one(i: int) -> str:
@@ -193,11 +194,7 @@ async def _frozen_redis_scenario() -> dict[str, Any]:
     # As the gateway's client (app.py): no retries, every wait bounded.
     client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5,
                             socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
-    metrics = Metrics()
-    breaker = RedisBreaker(60.0)
-    limiter = RateLimiter(client, "", breaker, metrics.redis_fallbacks)
-    records = IdempotencyRecords(client, "", 60, breaker, metrics.redis_fallbacks)
-    admission = OrderAdmission(client, "", limiter, records, breaker, metrics.redis_fallbacks)
+    admission, _limiter, _records, breaker = _admission(client, "", retry_after_s=60.0)
     try:
         first = asyncio.ensure_future(
             admission.admit("u1", 5, NOW_MS, "order:a1", "k1", "b1", "AAPL"))
