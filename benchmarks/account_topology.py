@@ -37,6 +37,7 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import threading
@@ -420,7 +421,7 @@ def main() -> None:
     finally:
         if broker is not None:
             broker.stop()
-    results["load_average_1m_end"] = machine()["load_average_1m"]
+    results["load_average_1m_end"] = os.getloadavg()[0]
     print(json.dumps(results))
 
 
