@@ -264,13 +264,21 @@ def _write_ledger(conn: psycopg.Connection, postings: Sequence[LedgerTransaction
     batch instead: no probe is paid for the common case of fresh postings."""
     if not postings:
         return set(), 0
-    try:
-        with conn.transaction():  # a savepoint
-            _copy_ledger(conn, postings, sources)
-    except psycopg.errors.UniqueViolation:
+    if not _all_fresh(conn, lambda: _copy_ledger(conn, postings, sources)):
         return _write_ledger_staged(conn, postings, sources)
     _move_balances(conn, postings)
     return {posting.txn_id for posting in postings}, sum(len(p.entries) for p in postings)
+
+
+def _all_fresh(conn: psycopg.Connection, copy: Callable[[], None]) -> bool:
+    """Run `copy` (COPYs straight into the tables) in a savepoint: True when it landed, False
+    when a row's key was there already (the savepoint is rolled back: nothing landed)."""
+    try:
+        with conn.transaction():  # a savepoint
+            copy()
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
 
 
 # Binary COPY: psycopg's C dumpers format each row (no text to build and escape here) and the
@@ -421,18 +429,22 @@ def _write_events(conn: psycopg.Connection, events: Sequence[AccountEvent],
     state, one row per order."""
     if not events:
         return 0
-    try:
-        with conn.transaction(), conn.cursor() as cur:  # a savepoint
-            _copy_rows(cur, "order_events", EVENT_COPY_COLUMNS, EVENT_COPY_TYPES,
-                       event_copy_rows(events, sources))
+    if _all_fresh(conn, lambda: _copy_events(conn, events, sources)):
         inserted = len(events)
-    except psycopg.errors.UniqueViolation:
+    else:
         inserted = _write_events_staged(conn, events, sources)
     with conn.cursor() as cur:
         _copy_rows(cur, "stage_order", ORDER_COPY_COLUMNS, ORDER_COPY_TYPES,
                    _latest_orders(events))
         cur.execute(_UPSERT_ORDERS_SQL)
     return inserted
+
+
+def _copy_events(conn: psycopg.Connection, events: Sequence[AccountEvent],
+                 sources: Mapping[str, Source]) -> None:
+    with conn.cursor() as cur:
+        _copy_rows(cur, "order_events", EVENT_COPY_COLUMNS, EVENT_COPY_TYPES,
+                   event_copy_rows(events, sources))
 
 
 def _write_events_staged(conn: psycopg.Connection, events: Sequence[AccountEvent],
